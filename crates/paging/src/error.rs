@@ -22,7 +22,7 @@ pub enum Operation {
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Operation::Create => "create table",
+            Operation::Create => "create",
             Operation::Map => "map",
             Operation::Unmap => "unmap",
             Operation::Protect => "change attributes of",

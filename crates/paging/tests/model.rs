@@ -157,7 +157,11 @@ impl<F: Format + Copy> Harness<F> {
 
         // Only an operation that may fail needs the state to compare with.
         let may_fail = want.is_err() || op.frame_budget.is_some();
-        let before_snapshot = if may_fail { self.mem.snapshot() } else { Vec::new() };
+        let before_snapshot = if may_fail {
+            self.mem.snapshot()
+        } else {
+            Vec::new()
+        };
         let before_model = self.model.clone();
         let in_use = self.mem.frames_in_use();
         if let Some(budget) = op.frame_budget {
@@ -381,7 +385,7 @@ impl<F: Format + Copy> Harness<F> {
             for at in [
                 piece.start,
                 piece.end - KIB4,
-                piece.start + (piece.end - piece.start) / 2 & !(KIB4 - 1),
+                (piece.start + (piece.end - piece.start) / 2) & !(KIB4 - 1),
             ] {
                 let t = self.table.translate(&self.mem, self.input(at + 0x123));
                 let want = self.model.translate(at).map(|(o, a)| (o + 0x123, a));

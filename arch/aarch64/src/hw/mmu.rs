@@ -1,0 +1,123 @@
+//! The hypervisor's own EL2 stage-1 map: built once by the primary CPU into a frame pool
+//! inside the image, then switched on by every CPU.
+
+use crate::frames::FramePool;
+use crate::memmap::{self, ImageLayout};
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{
+    ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2,
+};
+use cellvisor_paging::{
+    Error, LinearMemory, PaSize, PageTable, PhysAddr, Stage1El2, MAIR_EL2 as MAIR_VALUE,
+};
+use core::cell::UnsafeCell;
+
+/// Frames for the EL2 tables: enough for the image, the devices of any board and the
+/// splits the per-section permissions cause.
+const POOL_FRAMES: usize = 24;
+
+#[repr(C, align(4096))]
+struct Pool(UnsafeCell<[[u64; 512]; POOL_FRAMES]>);
+
+// SAFETY: the pool is only written by the primary CPU while it builds the tables, before
+// any other CPU runs; afterwards only the hardware walkers read it.
+unsafe impl Sync for Pool {}
+
+static POOL: Pool = Pool(UnsafeCell::new([[0; 512]; POOL_FRAMES]));
+
+/// The register values every CPU loads to switch its MMU on.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct MmuConfig {
+    /// MAIR_EL2.
+    pub mair: u64,
+    /// TCR_EL2.
+    pub tcr: u64,
+    /// TTBR0_EL2.
+    pub ttbr0: u64,
+}
+
+/// Builds the map. Runs with the MMU off, so the pool is reached at its physical address.
+pub fn build(image: ImageLayout, devices: &[(PhysAddr, u64)]) -> Result<MmuConfig, Error> {
+    let pool_base = POOL.0.get() as u64;
+    // Lines of the pool may be in the caches from an earlier boot stage; drop them so the
+    // walker, which reads through the caches once the MMU is on, sees what we write now.
+    super::cache::invalidate(pool_base as usize, POOL_FRAMES * 4096);
+    let mut frames = FramePool::<POOL_FRAMES>::new(PhysAddr::new(pool_base));
+    // SAFETY: with the MMU off, every physical address is reached at itself (offset 0);
+    // the frame pool only hands out frames of POOL, which nothing else uses.
+    let mut linear = unsafe { LinearMemory::new(0) };
+    let mut memory = Memory {
+        frames: &mut frames,
+        linear: &mut linear,
+    };
+    let pa_size =
+        PaSize::from_parange((ID_AA64MMFR0_EL1.get() & 0xf) as u8).unwrap_or(PaSize::Bits40);
+    let format = Stage1El2::new(pa_size.bits()).map_err(|_| Error {
+        operation: cellvisor_paging::Operation::Create,
+        location: cellvisor_paging::Location::Table,
+        reason: cellvisor_paging::Reason::OutOfRange {
+            bits: pa_size.bits(),
+        },
+    })?;
+    let mut table = PageTable::new(format, &mut memory)?;
+    memmap::build(&mut table, &mut memory, image, devices)?;
+    super::cache::clean_invalidate(pool_base as usize, POOL_FRAMES * 4096);
+    Ok(MmuConfig {
+        mair: MAIR_VALUE,
+        tcr: format.tcr(pa_size).bits(),
+        ttbr0: table.root().as_u64(),
+    })
+}
+
+/// Switches this CPU's MMU and caches on with `config`.
+pub fn enable(config: &MmuConfig) {
+    MAIR_EL2.set(config.mair);
+    TCR_EL2.set(config.tcr);
+    TTBR0_EL2.set(config.ttbr0);
+    barrier::isb(barrier::SY);
+    // SAFETY: invalidating all EL2 TLB entries of this CPU has no effect on memory; stale
+    // entries from an earlier boot stage must not survive into our regime.
+    unsafe { core::arch::asm!("tlbi alle2", "dsb nsh", options(nostack, preserves_flags)) };
+    barrier::isb(barrier::SY);
+    // M: MMU on; C, I: data and instruction caches; SA: stack alignment check;
+    // WXN: writable memory is never executable. A (alignment check) off.
+    SCTLR_EL2.modify(
+        SCTLR_EL2::M::Enable
+            + SCTLR_EL2::C::Cacheable
+            + SCTLR_EL2::I::Cacheable
+            + SCTLR_EL2::SA::Enable
+            + SCTLR_EL2::WXN::Enable
+            + SCTLR_EL2::A::Disable,
+    );
+    barrier::isb(barrier::SY);
+}
+
+/// The frame pool and the memory accessor, as the paging engine wants them.
+struct Memory<'a> {
+    frames: &'a mut FramePool<POOL_FRAMES>,
+    linear: &'a mut LinearMemory,
+}
+
+impl cellvisor_paging::FrameAllocator for Memory<'_> {
+    fn allocate_frames(&mut self, count: usize) -> Option<PhysAddr> {
+        self.frames.allocate_frames(count)
+    }
+    fn deallocate_frames(&mut self, base: PhysAddr, count: usize) {
+        self.frames.deallocate_frames(base, count)
+    }
+}
+
+impl cellvisor_paging::PhysMemory for Memory<'_> {
+    fn read_descriptor(&self, table: PhysAddr, index: usize) -> cellvisor_paging::Descriptor {
+        self.linear.read_descriptor(table, index)
+    }
+    fn write_descriptor(
+        &mut self,
+        table: PhysAddr,
+        index: usize,
+        value: cellvisor_paging::Descriptor,
+    ) {
+        self.linear.write_descriptor(table, index, value)
+    }
+}

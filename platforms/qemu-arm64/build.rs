@@ -1,0 +1,21 @@
+//! Memory layout of the qemu-arm64 image, for the linker script of `cellvisor-aarch64`.
+//! QEMU's `virt` machine has RAM from 0x4000_0000; it puts its device tree at the start of
+//! RAM, so the hypervisor is linked 2 MiB above.
+
+fn main() {
+    // Host builds of the workspace only type-check the board crate.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
+        return;
+    }
+    let layout = [
+        ("DRAM_BASE", 0x4000_0000),
+        ("HYP_BASE", 0x4020_0000),
+        ("MAX_CPUS", 16),
+        ("STACK_SIZE", 0x4000),
+        ("EXCEPTION_STACK_SIZE", 0x2000),
+    ];
+    for (name, value) in layout {
+        println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");
+    }
+    println!("cargo:rustc-link-arg-bins=-Tcellvisor-aarch64.ld");
+}

@@ -1,0 +1,21 @@
+//! Memory layout of the zcu102 image, for the linker script of `cellvisor-aarch64`.
+//! DDR starts at 0 (UG1085, "System Addresses"); the hypervisor is linked 2 MiB above, where
+//! U-Boot's `booti` places an Image whose `text_offset` is 2 MiB.
+
+fn main() {
+    // Host builds of the workspace only type-check the board crate.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
+        return;
+    }
+    let layout = [
+        ("DRAM_BASE", 0x0),
+        ("HYP_BASE", 0x20_0000),
+        ("MAX_CPUS", 4),
+        ("STACK_SIZE", 0x4000),
+        ("EXCEPTION_STACK_SIZE", 0x2000),
+    ];
+    for (name, value) in layout {
+        println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");
+    }
+    println!("cargo:rustc-link-arg-bins=-Tcellvisor-aarch64.ld");
+}

@@ -60,6 +60,11 @@ mod tlb;
 #[cfg(feature = "fake")]
 pub mod fake;
 
+/// The README's example, compiled and run as a doctest.
+#[cfg(all(doctest, feature = "fake"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use addr::{Address, GuestPhysAddr, PhysAddr, VirtAddr, PAGE_SIZE};
 pub use attr::{Access, Attributes, Cacheability, MemoryType};
 pub use error::{ConfigError, Error, Location, Operation, Reason};

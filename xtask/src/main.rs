@@ -1,27 +1,39 @@
-//! `cargo xtask`: the build, test and benchmark driver of the cellvisor workspace.
+//! `cargo xtask`: the build, run, test and benchmark driver of the cellvisor workspace.
 //!
+//! - `cargo xtask build --board <board>` builds the hypervisor image of a board:
+//!   `target/images/<board>/cellvisor.{elf,bin}`.
+//! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio.
 //! - `cargo xtask test [--fuzz-seconds N]` runs everything CI checks, failing at the first step
 //!   that fails: formatting, clippy, the host tests, a bare-metal build of every library crate
-//!   under `crates/` and `arch/`, `cargo package` of the publishable ones, and a fuzz smoke run
-//!   of every target in `crates/*/fuzz` and `arch/*/fuzz`.
+//!   under `crates/` and `arch/`, `cargo package` of the publishable ones, a fuzz smoke run
+//!   of every target in `crates/*/fuzz` and `arch/*/fuzz`, then the system tests, which boot
+//!   the hypervisor images in QEMU (`--no-system` skips them, `--system-only` runs only them).
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
 //! - `cargo xtask bench` runs the bench targets of every library crate that has some.
 //!
-//! Crates are discovered with `cargo metadata`, so new ones are picked up without changes here.
+//! Crates and boards are discovered with `cargo metadata`, so new ones are picked up without
+//! changes here: a board is a package with a `[package.metadata.cellvisor]` table (see
+//! `board.rs`).
 //! Fuzzing uses `cargo fuzz` on the pinned stable toolchain with `RUSTC_BOOTSTRAP=1`, which
 //! unlocks the `-Z` flags cargo-fuzz passes to rustc; no nightly toolchain is needed.
 
+mod board;
 mod cargo;
+mod image;
+mod qemu;
+mod system_tests;
 mod workspace;
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::cargo::Cargo;
+use crate::image::Kind;
 use crate::workspace::Workspace;
 
 /// Bare-metal targets every library crate must build for.
@@ -31,7 +43,7 @@ const BARE_METAL_TARGETS: [&str; 2] = ["aarch64-unknown-none", "x86_64-unknown-n
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Build, test and benchmark the cellvisor workspace"
+    about = "Build, run, test and benchmark the cellvisor workspace"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,11 +52,59 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run every check CI runs: fmt, clippy, tests, bare-metal builds, cargo package, fuzz smoke.
+    /// Build the hypervisor image of a board: target/images/<board>/cellvisor.{elf,bin}.
+    Build {
+        /// Board name, e.g. `qemu-arm64`.
+        #[arg(long)]
+        board: String,
+        /// Build the test image that faults on purpose after booting (written to
+        /// target/images/<board>/fault-injection/).
+        #[arg(long)]
+        fault_injection: bool,
+    },
+    /// Build the image of a board and boot it in QEMU, the serial console on this terminal
+    /// (Ctrl-A X quits QEMU).
+    Run {
+        /// Board name, e.g. `qemu-arm64`.
+        #[arg(long)]
+        board: String,
+        /// GIC version (one the board supports; its highest by default).
+        #[arg(long, value_name = "VERSION")]
+        gic: Option<u32>,
+        /// Number of CPUs (the board's default otherwise).
+        #[arg(long, value_name = "N")]
+        smp: Option<u32>,
+        /// QEMU CPU model, for boards whose CPU model is not fixed.
+        #[arg(long, value_name = "MODEL")]
+        cpu: Option<String>,
+        /// RAM size, e.g. `2G`.
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// Stop QEMU after this many seconds and fail.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Boot the fault-injection image instead.
+        #[arg(long)]
+        fault_injection: bool,
+        /// Extra QEMU arguments, after `--`.
+        #[arg(last = true, value_name = "QEMU ARGS")]
+        qemu_args: Vec<String>,
+    },
+    /// Run every check CI runs: fmt, clippy, tests, bare-metal builds, cargo package, fuzz smoke,
+    /// then the system tests in QEMU.
     Test {
         /// Seconds to fuzz each fuzz target (0 skips fuzzing).
         #[arg(long, value_name = "N", default_value_t = 60)]
         fuzz_seconds: u64,
+        /// Skip the system tests.
+        #[arg(long, conflicts_with = "system_only")]
+        no_system: bool,
+        /// Run only the system tests.
+        #[arg(long)]
+        system_only: bool,
+        /// Seconds each system test may take.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        system_timeout: u64,
     },
     /// Run one fuzz target, e.g. `cargo xtask fuzz paging <target>`.
     Fuzz {
@@ -77,7 +137,56 @@ fn run(task: Task) -> Result<()> {
     env::set_current_dir(&workspace.root)
         .with_context(|| format!("cannot enter {}", workspace.root.display()))?;
     match task {
-        Task::Test { fuzz_seconds } => test(&workspace, fuzz_seconds),
+        Task::Build {
+            board,
+            fault_injection,
+        } => {
+            let board = board::find(&workspace.boards, &board)?;
+            image::build(&workspace, board, kind(fault_injection)).map(drop)
+        }
+        Task::Run {
+            board,
+            gic,
+            smp,
+            cpu,
+            memory,
+            timeout,
+            fault_injection,
+            qemu_args,
+        } => {
+            let board = board::find(&workspace.boards, &board)?;
+            let options = qemu::Options {
+                gic,
+                smp,
+                cpu,
+                memory,
+            };
+            // Reject bad options and a missing QEMU before building.
+            qemu::Qemu::new(board, &options, Path::new(""))?;
+            qemu::require(&board.qemu)?;
+            let image = image::build(&workspace, board, kind(fault_injection))?;
+            qemu::Qemu::new(board, &options, workspace.relative(&image.elf))?
+                .args(qemu_args)
+                .run_interactive(timeout.map(Duration::from_secs))
+        }
+        Task::Test {
+            fuzz_seconds,
+            no_system,
+            system_only,
+            system_timeout,
+        } => {
+            let system_timeout = Duration::from_secs(system_timeout);
+            if system_only {
+                system_tests::run(&workspace, system_timeout)
+            } else {
+                test(&workspace, fuzz_seconds, !no_system)?;
+                if !no_system {
+                    system_tests::run(&workspace, system_timeout)?;
+                }
+                println!("==> all steps passed");
+                Ok(())
+            }
+        }
         Task::Fuzz {
             crate_dir,
             target,
@@ -87,7 +196,17 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
-fn test(workspace: &Workspace, fuzz_seconds: u64) -> Result<()> {
+fn kind(fault_injection: bool) -> Kind {
+    if fault_injection {
+        Kind::FaultInjection
+    } else {
+        Kind::Normal
+    }
+}
+
+/// The host steps of `cargo xtask test`; with `system`, also checks up front for what the
+/// system tests need.
+fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     let fuzz_dirs = if fuzz_seconds > 0 {
         workspace.fuzz_dirs()?
     } else {
@@ -109,11 +228,22 @@ fn test(workspace: &Workspace, fuzz_seconds: u64) -> Result<()> {
     if !fuzz_dirs.is_empty() {
         require_cargo_fuzz()?;
     }
+    if system {
+        system_tests::check_tools(workspace)?;
+    }
 
     Cargo::new(["fmt", "--all", "--check"]).run()?;
     Cargo::new(["clippy", "--workspace", "--all-targets", "--all-features"])
         .args(["--", "-D", "warnings"])
         .run()?;
+    // The code that only exists on the board's target (entry, vectors, MMU) is invisible to
+    // the host clippy run above: lint each board image, with the crates it pulls in, for its
+    // own target.
+    for board in &workspace.boards {
+        Cargo::new(["clippy", "-p", &board.package, "--all-features", "--target"])
+            .args([board.target.as_str(), "--", "-D", "warnings"])
+            .run()?;
+    }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 
     if workspace.libraries.is_empty() {
@@ -160,7 +290,6 @@ fn test(workspace: &Workspace, fuzz_seconds: u64) -> Result<()> {
         }
     }
 
-    println!("==> all steps passed");
     Ok(())
 }
 
@@ -242,7 +371,7 @@ fn require_cargo_fuzz() -> Result<()> {
 }
 
 /// Fails unless the standard library for `target` is installed for the active toolchain.
-fn require_target(target: &str) -> Result<()> {
+pub(crate) fn require_target(target: &str) -> Result<()> {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let output = Command::new(rustc)
         .args(["--print", "target-libdir", "--target", target])

@@ -1,11 +1,13 @@
-//! What the workspace holds: its library crates (from `cargo metadata`) and their fuzz crates.
+//! What the workspace holds (from `cargo metadata`): its library crates, their fuzz crates and
+//! its boards.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+use crate::board::Board;
 use crate::cargo::Cargo;
 
 /// Top-level directories whose crates are reusable `no_std` libraries.
@@ -16,8 +18,12 @@ const LIBRARY_DIRS: [&str; 2] = ["crates", "arch"];
 pub struct Workspace {
     /// The workspace root directory.
     pub root: PathBuf,
+    /// Cargo's target directory.
+    pub target_dir: PathBuf,
     /// Library crates under one of [`LIBRARY_DIRS`], sorted by name.
     pub libraries: Vec<Library>,
+    /// Board packages, sorted by board name.
+    pub boards: Vec<Board>,
 }
 
 /// A workspace library crate under one of [`LIBRARY_DIRS`].
@@ -44,6 +50,11 @@ impl Workspace {
                 .as_str()
                 .context("`cargo metadata` gave no workspace_root")?,
         );
+        let target_dir = PathBuf::from(
+            metadata["target_directory"]
+                .as_str()
+                .context("`cargo metadata` gave no target_directory")?,
+        );
         let packages = metadata["packages"]
             .as_array()
             .context("`cargo metadata` gave no packages")?;
@@ -55,7 +66,32 @@ impl Workspace {
             }
         }
         libraries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self { root, libraries })
+
+        let mut boards = packages
+            .iter()
+            .filter_map(Board::from_package)
+            .collect::<Result<Vec<_>>>()?;
+        boards.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = boards.windows(2).find(|pair| pair[0].name == pair[1].name) {
+            bail!(
+                "board {} is defined by two packages: {} and {}",
+                pair[0].name,
+                pair[0].package,
+                pair[1].package
+            );
+        }
+        Ok(Self {
+            root,
+            target_dir,
+            libraries,
+            boards,
+        })
+    }
+
+    /// `path` relative to the workspace root if it is under it, for messages and commands run
+    /// from the root.
+    pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
     }
 
     /// Fuzz crates (`crates/*/fuzz`, `arch/*/fuzz`), relative to the root, sorted.

@@ -1,0 +1,484 @@
+//! Hypervisor images: `cargo build` of a board package, then the ELF and the flat binary under
+//! `target/images/<board>/` (fault-injection builds: `target/images/<board>/fault-injection/`).
+//!
+//! The flat binary (`cellvisor.bin`) holds the file content of the ELF's `PT_LOAD` segments,
+//! each at its physical address minus the lowest one; zero-initialised memory (`.bss`, stacks)
+//! is not in it. For arm64 it must start with a Linux `Image` header, which is what boot loaders
+//! expect, and the ELF entry point must be its first byte.
+
+use std::fmt;
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use object::elf;
+use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
+use object::Endianness;
+
+use crate::board::Board;
+use crate::cargo::Cargo;
+use crate::workspace::Workspace;
+
+/// Offset of the magic number in the arm64 Linux `Image` header.
+const ARM64_MAGIC_OFFSET: usize = 56;
+/// "ARM\x64", little endian.
+const ARM64_MAGIC: u32 = 0x644d_5241;
+/// Refuse flat images larger than this: segments that far apart are a linker-script mistake.
+const MAX_FLAT_SIZE: u64 = 256 << 20;
+
+/// Which image of a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The hypervisor as shipped.
+    Normal,
+    /// Built with the `fault-injection` feature: it faults on purpose after booting.
+    FaultInjection,
+}
+
+/// The files of a built image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The ELF, for QEMU's `-kernel` (loaded at its link address).
+    pub elf: PathBuf,
+    /// The flat binary, for boot loaders.
+    pub bin: PathBuf,
+}
+
+/// Builds the image of `board` and writes its ELF and flat binary.
+pub fn build(workspace: &Workspace, board: &Board, kind: Kind) -> Result<Image> {
+    crate::require_target(&board.target)?;
+    let mut cargo = Cargo::new([
+        "build",
+        "--release",
+        "-p",
+        &board.package,
+        "--target",
+        &board.target,
+    ]);
+    if kind == Kind::FaultInjection {
+        cargo = cargo.args(["--features", "fault-injection"]);
+    }
+    cargo.run()?;
+
+    // Normal and fault-injection builds share this path: read it right after building.
+    let built = workspace
+        .target_dir
+        .join(&board.target)
+        .join("release")
+        .join(&board.bin);
+    let data = fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
+    let flat = flatten(&data).with_context(|| format!("{}", built.display()))?;
+
+    let mut dir = workspace.target_dir.join("images").join(&board.name);
+    if kind == Kind::FaultInjection {
+        dir.push("fault-injection");
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = Image {
+        elf: dir.join("cellvisor.elf"),
+        bin: dir.join("cellvisor.bin"),
+    };
+    fs::write(&image.elf, &data)
+        .with_context(|| format!("cannot write {}", image.elf.display()))?;
+    fs::write(&image.bin, &flat.bytes)
+        .with_context(|| format!("cannot write {}", image.bin.display()))?;
+    println!(
+        "{}: {} {} bytes ({})",
+        board.name,
+        workspace.relative(&image.bin).display(),
+        flat.bytes.len(),
+        flat.sizes
+    );
+    Ok(image)
+}
+
+/// A flat image and the sizes of the ELF's main sections.
+#[derive(Debug)]
+pub struct Flat {
+    /// The image bytes.
+    pub bytes: Vec<u8>,
+    /// Section sizes.
+    pub sizes: Sizes,
+}
+
+/// Sizes of the sections of an image, in bytes (0 for a missing section).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub text: u64,
+    pub rodata: u64,
+    pub data: u64,
+    pub bss: u64,
+    pub stacks: u64,
+}
+
+impl fmt::Display for Sizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "text {}, rodata {}, data {}, bss {} + stacks {}",
+            self.text, self.rodata, self.data, self.bss, self.stacks
+        )
+    }
+}
+
+type Header = elf::FileHeader64<Endianness>;
+
+/// Converts a 64-bit ELF executable into a flat image and checks the result.
+pub fn flatten(data: &[u8]) -> Result<Flat> {
+    let header = Header::parse(data).context("not a 64-bit ELF file")?;
+    let endian = header.endian().context("bad ELF byte order")?;
+    let mut segments: Vec<_> = header
+        .program_headers(endian, data)
+        .context("bad ELF program headers")?
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD && ph.p_filesz(endian) > 0)
+        .collect();
+    segments.sort_by_key(|ph| ph.p_paddr(endian));
+    let Some(base) = segments.first().map(|ph| ph.p_paddr(endian)) else {
+        bail!("the ELF has no loadable segment with file content");
+    };
+
+    let mut bytes = Vec::new();
+    for ph in &segments {
+        let offset = ph.p_paddr(endian) - base;
+        let content = ph.data(endian, data).map_err(|_| {
+            anyhow::anyhow!("segment at {:#x} lies outside the file", base + offset)
+        })?;
+        let end = offset + content.len() as u64;
+        if end > MAX_FLAT_SIZE {
+            bail!("segment at {:#x} ends {end:#x} bytes after the image start {base:#x}: too far apart for a flat image", base + offset);
+        }
+        let (offset, end) = (offset as usize, end as usize);
+        if offset < bytes.len() {
+            bail!(
+                "segment at {:#x} overlaps the one before it",
+                base + offset as u64
+            );
+        }
+        bytes.resize(end, 0);
+        bytes[offset..end].copy_from_slice(content);
+    }
+
+    if header.e_machine(endian) == elf::EM_AARCH64 {
+        check_arm64_image(&bytes)?;
+        // Boot loaders jump to the first byte of the image; QEMU jumps to the ELF entry.
+        let entry = header.e_entry(endian);
+        let entry_paddr = segments.iter().find_map(|ph| {
+            let start = ph.p_vaddr(endian);
+            (start..start + ph.p_memsz(endian))
+                .contains(&entry)
+                .then(|| ph.p_paddr(endian) + (entry - start))
+        });
+        if entry_paddr != Some(base) {
+            bail!("the ELF entry point {entry:#x} is not the start of the image ({base:#x})");
+        }
+    }
+
+    let section = |name: &str| -> Result<u64> {
+        let sections = header
+            .sections(endian, data)
+            .context("bad ELF section headers")?;
+        Ok(sections
+            .section_by_name(endian, name.as_bytes())
+            .map_or(0, |(_, section)| section.sh_size(endian)))
+    };
+    let sizes = Sizes {
+        text: section(".text")?,
+        rodata: section(".rodata")?,
+        data: section(".data")?,
+        bss: section(".bss")?,
+        stacks: section(".stacks")?,
+    };
+    Ok(Flat { bytes, sizes })
+}
+
+/// Checks that `image` starts with an arm64 Linux `Image` header.
+fn check_arm64_image(image: &[u8]) -> Result<()> {
+    let magic = image
+        .get(ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    if magic != Some(ARM64_MAGIC) {
+        let found = magic.map_or_else(
+            || format!("an image of only {} bytes", image.len()),
+            |m| format!("{m:#010x}"),
+        );
+        bail!(
+            "the image does not start with an arm64 Linux Image header: expected the magic \
+             \"ARM\\x64\" ({ARM64_MAGIC:#010x}) at offset {ARM64_MAGIC_OFFSET}, found {found}"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One segment of a test ELF: physical address, file content, extra zeroed memory.
+    struct Segment<'a> {
+        paddr: u64,
+        content: &'a [u8],
+        bss: u64,
+    }
+
+    /// A minimal little-endian ELF64 executable for `machine` with `segments` (virtual
+    /// address = physical address) and sections named after them: ".text", ".rodata",
+    /// ".data", then a NOBITS ".bss" and ".stacks" of the given sizes.
+    fn elf(
+        machine: elf::Machine,
+        entry: u64,
+        segments: &[Segment<'_>],
+        bss: u64,
+        stacks: u64,
+    ) -> Vec<u8> {
+        let phnum = segments.len() as u64;
+        let phoff = 64;
+        let mut content_offset = phoff + 56 * phnum;
+        let mut out = vec![0u8; content_offset as usize];
+        let mut ph = Vec::new();
+        for segment in segments {
+            ph.extend_from_slice(&elf::PT_LOAD.0.to_le_bytes());
+            ph.extend_from_slice(&(elf::PF_R.0 | elf::PF_X.0).to_le_bytes());
+            ph.extend_from_slice(&content_offset.to_le_bytes()); // p_offset
+            ph.extend_from_slice(&segment.paddr.to_le_bytes()); // p_vaddr
+            ph.extend_from_slice(&segment.paddr.to_le_bytes()); // p_paddr
+            let filesz = segment.content.len() as u64;
+            ph.extend_from_slice(&filesz.to_le_bytes());
+            ph.extend_from_slice(&(filesz + segment.bss).to_le_bytes()); // p_memsz
+            ph.extend_from_slice(&8u64.to_le_bytes()); // p_align
+            out.extend_from_slice(segment.content);
+            content_offset += filesz;
+        }
+        out[phoff as usize..phoff as usize + ph.len()].copy_from_slice(&ph);
+
+        // Section names, then the section headers: null, one PROGBITS per segment, .bss,
+        // .stacks, .shstrtab.
+        let names = [".text", ".rodata", ".data", ".bss", ".stacks", ".shstrtab"];
+        let strtab_offset = out.len() as u64;
+        let mut name_offsets = Vec::new();
+        out.push(0);
+        for name in names {
+            name_offsets.push((out.len() as u64 - strtab_offset) as u32);
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        let strtab_size = out.len() as u64 - strtab_offset;
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+        let shoff = out.len() as u64;
+        let mut section = |name: u32, kind: elf::SectionType, addr: u64, offset: u64, size: u64| {
+            out.extend_from_slice(&name.to_le_bytes());
+            out.extend_from_slice(&kind.0.to_le_bytes());
+            out.extend_from_slice(&0u64.to_le_bytes()); // sh_flags
+            out.extend_from_slice(&addr.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&[0; 24]); // sh_link, sh_info, sh_addralign, sh_entsize
+        };
+        section(0, elf::SHT_NULL, 0, 0, 0);
+        let mut offset = 64 + 56 * phnum;
+        for (i, segment) in segments.iter().enumerate().take(3) {
+            let size = segment.content.len() as u64;
+            section(
+                name_offsets[i],
+                elf::SHT_PROGBITS,
+                segment.paddr,
+                offset,
+                size,
+            );
+            offset += size;
+        }
+        section(name_offsets[3], elf::SHT_NOBITS, 0, 0, bss);
+        section(name_offsets[4], elf::SHT_NOBITS, 0, 0, stacks);
+        section(
+            name_offsets[5],
+            elf::SHT_STRTAB,
+            0,
+            strtab_offset,
+            strtab_size,
+        );
+        let shnum = 3.min(segments.len()) as u16 + 4;
+
+        let mut header = Vec::new();
+        header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        header.extend_from_slice(&elf::ET_EXEC.0.to_le_bytes());
+        header.extend_from_slice(&machine.0.to_le_bytes());
+        header.extend_from_slice(&1u32.to_le_bytes()); // e_version
+        header.extend_from_slice(&entry.to_le_bytes());
+        header.extend_from_slice(&phoff.to_le_bytes());
+        header.extend_from_slice(&shoff.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64, 56, phnum as u16, 64, shnum, shnum - 1] {
+            // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+            header.extend_from_slice(&u16::to_le_bytes(half));
+        }
+        out[..64].copy_from_slice(&header);
+        out
+    }
+
+    /// 64 bytes starting like an arm64 Image header, then `tail`.
+    fn arm64_text(tail: &[u8]) -> Vec<u8> {
+        let mut text = vec![0x11; 64];
+        text[56..60].copy_from_slice(b"ARM\x64");
+        text.extend_from_slice(tail);
+        text
+    }
+
+    #[test]
+    fn places_segments_at_their_physical_offsets() {
+        let text = arm64_text(&[1, 2, 3]);
+        let rodata = [4u8; 5];
+        let data = [6u8; 2];
+        let file = elf(
+            elf::EM_AARCH64,
+            0x4020_0000,
+            &[
+                // .text has zero-filled memory after it, which is not in the file.
+                Segment {
+                    paddr: 0x4020_0000,
+                    content: &text,
+                    bss: 0x10,
+                },
+                Segment {
+                    paddr: 0x4020_2000,
+                    content: &rodata,
+                    bss: 0,
+                },
+                Segment {
+                    paddr: 0x4020_3000,
+                    content: &data,
+                    bss: 0x5000,
+                },
+            ],
+            0x5000,
+            0x8000,
+        );
+        let flat = flatten(&file).unwrap();
+        assert_eq!(flat.bytes.len(), 0x3002);
+        assert_eq!(flat.bytes[..text.len()], text[..]);
+        assert!(flat.bytes[text.len()..0x2000].iter().all(|&b| b == 0));
+        assert_eq!(flat.bytes[0x2000..0x2005], rodata);
+        assert_eq!(flat.bytes[0x3000..], data);
+        assert_eq!(
+            flat.sizes,
+            Sizes {
+                text: 67,
+                rodata: 5,
+                data: 2,
+                bss: 0x5000,
+                stacks: 0x8000
+            }
+        );
+        assert_eq!(
+            flat.sizes.to_string(),
+            "text 67, rodata 5, data 2, bss 20480 + stacks 32768"
+        );
+    }
+
+    #[test]
+    fn sorts_segments_by_physical_address() {
+        let text = arm64_text(&[]);
+        let file = elf(
+            elf::EM_AARCH64,
+            0x1000,
+            &[
+                Segment {
+                    paddr: 0x1100,
+                    content: &[7],
+                    bss: 0,
+                },
+                Segment {
+                    paddr: 0x1000,
+                    content: &text,
+                    bss: 0,
+                },
+            ],
+            0,
+            0,
+        );
+        let flat = flatten(&file).unwrap();
+        assert_eq!(flat.bytes.len(), 0x101);
+        assert_eq!(flat.bytes[..64], text[..]);
+        assert_eq!(flat.bytes[0x100], 7);
+    }
+
+    #[test]
+    fn rejects_an_arm64_image_without_header() {
+        let text = [0u8; 128];
+        let file = elf(
+            elf::EM_AARCH64,
+            0x1000,
+            &[Segment {
+                paddr: 0x1000,
+                content: &text,
+                bss: 0,
+            }],
+            0,
+            0,
+        );
+        let error = flatten(&file).unwrap_err().to_string();
+        assert!(error.contains("arm64 Linux Image header"), "{error}");
+        assert!(error.contains("found 0x00000000"), "{error}");
+    }
+
+    #[test]
+    fn rejects_an_entry_point_that_is_not_the_image_start() {
+        let text = arm64_text(&[]);
+        let file = elf(
+            elf::EM_AARCH64,
+            0x1004,
+            &[Segment {
+                paddr: 0x1000,
+                content: &text,
+                bss: 0,
+            }],
+            0,
+            0,
+        );
+        let error = flatten(&file).unwrap_err().to_string();
+        assert!(error.contains("entry point 0x1004"), "{error}");
+    }
+
+    #[test]
+    fn checks_the_header_of_arm64_images_only() {
+        let text = [0u8; 16];
+        let file = elf(
+            elf::EM_X86_64,
+            0x20,
+            &[Segment {
+                paddr: 0x1000,
+                content: &text,
+                bss: 0,
+            }],
+            0,
+            0,
+        );
+        assert_eq!(flatten(&file).unwrap().bytes, text);
+    }
+
+    #[test]
+    fn rejects_overlapping_segments_and_non_elf_files() {
+        let text = arm64_text(&[]);
+        let file = elf(
+            elf::EM_AARCH64,
+            0x1000,
+            &[
+                Segment {
+                    paddr: 0x1000,
+                    content: &text,
+                    bss: 0,
+                },
+                Segment {
+                    paddr: 0x1020,
+                    content: &[1],
+                    bss: 0,
+                },
+            ],
+            0,
+            0,
+        );
+        assert!(flatten(&file).unwrap_err().to_string().contains("overlaps"));
+        assert!(flatten(b"not an ELF file at all, really not").is_err());
+    }
+}

@@ -74,6 +74,8 @@ pub use format::long_mode::{HostTables, LongMode, Npt};
 pub use format::stage1_el2::{Stage1El2, Tcr, MAIR_EL2};
 pub use format::stage2::{Stage2, Vtcr, Vttbr};
 pub use format::{Entry, Format, LargePages, Level};
-pub use memory::{Descriptor, FrameAllocator, LinearMemory, PhysMemory, ENTRIES_PER_TABLE};
+pub use memory::{
+    Descriptor, FrameAllocator, LinearMemory, PhysMemory, TableMemory, ENTRIES_PER_TABLE,
+};
 pub use table::{MapMode, Mapping, Mappings, PageTable, Stats, Translation};
 pub use tlb::{NotLive, Stale, TlbInvalidate};

@@ -114,3 +114,63 @@ impl PhysMemory for LinearMemory {
         unsafe { self.slot(table, index).write_volatile(value.0) }
     }
 }
+
+impl<T: FrameAllocator + ?Sized> FrameAllocator for &mut T {
+    fn allocate_frames(&mut self, count: usize) -> Option<PhysAddr> {
+        (**self).allocate_frames(count)
+    }
+
+    fn deallocate_frames(&mut self, base: PhysAddr, count: usize) {
+        (**self).deallocate_frames(base, count)
+    }
+}
+
+impl<T: PhysMemory + ?Sized> PhysMemory for &mut T {
+    fn read_descriptor(&self, table: PhysAddr, index: usize) -> Descriptor {
+        (**self).read_descriptor(table, index)
+    }
+
+    fn write_descriptor(&mut self, table: PhysAddr, index: usize, value: Descriptor) {
+        (**self).write_descriptor(table, index, value)
+    }
+
+    fn zero_frames(&mut self, base: PhysAddr, frames: usize) {
+        (**self).zero_frames(base, frames)
+    }
+}
+
+/// A frame allocator and a memory accessor combined into what [`PageTable`] operations
+/// take, e.g. `TableMemory { frames: &mut pool, memory: LinearMemory::new(offset) }`.
+///
+/// [`PageTable`]: crate::PageTable
+#[derive(Debug)]
+pub struct TableMemory<A, M> {
+    /// Where new table frames come from and freed ones go.
+    pub frames: A,
+    /// How descriptors are read and written.
+    pub memory: M,
+}
+
+impl<A: FrameAllocator, M> FrameAllocator for TableMemory<A, M> {
+    fn allocate_frames(&mut self, count: usize) -> Option<PhysAddr> {
+        self.frames.allocate_frames(count)
+    }
+
+    fn deallocate_frames(&mut self, base: PhysAddr, count: usize) {
+        self.frames.deallocate_frames(base, count)
+    }
+}
+
+impl<A, M: PhysMemory> PhysMemory for TableMemory<A, M> {
+    fn read_descriptor(&self, table: PhysAddr, index: usize) -> Descriptor {
+        self.memory.read_descriptor(table, index)
+    }
+
+    fn write_descriptor(&mut self, table: PhysAddr, index: usize, value: Descriptor) {
+        self.memory.write_descriptor(table, index, value)
+    }
+
+    fn zero_frames(&mut self, base: PhysAddr, frames: usize) {
+        self.memory.zero_frames(base, frames)
+    }
+}

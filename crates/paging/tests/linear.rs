@@ -3,7 +3,7 @@
 
 use cellvisor_paging::{
     Attributes, FrameAllocator, GuestPhysAddr, LinearMemory, MapMode, Mapping, NotLive, PageTable,
-    PhysAddr, PhysMemory, Stage2,
+    PhysAddr, Stage2, TableMemory,
 };
 
 const FRAMES: usize = 16;
@@ -33,35 +33,6 @@ impl FrameAllocator for Bump {
     }
 }
 
-/// Both halves of what the engine needs, as a hypervisor would combine them.
-struct Memory {
-    linear: LinearMemory,
-    frames: Bump,
-}
-
-impl FrameAllocator for Memory {
-    fn allocate_frames(&mut self, count: usize) -> Option<PhysAddr> {
-        self.frames.allocate_frames(count)
-    }
-    fn deallocate_frames(&mut self, base: PhysAddr, count: usize) {
-        self.frames.deallocate_frames(base, count)
-    }
-}
-
-impl PhysMemory for Memory {
-    fn read_descriptor(&self, table: PhysAddr, index: usize) -> cellvisor_paging::Descriptor {
-        self.linear.read_descriptor(table, index)
-    }
-    fn write_descriptor(
-        &mut self,
-        table: PhysAddr,
-        index: usize,
-        value: cellvisor_paging::Descriptor,
-    ) {
-        self.linear.write_descriptor(table, index, value)
-    }
-}
-
 #[test]
 fn tables_in_real_memory() {
     let mut buffer = Box::new(Frames([[0xdead_beef; 512]; FRAMES]));
@@ -69,9 +40,9 @@ fn tables_in_real_memory() {
     // SAFETY: every frame the allocator hands out lies inside `buffer`, which outlives
     // `memory` and is not touched by anything else until the engine is done with it.
     let linear = unsafe { LinearMemory::new(host.wrapping_sub(PHYS_BASE)) };
-    let mut memory = Memory {
-        linear,
+    let mut memory = TableMemory {
         frames: Bump { next: 0, freed: 0 },
+        memory: linear,
     };
     let mut table = PageTable::new(Stage2::new(40).unwrap(), &mut memory).unwrap();
     assert_eq!(table.root(), PhysAddr::new(PHYS_BASE));

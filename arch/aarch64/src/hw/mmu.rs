@@ -8,7 +8,8 @@ use aarch64_cpu::registers::{
     ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2,
 };
 use cellvisor_paging::{
-    Error, LinearMemory, PaSize, PageTable, PhysAddr, Stage1El2, MAIR_EL2 as MAIR_VALUE,
+    Error, LinearMemory, PaSize, PageTable, PhysAddr, Stage1El2, TableMemory,
+    MAIR_EL2 as MAIR_VALUE,
 };
 use core::cell::UnsafeCell;
 
@@ -43,13 +44,11 @@ pub fn build(image: ImageLayout, devices: &[(PhysAddr, u64)]) -> Result<MmuConfi
     // Lines of the pool may be in the caches from an earlier boot stage; drop them so the
     // walker, which reads through the caches once the MMU is on, sees what we write now.
     super::cache::invalidate(pool_base as usize, POOL_FRAMES * 4096);
-    let mut frames = FramePool::<POOL_FRAMES>::new(PhysAddr::new(pool_base));
-    // SAFETY: with the MMU off, every physical address is reached at itself (offset 0);
-    // the frame pool only hands out frames of POOL, which nothing else uses.
-    let mut linear = unsafe { LinearMemory::new(0) };
-    let mut memory = Memory {
-        frames: &mut frames,
-        linear: &mut linear,
+    let mut memory = TableMemory {
+        frames: FramePool::<POOL_FRAMES>::new(PhysAddr::new(pool_base)),
+        // SAFETY: with the MMU off, every physical address is reached at itself (offset 0);
+        // the frame pool only hands out frames of POOL, which nothing else uses.
+        memory: unsafe { LinearMemory::new(0) },
     };
     let pa_size =
         PaSize::from_parange((ID_AA64MMFR0_EL1.get() & 0xf) as u8).unwrap_or(PaSize::Bits40);
@@ -91,33 +90,4 @@ pub fn enable(config: &MmuConfig) {
             + SCTLR_EL2::A::Disable,
     );
     barrier::isb(barrier::SY);
-}
-
-/// The frame pool and the memory accessor, as the paging engine wants them.
-struct Memory<'a> {
-    frames: &'a mut FramePool<POOL_FRAMES>,
-    linear: &'a mut LinearMemory,
-}
-
-impl cellvisor_paging::FrameAllocator for Memory<'_> {
-    fn allocate_frames(&mut self, count: usize) -> Option<PhysAddr> {
-        self.frames.allocate_frames(count)
-    }
-    fn deallocate_frames(&mut self, base: PhysAddr, count: usize) {
-        self.frames.deallocate_frames(base, count)
-    }
-}
-
-impl cellvisor_paging::PhysMemory for Memory<'_> {
-    fn read_descriptor(&self, table: PhysAddr, index: usize) -> cellvisor_paging::Descriptor {
-        self.linear.read_descriptor(table, index)
-    }
-    fn write_descriptor(
-        &mut self,
-        table: PhysAddr,
-        index: usize,
-        value: cellvisor_paging::Descriptor,
-    ) {
-        self.linear.write_descriptor(table, index, value)
-    }
 }

@@ -10,6 +10,9 @@
 //!   the hypervisor images in QEMU (`--no-system` skips them, `--system-only` runs only them).
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
 //! - `cargo xtask bench` runs the bench targets of every library crate that has some.
+//! - `cargo xtask linux [--arch arm64] [--refresh]` fetches Debian's stock kernel and
+//!   busybox-static through a private apt state and builds the root cell's initramfs, cached
+//!   in `target/linux/<arch>/` (see `linux.rs`).
 //!
 //! Crates and boards are discovered with `cargo metadata`, so new ones are picked up without
 //! changes here: a board is a package with a `[package.metadata.cellvisor]` table (see
@@ -17,9 +20,12 @@
 //! Fuzzing uses `cargo fuzz` on the pinned stable toolchain with `RUSTC_BOOTSTRAP=1`, which
 //! unlocks the `-Z` flags cargo-fuzz passes to rustc; no nightly toolchain is needed.
 
+mod apt;
 mod board;
 mod cargo;
 mod image;
+mod initramfs;
+mod linux;
 mod qemu;
 mod system_tests;
 mod workspace;
@@ -118,6 +124,16 @@ enum Task {
     },
     /// Run the bench targets of every library crate that has some.
     Bench,
+    /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
+    /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).
+    Linux {
+        /// Debian architecture.
+        #[arg(long, value_enum, default_value = "arm64")]
+        arch: linux::Arch,
+        /// Update the package lists and fetch newer packages if there are.
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -193,6 +209,7 @@ fn run(task: Task) -> Result<()> {
             seconds,
         } => fuzz(&workspace, &crate_dir, &target, seconds),
         Task::Bench => bench(&workspace),
+        Task::Linux { arch, refresh } => linux::run(&workspace, arch, refresh),
     }
 }
 

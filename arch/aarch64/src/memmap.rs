@@ -15,8 +15,28 @@ pub struct ImageLayout {
     pub text_end: PhysAddr,
     /// End of `.rodata`, start of `.data`.
     pub rodata_end: PhysAddr,
-    /// End of the image (`.data`, `.bss`, page-table pool and stacks included).
-    pub end: PhysAddr,
+    /// End of `.data` and `.bss` (page-table pool included): the stacks follow.
+    pub stacks_start: PhysAddr,
+    /// The stack areas, one after the other from `stacks_start`.
+    pub stacks: [StackArea; 2],
+}
+
+/// `count` stacks in slots of `slot` bytes; the first page of each slot is a guard page that
+/// stays unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackArea {
+    /// Number of slots.
+    pub count: u64,
+    /// Bytes per slot, guard page included.
+    pub slot: u64,
+}
+
+impl ImageLayout {
+    /// End of the image.
+    pub fn end(&self) -> PhysAddr {
+        let stacks: u64 = self.stacks.iter().map(|a| a.count * a.slot).sum();
+        PhysAddr::new(self.stacks_start.as_u64() + stacks)
+    }
 }
 
 /// The mappings of the hypervisor's own map, in ascending address order.
@@ -33,8 +53,21 @@ pub fn plan(
     let sections = [
         ram(image.start, image.text_end, Access::RX),
         ram(image.text_end, image.rodata_end, Access::READ),
-        ram(image.rodata_end, image.end, Access::RW),
+        ram(image.rodata_end, image.stacks_start, Access::RW),
     ];
+    let mut area_start = image.stacks_start.as_u64();
+    let stacks = image.stacks.into_iter().flat_map(move |area| {
+        let first = area_start;
+        area_start += area.count * area.slot;
+        (0..area.count).map(move |i| {
+            let stack = PhysAddr::new(first + i * area.slot + PAGE_SIZE);
+            ram(
+                stack,
+                PhysAddr::new(first + (i + 1) * area.slot),
+                Access::RW,
+            )
+        })
+    });
     let devices = devices.iter().map(|&(base, size)| {
         let start = base.as_u64() & !(PAGE_SIZE - 1);
         let end = (base.as_u64() + size).next_multiple_of(PAGE_SIZE);
@@ -45,7 +78,11 @@ pub fn plan(
             attributes: Attributes::DEVICE_RW,
         }
     });
-    sections.into_iter().filter(|m| m.size > 0).chain(devices)
+    sections
+        .into_iter()
+        .chain(stacks)
+        .filter(|m| m.size > 0)
+        .chain(devices)
 }
 
 /// Builds the map into `table`. Devices that overlap each other are mapped once.
@@ -73,8 +110,23 @@ mod tests {
             start: PhysAddr::new(0x4020_0000),
             text_end: PhysAddr::new(0x4021_0000),
             rodata_end: PhysAddr::new(0x4021_4000),
-            end: PhysAddr::new(0x4030_0000),
+            stacks_start: PhysAddr::new(0x4028_0000),
+            // Two CPUs: main stacks of 16 KiB, exception stacks of 8 KiB.
+            stacks: [
+                StackArea {
+                    count: 2,
+                    slot: 0x5000,
+                },
+                StackArea {
+                    count: 2,
+                    slot: 0x3000,
+                },
+            ],
         };
+        assert_eq!(
+            image.end(),
+            PhysAddr::new(0x4028_0000 + 2 * 0x5000 + 2 * 0x3000)
+        );
         let mut mem = FakeMemory::new(PhysAddr::new(0x1_0000_0000), 16);
         let mut table = PageTable::new(Stage1El2::new(39).unwrap(), &mut mem).unwrap();
         build(
@@ -92,9 +144,15 @@ mod tests {
         assert_eq!(at(0x4020_0000).unwrap().access, Access::RX);
         assert_eq!(at(0x4021_0000).unwrap().access, Access::READ);
         assert_eq!(at(0x4021_4000).unwrap().access, Access::RW);
-        assert_eq!(at(0x402f_f000).unwrap().access, Access::RW);
+        assert_eq!(at(0x4027_f000).unwrap().access, Access::RW);
+        // Guard pages at the bottom of every stack slot; the stacks themselves are RW.
+        for guard in [0x4028_0000, 0x4028_5000, 0x4028_a000, 0x4028_d000] {
+            assert_eq!(at(guard), None, "guard page {guard:#x} is mapped");
+            assert_eq!(at(guard + 0x1000).unwrap().access, Access::RW);
+            assert_eq!(at(guard - 0x1000).unwrap().access, Access::RW);
+        }
         assert_eq!(at(0x0900_0000), Some(Attributes::DEVICE_RW));
-        assert_eq!(at(0x4030_0000), None, "nothing past the image");
+        assert_eq!(at(0x4029_0000), None, "nothing past the image");
         assert_eq!(at(0x4000_0000), None, "nothing below the image");
         // Never writable and executable at once.
         for m in table.mappings(&mem) {

@@ -59,17 +59,18 @@ cellvisor_secondary_entry:
     b       cellvisor_park_early
 
 // x0 = CPU index. Sets SP_EL2 to the top of the CPU's exception stack, selects SP_EL0 and
-// points it to the top of the CPU's main stack, installs the vectors. Clobbers x1-x3.
+// points it to the top of the CPU's main stack, installs the vectors. A stack's top is the
+// end of its slot (guard page, then the stack). Clobbers x1-x3.
 cellvisor_set_stacks:
     adrp    x1, __exception_stacks_start
     add     x1, x1, :lo12:__exception_stacks_start
-    ldr     x2, =__exception_stack_size
+    ldr     x2, =__exception_stack_slot
     madd    x1, x2, x0, x1
     add     x1, x1, x2
     mov     sp, x1                      // SPSel is 1 out of reset: this is SP_EL2
     adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
-    ldr     x2, =__stack_size
+    ldr     x2, =__stack_slot
     madd    x1, x2, x0, x1
     add     x1, x1, x2
     msr     sp_el0, x1

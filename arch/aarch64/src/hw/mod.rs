@@ -8,7 +8,7 @@ mod exception;
 mod mmu;
 
 use crate::board::{device_tree_size, Board, CpuList, MPIDR_AFFINITY_MASK};
-use crate::memmap::ImageLayout;
+use crate::memmap::{ImageLayout, StackArea};
 use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1, TPIDR_EL2};
 use cellvisor_paging::{PhysAddr, PAGE_SIZE};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +23,13 @@ unsafe extern "Rust" {
 unsafe extern "C" {
     /// Its address is the number of per-CPU stacks the board reserved.
     static __max_cpus: u8;
+    /// Their addresses are the stack slot sizes, guard page included.
+    static __stack_slot: u8;
+    static __exception_stack_slot: u8;
     static __image_start: u8;
     static __text_end: u8;
     static __rodata_end: u8;
+    static __stacks_start: u8;
     static __image_end: u8;
 }
 
@@ -68,16 +72,27 @@ fn idle() -> ! {
 }
 
 fn layout() -> ImageLayout {
-    let address = |symbol: &u8| PhysAddr::new(symbol as *const u8 as u64);
-    // SAFETY: the linker script defines these symbols; only their addresses are used.
-    unsafe {
-        ImageLayout {
-            start: address(&__image_start),
-            text_end: address(&__text_end),
-            rodata_end: address(&__rodata_end),
-            end: address(&__image_end),
-        }
-    }
+    // The linker script defines these symbols; only their addresses are used, no read.
+    let address = |symbol: *const u8| PhysAddr::new(symbol as u64);
+    let count = &raw const __max_cpus as u64;
+    let layout = ImageLayout {
+        start: address(&raw const __image_start),
+        text_end: address(&raw const __text_end),
+        rodata_end: address(&raw const __rodata_end),
+        stacks_start: address(&raw const __stacks_start),
+        stacks: [
+            StackArea {
+                count,
+                slot: &raw const __stack_slot as u64,
+            },
+            StackArea {
+                count,
+                slot: &raw const __exception_stack_slot as u64,
+            },
+        ],
+    };
+    debug_assert_eq!(layout.end(), address(&raw const __image_end));
+    layout
 }
 
 /// The device tree the boot loader passed in x0, or the one at the board's fallback
@@ -92,7 +107,7 @@ fn device_tree(board: &Board, x0: u64) -> Option<&'static [u8]> {
         if address % 8 != 0
             || address < ram.as_u64()
             || address + 8 > ram.as_u64() + ram_size
-            || (image.start.as_u64()..image.end.as_u64()).contains(&address)
+            || (image.start.as_u64()..image.end().as_u64()).contains(&address)
         {
             return None;
         }

@@ -1,0 +1,157 @@
+//! Physical register access: the [`GicRegisters`] trait the emulators write through, and
+//! [`MmioRegion`], the real implementation over device memory.
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use safe_mmio::fields::ReadWrite;
+use safe_mmio::UniqueMmioPointer;
+
+/// 32-bit access to one GIC register block (a distributor, a redistributor region, a GICv2
+/// virtual interface control block), by byte offset from its start.
+///
+/// The emulators only issue aligned 32-bit accesses; 64-bit registers (`GICD_IROUTER<n>`,
+/// `GICR_TYPER`) are accessed as two 32-bit halves, low half first, which IHI 0069 §12.1.3
+/// allows for every 64-bit GIC register.
+///
+/// Reads take `&mut self`: the emulators run under the caller's lock (see
+/// [`DistributorV2`](crate::v2::DistributorV2)), and fakes record accesses.
+pub trait GicRegisters {
+    /// Reads the 32-bit register at `offset`.
+    fn read32(&mut self, offset: usize) -> u32;
+
+    /// Writes the 32-bit register at `offset`.
+    fn write32(&mut self, offset: usize, value: u32);
+
+    /// Reads the 64-bit register at `offset` as two 32-bit halves.
+    fn read64(&mut self, offset: usize) -> u64 {
+        let low = self.read32(offset);
+        let high = self.read32(offset + 4);
+        u64::from(high) << 32 | u64::from(low)
+    }
+
+    /// Writes the 64-bit register at `offset` as two 32-bit halves, low half first.
+    fn write64(&mut self, offset: usize, value: u64) {
+        self.write32(offset, value as u32);
+        self.write32(offset + 4, (value >> 32) as u32);
+    }
+}
+
+impl<R: GicRegisters + ?Sized> GicRegisters for &mut R {
+    fn read32(&mut self, offset: usize) -> u32 {
+        (**self).read32(offset)
+    }
+
+    fn write32(&mut self, offset: usize, value: u32) {
+        (**self).write32(offset, value);
+    }
+}
+
+/// The virtual address at which the hypervisor maps a GIC register block.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MmioAddr(usize);
+
+impl MmioAddr {
+    /// Wraps a virtual address.
+    pub const fn new(addr: usize) -> Self {
+        Self(addr)
+    }
+
+    /// The address as an integer.
+    pub const fn as_usize(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Debug for MmioAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MmioAddr({:#x})", self.0)
+    }
+}
+
+/// A GIC register block accessed with single 32-bit loads and stores, built on
+/// [`safe_mmio`] (on AArch64 each access is one `ldr`/`str` without write-back).
+///
+/// An offset outside the block or not a multiple of 4 is a bug in the caller (the emulators
+/// never produce one): debug builds panic, release builds ignore the write and read 0.
+#[derive(Debug)]
+pub struct MmioRegion {
+    registers: UniqueMmioPointer<'static, [ReadWrite<u32>]>,
+}
+
+impl MmioRegion {
+    /// Takes ownership of the `size` bytes of registers at `base`.
+    ///
+    /// # Panics
+    ///
+    /// If `base` is 0.
+    ///
+    /// # Safety
+    ///
+    /// - `base` is 4-byte aligned and `[base, base + size)` is mapped in the current
+    ///   translation regime, for the rest of the program, as Device-nGnRE (or stronger) memory.
+    /// - The range holds only GIC registers, never memory that Rust code owns.
+    /// - No other [`MmioRegion`] or driver accesses these registers while this one exists.
+    pub unsafe fn new(base: MmioAddr, size: usize) -> Self {
+        let first =
+            NonNull::new(base.as_usize() as *mut ReadWrite<u32>).expect("GIC block at address 0");
+        let words = NonNull::slice_from_raw_parts(first, size / 4);
+        // SAFETY: The caller guarantees that the range is aligned, mapped as device memory for
+        // the rest of the program, holds only registers and is accessed by nobody else.
+        let registers = unsafe { UniqueMmioPointer::new(words) };
+        Self { registers }
+    }
+
+    fn index(&self, offset: usize) -> Option<usize> {
+        let index = offset / 4;
+        let valid = offset.is_multiple_of(4) && index < self.registers.len();
+        debug_assert!(
+            valid,
+            "GIC register offset {offset:#x} outside or misaligned"
+        );
+        valid.then_some(index)
+    }
+}
+
+impl GicRegisters for MmioRegion {
+    fn read32(&mut self, offset: usize) -> u32 {
+        let Some(index) = self.index(offset) else {
+            return 0;
+        };
+        self.registers.get(index).map_or(0, |mut r| r.read())
+    }
+
+    fn write32(&mut self, offset: usize, value: u32) {
+        let Some(index) = self.index(offset) else {
+            return;
+        };
+        if let Some(mut register) = self.registers.get(index) {
+            register.write(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_reads_and_writes_words_in_place() {
+        let frame: &'static mut [u32; 4] = std::boxed::Box::leak(std::boxed::Box::new([0; 4]));
+        frame[2] = 0x1234_5678;
+        let base = MmioAddr::new(frame.as_mut_ptr() as usize);
+        {
+            // SAFETY: `frame` is leaked, aligned, 16 bytes long and only reached through
+            // `region` while it exists.
+            let mut region = unsafe { MmioRegion::new(base, 16) };
+            assert_eq!(region.read32(8), 0x1234_5678);
+            region.write64(0, 0xdead_beef_0000_0001);
+            assert_eq!(region.read64(0), 0xdead_beef_0000_0001);
+        }
+        assert_eq!(*frame, [1, 0xdead_beef, 0x1234_5678, 0]);
+        assert_eq!(
+            std::format!("{:?}", MmioAddr::new(0x0800_0000)),
+            "MmioAddr(0x8000000)"
+        );
+    }
+}

@@ -15,6 +15,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 
 /// A board and how to build and boot it.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Board {
     pub smp: u32,
     /// Default `-m`.
     pub memory: String,
+    /// The board crate's directory (its `config/` holds the reference configurations).
+    pub dir: PathBuf,
 }
 
 impl Board {
@@ -118,6 +121,11 @@ impl Board {
             cpu,
             smp,
             memory: string("memory")?,
+            dir: package["manifest_path"]
+                .as_str()
+                .and_then(|m| Path::new(m).parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         })
     }
 

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use object::elf;
@@ -82,6 +82,9 @@ pub fn build(workspace: &Workspace, board: &Board, kind: Kind) -> Result<Image> 
         .with_context(|| format!("cannot write {}", image.elf.display()))?;
     fs::write(&image.bin, &flat.bytes)
         .with_context(|| format!("cannot write {}", image.bin.display()))?;
+    if kind == Kind::Normal {
+        compile_configs(workspace, board, &dir)?;
+    }
     println!(
         "{}: {} {} bytes ({})",
         board.name,
@@ -205,6 +208,26 @@ fn check_arm64_image(image: &[u8]) -> Result<()> {
         bail!(
             "the image does not start with an arm64 Linux Image header: expected the magic \
              \"ARM\\x64\" ({ARM64_MAGIC:#010x}) at offset {ARM64_MAGIC_OFFSET}, found {found}"
+        );
+    }
+    Ok(())
+}
+
+/// Compiles the board's reference configurations (`platforms/<board>/config/*.toml`) into
+/// `<dir>/<name>.bin`, cross-checking every cell against every system configuration.
+fn compile_configs(workspace: &Workspace, board: &Board, dir: &Path) -> Result<()> {
+    let sources = board.dir.join("config");
+    if !sources.is_dir() {
+        return Ok(());
+    }
+    let written = cellvisor_config::host::compile_directory_to(&sources, dir)
+        .map_err(|problems| anyhow::anyhow!("{}: configuration errors:\n{problems}", board.name))?;
+    for path in written {
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{}: {} {size} bytes",
+            board.name,
+            workspace.relative(&path).display()
         );
     }
     Ok(())

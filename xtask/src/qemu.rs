@@ -332,6 +332,7 @@ mod tests {
             cpu: cpu.map(str::to_owned),
             smp: 4,
             memory: "1G".to_owned(),
+            dir: std::path::PathBuf::new(),
         }
     }
 

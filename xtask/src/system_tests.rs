@@ -336,6 +336,7 @@ mod tests {
             cpu: cpu.map(str::to_owned),
             smp: 2,
             memory: "1G".to_owned(),
+            dir: std::path::PathBuf::new(),
         }
     }
 

@@ -281,6 +281,7 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     if publishable.is_empty() {
         println!("==> no publishable library crate: cargo package skipped");
     } else {
+        forget_extracted_packages(&publishable)?;
         // One invocation for all of them, so that crates depending on each other package together.
         let mut package = Cargo::new(["package"]).args(publishable.iter().flat_map(|n| ["-p", n]));
         if env::var_os("CI").is_none() {
@@ -400,4 +401,43 @@ pub(crate) fn require_target(target: &str) -> Result<()> {
     } else {
         bail!("target {target} is not installed: run `rustup target add {target}`")
     }
+}
+
+/// Removes the sources cargo extracted from earlier `cargo package` runs of our own crates.
+///
+/// `cargo package` verifies crates that depend on each other through a temporary local
+/// registry, and extracts each dependency under `$CARGO_HOME/registry/src/<registry>/
+/// <name>-<version>`. That directory is reused as long as it exists, so without this a crate
+/// whose content changed but whose version did not is verified against its old sources.
+/// Removing the directories only forces a fresh extraction.
+fn forget_extracted_packages(names: &[&str]) -> Result<()> {
+    let Some(home) = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        let Ok(entries) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            let ours = names.iter().any(|name| {
+                file_name
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -825,6 +825,22 @@ fn redistributors_of_other_cpus_are_identification_only() {
 }
 
 #[test]
+fn zero_stride_redistributors_reject_everything_without_panicking() {
+    let mut gicr = gicr_setup();
+    let own = ownership(256);
+    let topology = Topology::new(&MPIDRS);
+    let rd = Redistributors::new(0, ForeignWrites::Ignore);
+    for a in [
+        read(gicr::TYPER, Width::Double),
+        write(gicr::WAKER, Width::Word, 0),
+    ] {
+        let error = rd.access(&mut gicr, &own, V3_BY, &topology, a).unwrap_err();
+        assert_eq!(error.reason, Reason::ReservedOffset);
+    }
+    assert!(gicr.writes().is_empty());
+}
+
+#[test]
 fn redistributors_of_own_cpus() {
     let mut gicr = gicr_setup();
     let own = ownership(256);

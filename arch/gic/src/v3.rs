@@ -368,10 +368,13 @@ impl Redistributors {
         access: &MmioAccess,
     ) -> Result<Outcome, Reason> {
         let offset = access.offset;
-        let cpu = offset / self.stride;
-        if self.stride == 0 || cpu >= topology.len() {
+        // A zero stride (a misconfigured region) makes every offset reserved, not a panic.
+        let Some(cpu) = offset
+            .checked_div(self.stride)
+            .filter(|&cpu| cpu < topology.len())
+        else {
             return Err(Reason::ReservedOffset);
-        }
+        };
         let frame = cpu * self.stride;
         let local = offset - frame;
         let own = by.cpus.contains(cpu);

@@ -68,6 +68,17 @@ pub(crate) const fn field_mask(bits: u32) -> u32 {
 }
 
 /// Checks width and alignment for a register allowing words and, if `bytes`, bytes.
+/// The number of INTIDs below 1020 a distributor implements, `32 * (ITLinesNumber + 1)`
+/// from `GICD_TYPER[4:0]` (IHI 0048B §4.3.2, IHI 0069 §12.9.38; same field on both).
+pub(crate) const fn implemented_irqs(typer: u32) -> u32 {
+    let lines = 32 * ((typer & 0x1f) + 1);
+    if lines > IntId::SPI_END {
+        IntId::SPI_END
+    } else {
+        lines
+    }
+}
+
 pub(crate) fn check_width(access: &MmioAccess, bytes: bool) -> Result<(), Reason> {
     let ok = match access.width {
         Width::Word => true,

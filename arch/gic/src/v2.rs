@@ -132,12 +132,7 @@ impl DistributorV2 {
     /// The number of INTIDs the distributor implements, `32 * (ITLinesNumber + 1)` (§4.3.2),
     /// for [`IrqOwnership::new`].
     pub const fn implemented_irqs(&self) -> u32 {
-        let lines = 32 * ((self.typer & 0x1f) + 1);
-        if lines > IntId::SPI_END {
-            IntId::SPI_END
-        } else {
-            lines
-        }
+        perirq::implemented_irqs(self.typer)
     }
 
     /// Emulates one trapped access by `by` (see the [policy](Self#policy)).

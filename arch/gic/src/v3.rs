@@ -111,12 +111,7 @@ impl DistributorV3 {
     /// The number of INTIDs below 1020 the distributor implements,
     /// `32 * (GICD_TYPER.ITLinesNumber + 1)`.
     pub const fn implemented_irqs(&self) -> u32 {
-        let lines = 32 * ((self.typer & 0x1f) + 1);
-        if lines > IntId::SPI_END {
-            IntId::SPI_END
-        } else {
-            lines
-        }
+        perirq::implemented_irqs(self.typer)
     }
 
     /// Emulates one trapped access by `by`; `topology` maps routing affinities to CPUs.

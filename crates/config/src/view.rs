@@ -21,6 +21,18 @@ use crate::types::{
 /// Where problems go: return `ControlFlow::Break(())` to stop at this one.
 pub type Report<'r> = &'r mut dyn FnMut(Error) -> ControlFlow<()>;
 
+/// Runs a reporting parser, stopping at the first problem, which becomes the error.
+fn first_problem<T>(parse: impl FnOnce(Report<'_>) -> Option<T>) -> Result<T, Error> {
+    let mut first = None;
+    match parse(&mut |e| {
+        first = Some(e);
+        ControlFlow::Break(())
+    }) {
+        Some(view) => Ok(view),
+        None => Err(first.unwrap_or(Error::new(Element::Header, Problem::ReservedNotZero))),
+    }
+}
+
 /// Reads a fixed structure or an array at a moving offset.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -860,14 +872,7 @@ impl<'a> CellConfigView<'a> {
     ///
     /// `bytes` must be exactly the configuration ([`layout::Header::total_size`] bytes).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
-        let mut first = None;
-        match Self::parse_reporting(bytes, &mut |e| {
-            first = Some(e);
-            ControlFlow::Break(())
-        }) {
-            Some(view) => Ok(view),
-            None => Err(first.unwrap_or(Error::new(Element::Header, Problem::ReservedNotZero))),
-        }
+        first_problem(|report| Self::parse_reporting(bytes, report))
     }
 
     /// Reads and validates a cell configuration, reporting every problem; returns the view
@@ -928,14 +933,7 @@ impl<'a> SystemConfigView<'a> {
     /// Reads and validates a system configuration (the root cell included, and the root cell
     /// against the hardware description); the first problem is the error.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
-        let mut first = None;
-        match Self::parse_reporting(bytes, &mut |e| {
-            first = Some(e);
-            ControlFlow::Break(())
-        }) {
-            Some(view) => Ok(view),
-            None => Err(first.unwrap_or(Error::new(Element::Header, Problem::ReservedNotZero))),
-        }
+        first_problem(|report| Self::parse_reporting(bytes, report))
     }
 
     /// Reads and validates a system configuration, reporting every problem; returns the view

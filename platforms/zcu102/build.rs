@@ -11,8 +11,8 @@ fn main() {
         ("DRAM_BASE", 0x0),
         ("HYP_BASE", 0x20_0000),
         ("MAX_CPUS", 4),
-        ("STACK_SIZE", 0x4000),
-        ("EXCEPTION_STACK_SIZE", 0x2000),
+        ("STACK_SIZE", 0x10000),
+        ("EXCEPTION_STACK_SIZE", 0x4000),
     ];
     for (name, value) in layout {
         println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");

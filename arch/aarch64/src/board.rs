@@ -52,6 +52,16 @@ pub enum Cpus {
     },
 }
 
+/// Where the boot loader puts what the hypervisor loads besides itself (on QEMU with
+/// `-device loader,file=...,addr=...`; on U-Boot with `load ... <address>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootSlots {
+    /// The binary system configuration (inside the hypervisor's memory).
+    pub config: PhysAddr,
+    /// The root cell's arm64 Linux `Image` (2 MiB aligned, in the root cell's RAM).
+    pub kernel: PhysAddr,
+}
+
 /// A board: everything the architecture code needs to know about it.
 #[derive(Clone, Copy, Debug)]
 pub struct Board {
@@ -63,14 +73,16 @@ pub struct Board {
     pub uart: (UartKind, PhysAddr),
     /// The CPUs.
     pub cpus: Cpus,
-    /// RAM that exists on every configuration of the board (base, size): where a device
-    /// tree may be looked for.
+    /// The window RAM of the board lies in (base, size): a device tree passed in x0 is only
+    /// read there.
     pub ram: (PhysAddr, u64),
     /// Where a device tree may be found when the boot loader passes none in x0 (QEMU
     /// places it at the start of RAM for ELF images).
     pub dtb_fallback: Option<PhysAddr>,
     /// The interrupt controller.
     pub gic: Gic,
+    /// Where the boot loader puts the system configuration and the root cell's kernel.
+    pub boot: BootSlots,
 }
 
 /// Most CPUs the hypervisor handles on any board (per-CPU data is sized by it).

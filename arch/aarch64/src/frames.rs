@@ -11,6 +11,8 @@ use cellvisor_paging::{FrameAllocator, PhysAddr, PAGE_SIZE};
 #[derive(Debug)]
 pub struct FramePool<const N: usize> {
     base: PhysAddr,
+    /// Frames that exist (at most `N`).
+    count: usize,
     used: [bool; N],
     /// Length of the allocation starting at each frame (0: none starts there).
     lengths: [u8; N],
@@ -19,8 +21,14 @@ pub struct FramePool<const N: usize> {
 impl<const N: usize> FramePool<N> {
     /// A pool of the `N` frames at `base` (4 KiB aligned; the caller reserves the memory).
     pub const fn new(base: PhysAddr) -> Self {
+        Self::with_frames(base, N)
+    }
+
+    /// A pool of the first `count` (at most `N`) frames at `base`.
+    pub const fn with_frames(base: PhysAddr, count: usize) -> Self {
         Self {
             base,
+            count: if count < N { count } else { N },
             used: [false; N],
             lengths: [0; N],
         }
@@ -39,9 +47,9 @@ impl<const N: usize> FrameAllocator for FramePool<N> {
         }
         let base_frame = self.base.as_u64() / PAGE_SIZE;
         // Natural alignment of the physical address, not of the index.
-        let first = (0..N).find(|&i| {
+        let first = (0..self.count).find(|&i| {
             (base_frame + i as u64).is_multiple_of(count as u64)
-                && i + count <= N
+                && i + count <= self.count
                 && self.used[i..i + count].iter().all(|&u| !u)
         })?;
         self.used[first..first + count].fill(true);
@@ -56,7 +64,7 @@ impl<const N: usize> FrameAllocator for FramePool<N> {
         let index = (offset / PAGE_SIZE) as usize;
         // Frames that are not ours, or a wrong count, are ignored rather than corrupting
         // the bookkeeping.
-        if index < N && self.lengths[index] as usize == count {
+        if index < self.count && self.lengths[index] as usize == count {
             self.lengths[index] = 0;
             self.used[index..index + count].fill(false);
         }
@@ -82,6 +90,15 @@ mod tests {
         pool.deallocate_frames(b, 2);
         assert_eq!(pool.allocate_frames(1), Some(b));
         assert_eq!(pool.allocate_frames(3), None, "not a power of two");
+    }
+
+    #[test]
+    fn a_limited_pool_stays_inside_its_frames() {
+        let mut pool = FramePool::<8>::with_frames(PhysAddr::new(0x1000), 3);
+        assert!(pool.allocate_frames(1).is_some());
+        assert!(pool.allocate_frames(2).is_some());
+        assert_eq!(pool.allocate_frames(1), None, "only 3 frames exist");
+        assert_eq!(pool.in_use(), 3);
     }
 
     #[test]

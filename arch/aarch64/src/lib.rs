@@ -15,9 +15,12 @@
 #![deny(missing_docs)]
 
 pub mod board;
+pub mod devicetree;
 pub mod esr;
 pub mod frames;
 pub mod memmap;
+pub mod psci;
+pub mod trap;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod hw;

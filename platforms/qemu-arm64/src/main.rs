@@ -4,7 +4,7 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
-use cellvisor_aarch64::board::{Board, Cpus, Gic, UartKind};
+use cellvisor_aarch64::board::{Board, BootSlots, Cpus, Gic, UartKind};
 use cellvisor_paging::PhysAddr;
 
 cellvisor_aarch64::board!(Board {
@@ -14,8 +14,8 @@ cellvisor_aarch64::board!(Board {
     uart: (UartKind::Pl011, PhysAddr::new(0x0900_0000)),
     // The CPU count follows -smp; QEMU describes the CPUs in its device tree.
     cpus: Cpus::DeviceTree { fallback: &[0] },
-    // -m 128M is the smallest RAM this board is run with.
-    ram: (PhysAddr::new(0x4000_0000), 128 << 20),
+    // RAM starts at 1 GiB and may reach up to 256 GiB (-m).
+    ram: (PhysAddr::new(0x4000_0000), 255 << 30),
     dtb_fallback: Some(PhysAddr::new(0x4000_0000)),
     gic: Gic {
         distributor: PhysAddr::new(0x0800_0000),
@@ -23,6 +23,12 @@ cellvisor_aarch64::board!(Board {
         hypervisor_interface: Some(PhysAddr::new(0x0803_0000)),
         virtual_cpu_interface: Some(PhysAddr::new(0x0804_0000)),
         redistributors: Some(PhysAddr::new(0x080a_0000)),
+    },
+    // The same addresses as `config-address` and `kernel-address` in Cargo.toml, where
+    // `cargo xtask run` reads them.
+    boot: BootSlots {
+        config: PhysAddr::new(0x409c_0000),
+        kernel: PhysAddr::new(0x40a0_0000),
     },
 });
 

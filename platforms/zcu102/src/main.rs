@@ -6,7 +6,7 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
-use cellvisor_aarch64::board::{Board, Cpus, Gic, UartKind};
+use cellvisor_aarch64::board::{Board, BootSlots, Cpus, Gic, UartKind};
 use cellvisor_paging::PhysAddr;
 
 cellvisor_aarch64::board!(Board {
@@ -22,6 +22,12 @@ cellvisor_aarch64::board!(Board {
         hypervisor_interface: Some(PhysAddr::new(0xf904_0000)),
         virtual_cpu_interface: Some(PhysAddr::new(0xf906_0000)),
         redistributors: None,
+    },
+    // The same addresses as `config-address` and `kernel-address` in Cargo.toml, where
+    // `cargo xtask run` reads them.
+    boot: BootSlots {
+        config: PhysAddr::new(0x9c_0000),
+        kernel: PhysAddr::new(0xa0_0000),
     },
 });
 

@@ -1,6 +1,7 @@
-//! EL2 exception vectors. Until a later stage gives the hypervisor guests, every exception
-//! is unexpected: the handler prints the decoded syndrome, the addresses and the registers,
-//! then parks the CPU. It runs on the CPU's exception stack (SP_EL2).
+//! EL2 exception vectors. Exceptions from a cell (lower EL, AArch64) go to the trap handler
+//! in `guest.rs`; every other exception is unexpected: the handler prints the decoded
+//! syndrome, the addresses and the registers, then parks the CPU. Both run on the CPU's
+//! exception stack (SP_EL2).
 
 use crate::esr::Esr;
 use crate::hw::{cpu_index, park, report};
@@ -8,7 +9,7 @@ use aarch64_cpu::registers::{Readable, ESR_EL2, FAR_EL2};
 
 /// The registers saved by the vector entry, in the order they are pushed.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct TrapFrame {
     /// x0 to x30.
     pub x: [u64; 31],
@@ -28,7 +29,22 @@ core::arch::global_asm!(
     .balign 0x800
     .global cellvisor_vectors
 cellvisor_vectors:
-    .irp kind, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    .irp kind, 0,1,2,3,4,5,6,7
+    .balign 0x80
+    sub     sp, sp, #(34 * 8)
+    stp     x0, x1, [sp, #(0 * 8)]
+    mov     x0, #\kind
+    b       cellvisor_vector_common
+    .endr
+    // Lower EL, AArch64: a cell's vCPU trapped (hw/guest.rs).
+    .irp kind, 8,9,10,11
+    .balign 0x80
+    sub     sp, sp, #(34 * 8)
+    stp     x0, x1, [sp, #(0 * 8)]
+    mov     x0, #\kind
+    b       cellvisor_guest_vector
+    .endr
+    .irp kind, 12,13,14,15
     .balign 0x80
     sub     sp, sp, #(34 * 8)
     stp     x0, x1, [sp, #(0 * 8)]

@@ -11,11 +11,13 @@ use cellvisor_paging::{
     Error, LinearMemory, PaSize, PageTable, PhysAddr, Stage1El2, TableMemory,
     MAIR_EL2 as MAIR_VALUE,
 };
+use cellvisor_paging::{MapMode, Mapping, Stale, TlbInvalidate, VirtAddr};
 use core::cell::UnsafeCell;
+use spin::Mutex;
 
 /// Frames for the EL2 tables: enough for the image, the devices of any board and the
 /// splits the per-section permissions cause.
-const POOL_FRAMES: usize = 24;
+const POOL_FRAMES: usize = 40;
 
 #[repr(C, align(4096))]
 struct Pool(UnsafeCell<[[u64; 512]; POOL_FRAMES]>);
@@ -37,6 +39,14 @@ pub struct MmuConfig {
     /// TTBR0_EL2.
     pub ttbr0: u64,
 }
+
+/// The tree and its frame bookkeeping, kept for [`extend`].
+struct Tables {
+    table: PageTable<Stage1El2>,
+    frames: FramePool<POOL_FRAMES>,
+}
+
+static TABLES: Mutex<Option<Tables>> = Mutex::new(None);
 
 /// Builds the map. Runs with the MMU off, so the pool is reached at its physical address.
 pub fn build(image: ImageLayout, devices: &[(PhysAddr, u64)]) -> Result<MmuConfig, Error> {
@@ -62,11 +72,66 @@ pub fn build(image: ImageLayout, devices: &[(PhysAddr, u64)]) -> Result<MmuConfi
     let mut table = PageTable::new(format, &mut memory)?;
     memmap::build(&mut table, &mut memory, image, devices)?;
     super::cache::clean_invalidate(pool_base as usize, POOL_FRAMES * 4096);
-    Ok(MmuConfig {
+    let config = MmuConfig {
         mair: MAIR_VALUE,
         tcr: format.tcr(pa_size).bits(),
         ttbr0: table.root().as_u64(),
-    })
+    };
+    *TABLES.lock() = Some(Tables {
+        table,
+        frames: memory.frames,
+    });
+    Ok(config)
+}
+
+/// Invalidates this CPU's EL2 TLB for every change of the live map (only the boot CPU
+/// runs while the map is extended; the others invalidate when they switch their MMU on).
+struct LiveEl2;
+
+impl TlbInvalidate<VirtAddr> for LiveEl2 {
+    fn invalidate(&mut self, _start: VirtAddr, _size: u64, _stale: Stale) {
+        // SAFETY: dropping cached EL2 translations has no effect on memory.
+        unsafe {
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi alle2",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
+    }
+}
+
+/// Adds identity mappings to the live map of the boot CPU (MMU on), before the other CPUs
+/// start. Ranges are widened to whole pages.
+pub fn extend(mappings: &[(PhysAddr, u64, cellvisor_paging::Attributes)]) -> Result<usize, Error> {
+    let mut guard = TABLES.lock();
+    let Some(tables) = guard.as_mut() else {
+        return Ok(0);
+    };
+    let mut memory = TableMemory {
+        frames: &mut tables.frames,
+        // SAFETY: EL2 runs identity mapped; the pool frames are mapped read-write in the
+        // image's data/bss section.
+        memory: unsafe { LinearMemory::new(0) },
+    };
+    for &(base, size, attributes) in mappings {
+        let start = base.as_u64() & !0xfff;
+        let end = (base.as_u64() + size).next_multiple_of(0x1000);
+        tables.table.map(
+            &mut memory,
+            &mut LiveEl2,
+            Mapping {
+                input: VirtAddr::new(start),
+                output: PhysAddr::new(start),
+                size: end - start,
+                attributes,
+            },
+            MapMode::Replace,
+        )?;
+    }
+    Ok(tables.frames.in_use())
 }
 
 /// Switches this CPU's MMU and caches on with `config`.

@@ -1,11 +1,16 @@
 //! The parts that run on the CPU: entry, exception vectors, MMU, PSCI, timers. Only built
 //! for AArch64 targets; everything above this module is plain logic tested on the host.
 
+mod boot;
 mod cache;
+mod cell;
 mod console;
 mod entry;
 mod exception;
+mod gic;
+mod guest;
 mod mmu;
+mod sysreg;
 
 use crate::board::{device_tree_size, Board, CpuList, MPIDR_AFFINITY_MASK};
 use crate::memmap::{ImageLayout, StackArea};
@@ -26,6 +31,7 @@ unsafe extern "C" {
     /// Their addresses are the stack slot sizes, guard page included.
     static __stack_slot: u8;
     static __exception_stack_slot: u8;
+    static __exception_stacks_start: u8;
     static __image_start: u8;
     static __text_end: u8;
     static __rodata_end: u8;
@@ -134,6 +140,11 @@ extern "C" fn cellvisor_primary_entry(x0: u64) -> ! {
     let me = MPIDR_EL1.get() & MPIDR_AFFINITY_MASK;
     cpus.move_to_front(me);
 
+    // The system configuration: copied into the image while the MMU is off, parsed once
+    // it is on (parsing needs normal memory).
+    let system_config = boot::copy_config(board.boot.config);
+    let dtb = device_tree(board, x0).map(|tree| (tree.as_ptr() as u64, tree.len()));
+
     let mut devices = heapless::Vec::<(PhysAddr, u64), 4>::new();
     let _ = devices.push((uart_base, PAGE_SIZE));
     let config = match mmu::build(layout(), &devices) {
@@ -164,6 +175,10 @@ extern "C" fn cellvisor_primary_entry(x0: u64) -> ! {
             cpus.mpidrs().len()
         );
     }
+    // With a root cell to run: parse the configuration and map what it needs before any
+    // other CPU runs on the tables.
+    let system_config =
+        system_config.and_then(|bytes| boot::prepare(board, bytes, cpus.mpidrs().len()));
     let mut started = 1;
     for (index, &mpidr) in cpus.mpidrs().iter().enumerate().take(stacks).skip(1) {
         let entry = entry::cellvisor_secondary_entry as *const () as u64;
@@ -186,7 +201,17 @@ extern "C" fn cellvisor_primary_entry(x0: u64) -> ! {
     if cfg!(feature = "fault-injection") {
         inject_fault();
     }
-    idle()
+    match system_config {
+        Some(prepared) => boot::root_cell(board, prepared, cpus.mpidrs(), dtb),
+        None => {
+            log::info!(
+                "no system configuration at {:#x}: no root cell to run",
+                board.boot.config.as_u64()
+            );
+            boot::no_root_cell();
+            idle()
+        }
+    }
 }
 
 /// Waits until `expected` CPUs are online or `timeout_ms` passed; returns how many are.
@@ -211,7 +236,15 @@ extern "C" fn cellvisor_secondary_entry_rust(index: u64) -> ! {
     mmu::enable(&config);
     ONLINE.fetch_add(1, Ordering::AcqRel);
     log::debug!("CPU {index} at EL2");
-    idle()
+    boot::secondary(index as usize)
+}
+
+/// The top of CPU `cpu`'s exception stack (SP_EL2 when no exception is in progress).
+fn exception_stack_top(cpu: usize) -> u64 {
+    // Only the addresses of the linker symbols are used.
+    let start = &raw const __exception_stacks_start as u64;
+    let slot = &raw const __exception_stack_slot as u64;
+    start + slot * (cpu as u64 + 1)
 }
 
 /// Debug builds with the `fault-injection` feature: read an address the EL2 map does not

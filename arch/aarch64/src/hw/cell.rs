@@ -1,0 +1,376 @@
+//! The root cell: built from the system configuration at boot (stage 2, GIC partition,
+//! device tree), then entered on the boot CPU; its other vCPUs start through PSCI CPU_ON.
+
+use crate::board::MAX_CPUS;
+use crate::frames::FramePool;
+use crate::psci::{status, Call, VcpuPower};
+use crate::trap::{TrapCounters, TrapReason};
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{
+    Readable, Writeable, CNTFRQ_EL0, CNTHCTL_EL2, CNTPCT_EL0, CNTVOFF_EL2, CPTR_EL2, HCR_EL2,
+    MDCR_EL2, MIDR_EL1, MPIDR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+};
+use cellvisor_config::{MemoryFlags, SystemConfigView};
+use cellvisor_paging::{
+    Access, Attributes, Cacheability, GuestPhysAddr, LinearMemory, MapMode, Mapping, MemoryType,
+    NotLive, PaSize, PageTable, PhysAddr, Stage2, TableMemory,
+};
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::Once;
+
+/// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
+const MAX_REGIONS: usize = 64;
+
+/// Frames for stage-2 tables, taken from hypervisor memory after the image.
+pub const TABLE_FRAMES: usize = 1024;
+
+/// What the hypervisor remembers of the root cell.
+pub struct RootCell {
+    name: heapless::String<32>,
+    /// (IPA, size, flags) of each memory region.
+    regions: heapless::Vec<(u64, u64, MemoryFlags), MAX_REGIONS>,
+    /// Hypervisor CPU indices of the cell.
+    cpus: u64,
+    mpidrs: heapless::Vec<u64, MAX_CPUS>,
+    vtcr: u64,
+    vttbr: u64,
+    /// Stage-2 table frames in use.
+    pub table_frames: usize,
+    /// Bits of IPA.
+    pub ipa_bits: u32,
+}
+
+static ROOT: Once<RootCell> = Once::new();
+static POWER: [VcpuPower; MAX_CPUS] = [const { VcpuPower::new() }; MAX_CPUS];
+static COUNTERS: [TrapCounters; MAX_CPUS] = [const { TrapCounters::new() }; MAX_CPUS];
+/// The firmware implements SMCCC 1.1 (PSCI_FEATURES(SMCCC_VERSION) succeeded).
+static FIRMWARE_SMCCC: AtomicBool = AtomicBool::new(false);
+
+/// The root cell's name, for reports.
+pub fn name() -> &'static str {
+    ROOT.get().map_or("?", |root| root.name.as_str())
+}
+
+/// Counts a trap of `cpu`.
+pub fn count(cpu: usize, reason: TrapReason) {
+    if let Some(counters) = COUNTERS.get(cpu) {
+        counters.count(reason);
+    }
+}
+
+/// The vCPU power state of hypervisor CPU `cpu`.
+pub fn power(cpu: usize) -> &'static VcpuPower {
+    &POWER[cpu.min(MAX_CPUS - 1)]
+}
+
+/// Whether the firmware takes SMCCC calls beyond PSCI.
+pub fn firmware_smccc() -> bool {
+    FIRMWARE_SMCCC.load(Ordering::Relaxed)
+}
+
+/// The hypervisor CPU index of the cell's CPU with affinity `mpidr`.
+pub fn cpu_of(mpidr: u64) -> Option<usize> {
+    let root = ROOT.get()?;
+    let mpidr = mpidr & crate::board::MPIDR_AFFINITY_MASK;
+    root.mpidrs
+        .iter()
+        .position(|&m| m == mpidr)
+        .filter(|&cpu| root.cpus & 1 << cpu != 0)
+}
+
+/// Why the root cell cannot be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Stage-2 tables.
+    Paging(cellvisor_paging::Error),
+    /// Stage-2 registers.
+    Stage2(cellvisor_paging::ConfigError),
+    /// Something else, described.
+    Other(&'static str),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Paging(e) => write!(f, "stage-2 tables: {e}"),
+            Self::Stage2(e) => write!(f, "stage-2 registers: {e:?}"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Builds the root cell's stage 2 from the configuration, with table frames from
+/// `[frames, frames + count * 4 KiB)` (hypervisor memory mapped at EL2).
+pub fn build(
+    config: &SystemConfigView<'_>,
+    mpidrs: &[u64],
+    frames: PhysAddr,
+    frame_count: usize,
+    gicv: Option<(u64, u64, u64)>,
+) -> Result<&'static RootCell, BuildError> {
+    let root = config.root_cell();
+    let mut regions = heapless::Vec::new();
+    let mut max_end = 1u64 << 32;
+    for region in root.memory_regions() {
+        regions
+            .push((region.virt_start, region.size, region.flags))
+            .map_err(|_| BuildError::Other("the root cell has more than 64 memory regions"))?;
+        max_end = max_end.max(region.virt_start + region.size);
+    }
+    let parange = (aarch64_cpu::registers::ID_AA64MMFR0_EL1.get() & 0xf) as u8;
+    let pa_size = PaSize::from_parange(parange).unwrap_or(PaSize::Bits40);
+    let needed = 64 - (max_end - 1).leading_zeros();
+    let ipa_bits = needed.clamp(32, pa_size.bits().min(48));
+    if needed > ipa_bits {
+        return Err(BuildError::Other(
+            "a root-cell region lies above the CPU's physical address size",
+        ));
+    }
+    let format = Stage2::new(ipa_bits).map_err(BuildError::Stage2)?;
+    let mut memory = TableMemory {
+        frames: FramePool::<TABLE_FRAMES>::with_frames(frames, frame_count),
+        // SAFETY: EL2 runs identity mapped (offset 0) and the frame pool hands out frames of
+        // hypervisor memory that nothing else uses and the EL2 map covers read-write.
+        memory: unsafe { LinearMemory::new(0) },
+    };
+    let mut table = PageTable::new(format, &mut memory).map_err(BuildError::Paging)?;
+    let mut map = |ipa: u64, pa: u64, size: u64, attributes| {
+        table
+            .map(
+                &mut memory,
+                &mut NotLive,
+                Mapping {
+                    input: GuestPhysAddr::new(ipa),
+                    output: PhysAddr::new(pa),
+                    size,
+                    attributes,
+                },
+                MapMode::New,
+            )
+            .map_err(BuildError::Paging)
+    };
+    for region in root.memory_regions() {
+        let mut access = Access::empty();
+        for (flag, bit) in [
+            (MemoryFlags::READ, Access::READ),
+            (MemoryFlags::WRITE, Access::WRITE),
+            (MemoryFlags::EXECUTE, Access::EXECUTE),
+        ] {
+            if region.flags.contains(flag) {
+                access |= bit;
+            }
+        }
+        let kind = if region.flags.contains(MemoryFlags::IO) {
+            MemoryType::Device
+        } else {
+            MemoryType::Normal(Cacheability::WriteBack)
+        };
+        map(
+            region.virt_start,
+            region.phys_start,
+            region.size,
+            Attributes::new(access, kind),
+        )?;
+    }
+    // GICv2: the cell's CPU interface is the virtual CPU interface.
+    if let Some((gicc, gicv, size)) = gicv {
+        map(
+            gicc,
+            gicv,
+            size,
+            Attributes::new(Access::RW, MemoryType::Device),
+        )?;
+    }
+    let stats = table.stats(&memory.memory);
+    let vtcr = format
+        .vtcr(pa_size, false)
+        .map_err(BuildError::Stage2)?
+        .bits();
+    let vttbr = format
+        .vttbr(table.root(), 1, false)
+        .map_err(BuildError::Stage2)?
+        .bits();
+    let mut cpus = 0u64;
+    for cpu in root.cpus().iter() {
+        if (cpu as usize) < mpidrs.len().min(64) {
+            cpus |= 1 << cpu;
+        }
+    }
+    let mut name = heapless::String::new();
+    for c in root.name().chars() {
+        let _ = name.push(c);
+    }
+    let mut list = heapless::Vec::new();
+    for &mpidr in mpidrs.iter().take(MAX_CPUS) {
+        let _ = list.push(mpidr);
+    }
+    FIRMWARE_SMCCC.store(
+        smccc::psci::psci_features::<smccc::Smc>(crate::psci::function::SMCCC_VERSION).is_ok(),
+        Ordering::Relaxed,
+    );
+    Ok(ROOT.call_once(|| RootCell {
+        name,
+        regions,
+        cpus,
+        mpidrs: list,
+        vtcr,
+        vttbr,
+        table_frames: stats.frames,
+        ipa_bits,
+    }))
+}
+
+/// Whether hypervisor CPU `cpu` belongs to the root cell.
+pub fn owns_cpu(cpu: usize) -> bool {
+    ROOT.get()
+        .is_some_and(|root| cpu < 64 && root.cpus & 1 << cpu != 0)
+}
+
+/// Loads the EL2 registers that run the root cell's vCPU on this CPU.
+pub fn prepare_cpu() {
+    let Some(root) = ROOT.get() else { return };
+    // HCR_EL2 (Arm ARM D23): VM (stage 2), SWIO, FMO and IMO (interrupts to EL2, virtual
+    // interrupts and ICV registers for EL1), TSC (SMC traps), RW (EL1 is AArch64).
+    const VM: u64 = 1 << 0;
+    const SWIO: u64 = 1 << 1;
+    const FMO: u64 = 1 << 3;
+    const IMO: u64 = 1 << 4;
+    const TSC: u64 = 1 << 19;
+    const RW: u64 = 1 << 31;
+    VTCR_EL2.set(root.vtcr);
+    VTTBR_EL2.set(root.vttbr);
+    HCR_EL2.set(VM | SWIO | FMO | IMO | TSC | RW);
+    // EL1 may read the physical counter and use the physical timer; virtual counter offset 0
+    // so that all CPUs and cells agree on time.
+    CNTHCTL_EL2.set(0b11);
+    CNTVOFF_EL2.set(0);
+    super::sysreg::set_vpidr(MIDR_EL1.get());
+    VMPIDR_EL2.set(MPIDR_EL1.get());
+    // CPTR_EL2: RES1 bits [13:12] and [9:0], TFP = 0: no FP/SIMD trap.
+    CPTR_EL2.set(0x33ff);
+    // MDCR_EL2.HPMN = PMCR_EL0.N: every event counter to EL1/EL0, no debug traps.
+    let pmcr: u64;
+    // SAFETY: reading PMCR_EL0 at EL2 has no side effect.
+    unsafe { core::arch::asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
+    MDCR_EL2.set(pmcr >> 11 & 0x1f);
+    barrier::isb(barrier::SY);
+    // SAFETY: invalidating this CPU's stage-1/2 TLB entries of the current VMID only drops
+    // cached translations of the (new) cell.
+    unsafe { core::arch::asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack)) };
+}
+
+/// PSCI CPU_ON from the cell: `target` MPIDR, `entry` IPA, `context` for x0.
+pub fn cpu_on(target: u64, entry: u64, context: u64, function: u32) -> i64 {
+    let Some(root) = ROOT.get() else {
+        return status::DENIED;
+    };
+    let Some(cpu) = cpu_of(target) else {
+        return status::INVALID_PARAMETERS;
+    };
+    // SMC32 CPU_ON passes 32-bit arguments.
+    let entry = if function & crate::psci::function::SMC64 == 0 {
+        entry & 0xffff_ffff
+    } else {
+        entry
+    };
+    let executable = root.regions.iter().any(|&(ipa, size, flags)| {
+        flags.contains(MemoryFlags::EXECUTE)
+            && !flags.contains(MemoryFlags::IO)
+            && (ipa..ipa + size).contains(&entry)
+    });
+    if !executable || entry % 4 != 0 {
+        return status::INVALID_ADDRESS;
+    }
+    match POWER[cpu].power_on(entry, context) {
+        Ok(()) => {
+            barrier::dsb(barrier::SY);
+            aarch64_cpu::asm::sev();
+            status::SUCCESS
+        }
+        Err(error) => error.status(),
+    }
+}
+
+/// PSCI SYSTEM_OFF / SYSTEM_RESET of the root cell: the whole machine. Prints the trap
+/// counters first.
+pub fn system_power(cpu: usize, reset: bool) -> i64 {
+    super::print(format_args!(
+        "cellvisor: cell \"{}\" (CPU {cpu}) asked for system {}\n",
+        name(),
+        if reset { "reset" } else { "off" }
+    ));
+    print_counters();
+    let result = if reset {
+        smccc::psci::system_reset::<smccc::Smc>()
+    } else {
+        smccc::psci::system_off::<smccc::Smc>()
+    };
+    log::error!("firmware SYSTEM_OFF/RESET returned: {result:?}");
+    status::DENIED
+}
+
+/// SMCCC calls other than PSCI: `Some(x0..x3)` to return, `None` for NOT_SUPPORTED.
+///
+/// Policy: Arm architecture calls (SMCCC_VERSION, ARCH_FEATURES, the CPU errata
+/// workarounds) and silicon-provider/OEM/Trusted OS calls of the root cell go to the
+/// firmware when it implements SMCCC 1.1 (otherwise nothing answers them on this machine);
+/// the hypervisor's own call 0x8600_0000/0xC600_0000 prints the trap counters; everything
+/// else is NOT_SUPPORTED.
+pub fn smccc_policy(call: Call, frame: &super::exception::TrapFrame) -> Option<[u64; 4]> {
+    match call {
+        Call::Architecture(id) | Call::Firmware(id) if firmware_smccc() => {
+            let mut args = [0u64; 17];
+            args.copy_from_slice(&frame.x[1..18]);
+            let result = smccc::smc64(id, args);
+            Some([result[0], result[1], result[2], result[3]])
+        }
+        Call::Hypervisor(id) if id & 0xffff == 0 && (id >> 24) & 0x3f == 6 => {
+            print_counters();
+            Some([0, 0, 0, 0])
+        }
+        _ => None,
+    }
+}
+
+/// Prints the trap counters of every CPU of the root cell.
+pub fn print_counters() {
+    let frequency = CNTFRQ_EL0.get().max(1);
+    let ticks = CNTPCT_EL0.get();
+    let millis = ticks * 1000 / frequency;
+    super::print(format_args!(
+        "cellvisor: trap counters of cell \"{}\" at {}.{:03} s:\n",
+        name(),
+        millis / 1000,
+        millis % 1000
+    ));
+    let mut header = heapless::String::<160>::new();
+    let _ = core::fmt::Write::write_str(&mut header, "  cpu        total");
+    for reason in TrapReason::ALL {
+        let _ = core::fmt::Write::write_fmt(&mut header, format_args!(" {:>11}", reason.name()));
+    }
+    super::print(format_args!("{header}\n"));
+    let Some(root) = ROOT.get() else { return };
+    for (cpu, counters) in COUNTERS.iter().enumerate().take(root.mpidrs.len()) {
+        if !owns_cpu(cpu) {
+            continue;
+        }
+        let mut line = heapless::String::<160>::new();
+        let _ = core::fmt::Write::write_fmt(
+            &mut line,
+            format_args!("  {cpu:<3} {:>12}", counters.total()),
+        );
+        for reason in TrapReason::ALL {
+            let _ = core::fmt::Write::write_fmt(
+                &mut line,
+                format_args!(" {:>11}", counters.get(reason)),
+            );
+        }
+        super::print(format_args!("{line}\n"));
+    }
+}
+
+/// Used by the GIC set-up: the root cell's CPU set for the partition.
+pub fn gic_cpu_set() -> cellvisor_gic::CpuSet {
+    let bits = ROOT.get().map_or(0, |root| root.cpus);
+    (0..64).filter(|cpu| bits & 1 << cpu != 0).collect()
+}

@@ -1,0 +1,564 @@
+//! The physical GIC at EL2 and its partitioning for cells, with `cellvisor-gic`'s emulation.
+//!
+//! Interrupts are routed to EL2 (`HCR_EL2.IMO`/`FMO`). The hypervisor acknowledges each one,
+//! drops its priority (`EOImode` = 1) and puts it into a list register: PPIs and SPIs as
+//! hardware interrupts (the cell's deactivation deactivates the physical one), SGIs as
+//! software interrupts deactivated at once. A full set of list registers queues the rest
+//! behind the underflow maintenance interrupt.
+//!
+//! GICv2 (IHI 0048B): the distributor is emulated, the cell's CPU interface is the virtual
+//! CPU interface (GICV) mapped at the GICC address, list registers are in GICH.
+//! GICv3 (IHI 0069): the distributor and redistributors are emulated, the CPU interface is
+//! the system registers (EL1 accesses go to the ICV registers), `ICC_SGI1R_EL1` writes trap.
+
+use super::sysreg;
+use crate::board::MAX_CPUS;
+use crate::trap::{AccessWidth, MmioTrap};
+use cellvisor_gic::lr::{GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, VirtualIrq};
+use cellvisor_gic::v2::{self, Accessor, DistributorV2};
+use cellvisor_gic::v3::{self, filter_sgi1r, gicr, DistributorV3, Redistributors};
+use cellvisor_gic::{
+    CellId, CpuSet, ForeignWrites, IntId, IrqOwnership, MmioAccess, MmioAddr, MmioRegion, Mpidr,
+    Outcome, Topology, Violation, Width,
+};
+use cellvisor_mmio::Mmio;
+use core::cell::UnsafeCell;
+use spin::{Mutex, Once};
+
+/// The priority of injected interrupts: above Linux's default mask (0xf0).
+const VIRTUAL_PRIORITY: u8 = 0xa0;
+/// Pending interrupts per CPU beyond the list registers.
+const QUEUE: usize = 32;
+/// Special INTIDs 1020..1023: nothing to handle (spurious).
+const SPECIAL_INTIDS: u32 = 1020;
+
+/// The register windows of the GIC (physical addresses, identity mapped at EL2).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Distributor and its size.
+    pub distributor: (u64, u64),
+    /// GICv3 redistributor region and its size.
+    pub redistributors: Option<(u64, u64)>,
+    /// GICv2 CPU interface and its size.
+    pub cpu_interface: Option<(u64, u64)>,
+    /// GICv2 virtual interface control.
+    pub hypervisor_interface: Option<u64>,
+    /// The maintenance interrupt.
+    pub maintenance: u32,
+}
+
+enum Emulation {
+    V2(DistributorV2),
+    V3(DistributorV3, Redistributors),
+}
+
+struct Gic {
+    layout: Layout,
+    /// The GICv2 CPU interface as used: 4 KiB pages contiguous from here.
+    gicc: u64,
+    emulation: Emulation,
+    ownership: IrqOwnership,
+    mpidrs: [Mpidr; MAX_CPUS],
+    cpu_count: usize,
+    root: CellId,
+    root_cpus: CpuSet,
+}
+
+static GIC: Once<Gic> = Once::new();
+/// Serialises every access to the physical distributor (read-merge-write emulation).
+static DISTRIBUTOR: Mutex<()> = Mutex::new(());
+
+/// Per-CPU injection queues, each touched only by its own CPU with interrupts masked.
+struct PerCpu([UnsafeCell<Option<ListRegisters<QUEUE>>>; MAX_CPUS]);
+// SAFETY: entry n is only accessed by CPU n, from EL2 with interrupts masked, so never
+// concurrently.
+unsafe impl Sync for PerCpu {}
+static QUEUES: PerCpu = PerCpu([const { UnsafeCell::new(None) }; MAX_CPUS]);
+
+fn region(base: u64, size: u64) -> MmioRegion {
+    // SAFETY: the GIC windows are mapped as device memory in the EL2 map for the whole run
+    // (hw::primary maps them before calling init), hold only GIC registers, and every access
+    // to the distributor goes through the DISTRIBUTOR lock; the per-CPU windows (GICC, GICH,
+    // the CPU's redistributor) are banked or only used by their own CPU.
+    unsafe { MmioRegion::new(MmioAddr::new(base as usize), size as usize) }
+}
+
+fn gic() -> &'static Gic {
+    GIC.get().expect("GIC used before init")
+}
+
+/// Whether the GIC is GICv3.
+pub fn is_v3() -> bool {
+    GIC.get()
+        .is_some_and(|gic| matches!(gic.emulation, Emulation::V3(..)))
+}
+
+/// Sets up the distributor (boot CPU, before the others run) and the partitioning state:
+/// the root cell owns `root_irqs` (SPIs) and the CPUs in `root_cpus`.
+pub fn init(
+    layout: Layout,
+    mpidrs: &[u64],
+    root_cpus: CpuSet,
+    root_irqs: &mut dyn Iterator<Item = u32>,
+) -> Result<(), &'static str> {
+    let root = CellId::new(0);
+    let (dist_base, dist_size) = layout.distributor;
+    let mut dist = region(dist_base, dist_size);
+    let emulation = match layout.redistributors {
+        Some(_) => Emulation::V3(
+            DistributorV3::probe(&mut dist, root, ForeignWrites::Ignore),
+            Redistributors::new(Redistributors::GICV3_STRIDE, ForeignWrites::Ignore),
+        ),
+        None => Emulation::V2(DistributorV2::probe(&mut dist, root, ForeignWrites::Ignore)),
+    };
+    let implemented = match &emulation {
+        Emulation::V2(d) => d.implemented_irqs(),
+        Emulation::V3(d, _) => d.implemented_irqs(),
+    };
+    let mut ownership = IrqOwnership::new(implemented);
+    if !ownership.reserve_private(IntId::new(layout.maintenance)) {
+        return Err("the maintenance interrupt is not a PPI");
+    }
+    for irq in root_irqs {
+        if irq >= 32 && irq < implemented {
+            ownership
+                .assign(root, IntId::new(irq))
+                .map_err(|_| "an SPI of the root cell cannot be assigned")?;
+        }
+    }
+    let mut table = [Mpidr::new(0, 0, 0, 0); MAX_CPUS];
+    for (slot, &mpidr) in table.iter_mut().zip(mpidrs) {
+        *slot = Mpidr::from_register(mpidr);
+    }
+    // Distributor on, affinity routing on GICv3 (IHI 0069 §12.9.4; with DS = 1 bit 0 is
+    // EnableGrp0, bit 1 EnableGrp1, bit 4 ARE); GICv2: EnableGrp0 | EnableGrp1 (§4.3.1).
+    match &emulation {
+        Emulation::V3(..) => {
+            let ctlr = dist.read32(v3::GICD_CTLR);
+            dist.write32(v3::GICD_CTLR, ctlr | 1 << 4);
+            wait_rwp(&mut dist);
+            dist.write32(v3::GICD_CTLR, ctlr | 1 << 4 | 0b11);
+            wait_rwp(&mut dist);
+        }
+        Emulation::V2(_) => {
+            let ctlr = dist.read32(v2::GICD_CTLR);
+            dist.write32(v2::GICD_CTLR, ctlr | 0b11);
+        }
+    }
+    let gicc = layout
+        .cpu_interface
+        .map_or(0, |(base, size)| cpu_interface_base(base, size));
+    GIC.call_once(|| Gic {
+        layout,
+        gicc,
+        emulation,
+        ownership,
+        mpidrs: table,
+        cpu_count: mpidrs.len().min(MAX_CPUS),
+        root,
+        root_cpus,
+    });
+    Ok(())
+}
+
+/// Where the GICv2 CPU interface's two 4 KiB pages are contiguous. Some SoCs (the ZynqMP's
+/// GIC-400) alias each 4 KiB page over 64 KiB, so a 128 KiB window holds page 0 at
+/// `base..base + 64K` and page 1 (GICC_DIR) from `base + 64K`: the 8 KiB interface is then
+/// contiguous at `base + 0xf000`. Detected by GICC_IIDR (offset 0xfc) reading the same at
+/// `base` and `base + 0xf000`.
+fn cpu_interface_base(base: u64, size: u64) -> u64 {
+    if size < 0x2_0000 {
+        return base;
+    }
+    let mut window = region(base, size);
+    let iidr = window.read32(0xfc);
+    if iidr != 0 && window.read32(0xf0fc) == iidr {
+        base + 0xf000
+    } else {
+        base
+    }
+}
+
+/// GICD_CTLR.RWP, bit 31: register writes still propagating.
+fn wait_rwp(dist: &mut MmioRegion) {
+    for _ in 0..1_000_000 {
+        if dist.read32(v3::GICD_CTLR) & 1 << 31 == 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    log::warn!("GICD_CTLR.RWP did not clear");
+}
+
+/// The CPU's redistributor frame offset in the region, found by its affinity in
+/// `GICR_TYPER[63:32]` (IHI 0069 §12.11.35).
+fn own_redistributor(gic: &Gic, mpidr: Mpidr) -> Option<u64> {
+    let (base, size) = gic.layout.redistributors?;
+    let mut region = region(base, size);
+    let stride = Redistributors::GICV3_STRIDE as u64;
+    let affinity = u32::from(mpidr.aff3()) << 24
+        | u32::from(mpidr.aff2()) << 16
+        | u32::from(mpidr.aff1()) << 8
+        | u32::from(mpidr.aff0());
+    (0..size / stride)
+        .map(|n| n * stride)
+        .find(|&frame| region.read32(frame as usize + gicr::TYPER + 4) == affinity)
+}
+
+/// Sets up this CPU's interface and virtual interface. `cpu` is the hypervisor CPU index.
+pub fn init_cpu(cpu: usize) {
+    let gic = gic();
+    let maintenance = gic.layout.maintenance;
+    let format = match gic.emulation {
+        Emulation::V3(..) => {
+            let mpidr = gic.mpidrs[cpu];
+            match own_redistributor(gic, mpidr) {
+                Some(frame) => {
+                    let (base, size) = gic.layout.redistributors.unwrap_or((0, 0));
+                    let mut r = region(base, size);
+                    let frame = frame as usize;
+                    // Wake the redistributor: clear ProcessorSleep, wait for ChildrenAsleep.
+                    let waker = r.read32(frame + gicr::WAKER);
+                    r.write32(frame + gicr::WAKER, waker & !(1 << 1));
+                    for _ in 0..1_000_000 {
+                        if r.read32(frame + gicr::WAKER) & 1 << 2 == 0 {
+                            break;
+                        }
+                        core::hint::spin_loop();
+                    }
+                    // The maintenance PPI: Group 1, priority 0x80, enabled.
+                    let sgi = frame + gicr::SGI_BASE;
+                    let group = r.read32(sgi + gicr::IGROUPR0);
+                    r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance);
+                    set_priority(&mut r, sgi + gicr::IPRIORITYR, maintenance);
+                    r.write32(sgi + gicr::ISENABLER0, 1 << maintenance);
+                }
+                None => log::error!("CPU {cpu}: no redistributor with affinity {mpidr:?}"),
+            }
+            // SRE and Enable (lower ELs use the system registers too), then the physical
+            // CPU interface: all priorities, EOImode = 1 (split drop and deactivation).
+            sysreg::set_icc_sre_el2(sysreg::icc_sre_el2() | 0b1001);
+            aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+            sysreg::set_icc_pmr(0xff);
+            sysreg::set_icc_bpr1(0);
+            sysreg::set_icc_ctlr(sysreg::icc_ctlr() | 1 << 1);
+            sysreg::set_icc_igrpen1(1);
+            sysreg::set_ich_vmcr(0);
+            sysreg::set_ich_ap0r0(0);
+            sysreg::set_ich_ap1r0(0);
+            let count = (sysreg::ich_vtr() & 0x1f) as usize + 1;
+            for n in 0..count.min(16) {
+                sysreg::set_ich_lr(n, 0);
+            }
+            sysreg::set_ich_hcr(1);
+            LrFormat::V3
+        }
+        Emulation::V2(_) => {
+            let (dist_base, dist_size) = gic.layout.distributor;
+            {
+                let _lock = DISTRIBUTOR.lock();
+                let mut dist = region(dist_base, dist_size);
+                set_priority(&mut dist, v2::GICD_IPRIORITYR, maintenance);
+                dist.write32(v2::GICD_ISENABLER, 1 << maintenance);
+            }
+            if gic.gicc != 0 {
+                let mut c = region(gic.gicc, 0x2000);
+                c.write32(GICC_PMR, 0xff);
+                c.write32(GICC_BPR, 0);
+                // EnableGrp0 | EnableGrp1 | EOImode (bit 9, IHI 0048B §4.4.1).
+                c.write32(GICC_CTLR, 0b11 | 1 << 9);
+            }
+            if let Some(gich) = gic.layout.hypervisor_interface {
+                let mut h = region(gich, 0x1000);
+                let count = (h.read32(GICH_VTR) & 0x3f) as usize + 1;
+                h.write32(GICH_VMCR, 0);
+                for n in 0..count {
+                    h.write32(GICH_LR0 + 4 * n, 0);
+                }
+                h.write32(GICH_HCR, 1);
+            }
+            LrFormat::V2
+        }
+    };
+    // SAFETY: only this CPU touches its queue (see PerCpu).
+    unsafe { *QUEUES.0[cpu].get() = Some(ListRegisters::new(format)) };
+}
+
+fn set_priority(regs: &mut MmioRegion, ipriorityr: usize, irq: u32) {
+    let offset = ipriorityr + (irq as usize / 4) * 4;
+    let shift = (irq % 4) * 8;
+    let value = regs.read32(offset) & !(0xff << shift) | 0x80 << shift;
+    regs.write32(offset, value);
+}
+
+const GICC_CTLR: usize = 0x0000;
+const GICC_PMR: usize = 0x0004;
+const GICC_BPR: usize = 0x0008;
+const GICC_IAR: usize = 0x000c;
+const GICC_EOIR: usize = 0x0010;
+const GICC_DIR: usize = 0x1000;
+const GICH_HCR: usize = 0x000;
+const GICH_VTR: usize = 0x004;
+const GICH_VMCR: usize = 0x008;
+const GICH_LR0: usize = 0x100;
+
+/// GICv3 list registers in `ICH_LR<n>_EL2`.
+struct IchListRegisters {
+    count: usize,
+}
+
+impl ListRegisterFile for IchListRegisters {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn read(&mut self, n: usize) -> u64 {
+        sysreg::ich_lr(n)
+    }
+
+    fn write(&mut self, n: usize, value: u64) {
+        sysreg::set_ich_lr(n, value);
+    }
+
+    fn empty(&mut self) -> u64 {
+        sysreg::ich_elrsr()
+    }
+
+    fn set_underflow_interrupt(&mut self, enabled: bool) {
+        let hcr = sysreg::ich_hcr();
+        let new = if enabled {
+            hcr | 1 << 1
+        } else {
+            hcr & !(1 << 1)
+        };
+        if new != hcr {
+            sysreg::set_ich_hcr(new);
+        }
+    }
+}
+
+/// Runs `f` with this CPU's list registers and queue.
+fn with_list_registers<T>(
+    cpu: usize,
+    f: impl FnOnce(&mut dyn ListRegisterFile, &mut ListRegisters<QUEUE>) -> T,
+) -> Option<T> {
+    let gic = gic();
+    // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu).
+    let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).as_mut()? };
+    match gic.emulation {
+        Emulation::V3(..) => {
+            let mut lrs = IchListRegisters {
+                count: (sysreg::ich_vtr() & 0x1f) as usize + 1,
+            };
+            Some(f(&mut lrs, queue))
+        }
+        Emulation::V2(_) => {
+            let gich = gic.layout.hypervisor_interface?;
+            let mut lrs = GichListRegisters::new(region(gich, 0x1000));
+            Some(f(&mut lrs, queue))
+        }
+    }
+}
+
+/// What [`handle_irq`] did, for the counters.
+pub enum Handled {
+    /// An interrupt was injected (or queued).
+    Injected,
+    /// The maintenance interrupt.
+    Maintenance,
+    /// Nothing pending any more.
+    Spurious,
+}
+
+/// Handles one physical interrupt taken to EL2 on `cpu` while a cell ran there.
+pub fn handle_irq(cpu: usize) -> Handled {
+    let gic = gic();
+    let v3 = matches!(gic.emulation, Emulation::V3(..));
+    let gicc = gic.gicc;
+    let iar = if v3 {
+        sysreg::icc_iar1()
+    } else {
+        u64::from(region(gicc, 0x2000).read32(GICC_IAR))
+    };
+    let intid = if v3 {
+        (iar & 0xff_ffff) as u32
+    } else {
+        (iar & 0x3ff) as u32
+    };
+    if (SPECIAL_INTIDS..1024).contains(&intid) {
+        return Handled::Spurious;
+    }
+    let eoi = |deactivate: bool| {
+        if v3 {
+            sysreg::icc_eoir1(iar);
+            if deactivate {
+                sysreg::icc_dir(iar);
+            }
+        } else {
+            let mut c = region(gicc, 0x2000);
+            c.write32(GICC_EOIR, iar as u32);
+            if deactivate {
+                c.write32(GICC_DIR, iar as u32);
+            }
+        }
+    };
+    if intid == gic.layout.maintenance {
+        eoi(true);
+        with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
+        return Handled::Maintenance;
+    }
+    let software = intid < 16;
+    eoi(software);
+    let irq = VirtualIrq {
+        vintid: intid,
+        pintid: (!software).then_some(intid),
+        priority: VIRTUAL_PRIORITY,
+        // GICv2 cells use Group 0 (their GICV_CTLR enables Group 0 only), GICv3 Group 1.
+        group1: v3,
+        source_cpu: if v3 { 0 } else { (iar >> 10 & 0x7) as u8 },
+    };
+    let result = with_list_registers(cpu, |lrs, queue| queue.inject(lrs, irq));
+    match result {
+        Some(Ok(_)) => {}
+        Some(Err(error)) => {
+            log::warn!("CPU {cpu}: interrupt {intid} dropped: {error:?}");
+            if !software {
+                eoi_deactivate_only(v3, gicc, iar);
+            }
+        }
+        None => {
+            if !software {
+                eoi_deactivate_only(v3, gicc, iar);
+            }
+        }
+    }
+    Handled::Injected
+}
+
+fn eoi_deactivate_only(v3: bool, gicc: u64, iar: u64) {
+    if v3 {
+        sysreg::icc_dir(iar);
+    } else {
+        region(gicc, 0x2000).write32(GICC_DIR, iar as u32);
+    }
+}
+
+/// Drops every virtual interrupt of this CPU (its vCPU powers off).
+pub fn reset_cpu_interface(cpu: usize) {
+    if let Some(gic) = GIC.get() {
+        with_list_registers(cpu, |lrs, queue| {
+            for n in 0..lrs.count() {
+                lrs.write(n, 0);
+            }
+            *queue = ListRegisters::new(queue.format());
+            lrs.set_underflow_interrupt(false);
+        });
+        if matches!(gic.emulation, Emulation::V3(..)) {
+            sysreg::set_ich_vmcr(0);
+            sysreg::set_ich_ap0r0(0);
+            sysreg::set_ich_ap1r0(0);
+        } else if let Some(gich) = gic.layout.hypervisor_interface {
+            region(gich, 0x1000).write32(GICH_VMCR, 0);
+        }
+    }
+}
+
+/// Which emulated GIC block an address is in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Block {
+    /// The distributor, at this offset.
+    Distributor(usize),
+    /// The redistributor region, at this offset.
+    Redistributors(usize),
+}
+
+/// The emulated block `ipa` is in (the root cell sees the GIC at its physical addresses).
+pub fn block_of(ipa: u64) -> Option<Block> {
+    let gic = GIC.get()?;
+    let (base, size) = gic.layout.distributor;
+    if (base..base + size).contains(&ipa) {
+        return Some(Block::Distributor((ipa - base) as usize));
+    }
+    let (base, size) = gic.layout.redistributors?;
+    (base..base + size)
+        .contains(&ipa)
+        .then(|| Block::Redistributors((ipa - base) as usize))
+}
+
+/// Emulates a trapped access of the root cell on `cpu` to `block`.
+pub fn emulate(
+    cpu: usize,
+    block: Block,
+    trap: &MmioTrap,
+    value: u64,
+) -> Result<Outcome, Violation> {
+    let gic = gic();
+    let width = match trap.width {
+        AccessWidth::Byte => Width::Byte,
+        AccessWidth::Half => Width::Half,
+        AccessWidth::Word => Width::Word,
+        AccessWidth::Double => Width::Double,
+    };
+    let by = Accessor {
+        cell: gic.root,
+        cpus: gic.root_cpus,
+        cpu,
+    };
+    let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
+    let access = |offset| {
+        if trap.write {
+            MmioAccess::write(offset, width, value)
+        } else {
+            MmioAccess::read(offset, width)
+        }
+    };
+    let _lock = DISTRIBUTOR.lock();
+    match (block, &gic.emulation) {
+        (Block::Distributor(offset), Emulation::V2(d)) => {
+            let (base, size) = gic.layout.distributor;
+            d.access(&mut region(base, size), &gic.ownership, by, access(offset))
+        }
+        (Block::Distributor(offset), Emulation::V3(d, _)) => {
+            let (base, size) = gic.layout.distributor;
+            d.access(
+                &mut region(base, size),
+                &gic.ownership,
+                by,
+                &topology,
+                access(offset),
+            )
+        }
+        (Block::Redistributors(offset), Emulation::V3(_, r)) => {
+            let (base, size) = gic.layout.redistributors.unwrap_or((0, 0));
+            r.access(
+                &mut region(base, size),
+                &gic.ownership,
+                by,
+                &topology,
+                access(offset),
+            )
+        }
+        (Block::Redistributors(offset), Emulation::V2(_)) => Err(Violation {
+            cell: gic.root,
+            block: cellvisor_gic::Block::Redistributors,
+            access: access(offset),
+            reason: cellvisor_gic::Reason::ReservedOffset,
+        }),
+    }
+}
+
+/// Sends the SGIs a trapped `ICC_SGI1R_EL1` write of the root cell on `cpu` asks for.
+pub fn send_sgi1r(cpu: usize, value: u64) -> Result<(), Violation> {
+    let gic = gic();
+    let by = Accessor {
+        cell: gic.root,
+        cpus: gic.root_cpus,
+        cpu,
+    };
+    let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
+    let request = filter_sgi1r(value, &gic.ownership, by, &topology, ForeignWrites::Ignore)?;
+    for write in request.physical_writes(&topology) {
+        sysreg::icc_sgi1r(write);
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Running a cell's vCPU: EL2 register set-up, the world switch and the trap handler.
+//!
+//! Each physical CPU runs at most one vCPU, so EL1 state stays in the EL1 registers; only the
+//! general-purpose registers, ELR_EL2 and SPSR_EL2 are saved on the CPU's exception stack at
+//! each trap (the [`TrapFrame`]) and restored by `eret`. Traps are dispatched by exception
+//! class, like Jailhouse's trap tables.
+
+use super::exception::TrapFrame;
+use super::{cell, cpu_index, gic, park, report};
+use crate::esr::Esr;
+use crate::psci::{self, status, Call, PowerState, Psci};
+use crate::trap::{
+    class, external_abort, AbortKind, MmioTrap, NotInjectable, SysregId, SysregTrap, TrapReason,
+    SPSR_EL1H_MASKED,
+};
+use aarch64_cpu::registers::{
+    Readable, Writeable, ELR_EL1, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HPFAR_EL2, ID_AA64MMFR1_EL1,
+    SCTLR_EL1, SPSR_EL1, VBAR_EL1,
+};
+use cellvisor_gic::Outcome;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.vectors, "ax"
+    .global cellvisor_guest_vector
+// Entered from a lower-EL vector with x0, x1 saved and x0 = vector kind.
+cellvisor_guest_vector:
+    stp     x2, x3, [sp, #(2 * 8)]
+    stp     x4, x5, [sp, #(4 * 8)]
+    stp     x6, x7, [sp, #(6 * 8)]
+    stp     x8, x9, [sp, #(8 * 8)]
+    stp     x10, x11, [sp, #(10 * 8)]
+    stp     x12, x13, [sp, #(12 * 8)]
+    stp     x14, x15, [sp, #(14 * 8)]
+    stp     x16, x17, [sp, #(16 * 8)]
+    stp     x18, x19, [sp, #(18 * 8)]
+    stp     x20, x21, [sp, #(20 * 8)]
+    stp     x22, x23, [sp, #(22 * 8)]
+    stp     x24, x25, [sp, #(24 * 8)]
+    stp     x26, x27, [sp, #(26 * 8)]
+    stp     x28, x29, [sp, #(28 * 8)]
+    mrs     x1, sp_el0
+    stp     x30, x1, [sp, #(30 * 8)]
+    mrs     x1, elr_el2
+    mrs     x2, spsr_el2
+    stp     x1, x2, [sp, #(32 * 8)]
+    mov     x1, sp
+    bl      cellvisor_guest_trap
+    // Fall through: back to the cell.
+
+    .global cellvisor_guest_return
+// sp points to a TrapFrame on the exception stack: restore it and enter the cell.
+cellvisor_guest_return:
+    ldp     x1, x2, [sp, #(32 * 8)]
+    msr     elr_el2, x1
+    msr     spsr_el2, x2
+    ldp     x30, x1, [sp, #(30 * 8)]
+    msr     sp_el0, x1
+    ldp     x28, x29, [sp, #(28 * 8)]
+    ldp     x26, x27, [sp, #(26 * 8)]
+    ldp     x24, x25, [sp, #(24 * 8)]
+    ldp     x22, x23, [sp, #(22 * 8)]
+    ldp     x20, x21, [sp, #(20 * 8)]
+    ldp     x18, x19, [sp, #(18 * 8)]
+    ldp     x16, x17, [sp, #(16 * 8)]
+    ldp     x14, x15, [sp, #(14 * 8)]
+    ldp     x12, x13, [sp, #(12 * 8)]
+    ldp     x10, x11, [sp, #(10 * 8)]
+    ldp     x8, x9, [sp, #(8 * 8)]
+    ldp     x6, x7, [sp, #(6 * 8)]
+    ldp     x4, x5, [sp, #(4 * 8)]
+    ldp     x2, x3, [sp, #(2 * 8)]
+    ldp     x0, x1, [sp, #(0 * 8)]
+    add     sp, sp, #(34 * 8)
+    eret
+
+    .global cellvisor_enter_guest
+// x0 = TrapFrame to enter with, x1 = top of this CPU's exception stack. Never returns.
+cellvisor_enter_guest:
+    msr     daifset, #0xf
+    msr     spsel, #1
+    mov     sp, x1
+    sub     sp, sp, #(34 * 8)
+    mov     x2, sp
+    mov     x3, #34
+1:  ldr     x4, [x0], #8
+    str     x4, [x2], #8
+    subs    x3, x3, #1
+    b.ne    1b
+    b       cellvisor_guest_return
+"#
+);
+
+unsafe extern "C" {
+    fn cellvisor_enter_guest(frame: *const TrapFrame, stack_top: u64) -> !;
+}
+
+/// Enters the cell on this CPU at `entry` with x0 = `x0` and PSTATE = EL1h, DAIF masked,
+/// on a fresh exception stack. EL1's MMU and caches are off (Linux `booting.rst`, PSCI 1.1
+/// §6.4.3.3 "CPU_ON": the entry state of a CPU is the same as after reset).
+pub fn enter(entry: u64, x0: u64) -> ! {
+    // SCTLR_EL1: RES1 bits only (MMU, caches and alignment checks off): bits 29, 28, 23,
+    // 22, 20 and 11 of the ARMv8.0 layout.
+    SCTLR_EL1.set(0x30d0_0800);
+    let mut frame = TrapFrame {
+        x: [0; 31],
+        sp: 0,
+        elr: entry,
+        spsr: SPSR_EL1H_MASKED,
+    };
+    frame.x[0] = x0;
+    let top = super::exception_stack_top(cpu_index());
+    // SAFETY: the frame is read before the stack it is copied to is reused (it lives on the
+    // main stack or a dead part of the exception stack below `top - frame size`... see the
+    // assembly: it copies first, then only the copy is used). The cell's stage 2 and EL2
+    // registers were set up by `cell::prepare_cpu`.
+    unsafe { cellvisor_enter_guest(&frame, top) }
+}
+
+/// The trap handler: one trap of the vCPU on this CPU; returns to the cell.
+#[unsafe(no_mangle)]
+extern "C" fn cellvisor_guest_trap(kind: u64, frame: &mut TrapFrame) {
+    let cpu = cpu_index();
+    match kind {
+        8 => synchronous(cpu, frame),
+        9 => match gic::handle_irq(cpu) {
+            gic::Handled::Injected => cell::count(cpu, TrapReason::Irq),
+            gic::Handled::Maintenance => cell::count(cpu, TrapReason::Maintenance),
+            gic::Handled::Spurious => cell::count(cpu, TrapReason::Other),
+        },
+        _ => {
+            let what = if kind == 10 { "FIQ" } else { "SError" };
+            report(format_args!(
+                "\ncellvisor: FATAL: CPU {cpu}: {what} from the cell at EL2 (ESR {:#x}, ELR {:#x}, SPSR {:#x})\ncellvisor: CPU {cpu} parked\n",
+                ESR_EL2.get(),
+                frame.elr,
+                frame.spsr
+            ));
+            park()
+        }
+    }
+}
+
+fn synchronous(cpu: usize, frame: &mut TrapFrame) {
+    let esr = Esr(ESR_EL2.get());
+    match esr.class() {
+        class::DATA_ABORT_LOWER => data_abort(cpu, esr, frame),
+        class::INSTRUCTION_ABORT_LOWER => {
+            let far = FAR_EL2.get();
+            let ipa = crate::trap::fault_ipa(HPFAR_EL2.get(), far);
+            cell::count(cpu, TrapReason::OutsideConfig);
+            report(format_args!(
+                "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: external abort injected\n",
+                cell::name(),
+                frame.elr
+            ));
+            inject(cpu, frame, AbortKind::Instruction, far);
+        }
+        class::SMC64 => {
+            // SMC is trapped before it executes (HCR_EL2.TSC): ELR points at it.
+            frame.elr += 4;
+            firmware_call(cpu, frame);
+        }
+        class::HVC64 => firmware_call(cpu, frame),
+        class::SYSREG => sysreg(cpu, esr, frame),
+        _ => {
+            cell::count(cpu, TrapReason::Other);
+            report(format_args!(
+                "cellvisor: cell \"{}\" (CPU {cpu}): unhandled trap: {esr} at PC {:#x}: undefined instruction injected\n",
+                cell::name(),
+                frame.elr
+            ));
+            inject_undefined(cpu, frame);
+        }
+    }
+}
+
+fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
+    let far = FAR_EL2.get();
+    let hpfar = HPFAR_EL2.get();
+    let ipa = crate::trap::fault_ipa(hpfar, far);
+    let write = esr.is_write().unwrap_or(false);
+    if let Some(block) = gic::block_of(ipa) {
+        let reason = match block {
+            gic::Block::Distributor(_) => TrapReason::Distributor,
+            gic::Block::Redistributors(_) => TrapReason::Redistributor,
+        };
+        cell::count(cpu, reason);
+        match MmioTrap::decode(esr, hpfar, far) {
+            Ok(trap) => {
+                let value = trap.store_value(&frame.x);
+                match gic::emulate(cpu, block, &trap, value) {
+                    Ok(Outcome::Read(value)) => trap.complete_load(&mut frame.x, value),
+                    Ok(Outcome::Written) => {}
+                    Err(violation) => {
+                        report(format_args!(
+                            "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: external abort injected\n",
+                            cell::name(),
+                            if trap.write { "write" } else { "read" },
+                            trap.width.bytes(),
+                            violation.block,
+                            violation.offset(),
+                            violation.reason,
+                        ));
+                        inject(cpu, frame, AbortKind::Data { write }, far);
+                        return;
+                    }
+                }
+                frame.elr += 4;
+            }
+            Err(why) => {
+                report(format_args!(
+                    "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: external abort injected\n",
+                    cell::name(),
+                    frame.elr
+                ));
+                inject(cpu, frame, AbortKind::Data { write }, far);
+            }
+        }
+        return;
+    }
+    cell::count(cpu, TrapReason::OutsideConfig);
+    let size = MmioTrap::decode(esr, hpfar, far)
+        .map(|t| t.width.bytes())
+        .unwrap_or(0);
+    report(format_args!(
+        "cellvisor: cell \"{}\" (CPU {cpu}): {} of {size} bytes at {ipa:#x} (VA {far:#x}, PC {:#x}) is outside its configuration: external abort injected\n",
+        cell::name(),
+        if write { "write" } else { "read" },
+        frame.elr,
+    ));
+    inject(cpu, frame, AbortKind::Data { write }, far);
+}
+
+/// Makes the cell take a synchronous external abort at its EL1 vector.
+fn inject(cpu: usize, frame: &mut TrapFrame, kind: AbortKind, far: u64) {
+    let has_pan = (ID_AA64MMFR1_EL1.get() >> 20) & 0xf != 0;
+    // SCTLR_EL1.SPAN (bit 23) = 0: PSTATE.PAN is set on exception entry to EL1.
+    let set_pan = has_pan && SCTLR_EL1.get() & 1 << 23 == 0;
+    match external_abort(kind, frame.spsr, frame.elr, far, VBAR_EL1.get(), set_pan) {
+        Ok(abort) => {
+            ESR_EL1.set(abort.esr);
+            FAR_EL1.set(abort.far);
+            ELR_EL1.set(abort.elr);
+            SPSR_EL1.set(abort.spsr);
+            frame.elr = abort.vector;
+            frame.spsr = abort.pstate;
+        }
+        Err(NotInjectable::Aarch32) | Err(NotInjectable::BadMode(_)) => {
+            report(format_args!(
+                "\ncellvisor: FATAL: CPU {cpu}: cannot inject an abort into the cell (SPSR {:#x}, PC {:#x})\ncellvisor: CPU {cpu} parked\n",
+                frame.spsr, frame.elr
+            ));
+            park()
+        }
+    }
+}
+
+/// Makes the cell take an undefined-instruction exception (EC 0, "unknown reason").
+fn inject_undefined(cpu: usize, frame: &mut TrapFrame) {
+    let far = FAR_EL1.get();
+    inject(cpu, frame, AbortKind::Instruction, far);
+    // Same vector and state as an abort; only the syndrome differs: EC 0, IL 1.
+    ESR_EL1.set(1 << 25);
+    FAR_EL1.set(far);
+}
+
+fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
+    let trap = SysregTrap::decode(esr);
+    let value = frame.x.get(usize::from(trap.gpr)).copied().unwrap_or(0);
+    match trap.register {
+        SysregId::ICC_SGI1R_EL1 if !trap.read => {
+            cell::count(cpu, TrapReason::SgiRegister);
+            if let Err(violation) = gic::send_sgi1r(cpu, value) {
+                report(format_args!(
+                    "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}\n",
+                    cell::name(),
+                    violation.reason
+                ));
+            }
+            frame.elr += 4;
+        }
+        // Group 0 and other-Security-state SGIs: a cell has neither; ignored.
+        SysregId::ICC_SGI0R_EL1 | SysregId::ICC_ASGI1R_EL1 if !trap.read => {
+            cell::count(cpu, TrapReason::SgiRegister);
+            frame.elr += 4;
+        }
+        register => {
+            cell::count(cpu, TrapReason::OtherSysreg);
+            report(format_args!(
+                "cellvisor: cell \"{}\" (CPU {cpu}): unhandled system register {} {register} at PC {:#x}: undefined instruction injected\n",
+                cell::name(),
+                if trap.read { "read of" } else { "write to" },
+                frame.elr
+            ));
+            inject_undefined(cpu, frame);
+        }
+    }
+}
+
+/// An SMC or HVC of the cell: PSCI emulated, the rest by [`cell::smccc_policy`].
+fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
+    let id = frame.x[0] as u32;
+    let call = Call::classify(id);
+    let result: i64 = match call {
+        Call::Psci(function) => {
+            cell::count(cpu, TrapReason::Psci);
+            match function {
+                Psci::Version => psci::VERSION_1_1 as i64,
+                Psci::Features => psci::features(frame.x[1] as u32, cell::firmware_smccc()),
+                Psci::MigrateInfoType => psci::MIGRATE_NOT_REQUIRED as i64,
+                Psci::CpuOn => cell::cpu_on(frame.x[1], frame.x[2], frame.x[3], id),
+                Psci::AffinityInfo => match (cell::cpu_of(frame.x[1]), frame.x[2]) {
+                    (Some(target), 0) => match cell::power(target).state() {
+                        PowerState::On => 0,
+                        PowerState::Off => 1,
+                        PowerState::OnPending => 2,
+                    },
+                    _ => status::INVALID_PARAMETERS,
+                },
+                Psci::CpuOff => cpu_off(cpu, frame),
+                Psci::SystemOff | Psci::SystemReset => {
+                    cell::system_power(cpu, function == Psci::SystemReset)
+                }
+                Psci::Unsupported => status::NOT_SUPPORTED,
+            }
+        }
+        _ => {
+            cell::count(cpu, TrapReason::Smccc);
+            match cell::smccc_policy(call, frame) {
+                Some(result) => {
+                    frame.x[..4].copy_from_slice(&result);
+                    return;
+                }
+                None => status::NOT_SUPPORTED,
+            }
+        }
+    };
+    frame.x[0] = result as u64;
+}
+
+/// CPU_OFF: the vCPU stops; the physical CPU waits here for a CPU_ON and then enters the
+/// cell at its entry point. Returns only on a CPU_ON (with the frame rewritten).
+fn cpu_off(cpu: usize, frame: &mut TrapFrame) -> i64 {
+    gic::reset_cpu_interface(cpu);
+    let power = cell::power(cpu);
+    power.power_off();
+    log::debug!("CPU {cpu}: vCPU off");
+    loop {
+        if let Some((entry, context)) = power.take_start() {
+            SCTLR_EL1.set(0x30d0_0800);
+            frame.x = [0; 31];
+            frame.x[0] = context;
+            frame.elr = entry;
+            frame.spsr = SPSR_EL1H_MASKED;
+            log::debug!("CPU {cpu}: vCPU on at {entry:#x}");
+            // x0 is the context, not a status: return it as the "result".
+            return context as i64;
+        }
+        aarch64_cpu::asm::wfe();
+    }
+}

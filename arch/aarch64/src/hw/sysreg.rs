@@ -1,0 +1,137 @@
+//! System registers `aarch64-cpu` does not name: the GICv3 CPU interface registers the
+//! hypervisor uses at EL2 (IHI 0069 §12.2, §12.4) and VPIDR_EL2. Accessed by their generic
+//! `S<op0>_<op1>_C<n>_C<m>_<op2>` names.
+
+macro_rules! sysreg {
+    ($(#[$doc:meta])* $read:ident, $write:ident, $name:literal) => {
+        $(#[$doc])*
+        #[allow(dead_code)]
+        #[inline(always)]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading this register at EL2 has no side effect on memory; the GIC
+            // acknowledge register's side effect (the interrupt becomes active) is what the
+            // caller asks for.
+            unsafe {
+                core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags));
+            }
+            value
+        }
+
+        $(#[$doc])*
+        #[allow(dead_code)]
+        #[inline(always)]
+        pub fn $write(value: u64) {
+            // SAFETY: writing this register at EL2 changes interrupt controller or
+            // virtualization state only, never memory the compiler knows about.
+            unsafe {
+                core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags));
+            }
+        }
+    };
+}
+
+sysreg!(
+    /// `ICC_IAR1_EL1`: acknowledge a Group 1 interrupt.
+    icc_iar1, _icc_iar1_w, "S3_0_C12_C12_0"
+);
+sysreg!(
+    /// `ICC_EOIR1_EL1`: priority drop (EOImode = 1).
+    _icc_eoir1_r, icc_eoir1, "S3_0_C12_C12_1"
+);
+sysreg!(
+    /// `ICC_DIR_EL1`: deactivate.
+    _icc_dir_r, icc_dir, "S3_0_C12_C11_1"
+);
+sysreg!(
+    /// `ICC_PMR_EL1`: priority mask.
+    icc_pmr, set_icc_pmr, "S3_0_C4_C6_0"
+);
+sysreg!(
+    /// `ICC_BPR1_EL1`: binary point.
+    icc_bpr1, set_icc_bpr1, "S3_0_C12_C12_3"
+);
+sysreg!(
+    /// `ICC_CTLR_EL1`.
+    icc_ctlr, set_icc_ctlr, "S3_0_C12_C12_4"
+);
+sysreg!(
+    /// `ICC_IGRPEN1_EL1`: Group 1 enable.
+    icc_igrpen1, set_icc_igrpen1, "S3_0_C12_C12_7"
+);
+sysreg!(
+    /// `ICC_SGI1R_EL1`: send a Group 1 SGI.
+    _icc_sgi1r_r, icc_sgi1r, "S3_0_C12_C11_5"
+);
+sysreg!(
+    /// `ICC_SRE_EL2`.
+    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5"
+);
+sysreg!(
+    /// `ICH_HCR_EL2`.
+    ich_hcr, set_ich_hcr, "S3_4_C12_C11_0"
+);
+sysreg!(
+    /// `ICH_VTR_EL2`.
+    ich_vtr, _ich_vtr_w, "S3_4_C12_C11_1"
+);
+sysreg!(
+    /// `ICH_ELRSR_EL2`: empty list registers.
+    ich_elrsr, _ich_elrsr_w, "S3_4_C12_C11_5"
+);
+sysreg!(
+    /// `ICH_VMCR_EL2`.
+    ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7"
+);
+sysreg!(
+    /// `ICH_AP0R0_EL2`.
+    _ich_ap0r0, set_ich_ap0r0, "S3_4_C12_C8_0"
+);
+sysreg!(
+    /// `ICH_AP1R0_EL2`.
+    _ich_ap1r0, set_ich_ap1r0, "S3_4_C12_C9_0"
+);
+sysreg!(
+    /// `VPIDR_EL2`: the MIDR_EL1 value EL1 reads.
+    _vpidr, set_vpidr, "S3_4_C0_C0_0"
+);
+
+/// `ICH_LR<n>_EL2`, n < 16 (IHI 0069 §12.4.6: CRm = 12 + n / 8, op2 = n % 8).
+pub fn ich_lr(n: usize) -> u64 {
+    macro_rules! read {
+        ($($n:literal => $name:literal),*) => {
+            match n {
+                $($n => {
+                    let value: u64;
+                    // SAFETY: reading a list register has no side effect.
+                    unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+                    value
+                })*
+                _ => 0,
+            }
+        };
+    }
+    read!(0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
+          4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
+          8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
+          12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7")
+}
+
+/// Writes `ICH_LR<n>_EL2`, n < 16; other indices are ignored.
+pub fn set_ich_lr(n: usize, value: u64) {
+    macro_rules! write {
+        ($($n:literal => $name:literal),*) => {
+            match n {
+                $($n => {
+                    // SAFETY: a list register holds virtual interrupt state only.
+                    unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) };
+                })*
+                _ => {}
+            }
+        };
+    }
+    write!(0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
+           4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
+           8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
+           12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7")
+}

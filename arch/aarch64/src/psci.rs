@@ -1,0 +1,360 @@
+//! PSCI 1.1 for cells, and the SMCCC policy for every other firmware call.
+//!
+//! Function IDs and return codes: Arm DEN 0022 (PSCI 1.1) §5, "Function prototypes" and
+//! Table 6 "Return error codes"; the function ID layout (fast call bit 31, SMC64 bit 30,
+//! owning entity bits [29:24], function number [15:0]): Arm DEN 0028 (SMCCC) §2.5.
+//!
+//! A cell's vCPUs are powered on and off only through the hypervisor: each has a
+//! [`VcpuPower`] that CPU_ON, CPU_OFF and AFFINITY_INFO act on, lock free, from any CPU.
+
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+/// PSCI function IDs (the SMC32 form; the SMC64 form sets bit 30).
+pub mod function {
+    /// PSCI_VERSION.
+    pub const VERSION: u32 = 0x8400_0000;
+    /// CPU_SUSPEND.
+    pub const CPU_SUSPEND: u32 = 0x8400_0001;
+    /// CPU_OFF.
+    pub const CPU_OFF: u32 = 0x8400_0002;
+    /// CPU_ON.
+    pub const CPU_ON: u32 = 0x8400_0003;
+    /// AFFINITY_INFO.
+    pub const AFFINITY_INFO: u32 = 0x8400_0004;
+    /// MIGRATE.
+    pub const MIGRATE: u32 = 0x8400_0005;
+    /// MIGRATE_INFO_TYPE.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+    /// MIGRATE_INFO_UP_CPU.
+    pub const MIGRATE_INFO_UP_CPU: u32 = 0x8400_0007;
+    /// SYSTEM_OFF.
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
+    /// SYSTEM_RESET.
+    pub const SYSTEM_RESET: u32 = 0x8400_0009;
+    /// PSCI_FEATURES.
+    pub const FEATURES: u32 = 0x8400_000a;
+    /// SMCCC_VERSION (Arm architecture service).
+    pub const SMCCC_VERSION: u32 = 0x8000_0000;
+    /// SMCCC_ARCH_FEATURES.
+    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+    /// SMC64 flag.
+    pub const SMC64: u32 = 1 << 30;
+}
+
+/// PSCI return codes.
+pub mod status {
+    /// SUCCESS.
+    pub const SUCCESS: i64 = 0;
+    /// NOT_SUPPORTED (also the SMCCC "unknown function" value).
+    pub const NOT_SUPPORTED: i64 = -1;
+    /// INVALID_PARAMETERS.
+    pub const INVALID_PARAMETERS: i64 = -2;
+    /// DENIED.
+    pub const DENIED: i64 = -3;
+    /// ALREADY_ON.
+    pub const ALREADY_ON: i64 = -4;
+    /// ON_PENDING.
+    pub const ON_PENDING: i64 = -5;
+    /// INVALID_ADDRESS.
+    pub const INVALID_ADDRESS: i64 = -9;
+}
+
+/// The PSCI version cells are told: 1.1 (major in bits [31:16]).
+pub const VERSION_1_1: u64 = 1 << 16 | 1;
+
+/// `MIGRATE_INFO_TYPE` = 2: no Trusted OS needs migration (DEN 0022 §5.7).
+pub const MIGRATE_NOT_REQUIRED: u64 = 2;
+
+/// The PSCI functions a cell gets, with their SMCCC forms.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Psci {
+    /// PSCI_VERSION.
+    Version,
+    /// CPU_OFF.
+    CpuOff,
+    /// CPU_ON (SMC32 or SMC64).
+    CpuOn,
+    /// AFFINITY_INFO.
+    AffinityInfo,
+    /// MIGRATE_INFO_TYPE.
+    MigrateInfoType,
+    /// SYSTEM_OFF.
+    SystemOff,
+    /// SYSTEM_RESET.
+    SystemReset,
+    /// PSCI_FEATURES.
+    Features,
+    /// Any other PSCI function (CPU_SUSPEND, MIGRATE, SYSTEM_SUSPEND, ...): NOT_SUPPORTED.
+    Unsupported,
+}
+
+/// What a firmware call (SMC or HVC) from a cell is, by its function ID.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Call {
+    /// Standard secure service, PSCI range (function numbers 0x00..0x20): emulated.
+    Psci(Psci),
+    /// Arm architecture service (owner 0): SMCCC_VERSION, ARCH_FEATURES, workarounds.
+    Architecture(u32),
+    /// Standard or vendor hypervisor service (owners 5 and 6): the hypervisor's own calls.
+    Hypervisor(u32),
+    /// Silicon-provider, OEM, Trusted Application or Trusted OS calls (owners 2, 3,
+    /// 48..64): the firmware's business; only the root cell may reach the firmware.
+    Firmware(u32),
+    /// Everything else (other standard secure services, reserved owners, yielding calls).
+    Unknown(u32),
+}
+
+impl Call {
+    /// Classifies a function ID (the low 32 bits of x0).
+    pub const fn classify(id: u32) -> Self {
+        let fast = id & 1 << 31 != 0;
+        let owner = (id >> 24) & 0x3f;
+        let number = id & 0xffff;
+        // Bits [23:16] must be zero for fast calls (SMCCC §2.5).
+        if !fast || (id >> 16) & 0xff != 0 {
+            return Self::Unknown(id);
+        }
+        match owner {
+            0 => Self::Architecture(id),
+            4 if number < 0x20 => Self::Psci(Self::psci(id & !function::SMC64)),
+            2 | 3 | 48..=63 => Self::Firmware(id),
+            5 | 6 => Self::Hypervisor(id),
+            _ => Self::Unknown(id),
+        }
+    }
+
+    const fn psci(id32: u32) -> Psci {
+        match id32 {
+            function::VERSION => Psci::Version,
+            function::CPU_OFF => Psci::CpuOff,
+            function::CPU_ON => Psci::CpuOn,
+            function::AFFINITY_INFO => Psci::AffinityInfo,
+            function::MIGRATE_INFO_TYPE => Psci::MigrateInfoType,
+            function::SYSTEM_OFF => Psci::SystemOff,
+            function::SYSTEM_RESET => Psci::SystemReset,
+            function::FEATURES => Psci::Features,
+            _ => Psci::Unsupported,
+        }
+    }
+}
+
+/// PSCI_FEATURES for a cell: SUCCESS (0, no feature flags) for the functions it gets,
+/// NOT_SUPPORTED for the rest. SMCCC_VERSION is reported as `smccc_version_supported`.
+pub fn features(queried: u32, smccc_version_supported: bool) -> i64 {
+    match Call::classify(queried) {
+        Call::Psci(Psci::Unsupported) | Call::Unknown(_) => status::NOT_SUPPORTED,
+        Call::Psci(_) => status::SUCCESS,
+        Call::Architecture(function::SMCCC_VERSION) if smccc_version_supported => status::SUCCESS,
+        _ => status::NOT_SUPPORTED,
+    }
+}
+
+/// The power state of one vCPU, as AFFINITY_INFO reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PowerState {
+    /// Running.
+    On,
+    /// Off: the physical CPU waits in the hypervisor.
+    Off,
+    /// CPU_ON accepted, the CPU has not entered the cell yet.
+    OnPending,
+}
+
+const OFF: u8 = 0;
+/// CPU_ON is writing the entry point.
+const CLAIMED: u8 = 1;
+const PENDING: u8 = 2;
+const ON: u8 = 3;
+
+/// A vCPU's power state and the entry point a CPU_ON gave it.
+#[derive(Debug)]
+pub struct VcpuPower {
+    state: AtomicU8,
+    entry: AtomicU64,
+    context: AtomicU64,
+}
+
+/// Why CPU_ON refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CpuOnError {
+    /// The vCPU runs (ALREADY_ON).
+    AlreadyOn,
+    /// A CPU_ON for it is under way (ON_PENDING).
+    OnPending,
+}
+
+impl CpuOnError {
+    /// The PSCI return code.
+    pub const fn status(self) -> i64 {
+        match self {
+            Self::AlreadyOn => status::ALREADY_ON,
+            Self::OnPending => status::ON_PENDING,
+        }
+    }
+}
+
+impl VcpuPower {
+    /// A vCPU that is off.
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicU8::new(OFF),
+            entry: AtomicU64::new(0),
+            context: AtomicU64::new(0),
+        }
+    }
+
+    /// The state AFFINITY_INFO reports.
+    pub fn state(&self) -> PowerState {
+        match self.state.load(Ordering::Acquire) {
+            ON => PowerState::On,
+            OFF => PowerState::Off,
+            _ => PowerState::OnPending,
+        }
+    }
+
+    /// CPU_ON: records the entry point and context of an off vCPU and makes it pending.
+    /// The caller then wakes the physical CPU.
+    pub fn power_on(&self, entry: u64, context: u64) -> Result<(), CpuOnError> {
+        match self
+            .state
+            .compare_exchange(OFF, CLAIMED, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.entry.store(entry, Ordering::Relaxed);
+                self.context.store(context, Ordering::Relaxed);
+                self.state.store(PENDING, Ordering::Release);
+                Ok(())
+            }
+            Err(ON) => Err(CpuOnError::AlreadyOn),
+            Err(_) => Err(CpuOnError::OnPending),
+        }
+    }
+
+    /// On the vCPU's own physical CPU: takes a pending start, marking the vCPU on; returns
+    /// its entry point and context.
+    pub fn take_start(&self) -> Option<(u64, u64)> {
+        if self.state.load(Ordering::Acquire) != PENDING {
+            return None;
+        }
+        let start = (
+            self.entry.load(Ordering::Relaxed),
+            self.context.load(Ordering::Relaxed),
+        );
+        self.state
+            .compare_exchange(PENDING, ON, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| start)
+    }
+
+    /// Marks the vCPU on without a CPU_ON (the boot CPU of a cell).
+    pub fn set_on(&self) {
+        self.state.store(ON, Ordering::Release);
+    }
+
+    /// CPU_OFF, on the vCPU's own physical CPU.
+    pub fn power_off(&self) {
+        self.state.store(OFF, Ordering::Release);
+    }
+}
+
+impl Default for VcpuPower {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_function_ids() {
+        assert_eq!(Call::classify(0x8400_0000), Call::Psci(Psci::Version));
+        assert_eq!(Call::classify(0xc400_0003), Call::Psci(Psci::CpuOn));
+        assert_eq!(Call::classify(0x8400_0003), Call::Psci(Psci::CpuOn));
+        assert_eq!(Call::classify(0xc400_0004), Call::Psci(Psci::AffinityInfo));
+        assert_eq!(Call::classify(0x8400_0002), Call::Psci(Psci::CpuOff));
+        assert_eq!(Call::classify(0x8400_0008), Call::Psci(Psci::SystemOff));
+        assert_eq!(Call::classify(0x8400_0009), Call::Psci(Psci::SystemReset));
+        assert_eq!(
+            Call::classify(0x8400_0006),
+            Call::Psci(Psci::MigrateInfoType)
+        );
+        assert_eq!(Call::classify(0x8400_000a), Call::Psci(Psci::Features));
+        assert_eq!(Call::classify(0xc400_0001), Call::Psci(Psci::Unsupported));
+        assert_eq!(Call::classify(0xc400_0012), Call::Psci(Psci::Unsupported));
+        // Other standard secure services (e.g. TRNG at 0x84000050) are not PSCI.
+        assert_eq!(Call::classify(0x8400_0050), Call::Unknown(0x8400_0050));
+        assert_eq!(Call::classify(0x8000_0000), Call::Architecture(0x8000_0000));
+        assert_eq!(Call::classify(0x8000_8000), Call::Architecture(0x8000_8000));
+        // ZynqMP PM API (SiP) and Trusted OS calls.
+        assert_eq!(Call::classify(0xc200_0001), Call::Firmware(0xc200_0001));
+        assert_eq!(Call::classify(0xbf00_ff01), Call::Firmware(0xbf00_ff01));
+        assert_eq!(Call::classify(0xc600_0000), Call::Hypervisor(0xc600_0000));
+        // Yielding calls and non-zero bits [23:16].
+        assert_eq!(Call::classify(0x0400_0000), Call::Unknown(0x0400_0000));
+        assert_eq!(Call::classify(0x8401_0000), Call::Unknown(0x8401_0000));
+    }
+
+    #[test]
+    fn features_match_what_is_emulated() {
+        for id in [
+            0x8400_0000,
+            0xc400_0003,
+            0x8400_0002,
+            0xc400_0004,
+            0x8400_0008,
+        ] {
+            assert_eq!(features(id, false), status::SUCCESS, "{id:#x}");
+        }
+        assert_eq!(features(0xc400_0001, true), status::NOT_SUPPORTED);
+        assert_eq!(features(0xc200_0001, true), status::NOT_SUPPORTED);
+        assert_eq!(
+            features(function::SMCCC_VERSION, false),
+            status::NOT_SUPPORTED
+        );
+        assert_eq!(features(function::SMCCC_VERSION, true), status::SUCCESS);
+    }
+
+    #[test]
+    fn cpu_on_off_state_machine() {
+        let vcpu = VcpuPower::new();
+        assert_eq!(vcpu.state(), PowerState::Off);
+        assert_eq!(vcpu.take_start(), None);
+        vcpu.power_on(0x4000_1000, 7).unwrap();
+        assert_eq!(vcpu.state(), PowerState::OnPending);
+        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::OnPending));
+        assert_eq!(vcpu.take_start(), Some((0x4000_1000, 7)));
+        assert_eq!(vcpu.state(), PowerState::On);
+        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::AlreadyOn));
+        assert_eq!(CpuOnError::AlreadyOn.status(), -4);
+        vcpu.power_off();
+        assert_eq!(vcpu.state(), PowerState::Off);
+        vcpu.power_on(0x5000, 8).unwrap();
+        assert_eq!(vcpu.take_start(), Some((0x5000, 8)));
+    }
+
+    #[test]
+    fn concurrent_cpu_on_admits_exactly_one() {
+        extern crate std;
+        use std::sync::Arc;
+        let vcpu = Arc::new(VcpuPower::new());
+        let handles: std::vec::Vec<_> = (0..8)
+            .map(|i| {
+                let vcpu = Arc::clone(&vcpu);
+                std::thread::spawn(move || vcpu.power_on(i, i).is_ok())
+            })
+            .collect();
+        let winners = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(winners, 1);
+        let (entry, context) = vcpu.take_start().unwrap();
+        assert_eq!(
+            entry, context,
+            "entry and context come from the same CPU_ON"
+        );
+    }
+}

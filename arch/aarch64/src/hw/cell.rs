@@ -239,15 +239,14 @@ pub fn prepare_cpu() {
     const RW: u64 = 1 << 31;
     VTCR_EL2.set(root.vtcr);
     VTTBR_EL2.set(root.vttbr);
-    HCR_EL2.set(VM | SWIO | FMO | IMO | TSC | RW);
+    HCR_EL2.set(VM | SWIO | FMO | IMO | TSC | RW | feature_enables());
     // EL1 may read the physical counter and use the physical timer; virtual counter offset 0
     // so that all CPUs and cells agree on time.
     CNTHCTL_EL2.set(0b11);
     CNTVOFF_EL2.set(0);
     super::sysreg::set_vpidr(MIDR_EL1.get());
     VMPIDR_EL2.set(MPIDR_EL1.get());
-    // CPTR_EL2: RES1 bits [13:12] and [9:0], TFP = 0: no FP/SIMD trap.
-    CPTR_EL2.set(0x33ff);
+    configure_extensions();
     // MDCR_EL2.HPMN = PMCR_EL0.N: every event counter to EL1/EL0, no debug traps.
     let pmcr: u64;
     // SAFETY: reading PMCR_EL0 at EL2 has no side effect.
@@ -257,6 +256,69 @@ pub fn prepare_cpu() {
     // SAFETY: invalidating this CPU's stage-1/2 TLB entries of the current VMID only drops
     // cached translations of the (new) cell.
     unsafe { core::arch::asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack)) };
+}
+
+/// HCR_EL2 bits that stop trapping features EL1 owns outright on this CPU: APK and API
+/// (pointer authentication keys and instructions, FEAT_PAuth) and ATA (allocation tags,
+/// FEAT_MTE2). Arm ARM D23 "HCR_EL2".
+fn feature_enables() -> u64 {
+    use aarch64_cpu::registers::{ID_AA64ISAR1_EL1, ID_AA64PFR1_EL1};
+    let isar1 = ID_AA64ISAR1_EL1.get();
+    let isar2 = super::sysreg::id_aa64isar2();
+    // APA [7:4], API [11:8], GPA [27:24], GPI [31:28]; ISAR2 GPA3 [11:8], APA3 [15:12].
+    let pauth = isar1 & 0xff00_00ff0 != 0 || isar2 & 0xff00 != 0;
+    let mte2 = (ID_AA64PFR1_EL1.get() >> 8) & 0xf >= 2;
+    let mut bits = 0;
+    if pauth {
+        bits |= 1 << 40 | 1 << 41;
+    }
+    if mte2 {
+        bits |= 1 << 56;
+    }
+    bits
+}
+
+/// Lets EL1 use the CPU's FP/SIMD, SVE and SME as on bare metal, and switches off the
+/// fine-grained traps whose reset value traps (the "n" bits), for the features the CPU has
+/// (Arm ARM D23: CPTR_EL2 with HCR_EL2.E2H = 0, ZCR_EL2, SMCR_EL2, HFGRTR_EL2, HFGWTR_EL2).
+fn configure_extensions() {
+    use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1};
+    let field = |value: u64, shift: u32| (value >> shift) & 0xf != 0;
+    let sve = field(ID_AA64PFR0_EL1.get(), 32);
+    let pfr1 = ID_AA64PFR1_EL1.get();
+    let sme = field(pfr1, 24);
+    let gcs = field(pfr1, 44);
+    let fgt = field(ID_AA64MMFR0_EL1.get(), 56);
+    let mmfr3 = super::sysreg::id_aa64mmfr3();
+    let (s1pie, s1poe) = (field(mmfr3, 8), field(mmfr3, 16));
+    // CPTR_EL2: RES1 bits 13, 9 and [7:0]; TSM (12) and TZ (8) are RES1 without SME/SVE and
+    // clear (no trap) with them; TFP (10) clear: no FP/SIMD trap.
+    CPTR_EL2.set(0x22ff | u64::from(!sme) << 12 | u64::from(!sve) << 8);
+    barrier::isb(barrier::SY);
+    if sve {
+        // ZCR_EL2.LEN = all ones: EL1 may use the longest vector the CPU implements.
+        super::sysreg::set_zcr_el2(0x1ff);
+    }
+    if sme {
+        super::sysreg::set_smcr_el2(0x1ff);
+    }
+    if fgt {
+        let mut negative = 0u64;
+        if sme {
+            negative |= 1 << 55 | 1 << 54; // nTPIDR2_EL0, nSMPRI_EL1
+        }
+        if s1pie {
+            negative |= 1 << 58 | 1 << 57; // nPIR_EL1, nPIRE0_EL1
+        }
+        if s1poe {
+            negative |= 1 << 60 | 1 << 59; // nPOR_EL1, nPOR_EL0
+        }
+        if gcs {
+            negative |= 1 << 53 | 1 << 52; // nGCS_EL1, nGCS_EL0
+        }
+        super::sysreg::set_hfgrtr_el2(negative);
+        super::sysreg::set_hfgwtr_el2(negative);
+    }
 }
 
 /// PSCI CPU_ON from the cell: `target` MPIDR, `entry` IPA, `context` for x0.

@@ -96,6 +96,31 @@ sysreg!(
     _vpidr, set_vpidr, "S3_4_C0_C0_0"
 );
 
+sysreg!(
+    /// `ID_AA64MMFR3_EL1` (S1PIE, S1POE, ...; reads 0 on CPUs before Armv8.9).
+    id_aa64mmfr3, _id_aa64mmfr3_w, "S3_0_C0_C7_3"
+);
+sysreg!(
+    /// `ID_AA64ISAR2_EL1` (APA3, GPA3, ...; reads 0 on CPUs before Armv8.7).
+    id_aa64isar2, _id_aa64isar2_w, "S3_0_C0_C6_2"
+);
+sysreg!(
+    /// `ZCR_EL2`: SVE vector length for EL1 and EL0.
+    _zcr_el2, set_zcr_el2, "S3_4_C1_C2_0"
+);
+sysreg!(
+    /// `SMCR_EL2`: SME streaming vector length for EL1 and EL0.
+    _smcr_el2, set_smcr_el2, "S3_4_C1_C2_6"
+);
+sysreg!(
+    /// `HFGRTR_EL2`: fine-grained read traps.
+    _hfgrtr_el2, set_hfgrtr_el2, "S3_4_C1_C1_4"
+);
+sysreg!(
+    /// `HFGWTR_EL2`: fine-grained write traps.
+    _hfgwtr_el2, set_hfgwtr_el2, "S3_4_C1_C1_5"
+);
+
 /// `ICH_LR<n>_EL2`, n < 16 (IHI 0069 §12.4.6: CRm = 12 + n / 8, op2 = n % 8).
 pub fn ich_lr(n: usize) -> u64 {
     macro_rules! read {

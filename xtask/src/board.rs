@@ -11,6 +11,12 @@
 //! cpu = "cortex-a57"              # -cpu by default; without it, -cpu is never passed
 //! smp = 4                         # -smp by default
 //! memory = "1G"                   # -m by default
+//! # Linux as the root cell (all four keys, or none: the board then boots without Linux).
+//! config-address = 0x409c_0000    # where QEMU loads the system configuration (a loader device)
+//! kernel-address = 0x40a0_0000    # where QEMU loads the root cell's kernel Image
+//! system-config = "config/system-gicv{gic}.toml"  # default --config, from the crate directory
+//! linux-append = "console=ttyAMA0" # default kernel command line (--append)
+//! linux-dtb = "xilinx/zynqmp-zcu102-rev1.0.dtb"   # optional: -dtb, from target/linux/arm64/dtbs
 //! ```
 
 use anyhow::{bail, Context as _, Result};
@@ -44,6 +50,107 @@ pub struct Board {
     pub memory: String,
     /// The board crate's directory (its `config/` holds the reference configurations).
     pub dir: PathBuf,
+    /// How Linux boots as the root cell; `None` for boards that do not boot Linux yet.
+    pub linux: Option<LinuxBoot>,
+}
+
+/// The keys of a board's Linux boot, in `[package.metadata.cellvisor]`.
+const LINUX_KEYS: [&str; 4] = [
+    "config-address",
+    "kernel-address",
+    "system-config",
+    "linux-append",
+];
+
+/// How a board boots Linux as the root cell: QEMU starts the hypervisor as a Linux `Image`
+/// (`-kernel`, with `-initrd`, `-append` and the device tree the usual way) and loads the
+/// system configuration and the root cell's kernel with generic loader devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// Physical address of the system configuration (`config-address`).
+    pub config_address: u64,
+    /// Physical address of the root cell's kernel `Image` (`kernel-address`).
+    pub kernel_address: u64,
+    /// The default system configuration, relative to the board crate, with `{gic}` standing
+    /// for the GIC version (`system-config`).
+    pub system_config: String,
+    /// The default kernel command line (`linux-append`).
+    pub append: String,
+    /// The device tree QEMU passes, relative to the kernel's `dtbs/` (`linux-dtb`); `None`:
+    /// the one QEMU generates.
+    pub dtb: Option<String>,
+}
+
+impl LinuxBoot {
+    /// The Linux keys of a `[package.metadata.cellvisor]` table; `None` if it has none.
+    fn parse(table: &Value) -> Result<Option<Self>> {
+        let present: Vec<&str> = LINUX_KEYS
+            .iter()
+            .copied()
+            .filter(|key| table.get(key).is_some())
+            .collect();
+        if present.is_empty() {
+            if table.get("linux-dtb").is_some() {
+                bail!(
+                    "`linux-dtb` needs the other Linux keys: {}",
+                    LINUX_KEYS.join(", ")
+                );
+            }
+            return Ok(None);
+        }
+        if present.len() < LINUX_KEYS.len() {
+            let missing: Vec<&str> = LINUX_KEYS
+                .iter()
+                .copied()
+                .filter(|key| !present.contains(key))
+                .collect();
+            bail!(
+                "{} given but not {}: a board that boots Linux needs all of {}",
+                present.join(", "),
+                missing.join(", "),
+                LINUX_KEYS.join(", ")
+            );
+        }
+        let address = |key: &str| {
+            table[key]
+                .as_u64()
+                .with_context(|| format!("`{key}` must be an address (a non-negative integer)"))
+        };
+        let string = |key: &str| -> Result<String> {
+            table[key]
+                .as_str()
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_owned)
+                .with_context(|| format!("`{key}` must be a non-empty string"))
+        };
+        let linux = Self {
+            config_address: address("config-address")?,
+            kernel_address: address("kernel-address")?,
+            system_config: string("system-config")?,
+            append: table["linux-append"]
+                .as_str()
+                .map(str::to_owned)
+                .context("`linux-append` must be a string")?,
+            dtb: match table.get("linux-dtb") {
+                None => None,
+                Some(_) => Some(string("linux-dtb")?),
+            },
+        };
+        if linux.config_address >= linux.kernel_address {
+            bail!(
+                "`config-address` ({:#x}) must be below `kernel-address` ({:#x}): the \
+                 configuration may take the space up to the kernel",
+                linux.config_address,
+                linux.kernel_address
+            );
+        }
+        Ok(Some(linux))
+    }
+
+    /// Room for the system configuration: the bytes from its address to the kernel's.
+    pub fn config_room(&self) -> u64 {
+        self.kernel_address - self.config_address
+    }
 }
 
 impl Board {
@@ -126,7 +233,39 @@ impl Board {
                 .and_then(|m| Path::new(m).parent())
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
+            linux: LinuxBoot::parse(table)?,
         })
+    }
+
+    /// How the board boots Linux; an error saying what to do for boards that do not.
+    pub fn linux(&self) -> Result<&LinuxBoot> {
+        self.linux.as_ref().with_context(|| {
+            format!(
+                "board {} does not boot Linux: its [package.metadata.cellvisor] table has none \
+                 of {} (--no-linux boots the hypervisor alone)",
+                self.name,
+                LINUX_KEYS.join(", ")
+            )
+        })
+    }
+
+    /// The board's default system configuration for GIC version `gic` (a TOML file in the
+    /// board crate), and where `cargo xtask build` writes its binary under `images` (the
+    /// board's directory in `target/images/`).
+    pub fn system_config(&self, gic: u32, images: &Path) -> Result<(PathBuf, PathBuf)> {
+        let linux = self.linux()?;
+        self.machine(gic)?;
+        let relative = linux.system_config.replace("{gic}", &gic.to_string());
+        let source = self.dir.join(&relative);
+        let Some(stem) = Path::new(&relative).file_stem() else {
+            bail!(
+                "board {}: `system-config` {relative:?} names no file",
+                self.name
+            );
+        };
+        let mut binary = stem.to_owned();
+        binary.push(".bin");
+        Ok((source, images.join(binary)))
     }
 
     /// The default GIC version: the highest one supported.
@@ -230,6 +369,86 @@ mod tests {
         let mut table = qemu_arm64();
         table["gic-versions"] = serde_json::json!([]);
         assert!(Board::from_package(&package(table)).unwrap().is_err());
+    }
+
+    fn with_linux(mut table: Value) -> Value {
+        table["config-address"] = 0x409c_0000u64.into();
+        table["kernel-address"] = 0x40a0_0000u64.into();
+        table["system-config"] = "config/system-gicv{gic}.toml".into();
+        table["linux-append"] = "console=ttyAMA0 earlycon=pl011,0x9000000".into();
+        table
+    }
+
+    #[test]
+    fn parses_the_linux_keys() {
+        let board = Board::from_package(&package(qemu_arm64()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(board.linux, None);
+        let error = board.linux().unwrap_err().to_string();
+        assert!(error.contains("board test does not boot Linux"), "{error}");
+        assert!(error.contains("--no-linux"), "{error}");
+
+        let mut table = with_linux(qemu_arm64());
+        table["linux-dtb"] = "xilinx/zynqmp-zcu102-rev1.0.dtb".into();
+        let mut package = package(table);
+        package["manifest_path"] = "/w/platforms/test/Cargo.toml".into();
+        let board = Board::from_package(&package).unwrap().unwrap();
+        let linux = board.linux().unwrap();
+        assert_eq!(
+            *linux,
+            LinuxBoot {
+                config_address: 0x409c_0000,
+                kernel_address: 0x40a0_0000,
+                system_config: "config/system-gicv{gic}.toml".into(),
+                append: "console=ttyAMA0 earlycon=pl011,0x9000000".into(),
+                dtb: Some("xilinx/zynqmp-zcu102-rev1.0.dtb".into()),
+            }
+        );
+        assert_eq!(linux.config_room(), 0x4_0000);
+        let (source, binary) = board
+            .system_config(2, Path::new("/w/target/images/test"))
+            .unwrap();
+        assert_eq!(
+            source,
+            Path::new("/w/platforms/test/config/system-gicv2.toml")
+        );
+        assert_eq!(binary, Path::new("/w/target/images/test/system-gicv2.bin"));
+        let error = board.system_config(4, Path::new("")).unwrap_err();
+        assert!(error.to_string().contains("--gic must be one of 2, 3"));
+    }
+
+    #[test]
+    fn rejects_incomplete_or_bad_linux_keys() {
+        let error = |table: Value| {
+            let error = Board::from_package(&package(table)).unwrap().unwrap_err();
+            format!("{error:#}")
+        };
+        let mut table = with_linux(qemu_arm64());
+        table.as_object_mut().unwrap().remove("linux-append");
+        let message = error(table);
+        assert!(
+            message.contains(
+                "config-address, kernel-address, system-config given but not linux-append"
+            ),
+            "{message}"
+        );
+        let mut table = qemu_arm64();
+        table["linux-dtb"] = "a.dtb".into();
+        assert!(error(table).contains("`linux-dtb` needs the other Linux keys"));
+        let mut table = with_linux(qemu_arm64());
+        table["kernel-address"] = "0x40a00000".into();
+        assert!(error(table).contains("`kernel-address` must be an address"));
+        let mut table = with_linux(qemu_arm64());
+        table["config-address"] = 0x40a0_0000u64.into();
+        let message = error(table);
+        assert!(
+            message.contains("`config-address` (0x40a00000) must be below `kernel-address`"),
+            "{message}"
+        );
+        let mut table = with_linux(qemu_arm64());
+        table["system-config"] = "".into();
+        assert!(error(table).contains("`system-config` must be a non-empty string"));
     }
 
     #[test]

@@ -1,25 +1,146 @@
-//! The root cell's initramfs: Debian's static busybox and a `/init` shell script, as a
-//! gzip-compressed newc (SVR4 "new ASCII") cpio archive, the format the kernel unpacks.
+//! The root cell's initramfs: Debian's static busybox, `/bin/guest-clock` (the
+//! `cellvisor-guest-clock` example) and a `/init` shell script, as a gzip-compressed newc
+//! (SVR4 "new ASCII") cpio archive, the format the kernel unpacks.
 //!
-//! `/init` mounts `/proc`, `/sys` and `/dev` (devtmpfs), prints [`MARKER`] on the console (on
-//! the kernel log if there is no console), then powers the machine off if the kernel command
-//! line has `cellvisor.poweroff`, and otherwise runs a shell on the console; leaving the shell
-//! powers off too.
+//! `/init` mounts `/proc`, `/sys` and `/dev` (devtmpfs) and prints [`MARKER`] on the console
+//! (on the kernel log if there is no console, e.g. with only an early console). Then it runs
+//! the [`Action`]s listed on the kernel command line as `cellvisor.actions=a,b,c`, in order,
+//! each reporting in lines starting with [`PREFIX`]; then it powers the machine off if the
+//! command line has `cellvisor.poweroff`, and otherwise runs a shell on the console; leaving
+//! the shell powers off too.
 //!
 //! The archive is reproducible: every entry belongs to root, has modification time 0 and gets
 //! its inode number from its position.
 
+use std::fmt;
 use std::io::Write as _;
+use std::str::FromStr;
 
 use anyhow::{bail, Context as _, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+/// What every line `/init` prints starts with.
+pub const PREFIX: &str = "cellvisor-initramfs: ";
+
 /// What `/init` prints once it runs, for the system tests to look for.
 pub const MARKER: &str = "cellvisor-initramfs: /init reached";
 
-/// Kernel command-line word that makes `/init` power off right after printing [`MARKER`].
+/// Kernel command-line word that makes `/init` power off after printing [`MARKER`] and running
+/// the actions.
 pub const POWEROFF: &str = "cellvisor.poweroff";
+
+/// Kernel command-line parameter listing the [`Action`]s `/init` runs, comma-separated.
+pub const ACTIONS: &str = "cellvisor.actions";
+
+/// What `/init` prints after the lines of the `dmesg` action.
+pub const DMESG_DONE: &str = "cellvisor-initramfs: dmesg check done";
+
+/// What precedes each kernel-log line the `dmesg` action reports.
+pub const DMESG_LINE: &str = "cellvisor-initramfs: dmesg: ";
+
+/// The texts that make the `dmesg` action report a kernel-log line (case-sensitive).
+pub const DMESG_WORDS: [&str; 4] = ["WARNING", "BUG", "Oops", "unhandled"];
+
+/// The path of the guest-clock program in the initramfs.
+pub const GUEST_CLOCK: &str = "bin/guest-clock";
+
+/// One thing `/init` does after printing [`MARKER`], and the lines it prints for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `cpus online=<list> count=<n>` and `memtotal=<kB> kB`.
+    Info,
+    /// Offlines then onlines a CPU through sysfs: `hotplug cpuN off count=<n>`,
+    /// `hotplug cpuN on count=<n>`, or `hotplug cpuN failed: <why>`.
+    Hotplug(u32),
+    /// Reads 32 bits at a physical address with `devmem` (outside the root cell this must end
+    /// in a bus error): `devmem <address> status=<exit code>`.
+    Devmem(u64),
+    /// Reports every kernel-log line holding one of [`DMESG_WORDS`] as `dmesg: <line>`, then
+    /// [`DMESG_DONE`].
+    Dmesg,
+    /// Runs `/bin/guest-clock`: `guest time <s> s (<ticks> ticks at <Hz> Hz)`.
+    Clock,
+    /// `poweroff -f`.
+    Poweroff,
+    /// `reboot -f`.
+    Reboot,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Info => f.write_str("info"),
+            Self::Hotplug(cpu) => write!(f, "hotplug:{cpu}"),
+            Self::Devmem(address) => write!(f, "devmem:{address:#x}"),
+            Self::Dmesg => f.write_str("dmesg"),
+            Self::Clock => f.write_str("clock"),
+            Self::Poweroff => f.write_str("poweroff"),
+            Self::Reboot => f.write_str("reboot"),
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (name, argument) = match text.split_once(':') {
+            Some((name, argument)) => (name, Some(argument)),
+            None => (text, None),
+        };
+        let action = match (name, argument) {
+            ("info", None) => Self::Info,
+            ("dmesg", None) => Self::Dmesg,
+            ("clock", None) => Self::Clock,
+            ("poweroff", None) => Self::Poweroff,
+            ("reboot", None) => Self::Reboot,
+            ("hotplug", Some(cpu)) => Self::Hotplug(
+                cpu.parse()
+                    .with_context(|| format!("`{text}`: {cpu:?} is no CPU number"))?,
+            ),
+            ("devmem", Some(address)) => Self::Devmem(
+                parse_address(address)
+                    .with_context(|| format!("`{text}`: {address:?} is no address"))?,
+            ),
+            ("info" | "dmesg" | "clock" | "poweroff" | "reboot", Some(_)) => {
+                bail!("`{text}`: action {name} takes no argument")
+            }
+            ("hotplug" | "devmem", None) => {
+                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`")
+            }
+            _ => bail!(
+                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, poweroff, reboot"
+            ),
+        };
+        Ok(action)
+    }
+}
+
+/// A decimal or `0x` hexadecimal address.
+fn parse_address(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// The kernel command-line word that makes `/init` run `actions`: `cellvisor.actions=a,b,c`.
+pub fn actions_word(actions: &[Action]) -> String {
+    let list: Vec<String> = actions.iter().map(Action::to_string).collect();
+    format!("{ACTIONS}={}", list.join(","))
+}
+
+/// The actions of a `cellvisor.actions=...` word (`None` for another word).
+pub fn parse_actions_word(word: &str) -> Option<Result<Vec<Action>>> {
+    let list = word.strip_prefix(ACTIONS)?.strip_prefix('=')?;
+    Some(
+        list.split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::parse)
+            .collect(),
+    )
+}
 
 /// The busybox applets linked into `/bin`: what `/init` and a person at the shell need.
 pub const APPLETS: &[&str] = &[
@@ -87,6 +208,7 @@ impl Entry {
 
 /// The `/init` script.
 pub fn init_script() -> String {
+    let dmesg_words: String = DMESG_WORDS.iter().map(|w| format!(" -e {w}")).collect();
     format!(
         r#"#!/bin/sh
 # /init of the cellvisor initramfs, written by `cargo xtask linux`.
@@ -94,14 +216,132 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+
 # The kernel opened /dev/console as stdin/stdout/stderr. Without a console driver (only an
-# early console) there is none: say it on the kernel log, which the early console prints.
-echo "{MARKER}" 2>/dev/null || echo "{MARKER}" >/dev/kmsg
-for word in $(cat /proc/cmdline); do
-    if [ "$word" = {POWEROFF} ]; then
-        poweroff -f
+# early console, e.g. zcu102 in QEMU) there is none: then every line goes to the kernel log,
+# which the early console prints, one open of /dev/kmsg per line (each open has its own rate
+# limit). The standard descriptors are filled so that nothing else lands on them.
+if [ -e /proc/self/fd/1 ]; then
+    console=yes
+else
+    console=no
+    exec </dev/null >/dev/null 2>&1
+fi
+say() {{
+    if [ $console = yes ]; then
+        printf '%s\n' "$*"
+    else
+        printf '%s\n' "$*" >/dev/kmsg
     fi
+}}
+
+say "{MARKER}"
+
+# online_count: the number of CPUs in /sys/devices/system/cpu/online ("0-1,3" is 3).
+online_count() {{
+    count=0
+    old_ifs=$IFS
+    IFS=,
+    for range in $(cat /sys/devices/system/cpu/online); do
+        case "$range" in
+            *-*) count=$((count + ${{range#*-}} - ${{range%-*}} + 1)) ;;
+            ?*) count=$((count + 1)) ;;
+        esac
+    done
+    IFS=$old_ifs
+    echo $count
+}}
+
+action_info() {{
+    say "{PREFIX}cpus online=$(cat /sys/devices/system/cpu/online) count=$(online_count)"
+    say "{PREFIX}memtotal=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo) kB"
+}}
+
+# action_hotplug CPU: offline, then online again, through sysfs (PSCI CPU_OFF and CPU_ON).
+action_hotplug() {{
+    cpu=$1
+    online=/sys/devices/system/cpu/cpu$cpu/online
+    case "$cpu" in
+        '' | *[!0-9]*)
+            say "{PREFIX}hotplug cpu$cpu failed: not a CPU number"
+            return ;;
+    esac
+    if [ ! -e $online ]; then
+        say "{PREFIX}hotplug cpu$cpu failed: no $online"
+        return
+    fi
+    if ! error=$({{ echo 0 >$online; }} 2>&1); then
+        say "{PREFIX}hotplug cpu$cpu failed: offline: $error"
+        return
+    fi
+    say "{PREFIX}hotplug cpu$cpu off count=$(online_count)"
+    if ! error=$({{ echo 1 >$online; }} 2>&1); then
+        say "{PREFIX}hotplug cpu$cpu failed: online: $error"
+        return
+    fi
+    say "{PREFIX}hotplug cpu$cpu on count=$(online_count)"
+}}
+
+# action_devmem ADDRESS: a 32-bit read; outside the root cell it dies of a bus error (135).
+action_devmem() {{
+    output=$(devmem $1 32 2>&1)
+    status=$?
+    printf '%s\n' "$output" | while IFS= read -r line; do
+        [ -n "$line" ] && say "{PREFIX}devmem $1: $line"
+    done
+    say "{PREFIX}devmem $1 status=$status"
+}}
+
+# action_dmesg: the kernel-log lines that report a problem (this script's own lines aside).
+action_dmesg() {{
+    dmesg | grep -F{dmesg_words} | grep -v -F "{PREFIX}" |
+        while IFS= read -r line; do
+            say "{DMESG_LINE}$line"
+        done
+    say "{DMESG_DONE}"
+}}
+
+action_clock() {{
+    output=$(/{GUEST_CLOCK})
+    status=$?
+    if [ $status = 0 ]; then
+        say "$output"
+    else
+        say "{PREFIX}guest-clock failed (status $status): $output"
+    fi
+}}
+
+actions=
+poweroff=no
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        {POWEROFF}) poweroff=yes ;;
+        {ACTIONS}=*) actions=${{word#{ACTIONS}=}} ;;
+    esac
 done
+
+set -f
+old_ifs=$IFS
+IFS=,
+set -- $actions
+IFS=$old_ifs
+set +f
+for action in "$@"; do
+    case "$action" in
+        info) action_info ;;
+        hotplug:*) action_hotplug "${{action#hotplug:}}" ;;
+        devmem:*) action_devmem "${{action#devmem:}}" ;;
+        dmesg) action_dmesg ;;
+        clock) action_clock ;;
+        poweroff) poweroff -f ;;
+        reboot) reboot -f ;;
+        *) say "{PREFIX}unknown action $action" ;;
+    esac
+done
+
+if [ $poweroff = yes ]; then
+    poweroff -f
+fi
 # A shell with a controlling terminal (for Ctrl-C), on the console's real device.
 setsid cttyhack sh
 poweroff -f
@@ -109,8 +349,9 @@ poweroff -f
     )
 }
 
-/// The entries of the initramfs around `busybox`, a static busybox binary.
-pub fn layout(busybox: Vec<u8>) -> Vec<Entry> {
+/// The entries of the initramfs around `busybox`, a static busybox binary, and
+/// `guest_clock`, the static guest-clock program.
+pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
     let mut entries = vec![
         Entry::new("bin", Node::Directory { mode: 0o755 }),
         Entry::new(
@@ -129,6 +370,13 @@ pub fn layout(busybox: Vec<u8>) -> Vec<Entry> {
             },
         )
     }));
+    entries.push(Entry::new(
+        GUEST_CLOCK,
+        Node::File {
+            mode: 0o755,
+            data: guest_clock,
+        },
+    ));
     for dir in DIRECTORIES {
         let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
         entries.push(Entry::new(dir, Node::Directory { mode }));
@@ -271,7 +519,7 @@ mod tests {
     #[test]
     fn the_archive_reads_back_as_the_layout() {
         let busybox = fake_busybox();
-        let entries = layout(busybox.clone());
+        let entries = layout(busybox.clone(), b"\x7fELF clock".to_vec());
         let archive = newc(&entries).unwrap();
         let read = read_back(&archive);
         assert_eq!(read.len(), entries.len());
@@ -290,6 +538,11 @@ mod tests {
         assert_eq!((console.mode, console.rdev), (0o020_600, (5, 1)));
         assert_eq!(find("bin/busybox").data, busybox);
         assert_eq!(find("bin/busybox").mode, 0o100_755);
+        let clock = find("bin/guest-clock");
+        assert_eq!(
+            (clock.mode, &clock.data[..]),
+            (0o100_755, &b"\x7fELF clock"[..])
+        );
         let sh = find("bin/sh");
         assert_eq!((sh.mode, &sh.data[..]), (0o120_777, &b"busybox"[..]));
         assert_eq!(find("tmp").mode, 0o041_777);
@@ -343,8 +596,8 @@ mod tests {
 
     #[test]
     fn the_archive_is_reproducible_and_gzip_round_trips() {
-        let archive = newc(&layout(fake_busybox())).unwrap();
-        assert_eq!(archive, newc(&layout(fake_busybox())).unwrap());
+        let archive = newc(&layout(fake_busybox(), vec![1, 2])).unwrap();
+        assert_eq!(archive, newc(&layout(fake_busybox(), vec![1, 2])).unwrap());
         let compressed = gzip(&archive).unwrap();
         assert_eq!(&compressed[..2], b"\x1f\x8b");
         let mut decompressed = Vec::new();
@@ -357,14 +610,112 @@ mod tests {
     #[test]
     fn init_prints_the_marker_and_honours_poweroff() {
         let script = init_script();
-        assert!(script.contains(&format!("echo \"{MARKER}\"")));
+        assert!(script.contains(&format!("say \"{MARKER}\"")));
         assert!(script.contains("mount -t devtmpfs devtmpfs /dev"));
-        assert!(script.contains(&format!("if [ \"$word\" = {POWEROFF} ]; then")));
+        assert!(script.contains(&format!("        {POWEROFF}) poweroff=yes ;;")));
+        assert!(script.contains(&format!(
+            "        {ACTIONS}=*) actions=${{word#{ACTIONS}=}} ;;"
+        )));
+        assert!(script.contains("grep -F -e WARNING -e BUG -e Oops -e unhandled"));
         // Every command it runs is linked.
         for command in [
-            "mount", "echo", "cat", "poweroff", "setsid", "cttyhack", "sh",
+            "mount", "echo", "cat", "poweroff", "reboot", "setsid", "cttyhack", "sh", "printf",
+            "sed", "grep", "dmesg", "devmem", "[",
         ] {
             assert!(APPLETS.contains(&command), "{command}");
+        }
+    }
+
+    /// The host's POSIX shell, if there is one, for checking the script.
+    #[cfg(unix)]
+    fn host_shell(script: &str, arguments: &[&str]) -> Option<std::process::Output> {
+        let dir = std::env::temp_dir().join(format!("xtask-init-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("script-{}", script.len()));
+        std::fs::write(&path, script).unwrap();
+        std::process::Command::new("sh")
+            .args(arguments)
+            .arg(&path)
+            .output()
+            .ok()
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_is_valid_shell() {
+        let Some(output) = host_shell(&init_script(), &["-n"]) else {
+            return;
+        };
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_counts_the_online_cpus() {
+        let script = init_script();
+        let start = script.find("online_count() {").unwrap();
+        let end = start + script[start..].find("\n}\n").unwrap() + 3;
+        let function = &script[start..end];
+        for (online, count) in [("0-3", 4), ("0-1,3", 3), ("0", 1), ("0,2-3,5-7", 6)] {
+            let file =
+                std::env::temp_dir().join(format!("xtask-online-{}-{count}", std::process::id()));
+            std::fs::write(&file, format!("{online}\n")).unwrap();
+            let test = function.replace(
+                "/sys/devices/system/cpu/online",
+                &file.display().to_string(),
+            ) + "online_count\n";
+            let Some(output) = host_shell(&test, &[]) else {
+                return;
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout),
+                format!("{count}\n"),
+                "{online}"
+            );
+        }
+    }
+
+    #[test]
+    fn actions_round_trip_and_reject_nonsense() {
+        let actions = [
+            Action::Info,
+            Action::Hotplug(3),
+            Action::Devmem(0x4020_0000),
+            Action::Dmesg,
+            Action::Clock,
+            Action::Poweroff,
+            Action::Reboot,
+        ];
+        let word = actions_word(&actions);
+        assert_eq!(
+            word,
+            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,poweroff,reboot"
+        );
+        assert_eq!(parse_actions_word(&word).unwrap().unwrap(), actions);
+        assert_eq!(
+            parse_actions_word("cellvisor.actions=devmem:1024,")
+                .unwrap()
+                .unwrap(),
+            [Action::Devmem(1024)]
+        );
+        assert!(parse_actions_word("cellvisor.poweroff").is_none());
+        assert!(parse_actions_word("console=ttyAMA0").is_none());
+        for (bad, message) in [
+            (
+                "sleep",
+                "unknown action `sleep`; actions: info, hotplug:CPU",
+            ),
+            ("hotplug", "`hotplug`: action hotplug needs an argument"),
+            ("hotplug:x", "`hotplug:x`: \"x\" is no CPU number"),
+            ("devmem:0xzz", "`devmem:0xzz`: \"0xzz\" is no address"),
+            ("info:1", "`info:1`: action info takes no argument"),
+        ] {
+            let error = bad.parse::<Action>().unwrap_err().to_string();
+            assert!(error.starts_with(message), "{bad}: {error}");
         }
     }
 

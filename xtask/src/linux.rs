@@ -5,14 +5,16 @@
 //!   depends on (e.g. `linux-image-6.1.0-37-arm64`), uncompressed;
 //! - `dtbs/`: the device trees shipped with it (`xilinx/zynqmp-zcu102-rev1.0.dtb`, ...);
 //! - `busybox`: the binary of Debian's `busybox-static`;
-//! - `initramfs.cpio` and `initramfs.cpio.gz`: the initramfs (see `initramfs.rs`);
+//! - `initramfs.cpio` and `initramfs.cpio.gz`: the initramfs (see `initramfs.rs`), with
+//!   `/bin/guest-clock` built from `examples/guest-clock`;
 //! - `VERSION`: what they were made from, as `key=value` lines a shell can source
 //!   (`kernel_package`, `kernel_version`, `kernel_release`, `busybox_version`).
 //!
 //! The packages come through a private apt state in `target/linux/apt/` (see `apt.rs`). Once
 //! the cache is complete, later runs use it without asking apt; `--refresh` updates the
 //! package lists and fetches what changed. The initramfs is rebuilt on every run (it takes
-//! milliseconds) and rewritten only when its content changes.
+//! milliseconds, plus a `cargo build` of the guest clock) and rewritten only when its content
+//! changes. `cargo xtask run` and the system tests call [`prepare`] for the same files.
 
 use std::fs;
 use std::io::Read as _;
@@ -24,6 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use flate2::read::GzDecoder;
 
 use crate::apt::{self, Apt, Package};
+use crate::cargo::Cargo;
 use crate::initramfs;
 use crate::workspace::Workspace;
 
@@ -35,6 +38,10 @@ const ARM64_MAGIC: &[u8; 4] = b"ARM\x64";
 const EM_AARCH64: u16 = 183;
 /// The Debian package holding the static busybox.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
+/// The package of the guest-clock program put into the initramfs.
+pub const GUEST_CLOCK_PACKAGE: &str = "cellvisor-guest-clock";
+/// Its binary.
+const GUEST_CLOCK_BIN: &str = "guest-clock";
 
 /// A Debian architecture the root-cell guests can be taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +51,11 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The architecture of the guests of a board whose images are built for `target`.
+    pub fn of_target(target: &str) -> Option<Self> {
+        target.starts_with("aarch64-").then_some(Self::Arm64)
+    }
+
     /// Debian's name of the architecture.
     pub fn debian(self) -> &'static str {
         match self {
@@ -65,6 +77,13 @@ impl Arch {
         }
     }
 
+    /// The Rust target of the programs built for the initramfs.
+    pub fn guest_target(self) -> &'static str {
+        match self {
+            Self::Arm64 => "aarch64-unknown-none",
+        }
+    }
+
     /// Device trees the boards need, relative to `dtbs/`.
     fn required_dtbs(self) -> &'static [&'static str] {
         match self {
@@ -73,7 +92,7 @@ impl Arch {
     }
 
     /// Checks a kernel image (already uncompressed) for the architecture's boot header.
-    fn check_image(self, image: &[u8]) -> Result<()> {
+    pub fn check_image(self, image: &[u8]) -> Result<()> {
         match self {
             Self::Arm64 => {
                 let magic = image.get(ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4);
@@ -174,9 +193,20 @@ impl Cache {
     }
 }
 
-/// `cargo xtask linux`.
-pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
-    let start = Instant::now();
+/// The files of a prepared cache.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The kernel `Image`.
+    pub image: PathBuf,
+    /// The gzip-compressed initramfs.
+    pub initramfs: PathBuf,
+    /// The directory of the kernel's device trees.
+    pub dtbs: PathBuf,
+}
+
+/// Fills the cache of `arch` if it is incomplete (or, with `refresh`, looks for newer
+/// packages) and rebuilds the initramfs: what `cargo xtask linux` does, without the summary.
+pub fn prepare(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<(Files, Versions)> {
     let linux_dir = workspace.target_dir.join("linux");
     let cache = Cache {
         dir: linux_dir.join(arch.debian()),
@@ -200,13 +230,63 @@ pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
     let busybox = fs::read(cache.path("busybox"))
         .with_context(|| format!("cannot read {}", cache.path("busybox").display()))?;
     initramfs::check_applets(&busybox)?;
-    let archive = initramfs::newc(&initramfs::layout(busybox))?;
+    let guest_clock = build_guest_clock(workspace, arch)?;
+    let archive = initramfs::newc(&initramfs::layout(busybox, guest_clock))?;
     let cpio = cache.path("initramfs.cpio");
     let gz = cache.path("initramfs.cpio.gz");
     if fs::read(&cpio).ok().as_ref() != Some(&archive) || !gz.is_file() {
         write_atomically(&gz, &initramfs::gzip(&archive)?)?;
         write_atomically(&cpio, &archive)?;
     }
+    let files = Files {
+        image: cache.path("Image"),
+        initramfs: gz,
+        dtbs: cache.path("dtbs"),
+    };
+    Ok((files, versions))
+}
+
+/// Builds the guest-clock program for the initramfs and returns the executable.
+fn build_guest_clock(workspace: &Workspace, arch: Arch) -> Result<Vec<u8>> {
+    let target = arch.guest_target();
+    crate::require_target(target)?;
+    Cargo::new([
+        "build",
+        "--release",
+        "-p",
+        GUEST_CLOCK_PACKAGE,
+        "--target",
+        target,
+    ])
+    .run()?;
+    let built = workspace
+        .target_dir
+        .join(target)
+        .join("release")
+        .join(GUEST_CLOCK_BIN);
+    let data = fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
+    if elf_machine(&data) != Some(arch.elf_machine()) {
+        bail!(
+            "{} is no {} ELF executable",
+            workspace.relative(&built).display(),
+            arch.debian()
+        );
+    }
+    Ok(data)
+}
+
+/// `e_machine` of an ELF file.
+fn elf_machine(data: &[u8]) -> Option<u16> {
+    (data.get(..4) == Some(b"\x7fELF"))
+        .then(|| data.get(18..20))
+        .flatten()
+        .map(|m| u16::from_le_bytes([m[0], m[1]]))
+}
+
+/// `cargo xtask linux`.
+pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
+    let start = Instant::now();
+    let (files, versions) = prepare(workspace, arch, refresh)?;
 
     println!(
         "Debian {} {} (kernel {}), {BUSYBOX_PACKAGE} {}",
@@ -216,16 +296,16 @@ pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
         versions.busybox_version
     );
     let shown = |path: &Path| workspace.relative(path).display().to_string();
-    let dtbs = cache.path("dtbs");
-    let (dtb_count, dtb_bytes) = tree_size(&dtbs)?;
+    let dtbs = &files.dtbs;
+    let (dtb_count, dtb_bytes) = tree_size(dtbs)?;
     let row = |path: &Path| -> Result<(String, u64, String)> {
         Ok((shown(path), size(path)?, String::new()))
     };
     let mut rows = vec![
-        row(&cache.path("Image"))?,
-        row(&gz)?,
+        row(&files.image)?,
+        row(&files.initramfs)?,
         (
-            format!("{}/", shown(&dtbs)),
+            format!("{}/", shown(dtbs)),
             dtb_bytes,
             format!(" in {dtb_count} files"),
         ),
@@ -233,7 +313,7 @@ pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
     for dtb in arch.required_dtbs() {
         rows.push(row(&dtbs.join(dtb))?);
     }
-    rows.push(row(&cache.path("VERSION"))?);
+    rows.push(row(&files.dtbs.with_file_name("VERSION"))?);
     let width = rows.iter().map(|(path, ..)| path.len()).max().unwrap_or(0);
     for (path, bytes, note) in rows {
         println!("  {path:width$}  {bytes:>9} bytes{note}");
@@ -388,11 +468,7 @@ fn unpack_busybox(deb: &Path, cache: &Cache) -> Result<()> {
     let Some(busybox) = busybox else {
         bail!("the package has no bin/busybox");
     };
-    let machine = (busybox.get(..4) == Some(b"\x7fELF"))
-        .then(|| busybox.get(18..20))
-        .flatten()
-        .map(|m| u16::from_le_bytes([m[0], m[1]]));
-    if machine != Some(cache.arch.elf_machine()) {
+    if elf_machine(&busybox) != Some(cache.arch.elf_machine()) {
         bail!("bin/busybox is no {} ELF executable", cache.arch.debian());
     }
     write_atomically(&cache.path("busybox"), &busybox)

@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask build --board <board>` builds the hypervisor image of a board:
 //!   `target/images/<board>/cellvisor.{elf,bin}`.
-//! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio.
+//! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio,
+//!   with Debian's stock kernel as the root cell (`--no-linux`: the hypervisor alone,
+//!   `--bare`: the same Linux without the hypervisor; see `run.rs`).
 //! - `cargo xtask test [--fuzz-seconds N]` runs everything CI checks, failing at the first step
 //!   that fails: formatting, clippy, the host tests, a bare-metal build of every library crate
 //!   under `crates/` and `arch/`, `cargo package` of the publishable ones, a fuzz smoke run
@@ -10,6 +12,8 @@
 //!   the hypervisor images in QEMU (`--no-system` skips them, `--system-only` runs only them).
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
 //! - `cargo xtask bench` runs the bench targets of every library crate that has some.
+//! - `cargo xtask boot-time [--board <board>] [--gic N]` measures the guest time at which the
+//!   root cell's `/init` starts, bare and under the hypervisor, with `-icount shift=0`.
 //! - `cargo xtask linux [--arch arm64] [--refresh]` fetches Debian's stock kernel and
 //!   busybox-static through a private apt state and builds the root cell's initramfs, cached
 //!   in `target/linux/<arch>/` (see `linux.rs`).
@@ -22,11 +26,13 @@
 
 mod apt;
 mod board;
+mod boot;
 mod cargo;
 mod image;
 mod initramfs;
 mod linux;
 mod qemu;
+mod run;
 mod system_tests;
 mod workspace;
 
@@ -68,34 +74,9 @@ enum Task {
         #[arg(long)]
         fault_injection: bool,
     },
-    /// Build the image of a board and boot it in QEMU, the serial console on this terminal
-    /// (Ctrl-A X quits QEMU).
-    Run {
-        /// Board name, e.g. `qemu-arm64`.
-        #[arg(long)]
-        board: String,
-        /// GIC version (one the board supports; its highest by default).
-        #[arg(long, value_name = "VERSION")]
-        gic: Option<u32>,
-        /// Number of CPUs (the board's default otherwise).
-        #[arg(long, value_name = "N")]
-        smp: Option<u32>,
-        /// QEMU CPU model, for boards whose CPU model is not fixed.
-        #[arg(long, value_name = "MODEL")]
-        cpu: Option<String>,
-        /// RAM size, e.g. `2G`.
-        #[arg(long, value_name = "SIZE")]
-        memory: Option<String>,
-        /// Stop QEMU after this many seconds and fail.
-        #[arg(long, value_name = "SECS")]
-        timeout: Option<u64>,
-        /// Boot the fault-injection image instead.
-        #[arg(long)]
-        fault_injection: bool,
-        /// Extra QEMU arguments, after `--`.
-        #[arg(last = true, value_name = "QEMU ARGS")]
-        qemu_args: Vec<String>,
-    },
+    /// Boot a board in QEMU, the serial console on this terminal (Ctrl-A X quits QEMU): by
+    /// default the hypervisor with Debian's stock kernel as its root cell.
+    Run(run::RunArgs),
     /// Run every check CI runs: fmt, clippy, tests, bare-metal builds, cargo package, fuzz smoke,
     /// then the system tests in QEMU.
     Test {
@@ -108,9 +89,10 @@ enum Task {
         /// Run only the system tests.
         #[arg(long)]
         system_only: bool,
-        /// Seconds each system test may take.
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
-        system_timeout: u64,
+        /// Seconds each system test may take (default: 60 for the hypervisor alone, 120 for
+        /// Linux boots).
+        #[arg(long, value_name = "SECS")]
+        system_timeout: Option<u64>,
     },
     /// Run one fuzz target, e.g. `cargo xtask fuzz paging <target>`.
     Fuzz {
@@ -124,6 +106,9 @@ enum Task {
     },
     /// Run the bench targets of every library crate that has some.
     Bench,
+    /// Measure the guest time at which the root cell's /init starts, bare and under the
+    /// hypervisor (`-icount shift=0`), and their ratio.
+    BootTime(run::BootTimeArgs),
     /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
     /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).
     Linux {
@@ -149,6 +134,8 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     let workspace = Workspace::load()?;
+    // File names on the command line are relative to where `cargo xtask` was started.
+    let cwd = env::current_dir().context("cannot read the current directory")?;
     // Every path below is relative to the workspace root.
     env::set_current_dir(&workspace.root)
         .with_context(|| format!("cannot enter {}", workspace.root.display()))?;
@@ -160,38 +147,14 @@ fn run(task: Task) -> Result<()> {
             let board = board::find(&workspace.boards, &board)?;
             image::build(&workspace, board, kind(fault_injection)).map(drop)
         }
-        Task::Run {
-            board,
-            gic,
-            smp,
-            cpu,
-            memory,
-            timeout,
-            fault_injection,
-            qemu_args,
-        } => {
-            let board = board::find(&workspace.boards, &board)?;
-            let options = qemu::Options {
-                gic,
-                smp,
-                cpu,
-                memory,
-            };
-            // Reject bad options and a missing QEMU before building.
-            qemu::Qemu::new(board, &options, Path::new(""))?;
-            qemu::require(&board.qemu)?;
-            let image = image::build(&workspace, board, kind(fault_injection))?;
-            qemu::Qemu::new(board, &options, workspace.relative(&image.elf))?
-                .args(qemu_args)
-                .run_interactive(timeout.map(Duration::from_secs))
-        }
+        Task::Run(args) => run::run(&workspace, &cwd, args),
         Task::Test {
             fuzz_seconds,
             no_system,
             system_only,
             system_timeout,
         } => {
-            let system_timeout = Duration::from_secs(system_timeout);
+            let system_timeout = system_timeout.map(Duration::from_secs);
             if system_only {
                 system_tests::run(&workspace, system_timeout)
             } else {
@@ -209,6 +172,7 @@ fn run(task: Task) -> Result<()> {
             seconds,
         } => fuzz(&workspace, &crate_dir, &target, seconds),
         Task::Bench => bench(&workspace),
+        Task::BootTime(args) => run::boot_time(&workspace, &args),
         Task::Linux { arch, refresh } => linux::run(&workspace, arch, refresh),
     }
 }
@@ -261,6 +225,11 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
             .args([board.target.as_str(), "--", "-D", "warnings"])
             .run()?;
     }
+    // The same for the Linux side of the guest programs (their host build is an empty `main`).
+    let arch = linux::Arch::Arm64;
+    Cargo::new(["clippy", "-p", linux::GUEST_CLOCK_PACKAGE, "--target"])
+        .args([arch.guest_target(), "--", "-D", "warnings"])
+        .run()?;
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 
     if workspace.libraries.is_empty() {

@@ -25,6 +25,9 @@ pub struct Options {
     pub cpu: Option<String>,
     /// RAM size (`-m`).
     pub memory: Option<String>,
+    /// Deterministic execution, one instruction per nanosecond of guest time
+    /// (`-icount shift=0`).
+    pub icount: bool,
 }
 
 /// A QEMU invocation.
@@ -35,8 +38,9 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// QEMU booting `kernel` (an ELF, loaded at its link address) on `board`, without any
-    /// console or display option yet.
+    /// QEMU booting `kernel` (an ELF, loaded at its link address, or a Linux arm64 `Image`,
+    /// which QEMU starts with the device tree's address in x0) on `board`, without any console
+    /// or display option yet.
     pub fn new(board: &Board, options: &Options, kernel: &Path) -> Result<Self> {
         let gic = options.gic.unwrap_or_else(|| board.default_gic());
         let mut args = vec!["-M".to_owned(), board.machine(gic)?];
@@ -66,6 +70,9 @@ impl Qemu {
             "-kernel".to_owned(),
             kernel.display().to_string(),
         ]);
+        if options.icount {
+            args.extend(["-icount".to_owned(), "shift=0".to_owned()]);
+        }
         Ok(Self {
             program: board.qemu.clone(),
             args,
@@ -89,6 +96,37 @@ impl Qemu {
     {
         self.args.extend(args.into_iter().map(Into::into));
         self
+    }
+
+    /// Adds what Linux gets from QEMU besides `-kernel`: the initramfs (`-initrd`), the kernel
+    /// command line (`-append`, into the device tree's `/chosen`) and, if given, the device
+    /// tree to pass instead of QEMU's own (`-dtb`).
+    pub fn linux(self, initrd: &Path, append: &str, dtb: Option<&Path>) -> Self {
+        let mut qemu = self.args([
+            "-initrd".to_owned(),
+            initrd.display().to_string(),
+            "-append".to_owned(),
+            append.to_owned(),
+        ]);
+        if let Some(dtb) = dtb {
+            qemu = qemu.dtb(dtb);
+        }
+        qemu
+    }
+
+    /// Passes `dtb` as the device tree (`-dtb`).
+    pub fn dtb(self, dtb: &Path) -> Self {
+        self.args(["-dtb".to_owned(), dtb.display().to_string()])
+    }
+
+    /// Loads `file` as it is at physical address `address`, with a generic loader device.
+    pub fn load(self, file: &Path, address: u64) -> Self {
+        // In QEMU's option syntax a comma is written twice.
+        let file = file.display().to_string().replace(',', ",,");
+        self.args([
+            "-device".to_owned(),
+            format!("loader,file={file},addr={address:#x},force-raw=on"),
+        ])
     }
 
     fn command(&self) -> Command {
@@ -267,6 +305,17 @@ impl Console {
         }
     }
 
+    /// Waits at most `timeout` for QEMU to exit by itself, then kills it if it has not, and
+    /// returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(Some(status)) = wait_timeout(&mut self.child, timeout) {
+                self.status = Some(status);
+            }
+        }
+        self.kill()
+    }
+
     /// Kills QEMU and its process group if still running and returns its exit status.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -333,6 +382,7 @@ mod tests {
             smp: 4,
             memory: "1G".to_owned(),
             dir: std::path::PathBuf::new(),
+            linux: None,
         }
     }
 
@@ -357,13 +407,38 @@ mod tests {
             smp: Some(8),
             cpu: Some("max".to_owned()),
             memory: Some("2G".to_owned()),
+            icount: true,
         };
         let qemu = Qemu::new(&board(Some("cortex-a57")), &options, Path::new("a b.elf"))
             .unwrap()
             .args(["-d", "int"]);
         assert_eq!(
             qemu.to_string(),
-            "qemu-system-aarch64 -M virt,gic-version=2 -cpu max -smp 8 -m 2G -audio none -kernel 'a b.elf' -d int"
+            "qemu-system-aarch64 -M virt,gic-version=2 -cpu max -smp 8 -m 2G -audio none -kernel 'a b.elf' -icount shift=0 -d int"
+        );
+    }
+
+    #[test]
+    fn boots_linux_with_loader_devices() {
+        let qemu = Qemu::new(
+            &board(None),
+            &Options::default(),
+            Path::new("cellvisor.bin"),
+        )
+        .unwrap()
+        .linux(
+            Path::new("initramfs.cpio.gz"),
+            "console=ttyAMA0 cellvisor.actions=info,poweroff",
+            Some(Path::new("a.dtb")),
+        )
+        .load(Path::new("system,1.bin"), 0x409c_0000)
+        .load(Path::new("Image"), 0x40a0_0000);
+        assert_eq!(
+            qemu.to_string(),
+            "qemu-system-aarch64 -M virt,gic-version=3 -smp 4 -m 1G -audio none -kernel cellvisor.bin \
+             -initrd initramfs.cpio.gz -append 'console=ttyAMA0 cellvisor.actions=info,poweroff' \
+             -dtb a.dtb -device loader,file=system,,1.bin,addr=0x409c0000,force-raw=on \
+             -device loader,file=Image,addr=0x40a00000,force-raw=on"
         );
     }
 

@@ -1,34 +1,73 @@
-//! System tests: boot the real hypervisor images in QEMU (TCG) and judge them by their serial
-//! console. The cases are data ([`CASES`]); a board that no case names gets a boot case and a
-//! fault case with its defaults, so that every board is booted.
+//! System tests: boot the real images in QEMU (TCG) and judge them by their serial console.
+//! The cases are data ([`CASES`]); a board that no case names gets a boot case and a fault
+//! case with its defaults, and if it boots Linux a bare and a root-cell case too, so that
+//! every board is booted.
 //!
-//! A case passes when its expected lines appear in order; it fails when a forbidden text
-//! appears, when QEMU exits first, or when the time runs out. QEMU is always killed at the end,
-//! whatever happened. Each console log is kept in `target/system-tests/<case>.log`.
+//! Three kinds of boots:
+//! - the hypervisor alone: its banner, or the report of its deliberate fault (fault-injection
+//!   images); the case passes as soon as the expected lines have appeared in order;
+//! - Linux bare, without the hypervisor (the baseline): `/init` runs `info,dmesg,poweroff` and
+//!   QEMU must exit by itself with status 0; the kernel-log problems it reports are kept;
+//! - Linux as the root cell of the hypervisor: `/init` runs
+//!   `info,hotplug:<last CPU>,devmem:<hypervisor start>,dmesg,poweroff`, and the case passes
+//!   when every expected line has appeared (in any order: hypervisor and kernel share the
+//!   console), QEMU exits by itself with status 0, MemTotal fits the root cell's RAM and the
+//!   kernel logged no problem that the bare boot did not.
+//!
+//! A case fails at once when a forbidden text appears, when QEMU exits first, when the time
+//! runs out, or (Linux boots) when the console stays silent too long. QEMU is always killed
+//! at the end, whatever happened. Each console log is kept in
+//! `target/system-tests/<case>.log`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::board::{self, Board};
+use crate::boot::{self, Boot, LinuxFiles, SystemFacts};
 use crate::image::{self, Image, Kind};
+use crate::initramfs::{self, DMESG_DONE, DMESG_LINE, MARKER};
+use crate::linux::{self, Arch};
 use crate::qemu::{self, Next, Options, Qemu, Stream};
 use crate::workspace::Workspace;
 
 /// Console lines shown when a case fails.
 const TAIL_LINES: usize = 60;
 
-/// What a console line must look like. In the texts, `{version}`, `{board}` and `{smp}` stand
-/// for the board package version, the board name and the number of CPUs.
+/// How long a case may take by default: the hypervisor alone, and a Linux boot.
+const HYPERVISOR_TIMEOUT: Duration = Duration::from_secs(60);
+const LINUX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A Linux boot that prints nothing for this long has hung: TCG boots of the stock kernel
+/// print a line at least every second or so.
+pub const LINUX_SILENCE: Duration = Duration::from_secs(30);
+
+/// What the kernel may keep of the root cell's RAM for itself, beyond the `struct page` array
+/// (64 bytes per 4 KiB page, 1/64 of the RAM): the kernel image, page tables, the device
+/// tree, per-CPU areas. A stock Debian kernel keeps about 46 MiB of 1 GiB and 66 MiB of
+/// 2 GiB in QEMU.
+const KERNEL_RESERVE: u64 = 64 << 20;
+
+/// What a console line must look like. In the texts, `{version}`, `{board}`, `{smp}` and
+/// `{last}` stand for the board package version, the board name, the number of CPUs and the
+/// number of the last CPU; `{root}` and `{hypervisor}` for the root cell's name and the start
+/// of the hypervisor's memory (`0x...`) in the system configuration.
 #[derive(Debug, Clone, Copy)]
 enum Pattern {
     /// A line equal to this (leading and trailing white space ignored).
     Line(&'static str),
     /// A line containing all of these.
     Contains(&'static [&'static str]),
+    /// A line starting with this (leading white space ignored).
+    StartsWith(&'static str),
+    /// A line containing all of these and the start of the hypervisor's memory as a hex
+    /// number (`0x`, any number of leading zeros).
+    ContainsHypervisorAddress(&'static [&'static str]),
 }
 
 /// The banner of a hypervisor that brought all CPUs to EL2.
@@ -47,8 +86,91 @@ const FAULT: &[Pattern] = &[
     Pattern::Contains(&["parked"]),
 ];
 
+/// What `/init` of a bare boot runs.
+const BARE_ACTIONS: &str = "info,dmesg,poweroff";
+
+/// A bare boot: `/init` ran its actions (the kernel-log check is the root-cell case's).
+const BARE: &[Pattern] = &[
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=", " count={smp}"]),
+    Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
+    Pattern::Contains(&[DMESG_DONE]),
+];
+
+/// What `/init` of a root cell runs: hand the last CPU back and forth, read the hypervisor's
+/// memory (which must fail), check the kernel log, power off.
+const ROOT_CELL_ACTIONS: &str = "info,hotplug:{last},devmem:{hypervisor},dmesg,poweroff";
+
+/// Linux as the root cell.
+const ROOT_CELL: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=", " count={smp}"]),
+    Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
+    Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} off count={last}"]),
+    Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} on count={smp}"]),
+    // The hypervisor reports the root cell's access to its memory...
+    Pattern::ContainsHypervisorAddress(&[
+        "cellvisor: cell \"{root}\"",
+        "outside its configuration",
+    ]),
+    // ... and the kernel survives it (devmem dies of a bus error).
+    Pattern::Contains(&["cellvisor-initramfs: devmem {hypervisor} status="]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// What `/init` runs in the reboot case.
+const REBOOT_ACTIONS: &str = "reboot";
+
+/// A root cell that reboots the machine: the hypervisor must come up again.
+const REBOOT: &[Pattern] = &[BANNER, Pattern::Contains(&[MARKER]), BANNER];
+
 /// Console texts that fail a normal boot at once instead of at the timeout.
 const BOOT_FAILS_ON: &[&str] = &["FATAL"];
+/// ... a bare Linux boot.
+const BARE_FAILS_ON: &[&str] = &["Kernel panic"];
+/// ... a root-cell boot.
+const ROOT_CELL_FAILS_ON: &[&str] = &["FATAL", "Kernel panic"];
+
+/// What a case boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boots {
+    /// The hypervisor image alone.
+    Hypervisor(Kind),
+    /// Linux without the hypervisor.
+    Bare,
+    /// The hypervisor with Linux as its root cell.
+    RootCell,
+}
+
+/// When a case ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Once the expected lines have appeared; QEMU is killed then.
+    Expected,
+    /// When QEMU exits by itself, which it must do with status 0 after the expected lines.
+    Exit,
+}
+
+/// In which order the expected lines must appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// One after the other (a line may satisfy several consecutive ones).
+    InOrder,
+    /// In any order.
+    AnyOrder,
+}
+
+/// What is checked on the console log of a case that passed the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The root cell's MemTotal is at most its RAM in the system configuration, and at least
+    /// that less what the kernel keeps for itself.
+    MemTotal,
+    /// The kernel logged no problem that the bare boot of the same machine did not.
+    DmesgLikeBare,
+}
 
 /// One system test.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +182,13 @@ struct Case<'a> {
     smp: Option<u32>,
     /// CPU model; `None`: the board's default (boards with a fixed model have none).
     cpu: Option<&'static str>,
-    image: Kind,
+    boots: Boots,
+    /// The `/init` actions of a Linux boot, added to the board's kernel command line.
+    actions: Option<&'static str>,
     expect: &'static [Pattern],
+    order: Order,
+    until: Until,
+    checks: &'static [Check],
     fails_on: &'static [&'static str],
 }
 
@@ -72,21 +199,74 @@ impl<'a> Case<'a> {
             gic,
             smp: Some(smp),
             cpu,
-            image: Kind::Normal,
+            boots: Boots::Hypervisor(Kind::Normal),
+            actions: None,
             expect: BOOT,
+            order: Order::InOrder,
+            until: Until::Expected,
+            checks: &[],
             fails_on: BOOT_FAILS_ON,
         }
     }
 
     const fn fault(board: &'a str, gic: Option<u32>, smp: u32) -> Self {
         Self {
-            board,
-            gic,
-            smp: Some(smp),
+            boots: Boots::Hypervisor(Kind::FaultInjection),
             cpu: None,
-            image: Kind::FaultInjection,
             expect: FAULT,
             fails_on: &[],
+            ..Self::boot(board, gic, smp, None)
+        }
+    }
+
+    const fn bare(board: &'a str, gic: Option<u32>, smp: u32, cpu: Option<&'static str>) -> Self {
+        Self {
+            boots: Boots::Bare,
+            actions: Some(BARE_ACTIONS),
+            expect: BARE,
+            order: Order::AnyOrder,
+            until: Until::Exit,
+            fails_on: BARE_FAILS_ON,
+            ..Self::boot(board, gic, smp, cpu)
+        }
+    }
+
+    const fn root_cell(
+        board: &'a str,
+        gic: Option<u32>,
+        smp: u32,
+        cpu: Option<&'static str>,
+    ) -> Self {
+        Self {
+            boots: Boots::RootCell,
+            actions: Some(ROOT_CELL_ACTIONS),
+            expect: ROOT_CELL,
+            order: Order::AnyOrder,
+            until: Until::Exit,
+            checks: &[Check::MemTotal, Check::DmesgLikeBare],
+            fails_on: ROOT_CELL_FAILS_ON,
+            ..Self::boot(board, gic, smp, cpu)
+        }
+    }
+
+    const fn reboot(board: &'a str, gic: Option<u32>, smp: u32, cpu: Option<&'static str>) -> Self {
+        Self {
+            boots: Boots::RootCell,
+            actions: Some(REBOOT_ACTIONS),
+            expect: REBOOT,
+            fails_on: ROOT_CELL_FAILS_ON,
+            ..Self::boot(board, gic, smp, cpu)
+        }
+    }
+
+    /// The word in the case name for what it boots.
+    fn kind(&self) -> &'static str {
+        match (self.boots, self.actions) {
+            (Boots::Hypervisor(Kind::Normal), _) => "boot",
+            (Boots::Hypervisor(Kind::FaultInjection), _) => "fault",
+            (Boots::Bare, _) => "bare",
+            (Boots::RootCell, Some(REBOOT_ACTIONS)) => "reboot",
+            (Boots::RootCell, _) => "linux",
         }
     }
 }
@@ -98,43 +278,135 @@ const CASES: &[Case<'static>] = &[
     Case::boot("zcu102", None, 4, None),
     Case::fault("qemu-arm64", Some(3), 4),
     Case::fault("zcu102", None, 4),
+    // Each root-cell case after the bare case of the same machine, its baseline.
+    Case::bare("qemu-arm64", Some(3), 4, Some("cortex-a57")),
+    Case::root_cell("qemu-arm64", Some(3), 4, Some("cortex-a57")),
+    Case::bare("qemu-arm64", Some(2), 4, Some("cortex-a57")),
+    Case::root_cell("qemu-arm64", Some(2), 4, Some("cortex-a57")),
+    Case::bare("zcu102", None, 4, None),
+    Case::root_cell("zcu102", None, 4, None),
+    Case::reboot("qemu-arm64", Some(3), 4, Some("cortex-a57")),
 ];
 
-/// A case bound to its board, with the patterns filled in.
+/// A case bound to its board, with the patterns filled in (but for the system
+/// configuration's facts, see [`Resolved::expected`]).
 #[derive(Debug)]
 struct Resolved<'a> {
     name: String,
     board: &'a Board,
-    image: Kind,
+    boots: Boots,
     options: Options,
+    /// The kernel command line of a Linux boot, `{hypervisor}` still to be filled.
+    append: Option<String>,
     expect: Vec<Expected>,
+    order: Order,
+    until: Until,
+    checks: &'static [Check],
     fails_on: &'static [&'static str],
+    /// The name of the bare case of the same machine (the same for a bare case).
+    baseline: String,
 }
 
-#[derive(Debug)]
+impl Resolved<'_> {
+    /// Fills in what comes from the system configuration.
+    fn expected(&self, facts: Option<&SystemFacts>) -> Vec<Expected> {
+        let Some(facts) = facts else {
+            return self.expect.clone();
+        };
+        self.expect
+            .iter()
+            .map(|expected| Expected {
+                texts: expected
+                    .texts
+                    .iter()
+                    .map(|text| fill_facts(text, facts))
+                    .collect(),
+                address: expected.address.map(|_| Some(facts.hypervisor_start)),
+                ..expected.clone()
+            })
+            .collect()
+    }
+
+    /// How long the case may take, and how long its console may stay silent.
+    fn limits(&self, timeout: Option<Duration>) -> (Duration, Option<Duration>) {
+        match self.boots {
+            Boots::Hypervisor(_) => (timeout.unwrap_or(HYPERVISOR_TIMEOUT), None),
+            Boots::Bare | Boots::RootCell => {
+                let timeout = timeout.unwrap_or(LINUX_TIMEOUT);
+                (timeout, Some(LINUX_SILENCE.min(timeout)))
+            }
+        }
+    }
+}
+
+fn fill_facts(text: &str, facts: &SystemFacts) -> String {
+    text.replace("{root}", &facts.root_cell)
+        .replace("{hypervisor}", &format!("{:#x}", facts.hypervisor_start))
+}
+
+/// How an expected line is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Exact,
+    Contains,
+    StartsWith,
+}
+
+#[derive(Debug, Clone)]
 struct Expected {
-    exact: bool,
+    how: Match,
     texts: Vec<String>,
+    /// A number the line must hold in hex: `Some(None)` until the system configuration is known.
+    address: Option<Option<u64>>,
 }
 
 impl Expected {
     fn matches(&self, line: &str) -> bool {
-        if self.exact {
-            line.trim() == self.texts[0]
-        } else {
-            self.texts.iter().all(|text| line.contains(text.as_str()))
+        let text = match self.how {
+            Match::Exact => line.trim() == self.texts[0],
+            Match::StartsWith => line.trim_start().starts_with(self.texts[0].as_str()),
+            Match::Contains => self.texts.iter().all(|text| line.contains(text.as_str())),
+        };
+        text && match self.address {
+            None => true,
+            Some(None) => false,
+            Some(Some(address)) => hex_numbers(line).any(|n| n == address),
         }
     }
 }
 
 impl std::fmt::Display for Expected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.exact {
-            write!(f, "the line {:?}", self.texts[0])
-        } else {
-            write!(f, "a line containing {:?}", self.texts.join("\" and \""))
+        match self.how {
+            Match::Exact => write!(f, "the line {:?}", self.texts[0])?,
+            Match::StartsWith => write!(f, "a line starting with {:?}", self.texts[0])?,
+            Match::Contains => {
+                f.write_str("a line containing ")?;
+                for (index, text) in self.texts.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(" and ")?;
+                    }
+                    write!(f, "{text:?}")?;
+                }
+            }
+        }
+        match self.address {
+            None => Ok(()),
+            Some(None) => f.write_str(" and the hypervisor's start address"),
+            Some(Some(address)) => write!(f, " and the address {address:#x}"),
         }
     }
+}
+
+/// The `0x` hex numbers in `line`.
+fn hex_numbers(line: &str) -> impl Iterator<Item = u64> + '_ {
+    line.match_indices("0x").filter_map(|(at, _)| {
+        let digits = &line[at + 2..];
+        let end = digits
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(digits.len());
+        u64::from_str_radix(&digits[..end], 16).ok()
+    })
 }
 
 /// The cases to run: [`CASES`], then default cases for the boards that [`CASES`] leaves out.
@@ -144,6 +416,11 @@ fn cases(boards: &[Board]) -> Result<Vec<Resolved<'_>>> {
         if !CASES.iter().any(|case| case.board == board.name) {
             cases.push(Case::boot(&board.name, None, board.smp, None));
             cases.push(Case::fault(&board.name, None, board.smp));
+            // The root-cell case hands the last CPU back and forth: it needs two.
+            if board.linux.is_some() && board.smp >= 2 {
+                cases.push(Case::bare(&board.name, None, board.smp, None));
+                cases.push(Case::root_cell(&board.name, None, board.smp, None));
+            }
         }
     }
     cases.iter().map(|case| resolve(boards, case)).collect()
@@ -158,40 +435,69 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
         text.replace("{version}", &board.version)
             .replace("{board}", &board.name)
             .replace("{smp}", &smp.to_string())
+            .replace("{last}", &smp.saturating_sub(1).to_string())
     };
     let expect = case
         .expect
         .iter()
         .map(|pattern| match pattern {
             Pattern::Line(line) => Expected {
-                exact: true,
+                how: Match::Exact,
                 texts: vec![fill(line)],
+                address: None,
+            },
+            Pattern::StartsWith(start) => Expected {
+                how: Match::StartsWith,
+                texts: vec![fill(start)],
+                address: None,
             },
             Pattern::Contains(texts) => Expected {
-                exact: false,
+                how: Match::Contains,
                 texts: texts.iter().map(|t| fill(t)).collect(),
+                address: None,
+            },
+            Pattern::ContainsHypervisorAddress(texts) => Expected {
+                how: Match::Contains,
+                texts: texts.iter().map(|t| fill(t)).collect(),
+                address: Some(None),
             },
         })
         .collect();
-    let kind = match case.image {
-        Kind::Normal => "boot",
-        Kind::FaultInjection => "fault",
+    let append = match case.actions {
+        None => None,
+        Some(actions) => {
+            let linux = board
+                .linux()
+                .with_context(|| format!("system test case {} on {}", case.kind(), board.name))?;
+            let word = format!("{}={}", initramfs::ACTIONS, fill(actions));
+            Some(if linux.append.trim().is_empty() {
+                word
+            } else {
+                format!("{} {word}", linux.append.trim_end())
+            })
+        }
     };
-    let mut name = format!("{}-{kind}-gicv{gic}-smp{smp}", board.name);
+    let mut machine = format!("gicv{gic}-smp{smp}");
     if let Some(cpu) = &cpu {
-        write!(name, "-{cpu}").expect("writing to a String");
+        write!(machine, "-{cpu}").expect("writing to a String");
     }
     Ok(Resolved {
-        name,
+        name: format!("{}-{}-{machine}", board.name, case.kind()),
+        baseline: format!("{}-bare-{machine}", board.name),
         board,
-        image: case.image,
+        boots: case.boots,
         options: Options {
             gic: Some(gic),
             smp: Some(smp),
             cpu: case.cpu.map(str::to_owned),
             memory: None,
+            icount: false,
         },
+        append,
         expect,
+        order: case.order,
+        until: case.until,
+        checks: case.checks,
         fails_on: case.fails_on,
     })
 }
@@ -205,20 +511,54 @@ pub fn check_tools(workspace: &Workspace) -> Result<()> {
     Ok(())
 }
 
+/// What the cases share: the images, the Linux files and the baselines of the bare boots.
+struct Shared {
+    images: Vec<(String, Kind, Image)>,
+    linux: HashMap<&'static str, linux::Files>,
+    /// The normalised kernel-log problems of each bare case that passed, by case name.
+    baselines: HashMap<String, Vec<String>>,
+}
+
 /// Builds the images and runs every case, one after the other. Fails if any case failed.
-pub fn run(workspace: &Workspace, timeout: Duration) -> Result<()> {
+/// `timeout` bounds every case; by default hypervisor-only cases get 60 s, Linux boots 120 s.
+pub fn run(workspace: &Workspace, timeout: Option<Duration>) -> Result<()> {
     let cases = cases(&workspace.boards)?;
     check_tools(workspace)?;
 
     // Each image once, built and copied before the next build overwrites cargo's output.
-    let mut images: Vec<(&str, Kind, Image)> = Vec::new();
+    let mut shared = Shared {
+        images: Vec::new(),
+        linux: HashMap::new(),
+        baselines: HashMap::new(),
+    };
     for case in &cases {
-        if !images
+        let kind = match case.boots {
+            Boots::Hypervisor(kind) => kind,
+            Boots::RootCell => Kind::Normal,
+            Boots::Bare => continue,
+        };
+        if !shared
+            .images
             .iter()
-            .any(|(b, k, _)| *b == case.board.name && *k == case.image)
+            .any(|(b, k, _)| *b == case.board.name && *k == kind)
         {
-            let image = image::build(workspace, case.board, case.image)?;
-            images.push((&case.board.name, case.image, image));
+            let image = image::build(workspace, case.board, kind)?;
+            shared.images.push((case.board.name.clone(), kind, image));
+        }
+    }
+    for case in &cases {
+        if case.boots != Boots::Bare && case.boots != Boots::RootCell {
+            continue;
+        }
+        let arch = Arch::of_target(&case.board.target).with_context(|| {
+            format!(
+                "board {}: no Linux guest for its target {}",
+                case.board.name, case.board.target
+            )
+        })?;
+        if !shared.linux.contains_key(arch.debian()) {
+            let (files, _) = linux::prepare(workspace, arch, false)?;
+            shared.linux.insert(arch.debian(), files);
         }
     }
 
@@ -226,23 +566,15 @@ pub fn run(workspace: &Workspace, timeout: Duration) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let (mut passed, mut failed) = (0, 0);
     for (number, case) in cases.iter().enumerate() {
-        let (_, _, image) = images
-            .iter()
-            .find(|(b, k, _)| *b == case.board.name && *k == case.image)
-            .expect("built above");
-        let qemu = Qemu::new(case.board, &case.options, workspace.relative(&image.elf))?;
         println!(
             "==> system test {}/{}: {}",
             number + 1,
             cases.len(),
             case.name
         );
-        println!("    {qemu}");
-        std::io::stdout().flush().ok();
-
         let start = Instant::now();
         let mut log = Vec::new();
-        let outcome = run_case(&qemu, case, timeout, &mut log);
+        let outcome = run_one(workspace, case, &shared, timeout, &mut log);
         let seconds = start.elapsed().as_secs_f64();
         let log_path = logs.join(format!("{}.log", case.name));
         fs::write(&log_path, log.join("\n") + "\n")
@@ -251,6 +583,11 @@ pub fn run(workspace: &Workspace, timeout: Duration) -> Result<()> {
             Ok(()) => {
                 passed += 1;
                 println!("PASS {} in {seconds:.1} s", case.name);
+                if case.boots == Boots::Bare {
+                    shared
+                        .baselines
+                        .insert(case.name.clone(), dmesg_problems(&log));
+                }
             }
             Err(error) => {
                 failed += 1;
@@ -275,43 +612,183 @@ pub fn run(workspace: &Workspace, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Boots one case and reads its console until the expected lines have appeared in order.
-/// Every line read is appended to `log` (QEMU's own messages prefixed with `[qemu] `).
+/// Sets up, boots and judges one case.
+fn run_one(
+    workspace: &Workspace,
+    case: &Resolved<'_>,
+    shared: &Shared,
+    timeout: Option<Duration>,
+    log: &mut Vec<String>,
+) -> Result<()> {
+    let board = case.board;
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let image = |kind: Kind| {
+        shared
+            .images
+            .iter()
+            .find(|(b, k, _)| *b == board.name && *k == kind)
+            .map(|(_, _, image)| shown(&image.bin))
+            .expect("built before the cases")
+    };
+    let mut facts = None;
+    let boot = match case.boots {
+        Boots::Hypervisor(kind) => Boot::Hypervisor {
+            image: image(kind),
+            dtb: None,
+        },
+        Boots::Bare | Boots::RootCell => {
+            let files = Arch::of_target(&board.target)
+                .and_then(|arch| shared.linux.get(arch.debian()))
+                .expect("prepared before the cases");
+            let gic = case.options.gic.expect("resolved");
+            let images = workspace.target_dir.join("images").join(&board.name);
+            let mut append = case.append.clone().expect("Linux cases have actions");
+            let config = if case.boots == Boots::RootCell {
+                let config = boot::board_config(board, gic, &images)?;
+                let (_, parsed) = boot::read_config("system-config", &config)?;
+                let system = SystemFacts::new(&parsed);
+                append = fill_facts(&append, &system);
+                facts = Some(system);
+                Some(config)
+            } else {
+                None
+            };
+            let linux = LinuxFiles {
+                kernel: shown(&files.image),
+                initrd: shown(&files.initramfs),
+                dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
+                append,
+            };
+            match config {
+                None => Boot::Bare(linux),
+                Some(config) => Boot::RootCell {
+                    image: image(Kind::Normal),
+                    config: shown(&config),
+                    linux,
+                },
+            }
+        }
+    };
+    let qemu = boot.qemu(board, &case.options)?;
+    println!("    {qemu}");
+    std::io::stdout().flush().ok();
+
+    let (timeout, silence) = case.limits(timeout);
+    let expect = case.expected(facts.as_ref());
+    run_case(&qemu, case, &expect, timeout, silence, log)?;
+    for check in case.checks {
+        match check {
+            Check::MemTotal => {
+                check_memtotal(log, facts.as_ref().expect("root-cell cases have facts"))?
+            }
+            Check::DmesgLikeBare => {
+                let Some(baseline) = shared.baselines.get(&case.baseline) else {
+                    bail!(
+                        "no baseline for the kernel-log check: the bare case {} did not pass",
+                        case.baseline
+                    );
+                };
+                check_dmesg(log, baseline)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Boots one case and reads its console until the expected lines have appeared (and, for
+/// [`Until::Exit`], until QEMU exits). Every line read is appended to `log` (QEMU's own
+/// messages prefixed with `[qemu] `).
 fn run_case(
     qemu: &Qemu,
     case: &Resolved<'_>,
+    expect: &[Expected],
     timeout: Duration,
+    silence: Option<Duration>,
     log: &mut Vec<String>,
 ) -> Result<()> {
     let mut console = qemu.spawn_console()?;
     let deadline = Instant::now() + timeout;
-    let mut expect = case.expect.iter().peekable();
+    let mut seen = vec![false; expect.len()];
+    let mut last_output = Instant::now();
+    // What is still awaited, for messages.
+    let waiting = |seen: &[bool]| -> String {
+        let missing: Vec<String> = expect
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(e, _)| e.to_string())
+            .collect();
+        match (case.order, missing.len()) {
+            (_, 0) => "QEMU to exit by itself".to_owned(),
+            (Order::InOrder, _) | (_, 1) => missing[0].clone(),
+            (Order::AnyOrder, n) => format!("{n} lines: {}", missing.join("; ")),
+        }
+    };
     let outcome = loop {
-        let Some(next) = expect.peek() else {
+        let all_seen = seen.iter().all(|s| *s);
+        if all_seen && case.until == Until::Expected {
             break Ok(());
-        };
-        match console.next_line(deadline) {
+        }
+        let wait_until = silence.map_or(deadline, |s| deadline.min(last_output + s));
+        match console.next_line(wait_until) {
             Next::Line(Stream::Stderr, line) => log.push(format!("[qemu] {line}")),
             Next::Line(Stream::Console, line) => {
+                last_output = Instant::now();
                 if let Some(text) = case.fails_on.iter().find(|text| line.contains(*text)) {
                     log.push(line);
-                    break Err(anyhow::anyhow!("{text:?} on the console, before {next}"));
+                    break Err(anyhow::anyhow!(
+                        "{text:?} on the console, before {}",
+                        waiting(&seen)
+                    ));
                 }
-                // One line may satisfy several consecutive expectations.
-                while expect.next_if(|e| e.matches(&line)).is_some() {}
+                match case.order {
+                    // One line may satisfy several consecutive expectations.
+                    Order::InOrder => {
+                        for (e, s) in expect.iter().zip(seen.iter_mut()).skip_while(|(_, s)| **s) {
+                            if !e.matches(&line) {
+                                break;
+                            }
+                            *s = true;
+                        }
+                    }
+                    Order::AnyOrder => {
+                        for (e, s) in expect.iter().zip(seen.iter_mut()) {
+                            *s = *s || e.matches(&line);
+                        }
+                    }
+                }
                 log.push(line);
+            }
+            Next::Timeout if Instant::now() >= deadline => {
+                break Err(anyhow::anyhow!(
+                    "timed out after {} s waiting for {}",
+                    timeout.as_secs(),
+                    waiting(&seen)
+                ))
             }
             Next::Timeout => {
                 break Err(anyhow::anyhow!(
-                    "timed out after {} s waiting for {next}",
-                    timeout.as_secs()
+                    "no console output for {} s (hung?), waiting for {}",
+                    silence.unwrap_or_default().as_secs(),
+                    waiting(&seen)
                 ))
             }
             Next::Closed => {
-                let status = console
-                    .kill()
-                    .map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
-                break Err(anyhow::anyhow!("QEMU exited ({status}) before {next}"));
+                let status = console.wait_exit(Duration::from_secs(5));
+                let shown =
+                    status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
+                if !all_seen {
+                    break Err(anyhow::anyhow!(
+                        "QEMU exited ({shown}) before {}",
+                        waiting(&seen)
+                    ));
+                }
+                if status.is_some_and(|s| s.success()) {
+                    break Ok(());
+                }
+                break Err(anyhow::anyhow!(
+                    "QEMU exited with {shown}, expected exit status 0"
+                ));
             }
         }
     };
@@ -319,11 +796,98 @@ fn run_case(
     outcome
 }
 
+/// The kernel-log problems the `dmesg` action reported, normalised (see [`normalise_dmesg`]).
+fn dmesg_problems(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter_map(|line| {
+            let at = line.find(DMESG_LINE)?;
+            Some(normalise_dmesg(&line[at + DMESG_LINE.len()..]))
+        })
+        .collect()
+}
+
+/// A kernel-log line without what differs from boot to boot: the `[   1.234567]` time stamp
+/// and the CPU and PID numbers of warnings (`CPU: 2 PID: 57` becomes `CPU: N PID: N`).
+fn normalise_dmesg(line: &str) -> String {
+    let line = line.trim();
+    let line = match line.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        Some((time, rest)) if time.trim().parse::<f64>().is_ok() => rest.trim_start(),
+        _ => line,
+    };
+    let mut normal = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = ["CPU: ", "PID: "]
+        .iter()
+        .filter_map(|key| rest.find(key).map(|at| at + key.len()))
+        .min()
+    {
+        normal.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            normal.push('N');
+        }
+        rest = &rest[digits..];
+    }
+    normal.push_str(rest);
+    normal
+}
+
+/// The kernel's report of the `devmem` action's bus error (a user-space fault, e.g.
+/// `devmem[93]: unhandled exception: ...`): expected in a root cell.
+fn is_devmem_report(line: &str) -> bool {
+    line.contains("devmem[") && line.contains("unhandled")
+}
+
+/// Fails if the root cell's kernel logged problems that the bare boot did not.
+fn check_dmesg(log: &[String], baseline: &[String]) -> Result<()> {
+    let new: Vec<String> = dmesg_problems(log)
+        .into_iter()
+        .filter(|line| !baseline.contains(line) && !is_devmem_report(line))
+        .collect();
+    if !new.is_empty() {
+        bail!(
+            "the kernel logged {} problem(s) that the bare boot did not: {}",
+            new.len(),
+            new.join(" | ")
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless the MemTotal `/init` printed fits the root cell's RAM: at most all of it, at
+/// least all of it less what the kernel keeps for itself.
+fn check_memtotal(log: &[String], facts: &SystemFacts) -> Result<()> {
+    const KEY: &str = "cellvisor-initramfs: memtotal=";
+    let Some(kib) = log.iter().find_map(|line| {
+        let rest = &line[line.find(KEY)? + KEY.len()..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..digits].parse::<u64>().ok()
+    }) else {
+        bail!("no line containing {KEY:?} and a number");
+    };
+    let ram = facts.root_ram / 1024;
+    let reserve = (KERNEL_RESERVE + facts.root_ram / 64) / 1024;
+    let low = ram.saturating_sub(reserve);
+    if !(low..=ram).contains(&kib) {
+        bail!(
+            "MemTotal {kib} kB is not within {low}..={ram} kB: the root cell owns {ram} kB of \
+             RAM (its memory regions that are not `io`), of which the kernel may keep up to \
+             {reserve} kB"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn board(name: &str, cpu: Option<&str>, gic_versions: Vec<u32>) -> Board {
+    fn board(name: &str, cpu: Option<&str>, gic_versions: Vec<u32>, linux: bool) -> Board {
         Board {
             name: name.to_owned(),
             package: format!("cellvisor-board-{name}"),
@@ -337,15 +901,31 @@ mod tests {
             smp: 2,
             memory: "1G".to_owned(),
             dir: std::path::PathBuf::new(),
+            linux: linux.then(|| crate::board::LinuxBoot {
+                config_address: 0x409c_0000,
+                kernel_address: 0x40a0_0000,
+                system_config: "config/system-gicv{gic}.toml".to_owned(),
+                append: format!("console={name}"),
+                dtb: None,
+            }),
         }
     }
 
     fn boards() -> Vec<Board> {
         vec![
-            board("qemu-arm64", Some("cortex-a57"), vec![2, 3]),
-            board("zcu102", None, vec![2]),
-            board("new", None, vec![3]),
+            board("qemu-arm64", Some("cortex-a57"), vec![2, 3], true),
+            board("zcu102", None, vec![2], true),
+            board("new", None, vec![3], false),
+            board("newlinux", None, vec![3], true),
         ]
+    }
+
+    fn facts() -> SystemFacts {
+        SystemFacts {
+            hypervisor_start: 0x4020_0000,
+            root_cell: "linux".to_owned(),
+            root_ram: 0x3f80_0000,
+        }
     }
 
     #[test]
@@ -362,13 +942,95 @@ mod tests {
                 "zcu102-boot-gicv2-smp4",
                 "qemu-arm64-fault-gicv3-smp4-cortex-a57",
                 "zcu102-fault-gicv2-smp4",
+                "qemu-arm64-bare-gicv3-smp4-cortex-a57",
+                "qemu-arm64-linux-gicv3-smp4-cortex-a57",
+                "qemu-arm64-bare-gicv2-smp4-cortex-a57",
+                "qemu-arm64-linux-gicv2-smp4-cortex-a57",
+                "zcu102-bare-gicv2-smp4",
+                "zcu102-linux-gicv2-smp4",
+                "qemu-arm64-reboot-gicv3-smp4-cortex-a57",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
+                "newlinux-boot-gicv3-smp2",
+                "newlinux-fault-gicv3-smp2",
+                "newlinux-bare-gicv3-smp2",
+                "newlinux-linux-gicv3-smp2",
             ]
         );
         assert_eq!(
             cases[2].expect[0].to_string(),
             "the line \"cellvisor 0.1.0 on qemu-arm64: 8/8 CPUs at EL2\""
+        );
+        // Every root-cell case comes after its baseline.
+        for (index, case) in cases.iter().enumerate() {
+            if case.checks.contains(&Check::DmesgLikeBare) {
+                assert!(
+                    cases[..index].iter().any(|c| c.name == case.baseline),
+                    "{}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_linux_cases_get_the_board_command_line_and_valid_actions() {
+        let boards = boards();
+        let cases = cases(&boards).unwrap();
+        let bare = &cases[6];
+        assert_eq!(
+            bare.append.as_deref(),
+            Some("console=qemu-arm64 cellvisor.actions=info,dmesg,poweroff")
+        );
+        let root = &cases[7];
+        assert_eq!(root.baseline, bare.name);
+        let append = fill_facts(root.append.as_deref().unwrap(), &facts());
+        assert_eq!(
+            append,
+            "console=qemu-arm64 cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,poweroff"
+        );
+        let word = append.split_whitespace().last().unwrap();
+        let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
+        assert_eq!(initramfs::actions_word(&actions), word);
+        assert_eq!(
+            cases[12].append.as_deref(),
+            Some("console=qemu-arm64 cellvisor.actions=reboot")
+        );
+        for case in &cases {
+            if let Some(append) = &case.append {
+                let append = fill_facts(append, &facts());
+                let word = append.split_whitespace().last().unwrap();
+                initramfs::parse_actions_word(word).unwrap().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn lists_the_expected_lines_of_a_root_cell() {
+        let boards = boards();
+        let cases = cases(&boards).unwrap();
+        let expected: Vec<String> = cases[11]
+            .expected(Some(&SystemFacts {
+                hypervisor_start: 0x20_0000,
+                ..facts()
+            }))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            expected,
+            [
+                "the line \"cellvisor 0.1.0 on zcu102: 4/4 CPUs at EL2\"",
+                "a line containing \"cellvisor-initramfs: /init reached\"",
+                "a line containing \"cellvisor-initramfs: cpus online=\" and \" count=4\"",
+                "a line containing \"cellvisor-initramfs: memtotal=\"",
+                "a line containing \"cellvisor-initramfs: hotplug cpu3 off count=3\"",
+                "a line containing \"cellvisor-initramfs: hotplug cpu3 on count=4\"",
+                "a line containing \"cellvisor: cell \\\"linux\\\"\" and \"outside its configuration\" and the address 0x200000",
+                "a line containing \"cellvisor-initramfs: devmem 0x200000 status=\"",
+                "a line containing \"cellvisor-initramfs: dmesg check done\"",
+                "a line starting with \"cellvisor: trap counters\"",
+            ]
         );
     }
 
@@ -384,15 +1046,237 @@ mod tests {
         );
         assert!(!fault[2].matches("data abort at EL2, permission fault"));
         assert!(fault[3].matches("  ELR 0x0000000040201234  FAR 0x00000000dead0000  SPSR 0x3c9"));
+
+        let root = cases[7].expected(Some(&facts()));
+        let abort = &root[6];
+        for line in [
+            "cellvisor: cell \"linux\" read 0x0000000040200000 outside its configuration",
+            "cellvisor: cell \"linux\": CPU 1: read of 4 bytes at 0x40200000, outside its configuration",
+        ] {
+            assert!(abort.matches(line), "{line}");
+        }
+        for line in [
+            "cellvisor: cell \"linux\" read 0x40200004 outside its configuration",
+            "cellvisor: cell \"linux\" read 40200000 outside its configuration",
+            "cellvisor: cell \"demo\" read 0x40200000 outside its configuration",
+        ] {
+            assert!(!abort.matches(line), "{line}");
+        }
+        // Before the configuration is known, nothing matches.
+        assert!(!cases[7].expect[6]
+            .matches("cellvisor: cell \"linux\" read 0x40200000 outside its configuration"));
+        assert!(root[9].matches("  cellvisor: trap counters: hvc 3, smc 12"));
+        assert!(!root[9].matches("[ 1.0] cellvisor: trap counters"));
+        // The kernel log's copy of /init's lines (zcu102) counts.
+        assert!(root[1].matches("[    2.392772] cellvisor-initramfs: /init reached"));
+        assert_eq!(
+            hex_numbers("a 0x10, 0xfffffffffffffffff 0x 0xAbc").collect::<Vec<_>>(),
+            [0x10, 0xabc]
+        );
+    }
+
+    #[test]
+    fn compares_the_kernel_logs() {
+        assert_eq!(
+            normalise_dmesg("[    1.234567] WARNING: CPU: 2 PID: 57 at drivers/x.c:10 f+0x1/0x2"),
+            "WARNING: CPU: N PID: N at drivers/x.c:10 f+0x1/0x2"
+        );
+        assert_eq!(normalise_dmesg("[bracket] BUG: x"), "[bracket] BUG: x");
+        let log = |lines: &[&str]| -> Vec<String> { lines.iter().map(|l| l.to_string()).collect() };
+        let bare = dmesg_problems(&log(&[
+            "[    3.1] cellvisor-initramfs: dmesg: [    1.0] WARNING: CPU: 0 PID: 1 at a.c:1",
+            "cellvisor-initramfs: dmesg: [    1.1] clk: BUG in something",
+            "[    1.1] clk: BUG in something",
+            "cellvisor-initramfs: dmesg check done",
+        ]));
+        assert_eq!(
+            bare,
+            ["WARNING: CPU: N PID: N at a.c:1", "clk: BUG in something"]
+        );
+        let same = log(&[
+            "cellvisor-initramfs: dmesg: [    1.4] WARNING: CPU: 3 PID: 9 at a.c:1",
+            "cellvisor-initramfs: dmesg: [    2.0] devmem[93]: unhandled exception: DABT (lower EL)",
+            "cellvisor-initramfs: dmesg check done",
+        ]);
+        check_dmesg(&same, &bare).unwrap();
+        let new = log(&[
+            "cellvisor-initramfs: dmesg: [    1.0] Oops: something",
+            "cellvisor-initramfs: dmesg: [    1.1] clk: BUG in something",
+            "cellvisor-initramfs: dmesg: [    1.2] swapper: unhandled level 2 fault",
+        ]);
+        let error = check_dmesg(&new, &bare).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "the kernel logged 2 problem(s) that the bare boot did not: Oops: something | \
+             swapper: unhandled level 2 fault"
+        );
+    }
+
+    #[test]
+    fn checks_memtotal_against_the_root_cells_ram() {
+        // 1016 MiB of RAM: up to 64 MiB + 15.875 MiB may be the kernel's.
+        let facts = facts();
+        let line = |kib: u64| vec![format!("cellvisor-initramfs: memtotal={kib} kB")];
+        check_memtotal(&line(1_040_384), &facts).unwrap();
+        check_memtotal(&line(992_588), &facts).unwrap();
+        check_memtotal(&line(958_592), &facts).unwrap();
+        let error = check_memtotal(&line(958_591), &facts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("MemTotal 958591 kB is not within 958592..=1040384 kB"),
+            "{error}"
+        );
+        // All of QEMU's 1 GiB: the hypervisor's memory was not taken away.
+        assert!(check_memtotal(&line(1_048_576), &facts).is_err());
+        let error = check_memtotal(&["memtotal=".to_owned()], &facts).unwrap_err();
+        assert!(
+            error.to_string().starts_with("no line containing"),
+            "{error}"
+        );
+    }
+
+    /// Runs `script` as if it were QEMU for case `index` of [`boards`], with `silence` as the
+    /// limit of a silent console.
+    fn run_script_silence(
+        index: usize,
+        script: &str,
+        timeout: Duration,
+        silence: Option<Duration>,
+    ) -> (Result<()>, Vec<String>) {
+        let boards = boards();
+        let cases = cases(&boards).unwrap();
+        let case = &cases[index];
+        let mut log = Vec::new();
+        let expect = case.expected(Some(&facts()));
+        let outcome = run_case(
+            &Qemu::shell(script),
+            case,
+            &expect,
+            timeout,
+            silence,
+            &mut log,
+        );
+        (outcome, log)
     }
 
     /// Runs `script` as if it were QEMU for case `index` of [`boards`].
     fn run_script(index: usize, script: &str, timeout: Duration) -> (Result<()>, Vec<String>) {
-        let boards = boards();
-        let cases = cases(&boards).unwrap();
-        let mut log = Vec::new();
-        let outcome = run_case(&Qemu::shell(script), &cases[index], timeout, &mut log);
-        (outcome, log)
+        run_script_silence(index, script, timeout, None)
+    }
+
+    /// A root cell's console, lines in an order the kernel and the hypervisor may print them.
+    const ROOT_CELL_CONSOLE: &str = "\
+        echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+        echo 'cellvisor-initramfs: /init reached'; \
+        echo 'cellvisor-initramfs: memtotal=992588 kB'; \
+        echo 'cellvisor-initramfs: cpus online=0-3 count=4'; \
+        echo 'cellvisor-initramfs: hotplug cpu3 off count=3'; \
+        echo 'cellvisor-initramfs: hotplug cpu3 on count=4'; \
+        echo 'cellvisor-initramfs: devmem 0x40200000 status=135'; \
+        echo 'cellvisor: cell \"linux\" (CPU 2): read at 0x0000000040200000 outside its configuration'; \
+        echo 'cellvisor-initramfs: dmesg check done'; \
+        echo 'cellvisor: trap counters: ...'";
+
+    #[test]
+    fn a_root_cell_passes_when_qemu_exits_with_0_after_every_line() {
+        let (outcome, log) = run_script(
+            7,
+            &format!("{ROOT_CELL_CONSOLE}; exit 0"),
+            Duration::from_secs(20),
+        );
+        outcome.unwrap();
+        assert_eq!(log.len(), 10);
+        let (outcome, _) = run_script(
+            7,
+            &format!("{ROOT_CELL_CONSOLE}; exit 1"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            "QEMU exited with exit status: 1, expected exit status 0"
+        );
+        // It waits for QEMU to exit.
+        let (outcome, _) = run_script(
+            7,
+            &format!("{ROOT_CELL_CONSOLE}; sleep 30"),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            "timed out after 1 s waiting for QEMU to exit by itself"
+        );
+    }
+
+    #[test]
+    fn a_root_cell_names_every_missing_line() {
+        let (outcome, _) = run_script(
+            7,
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo 'cellvisor-initramfs: /init reached'; exit 0",
+            Duration::from_secs(20),
+        );
+        let error = outcome.unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "QEMU exited (exit status: 0) before 8 lines: a line containing \
+                 \"cellvisor-initramfs: cpus online=\" and \" count=4\"; "
+            ),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("; a line starting with \"cellvisor: trap counters\""),
+            "{error}"
+        );
+        let (outcome, _) = run_script(
+            7,
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo '[    0.5] Kernel panic - not syncing: VFS'; sleep 30",
+            Duration::from_secs(20),
+        );
+        let error = outcome.unwrap_err().to_string();
+        assert!(
+            error.starts_with("\"Kernel panic\" on the console, before 9 lines: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_silent_linux_boot_fails_before_the_timeout() {
+        let start = Instant::now();
+        let (outcome, _) = run_script_silence(
+            7,
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; sleep 30",
+            Duration::from_secs(20),
+            Some(Duration::from_secs(1)),
+        );
+        let error = outcome.unwrap_err().to_string();
+        assert!(
+            error.starts_with("no console output for 1 s (hung?), waiting for 9 lines: "),
+            "{error}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_reboot_needs_the_banner_twice() {
+        let banner = "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'";
+        let marker = "echo 'cellvisor-initramfs: /init reached'";
+        let (outcome, _) = run_script(
+            12,
+            &format!("{banner}; {marker}; {banner}; sleep 30"),
+            Duration::from_secs(20),
+        );
+        outcome.unwrap();
+        let (outcome, _) = run_script(
+            12,
+            &format!("{banner}; {marker}; sleep 30"),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            "timed out after 1 s waiting for the line \"cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2\""
+        );
     }
 
     #[test]

@@ -110,10 +110,9 @@ pub fn enter(entry: u64, x0: u64) -> ! {
     };
     frame.x[0] = x0;
     let top = super::exception_stack_top(cpu_index());
-    // SAFETY: the frame is read before the stack it is copied to is reused (it lives on the
-    // main stack or a dead part of the exception stack below `top - frame size`... see the
-    // assembly: it copies first, then only the copy is used). The cell's stage 2 and EL2
-    // registers were set up by `cell::prepare_cpu`.
+    // SAFETY: `enter` runs on the CPU's main stack (SP_EL0), never inside a trap, so the
+    // frame does not lie on the exception stack the assembly resets to `top` and copies it
+    // onto; the cell's stage 2 and EL2 registers were loaded by `cell::prepare_cpu`.
     unsafe { cellvisor_enter_guest(&frame, top) }
 }
 

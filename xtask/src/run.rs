@@ -1,0 +1,665 @@
+//! `cargo xtask run`: boot a board in QEMU on this terminal, by default the hypervisor with
+//! Debian's stock kernel as its root cell; `--no-linux` boots the hypervisor alone, `--bare`
+//! the same Linux without the hypervisor. `cargo xtask boot-time` measures how much later
+//! `/init` starts under the hypervisor than bare.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::board::{self, Board};
+use crate::boot::{self, Boot, LinuxFiles};
+use crate::image::{self, Kind};
+use crate::initramfs::{self, Action};
+use crate::linux::{self, Arch};
+use crate::qemu::{self, Next, Options, Qemu, Stream};
+use crate::system_tests::LINUX_SILENCE;
+use crate::workspace::Workspace;
+
+/// `cargo xtask run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Board name, e.g. `qemu-arm64`.
+    #[arg(long)]
+    pub board: String,
+    /// GIC version (one the board supports; its highest by default).
+    #[arg(long, value_name = "VERSION")]
+    pub gic: Option<u32>,
+    /// Number of CPUs (the board's default otherwise).
+    #[arg(long, value_name = "N")]
+    pub smp: Option<u32>,
+    /// QEMU CPU model, for boards whose CPU model is not fixed.
+    #[arg(long, value_name = "MODEL")]
+    pub cpu: Option<String>,
+    /// RAM size, e.g. `2G`.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Stop QEMU after this many seconds and fail.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Boot the fault-injection image of the hypervisor instead.
+    #[arg(long, conflicts_with = "bare")]
+    pub fault_injection: bool,
+    /// The root cell's kernel Image (default: Debian's, from `cargo xtask linux`).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_linux")]
+    pub kernel: Option<PathBuf>,
+    /// The root cell's initramfs (default: the one of `cargo xtask linux`).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_linux")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line, replacing the board's `linux-append` (add e.g.
+    /// `cellvisor.actions=info,poweroff` to it; see xtask/src/initramfs.rs).
+    #[arg(long, value_name = "ARGS", conflicts_with = "no_linux")]
+    pub append: Option<String>,
+    /// The device tree QEMU passes (default: the board's `linux-dtb`, or QEMU's own).
+    #[arg(long, value_name = "FILE")]
+    pub dtb: Option<PathBuf>,
+    /// The system configuration: a .toml (compiled here) or a compiled .bin (default: the
+    /// board's `system-config` for the GIC version).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["no_linux", "bare"])]
+    pub config: Option<PathBuf>,
+    /// Boot the hypervisor alone, without a root cell (bring-up).
+    #[arg(long, conflicts_with = "bare")]
+    pub no_linux: bool,
+    /// Boot the same Linux without the hypervisor (the baseline to compare with).
+    #[arg(long)]
+    pub bare: bool,
+    /// Deterministic execution: one instruction per nanosecond of guest time
+    /// (`-icount shift=0`).
+    #[arg(long)]
+    pub icount: bool,
+    /// Extra QEMU arguments, after `--`.
+    #[arg(last = true, value_name = "QEMU ARGS")]
+    pub qemu_args: Vec<String>,
+}
+
+/// What to boot, before the files are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The hypervisor alone.
+    Hypervisor,
+    /// Linux without the hypervisor.
+    Bare,
+    /// The hypervisor with Linux as its root cell.
+    RootCell,
+}
+
+impl RunArgs {
+    /// What the flags ask for on `board`: by default the root cell, or the hypervisor alone
+    /// on boards that do not boot Linux.
+    pub fn mode(&self, board: &Board) -> Result<Mode> {
+        if self.no_linux {
+            return Ok(Mode::Hypervisor);
+        }
+        if self.bare {
+            return Ok(Mode::Bare);
+        }
+        if board.linux.is_some() {
+            return Ok(Mode::RootCell);
+        }
+        let linux_flags = [
+            ("--kernel", self.kernel.is_some()),
+            ("--initrd", self.initrd.is_some()),
+            ("--append", self.append.is_some()),
+            ("--config", self.config.is_some()),
+        ];
+        if let Some((flag, _)) = linux_flags.iter().find(|(_, given)| *given) {
+            // Says what is missing and that --no-linux exists.
+            board.linux().context(*flag)?;
+        }
+        println!(
+            "==> board {} does not boot Linux (no Linux keys in its [package.metadata.cellvisor]): booting the hypervisor alone",
+            board.name
+        );
+        Ok(Mode::Hypervisor)
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            gic: self.gic,
+            smp: self.smp,
+            cpu: self.cpu.clone(),
+            memory: self.memory.clone(),
+            icount: self.icount,
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        if self.fault_injection {
+            Kind::FaultInjection
+        } else {
+            Kind::Normal
+        }
+    }
+}
+
+/// `path` as given on the command line, which was typed relative to `cwd` (the directory
+/// `cargo xtask` was started in, not the workspace root the tasks run in).
+fn user_path(cwd: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        cwd.join(path)
+    }
+}
+
+/// `cargo xtask run`; `cwd` is the directory the command was started in.
+pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
+    let board = board::find(&workspace.boards, &args.board)?;
+    let options = args.options();
+    // Reject bad options and a missing QEMU before building or downloading.
+    Qemu::new(board, &options, Path::new(""))?;
+    qemu::require(&board.qemu)?;
+    let gic = options.gic.unwrap_or_else(|| board.default_gic());
+    let mode = args.mode(board)?;
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let dtb = match &args.dtb {
+        Some(dtb) => {
+            let dtb = user_path(cwd, dtb);
+            boot::check_dtb("--dtb", &dtb)?;
+            Some(shown(&dtb))
+        }
+        None => None,
+    };
+
+    let linux = match mode {
+        Mode::Hypervisor => None,
+        Mode::Bare | Mode::RootCell => {
+            Some(linux_files(workspace, cwd, board, &args, dtb.clone())?)
+        }
+    };
+    let boot = match mode {
+        Mode::Hypervisor => {
+            let image = image::build(workspace, board, args.kind())?;
+            Boot::Hypervisor {
+                image: shown(&image.bin),
+                dtb,
+            }
+        }
+        Mode::Bare => Boot::Bare(linux.expect("resolved above")),
+        Mode::RootCell => {
+            let image = image::build(workspace, board, args.kind())?;
+            let config = config_file(workspace, cwd, board, gic, &args)?;
+            Boot::RootCell {
+                image: shown(&image.bin),
+                config: shown(&config),
+                linux: linux.expect("resolved above"),
+            }
+        }
+    };
+    boot.qemu(board, &options)?
+        .args(args.qemu_args)
+        .run_interactive(args.timeout.map(Duration::from_secs))
+}
+
+/// The kernel, initramfs, device tree and command line of a Linux boot: the flags', or the
+/// board's and `cargo xtask linux`'s (fetched if missing).
+fn linux_files(
+    workspace: &Workspace,
+    cwd: &Path,
+    board: &Board,
+    args: &RunArgs,
+    dtb: Option<PathBuf>,
+) -> Result<LinuxFiles> {
+    let Some(arch) = Arch::of_target(&board.target) else {
+        bail!(
+            "board {}: no Linux guest for its target {} (--no-linux boots the hypervisor alone)",
+            board.name,
+            board.target
+        );
+    };
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let append = match (&args.append, &board.linux) {
+        (Some(append), _) => {
+            check_actions("--append", append)?;
+            append.clone()
+        }
+        (None, Some(linux)) => linux.append.clone(),
+        (None, None) => bail!(
+            "--bare: board {} has no `linux-append` in its [package.metadata.cellvisor] table: \
+             pass --append",
+            board.name
+        ),
+    };
+    let kernel = args.kernel.as_deref().map(|p| user_path(cwd, p));
+    let initrd = args.initrd.as_deref().map(|p| user_path(cwd, p));
+    if let Some(kernel) = &kernel {
+        boot::check_kernel("--kernel", kernel, arch)?;
+    }
+    if let Some(initrd) = &initrd {
+        boot::require_file("--initrd", initrd)?;
+    }
+    let board_dtb = dtb.is_none() && board.linux.as_ref().is_some_and(|l| l.dtb.is_some());
+    let files = if kernel.is_none() || initrd.is_none() || board_dtb {
+        Some(linux::prepare(workspace, arch, false)?.0)
+    } else {
+        None
+    };
+    let dtb = match (dtb, &files) {
+        (Some(dtb), _) => Some(dtb),
+        (None, Some(files)) if board.linux.is_some() => {
+            boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d))
+        }
+        (None, _) => None,
+    };
+    let pick = |given: Option<PathBuf>, default: fn(&linux::Files) -> &Path| {
+        given.unwrap_or_else(|| default(files.as_ref().expect("prepared above")).to_owned())
+    };
+    Ok(LinuxFiles {
+        kernel: shown(&pick(kernel, |f| &f.image)),
+        initrd: shown(&pick(initrd, |f| &f.initramfs)),
+        dtb,
+        append,
+    })
+}
+
+/// The compiled system configuration to load: `--config` (a .toml is compiled into
+/// `target/run/<board>/`), or the board's for the GIC version.
+fn config_file(
+    workspace: &Workspace,
+    cwd: &Path,
+    board: &Board,
+    gic: u32,
+    args: &RunArgs,
+) -> Result<PathBuf> {
+    let images = workspace.target_dir.join("images").join(&board.name);
+    let (flag, path) = match &args.config {
+        Some(config) => ("--config", user_path(cwd, config)),
+        None if args.kind() == Kind::Normal => {
+            ("system-config", boot::board_config(board, gic, &images)?)
+        }
+        // Only normal builds compile the board's configurations: compile the source here.
+        None => ("system-config", board.system_config(gic, &images)?.0),
+    };
+    let (bytes, _) = boot::read_config(flag, &path)?;
+    boot::check_config_size(flag, &path, bytes.len(), board)?;
+    if path.extension().is_some_and(|e| e == "bin") {
+        return Ok(path);
+    }
+    let dir = workspace.target_dir.join("run").join(&board.name);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut name = path.file_stem().unwrap_or_default().to_owned();
+    name.push(".bin");
+    let binary = dir.join(name);
+    fs::write(&binary, &bytes).with_context(|| format!("cannot write {}", binary.display()))?;
+    println!(
+        "{}: {} compiled into {}",
+        board.name,
+        workspace.relative(&path).display(),
+        workspace.relative(&binary).display()
+    );
+    Ok(binary)
+}
+
+/// Fails if a kernel command line has a `cellvisor.actions=` word that `/init` would not
+/// understand.
+fn check_actions(flag: &str, append: &str) -> Result<()> {
+    for word in append.split_whitespace() {
+        if let Some(actions) = initramfs::parse_actions_word(word) {
+            actions.with_context(|| format!("{flag}: {word}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel command line of a measurement or test run: the board's, then the actions.
+pub fn append_with_actions(base: &str, actions: &[Action]) -> String {
+    let word = initramfs::actions_word(actions);
+    if base.trim().is_empty() {
+        word
+    } else {
+        format!("{} {word}", base.trim_end())
+    }
+}
+
+/// `cargo xtask boot-time`.
+#[derive(Debug, clap::Args)]
+pub struct BootTimeArgs {
+    /// Board name (default: every board that boots Linux).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// GIC version (default: every one the board supports).
+    #[arg(long, value_name = "VERSION", requires = "board")]
+    pub gic: Option<u32>,
+    /// Seconds each boot may take.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// What `guest-clock` prints, up to the seconds.
+const GUEST_TIME: &str = "cellvisor-initramfs: guest time ";
+
+/// `cargo xtask boot-time`: boots Linux bare and as the root cell with `-icount shift=0` and
+/// `cellvisor.actions=clock,poweroff`, and prints the guest time at which `/init` ran in
+/// both and their ratio. A figure for notes, not a test.
+pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
+    let boards: Vec<&Board> = match &args.board {
+        Some(name) => {
+            let board = board::find(&workspace.boards, name)?;
+            board.linux()?;
+            vec![board]
+        }
+        None => workspace
+            .boards
+            .iter()
+            .filter(|b| b.linux.is_some())
+            .collect(),
+    };
+    if boards.is_empty() {
+        bail!("no board boots Linux (none has the Linux keys in [package.metadata.cellvisor])");
+    }
+    let mut runs = Vec::new();
+    for board in &boards {
+        qemu::require(&board.qemu)?;
+        let gics = match args.gic {
+            Some(gic) => {
+                board.machine(gic)?;
+                vec![gic]
+            }
+            None => board.gic_versions.clone(),
+        };
+        runs.extend(gics.into_iter().map(|gic| (*board, gic)));
+    }
+
+    let arch = Arch::Arm64;
+    let (files, versions) = linux::prepare(workspace, arch, false)?;
+    let logs = workspace.target_dir.join("boot-time");
+    fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let timeout = Duration::from_secs(args.timeout);
+    let mut report = String::new();
+    let mut failures = 0;
+    for (board, gic) in runs {
+        let image = image::build(workspace, board, Kind::Normal)?;
+        let images = workspace.target_dir.join("images").join(&board.name);
+        let config = boot::board_config(board, gic, &images)?;
+        let linux = LinuxFiles {
+            kernel: shown(&files.image),
+            initrd: shown(&files.initramfs),
+            dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
+            append: append_with_actions(&board.linux()?.append, &[Action::Clock, Action::Poweroff]),
+        };
+        let options = Options {
+            gic: Some(gic),
+            icount: true,
+            ..Options::default()
+        };
+        let boots = [
+            ("bare", Boot::Bare(linux.clone())),
+            (
+                "root cell",
+                Boot::RootCell {
+                    image: shown(&image.bin),
+                    config: shown(&config),
+                    linux,
+                },
+            ),
+        ];
+        let mut times = Vec::new();
+        for (label, boot) in boots {
+            let qemu = boot.qemu(board, &options)?;
+            let name = format!("{}-gicv{gic}-{}", board.name, label.replace(' ', "-"));
+            let log = logs.join(format!("{name}.log"));
+            println!("==> {name}: {qemu}");
+            let time = measure(&qemu, timeout, &log);
+            match &time {
+                Ok(seconds) => println!("    /init at {seconds:.6} s of guest time"),
+                Err(error) => {
+                    failures += 1;
+                    println!(
+                        "    failed: {error:#} (console in {})",
+                        workspace.relative(&log).display()
+                    );
+                }
+            }
+            times.push(time.ok());
+        }
+        let show =
+            |time: Option<f64>| time.map_or_else(|| "failed".to_owned(), |t| format!("{t:.6} s"));
+        let ratio = match (times[0], times[1]) {
+            (Some(bare), Some(root)) if bare > 0.0 => format!("{:.3}", root / bare),
+            _ => "-".to_owned(),
+        };
+        writeln!(
+            report,
+            "  {:<12} GICv{gic}  bare {:>12}  root cell {:>12}  ratio {ratio}",
+            board.name,
+            show(times[0]),
+            show(times[1])
+        )
+        .expect("writing to a String");
+    }
+    println!(
+        "guest time at /init (-icount shift=0, kernel {}):\n{report}",
+        versions.kernel_release
+    );
+    if failures > 0 {
+        bail!("{failures} boot(s) did not report their guest time");
+    }
+    Ok(())
+}
+
+/// Boots `qemu` until it exits and returns the guest time `guest-clock` printed; the console
+/// goes to `log`.
+fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<f64> {
+    let mut console = qemu.spawn_console()?;
+    let deadline = Instant::now() + timeout;
+    let mut last_output = Instant::now();
+    let mut lines = Vec::new();
+    let mut time = None;
+    let outcome = loop {
+        match console.next_line(deadline.min(last_output + LINUX_SILENCE)) {
+            Next::Line(Stream::Stderr, line) => lines.push(format!("[qemu] {line}")),
+            Next::Line(Stream::Console, line) => {
+                last_output = Instant::now();
+                if time.is_none() {
+                    time = guest_time(&line);
+                }
+                lines.push(line);
+            }
+            Next::Timeout if Instant::now() >= deadline => {
+                break Err(anyhow::anyhow!("timed out after {} s", timeout.as_secs()))
+            }
+            Next::Timeout => {
+                break Err(anyhow::anyhow!(
+                    "no console output for {} s (hung?)",
+                    LINUX_SILENCE.as_secs()
+                ))
+            }
+            Next::Closed => break Ok(()),
+        }
+    };
+    let status = console.kill();
+    fs::write(log, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    outcome?;
+    match (time, status) {
+        (Some(time), Some(status)) if status.success() => Ok(time),
+        (Some(_), status) => bail!(
+            "QEMU exited with {}",
+            status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string())
+        ),
+        (None, _) => bail!("no line containing {GUEST_TIME:?}"),
+    }
+}
+
+/// The seconds of a `guest-clock` line.
+pub fn guest_time(line: &str) -> Option<f64> {
+    let rest = &line[line.find(GUEST_TIME)? + GUEST_TIME.len()..];
+    rest.split_once(" s ")?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(["run"].iter().chain(args)).map(|cli| cli.run)
+    }
+
+    fn board(linux: bool) -> Board {
+        let table = serde_json::json!({
+            "board": "qemu-arm64",
+            "target": "aarch64-unknown-none",
+            "qemu": "qemu-system-aarch64",
+            "machine": "virt,gic-version={gic}",
+            "gic-versions": [2, 3],
+            "smp": 4,
+            "memory": "1G",
+        });
+        let mut table = table.as_object().unwrap().clone();
+        if linux {
+            table.insert("config-address".into(), 0x409c_0000u64.into());
+            table.insert("kernel-address".into(), 0x40a0_0000u64.into());
+            table.insert(
+                "system-config".into(),
+                "config/system-gicv{gic}.toml".into(),
+            );
+            table.insert("linux-append".into(), "console=ttyAMA0".into());
+        }
+        let package = serde_json::json!({
+            "name": "cellvisor-board-qemu-arm64",
+            "version": "0.1.0",
+            "targets": [{"kind": ["bin"], "name": "cellvisor-qemu-arm64"}],
+            "metadata": {"cellvisor": table},
+        });
+        Board::from_package(&package).unwrap().unwrap()
+    }
+
+    #[test]
+    fn parses_the_flags() {
+        let args = parse(&[
+            "--board",
+            "qemu-arm64",
+            "--gic",
+            "2",
+            "--kernel",
+            "k/Image",
+            "--initrd",
+            "i.gz",
+            "--append",
+            "console=ttyAMA0 quiet",
+            "--dtb",
+            "a.dtb",
+            "--config",
+            "s.toml",
+            "--icount",
+            "--",
+            "-d",
+            "int",
+        ])
+        .unwrap();
+        assert_eq!(args.gic, Some(2));
+        assert_eq!(args.kernel.as_deref(), Some(Path::new("k/Image")));
+        assert_eq!(args.append.as_deref(), Some("console=ttyAMA0 quiet"));
+        assert!(args.icount && !args.bare && !args.no_linux);
+        assert_eq!(args.qemu_args, ["-d", "int"]);
+        assert!(args.options().icount);
+        assert_eq!(args.mode(&board(true)).unwrap(), Mode::RootCell);
+    }
+
+    #[test]
+    fn picks_the_mode() {
+        let bare = parse(&["--board", "b", "--bare", "--dtb", "a.dtb"]).unwrap();
+        assert_eq!(bare.mode(&board(true)).unwrap(), Mode::Bare);
+        let alone = parse(&["--board", "b", "--no-linux", "--dtb", "a.dtb"]).unwrap();
+        assert_eq!(alone.mode(&board(true)).unwrap(), Mode::Hypervisor);
+        // Boards without the Linux keys boot the hypervisor alone, unless Linux is asked for.
+        let default = parse(&["--board", "b"]).unwrap();
+        assert_eq!(default.mode(&board(false)).unwrap(), Mode::Hypervisor);
+        let kernel = parse(&["--board", "b", "--kernel", "Image"]).unwrap();
+        let error = format!("{:#}", kernel.mode(&board(false)).unwrap_err());
+        assert!(
+            error.starts_with("--kernel: board qemu-arm64 does not boot Linux"),
+            "{error}"
+        );
+        assert!(error.contains("--no-linux"), "{error}");
+    }
+
+    #[test]
+    fn rejects_conflicting_flags() {
+        for args in [
+            &["--board", "b", "--no-linux", "--bare"][..],
+            &["--board", "b", "--no-linux", "--kernel", "Image"],
+            &["--board", "b", "--no-linux", "--initrd", "i"],
+            &["--board", "b", "--no-linux", "--append", "quiet"],
+            &["--board", "b", "--no-linux", "--config", "c.toml"],
+            &["--board", "b", "--bare", "--config", "c.toml"],
+            &["--board", "b", "--bare", "--fault-injection"],
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains("cannot be used with"), "{args:?}: {error}");
+        }
+        assert!(parse(&["--board", "b", "--smp"]).is_err());
+        assert!(parse(&["--board", "b", "--gic", "three"]).is_err());
+    }
+
+    #[test]
+    fn resolves_paths_against_the_starting_directory() {
+        let cwd = Path::new("/home/me/somewhere");
+        assert_eq!(
+            user_path(cwd, Path::new("Image")),
+            Path::new("/home/me/somewhere/Image")
+        );
+        assert_eq!(
+            user_path(cwd, Path::new("/abs/Image")),
+            Path::new("/abs/Image")
+        );
+    }
+
+    #[test]
+    fn appends_the_actions() {
+        let actions = [Action::Info, Action::Hotplug(3), Action::Poweroff];
+        assert_eq!(
+            append_with_actions("console=ttyAMA0 ", &actions),
+            "console=ttyAMA0 cellvisor.actions=info,hotplug:3,poweroff"
+        );
+        assert_eq!(
+            append_with_actions("", &[Action::Clock]),
+            "cellvisor.actions=clock"
+        );
+    }
+
+    #[test]
+    fn checks_the_actions_of_the_command_line() {
+        check_actions(
+            "--append",
+            "console=ttyAMA0 cellvisor.actions=info,hotplug:1",
+        )
+        .unwrap();
+        check_actions("--append", "console=ttyAMA0 cellvisor.poweroff").unwrap();
+        let error = check_actions("--append", "cellvisor.actions=info,hotplug:x").unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "--append: cellvisor.actions=info,hotplug:x: `hotplug:x`: \"x\" is no CPU number: \
+             invalid digit found in string"
+        );
+    }
+
+    #[test]
+    fn reads_the_guest_time() {
+        let line = "[    2.811673] cellvisor-initramfs: guest time 4.015434 s (250964680 ticks at 62500000 Hz)";
+        assert_eq!(guest_time(line), Some(4.015434));
+        assert_eq!(
+            guest_time(
+                "cellvisor-initramfs: guest time 0.964982 s (60311426 ticks at 62500000 Hz)"
+            ),
+            Some(0.964982)
+        );
+        assert_eq!(
+            guest_time("cellvisor-initramfs: guest time unknown: CNTFRQ_EL0 is 0"),
+            None
+        );
+        assert_eq!(guest_time("nothing"), None);
+    }
+}

@@ -23,6 +23,8 @@ use cellvisor_gic::{
 };
 use cellvisor_mmio::Mmio;
 use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
 /// The priority of injected interrupts: above Linux's default mask (0xf0).
@@ -68,12 +70,15 @@ static GIC: Once<Gic> = Once::new();
 /// Serialises every access to the physical distributor (read-merge-write emulation).
 static DISTRIBUTOR: Mutex<()> = Mutex::new(());
 
-/// Per-CPU injection queues, each touched only by its own CPU with interrupts masked.
-struct PerCpu([UnsafeCell<Option<ListRegisters<QUEUE>>>; MAX_CPUS]);
+/// Per-CPU injection queues, each touched only by its own CPU with interrupts masked. Left
+/// uninitialised (so in .bss, not in the image) until `init_cpu` writes them.
+struct PerCpu([UnsafeCell<MaybeUninit<ListRegisters<QUEUE>>>; MAX_CPUS]);
 // SAFETY: entry n is only accessed by CPU n, from EL2 with interrupts masked, so never
 // concurrently.
 unsafe impl Sync for PerCpu {}
-static QUEUES: PerCpu = PerCpu([const { UnsafeCell::new(None) }; MAX_CPUS]);
+static QUEUES: PerCpu = PerCpu([const { UnsafeCell::new(MaybeUninit::uninit()) }; MAX_CPUS]);
+/// Bit n: CPU n's queue is initialised.
+static QUEUE_READY: AtomicU64 = AtomicU64::new(0);
 
 fn region(base: u64, size: u64) -> MmioRegion {
     // SAFETY: the GIC windows are mapped as device memory in the EL2 map for the whole run
@@ -280,8 +285,11 @@ pub fn init_cpu(cpu: usize) {
             LrFormat::V2
         }
     };
-    // SAFETY: only this CPU touches its queue (see PerCpu).
-    unsafe { *QUEUES.0[cpu].get() = Some(ListRegisters::new(format)) };
+    if let Some(slot) = QUEUES.0.get(cpu) {
+        // SAFETY: only this CPU touches its queue (see PerCpu).
+        unsafe { (*slot.get()).write(ListRegisters::new(format)) };
+        QUEUE_READY.fetch_or(1 << cpu, Ordering::Release);
+    }
 }
 
 fn set_priority(regs: &mut MmioRegion, ipriorityr: usize, irq: u32) {
@@ -343,8 +351,12 @@ fn with_list_registers<T>(
     f: impl FnOnce(&mut dyn ListRegisterFile, &mut ListRegisters<QUEUE>) -> T,
 ) -> Option<T> {
     let gic = gic();
-    // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu).
-    let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).as_mut()? };
+    if cpu >= 64 || QUEUE_READY.load(Ordering::Acquire) & 1 << cpu == 0 {
+        return None;
+    }
+    // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu), and
+    // QUEUE_READY says init_cpu initialised it.
+    let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).assume_init_mut() };
     match gic.emulation {
         Emulation::V3(..) => {
             let mut lrs = IchListRegisters {
@@ -530,13 +542,14 @@ pub fn emulate(
         }
         (Block::Redistributors(offset), Emulation::V3(_, r)) => {
             let (base, size) = gic.layout.redistributors.unwrap_or((0, 0));
-            r.access(
+            let outcome = r.access(
                 &mut region(base, size),
                 &gic.ownership,
                 by,
                 &topology,
                 access(offset),
-            )
+            )?;
+            Ok(mark_last_redistributor(outcome, offset, size as usize))
         }
         (Block::Redistributors(offset), Emulation::V2(_)) => Err(Violation {
             cell: gic.root,
@@ -544,6 +557,20 @@ pub fn emulate(
             access: access(offset),
             reason: cellvisor_gic::Reason::ReservedOffset,
         }),
+    }
+}
+
+/// `GICR_TYPER.Last` (bit 4) for the last redistributor of the configured region: kernels
+/// walk the redistributors until they find `Last` (IHI 0069 §12.11.35), and a machine with
+/// more CPUs than the configuration describes has further frames the cell must not reach.
+fn mark_last_redistributor(outcome: Outcome, offset: usize, size: usize) -> Outcome {
+    let stride = Redistributors::GICV3_STRIDE;
+    let Some(last) = size.checked_sub(stride) else {
+        return outcome;
+    };
+    match outcome {
+        Outcome::Read(value) if offset == last + gicr::TYPER => Outcome::Read(value | 1 << 4),
+        other => other,
     }
 }
 

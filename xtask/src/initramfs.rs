@@ -61,6 +61,9 @@ pub enum Action {
     Dmesg,
     /// Runs `/bin/guest-clock`: `guest time <s> s (<ticks> ticks at <Hz> Hz)`.
     Clock,
+    /// Runs `sleep N` (the root cell idles for N seconds): `slept N s`, or
+    /// `sleep N failed (status <exit code>)`.
+    Sleep(u32),
     /// `poweroff -f`.
     Poweroff,
     /// `reboot -f`.
@@ -75,6 +78,7 @@ impl fmt::Display for Action {
             Self::Devmem(address) => write!(f, "devmem:{address:#x}"),
             Self::Dmesg => f.write_str("dmesg"),
             Self::Clock => f.write_str("clock"),
+            Self::Sleep(seconds) => write!(f, "sleep:{seconds}"),
             Self::Poweroff => f.write_str("poweroff"),
             Self::Reboot => f.write_str("reboot"),
         }
@@ -99,6 +103,11 @@ impl FromStr for Action {
                 cpu.parse()
                     .with_context(|| format!("`{text}`: {cpu:?} is no CPU number"))?,
             ),
+            ("sleep", Some(seconds)) => Self::Sleep(
+                seconds
+                    .parse()
+                    .with_context(|| format!("`{text}`: {seconds:?} is no number of seconds"))?,
+            ),
             ("devmem", Some(address)) => Self::Devmem(
                 parse_address(address)
                     .with_context(|| format!("`{text}`: {address:?} is no address"))?,
@@ -106,11 +115,11 @@ impl FromStr for Action {
             ("info" | "dmesg" | "clock" | "poweroff" | "reboot", Some(_)) => {
                 bail!("`{text}`: action {name} takes no argument")
             }
-            ("hotplug" | "devmem", None) => {
-                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`")
+            ("hotplug" | "devmem" | "sleep", None) => {
+                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`, `sleep:10`")
             }
             _ => bail!(
-                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, poweroff, reboot"
+                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, sleep:SECONDS, poweroff, reboot"
             ),
         };
         Ok(action)
@@ -311,6 +320,17 @@ action_clock() {{
     fi
 }}
 
+# action_sleep SECONDS: the root cell idles (guest time).
+action_sleep() {{
+    sleep "$1"
+    status=$?
+    if [ $status = 0 ]; then
+        say "{PREFIX}slept $1 s"
+    else
+        say "{PREFIX}sleep $1 failed (status $status)"
+    fi
+}}
+
 actions=
 poweroff=no
 for word in $(cat /proc/cmdline); do
@@ -333,6 +353,7 @@ for action in "$@"; do
         devmem:*) action_devmem "${{action#devmem:}}" ;;
         dmesg) action_dmesg ;;
         clock) action_clock ;;
+        sleep:*) action_sleep "${{action#sleep:}}" ;;
         poweroff) poweroff -f ;;
         reboot) reboot -f ;;
         *) say "{PREFIX}unknown action $action" ;;
@@ -620,7 +641,7 @@ mod tests {
         // Every command it runs is linked.
         for command in [
             "mount", "echo", "cat", "poweroff", "reboot", "setsid", "cttyhack", "sh", "printf",
-            "sed", "grep", "dmesg", "devmem", "[",
+            "sed", "grep", "dmesg", "devmem", "sleep", "[",
         ] {
             assert!(APPLETS.contains(&command), "{command}");
         }
@@ -687,13 +708,14 @@ mod tests {
             Action::Devmem(0x4020_0000),
             Action::Dmesg,
             Action::Clock,
+            Action::Sleep(10),
             Action::Poweroff,
             Action::Reboot,
         ];
         let word = actions_word(&actions);
         assert_eq!(
             word,
-            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,poweroff,reboot"
+            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,sleep:10,poweroff,reboot"
         );
         assert_eq!(parse_actions_word(&word).unwrap().unwrap(), actions);
         assert_eq!(
@@ -705,11 +727,12 @@ mod tests {
         assert!(parse_actions_word("cellvisor.poweroff").is_none());
         assert!(parse_actions_word("console=ttyAMA0").is_none());
         for (bad, message) in [
-            (
-                "sleep",
-                "unknown action `sleep`; actions: info, hotplug:CPU",
-            ),
+            ("nap", "unknown action `nap`; actions: info, hotplug:CPU"),
             ("hotplug", "`hotplug`: action hotplug needs an argument"),
+            ("sleep", "`sleep`: action sleep needs an argument"),
+            ("sleep:", "`sleep:`: \"\" is no number of seconds"),
+            ("sleep:1.5", "`sleep:1.5`: \"1.5\" is no number of seconds"),
+            ("sleep:-1", "`sleep:-1`: \"-1\" is no number of seconds"),
             ("hotplug:x", "`hotplug:x`: \"x\" is no CPU number"),
             ("devmem:0xzz", "`devmem:0xzz`: \"0xzz\" is no address"),
             ("info:1", "`info:1`: action info takes no argument"),
@@ -717,6 +740,54 @@ mod tests {
             let error = bad.parse::<Action>().unwrap_err().to_string();
             assert!(error.starts_with(message), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn sleep_renders_and_parses() {
+        for (action, text) in [
+            (Action::Sleep(10), "sleep:10"),
+            (Action::Sleep(0), "sleep:0"),
+            (Action::Sleep(u32::MAX), "sleep:4294967295"),
+        ] {
+            assert_eq!(action.to_string(), text);
+            assert_eq!(text.parse::<Action>().unwrap(), action);
+        }
+        assert_eq!(
+            parse_actions_word("cellvisor.actions=clock,sleep:10,poweroff")
+                .unwrap()
+                .unwrap(),
+            [Action::Clock, Action::Sleep(10), Action::Poweroff]
+        );
+        let error = "sleep:4294967296".parse::<Action>().unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "`sleep:4294967296`: \"4294967296\" is no number of seconds: \
+             number too large to fit in target type"
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_sleeps_and_reports() {
+        let script = init_script();
+        let start = script.find("action_sleep() {").unwrap();
+        let end = start + script[start..].find("\n}\n").unwrap() + 3;
+        let test = format!(
+            "say() {{ printf '%s\\n' \"$*\"; }}\n{}action_sleep 0\naction_sleep nonsense\n",
+            &script[start..end]
+        );
+        let Some(output) = host_shell(&test, &[]) else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("cellvisor-initramfs: slept 0 s"));
+        let failed = lines.next().unwrap_or_default();
+        assert!(
+            failed.starts_with("cellvisor-initramfs: sleep nonsense failed (status "),
+            "{stdout}"
+        );
+        assert!(script.contains("        sleep:*) action_sleep \"${action#sleep:}\" ;;"));
     }
 
     #[test]

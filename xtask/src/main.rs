@@ -13,7 +13,8 @@
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
 //! - `cargo xtask bench` runs the bench targets of every library crate that has some.
 //! - `cargo xtask boot-time [--board <board>] [--gic N]` measures the guest time at which the
-//!   root cell's `/init` starts, bare and under the hypervisor, with `-icount shift=0`.
+//!   root cell's `/init` starts, bare and under the hypervisor, and the traps per second of an
+//!   idle root cell, with `-icount shift=0,sleep=off -seed 0`.
 //! - `cargo xtask linux [--arch arm64] [--refresh]` fetches Debian's stock kernel and
 //!   busybox-static through a private apt state and builds the root cell's initramfs, cached
 //!   in `target/linux/<arch>/` (see `linux.rs`).
@@ -34,6 +35,7 @@ mod linux;
 mod qemu;
 mod run;
 mod system_tests;
+mod traps;
 mod workspace;
 
 use std::env;
@@ -107,7 +109,8 @@ enum Task {
     /// Run the bench targets of every library crate that has some.
     Bench,
     /// Measure the guest time at which the root cell's /init starts, bare and under the
-    /// hypervisor (`-icount shift=0`), and their ratio.
+    /// hypervisor (`-icount shift=0,sleep=off -seed 0`), their ratio, and the traps per second of an
+    /// idle root cell.
     BootTime(run::BootTimeArgs),
     /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
     /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).

@@ -25,10 +25,16 @@ pub struct Options {
     pub cpu: Option<String>,
     /// RAM size (`-m`).
     pub memory: Option<String>,
-    /// Deterministic execution, one instruction per nanosecond of guest time
-    /// (`-icount shift=0`).
+    /// Deterministic execution ([`DETERMINISTIC`]).
     pub icount: bool,
 }
+
+/// The QEMU arguments of deterministic execution: one instruction per nanosecond of guest
+/// time, idle guest time that does not wait for the host clock (`-icount shift=0,sleep=off`),
+/// and guest random numbers from a fixed seed (`-seed 0`; otherwise the `rng-seed` and
+/// `kaslr-seed` QEMU puts into the device tree differ from boot to boot, and so does the
+/// kernel's work).
+pub const DETERMINISTIC: [&str; 4] = ["-icount", "shift=0,sleep=off", "-seed", "0"];
 
 /// A QEMU invocation.
 #[derive(Debug, Clone)]
@@ -71,7 +77,7 @@ impl Qemu {
             kernel.display().to_string(),
         ]);
         if options.icount {
-            args.extend(["-icount".to_owned(), "shift=0".to_owned()]);
+            args.extend(DETERMINISTIC.map(str::to_owned));
         }
         Ok(Self {
             program: board.qemu.clone(),
@@ -414,7 +420,7 @@ mod tests {
             .args(["-d", "int"]);
         assert_eq!(
             qemu.to_string(),
-            "qemu-system-aarch64 -M virt,gic-version=2 -cpu max -smp 8 -m 2G -audio none -kernel 'a b.elf' -icount shift=0 -d int"
+            "qemu-system-aarch64 -M virt,gic-version=2 -cpu max -smp 8 -m 2G -audio none -kernel 'a b.elf' -icount shift=0,sleep=off -seed 0 -d int"
         );
     }
 

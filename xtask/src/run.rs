@@ -17,6 +17,7 @@ use crate::initramfs::{self, Action};
 use crate::linux::{self, Arch};
 use crate::qemu::{self, Next, Options, Qemu, Stream};
 use crate::system_tests::LINUX_SILENCE;
+use crate::traps::{Rates, TrapTable};
 use crate::workspace::Workspace;
 
 /// `cargo xtask run`.
@@ -66,8 +67,9 @@ pub struct RunArgs {
     /// Boot the same Linux without the hypervisor (the baseline to compare with).
     #[arg(long)]
     pub bare: bool,
-    /// Deterministic execution: one instruction per nanosecond of guest time
-    /// (`-icount shift=0`).
+    /// Deterministic execution: one instruction per nanosecond of guest time, idle time
+    /// without waiting for the host clock, fixed guest random numbers
+    /// (`-icount shift=0,sleep=off -seed 0`).
     #[arg(long)]
     pub icount: bool,
     /// Extra QEMU arguments, after `--`.
@@ -326,14 +328,22 @@ pub struct BootTimeArgs {
     /// Seconds each boot may take.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+    /// Seconds of guest time the idle root cell sleeps (`sleep:SECS`); idle guest time costs
+    /// little host time, and a longer sleep makes the rate less sensitive to the traps of the
+    /// boot, which differ a little between the two boots.
+    #[arg(long, value_name = "SECS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idle: u32,
 }
 
 /// What `guest-clock` prints, up to the seconds.
 const GUEST_TIME: &str = "cellvisor-initramfs: guest time ";
 
-/// `cargo xtask boot-time`: boots Linux bare and as the root cell with `-icount shift=0` and
-/// `cellvisor.actions=clock,poweroff`, and prints the guest time at which `/init` ran in
-/// both and their ratio. A figure for notes, not a test.
+/// `cargo xtask boot-time`: boots Linux bare and as the root cell with
+/// `-icount shift=0,sleep=off -seed 0` and `cellvisor.actions=clock,poweroff`, and prints the guest
+/// time at which `/init` ran in both and their ratio; then boots the root cell once more with
+/// `clock,sleep:10,poweroff` (`--idle` seconds) and prints the traps per second of the idle root cell: the
+/// difference between the trap counters the hypervisor prints at power-off in the two root-cell
+/// runs, over the difference of their times. Figures for notes, not a test.
 pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     let boards: Vec<&Board> = match &args.board {
         Some(name) => {
@@ -369,52 +379,86 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let shown = |path: &Path| workspace.relative(path).to_owned();
     let timeout = Duration::from_secs(args.timeout);
+    let plain = [Action::Clock, Action::Poweroff];
+    let idle = [Action::Clock, Action::Sleep(args.idle), Action::Poweroff];
+    let slept = format!("{}slept {} s", initramfs::PREFIX, args.idle);
     let mut report = String::new();
+    let mut idle_report = String::new();
     let mut failures = 0;
     for (board, gic) in runs {
         let image = image::build(workspace, board, Kind::Normal)?;
         let images = workspace.target_dir.join("images").join(&board.name);
         let config = boot::board_config(board, gic, &images)?;
+        let base = &board.linux()?.append;
         let linux = LinuxFiles {
             kernel: shown(&files.image),
             initrd: shown(&files.initramfs),
             dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
-            append: append_with_actions(&board.linux()?.append, &[Action::Clock, Action::Poweroff]),
+            append: append_with_actions(base, &plain),
+        };
+        let root_cell = |actions: &[Action]| Boot::RootCell {
+            image: shown(&image.bin),
+            config: shown(&config),
+            linux: LinuxFiles {
+                append: append_with_actions(base, actions),
+                ..linux.clone()
+            },
         };
         let options = Options {
             gic: Some(gic),
             icount: true,
             ..Options::default()
         };
+        // The bare boot, the root cell (A) and the idle root cell (B), with what B must print.
         let boots = [
-            ("bare", Boot::Bare(linux.clone())),
-            (
-                "root cell",
-                Boot::RootCell {
-                    image: shown(&image.bin),
-                    config: shown(&config),
-                    linux,
-                },
-            ),
+            ("bare", Boot::Bare(linux.clone()), None),
+            ("root cell", root_cell(&plain), None),
+            ("root cell idle", root_cell(&idle), Some(&slept)),
         ];
         let mut times = Vec::new();
-        for (label, boot) in boots {
+        let mut tables = Vec::new();
+        for (label, boot, expected) in boots {
             let qemu = boot.qemu(board, &options)?;
             let name = format!("{}-gicv{gic}-{}", board.name, label.replace(' ', "-"));
             let log = logs.join(format!("{name}.log"));
             println!("==> {name}: {qemu}");
-            let time = measure(&qemu, timeout, &log);
-            match &time {
-                Ok(seconds) => println!("    /init at {seconds:.6} s of guest time"),
+            let shown_log = workspace.relative(&log).display();
+            let root = matches!(boot, Boot::RootCell { .. });
+            let measured = measure(&qemu, timeout, &log).and_then(|measured| {
+                if let Some(expected) = expected {
+                    if !measured.lines.iter().any(|l| l.contains(expected.as_str())) {
+                        bail!("no line containing {expected:?}");
+                    }
+                }
+                let table = if root {
+                    let table = TrapTable::parse_last(&measured.lines)
+                        .with_context(|| shown_log.to_string())?;
+                    Some(table)
+                } else {
+                    None
+                };
+                Ok((measured.time, table))
+            });
+            match &measured {
+                Ok((seconds, table)) => {
+                    println!("    /init at {seconds:.6} s of guest time");
+                    if let Some(table) = table {
+                        println!(
+                            "    trap counters at {:.3} s: {} traps on {} CPUs",
+                            table.time,
+                            table.total(),
+                            table.rows.len()
+                        );
+                    }
+                }
                 Err(error) => {
                     failures += 1;
-                    println!(
-                        "    failed: {error:#} (console in {})",
-                        workspace.relative(&log).display()
-                    );
+                    println!("    failed: {error:#} (console in {shown_log})");
                 }
             }
-            times.push(time.ok());
+            let (time, table) = measured.map_or((None, None), |(t, table)| (Some(t), table));
+            times.push(time);
+            tables.push(table);
         }
         let show =
             |time: Option<f64>| time.map_or_else(|| "failed".to_owned(), |t| format!("{t:.6} s"));
@@ -430,20 +474,47 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
             show(times[1])
         )
         .expect("writing to a String");
+        let rates = match (&tables[1], &tables[2]) {
+            (Some(a), Some(b)) => match Rates::between(a, b) {
+                Ok(rates) => format!("{} CPUs  idle root cell: {rates}", rates.cpus),
+                Err(error) => {
+                    failures += 1;
+                    let error = format!("{error:#}");
+                    println!("    failed: idle trap rates of {}: {error}", board.name);
+                    format!("failed: {error}")
+                }
+            },
+            _ => "failed: no trap counters (see above)".to_owned(),
+        };
+        writeln!(idle_report, "  {:<12} GICv{gic}  {rates}", board.name)
+            .expect("writing to a String");
     }
+    let idle = initramfs::actions_word(&idle);
+    let plain = initramfs::actions_word(&plain);
     println!(
-        "guest time at /init (-icount shift=0, kernel {}):\n{report}",
+        "guest time at /init ({}, kernel {}):\n{report}\n\
+         traps per second of guest time of the idle root cell (the trap counters at power-off \
+         with {idle} minus those with {plain}, summed over the CPUs):\n{idle_report}",
+        qemu::DETERMINISTIC.join(" "),
         versions.kernel_release
     );
     if failures > 0 {
-        bail!("{failures} boot(s) did not report their guest time");
+        bail!("{failures} measurement(s) failed (see above)");
     }
     Ok(())
 }
 
-/// Boots `qemu` until it exits and returns the guest time `guest-clock` printed; the console
-/// goes to `log`.
-fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<f64> {
+/// What a boot of `boot-time` printed.
+struct Measured {
+    /// The guest time `guest-clock` printed.
+    time: f64,
+    /// The console's lines, QEMU's messages among them (as in the log).
+    lines: Vec<String>,
+}
+
+/// Boots `qemu` until it exits and returns the guest time `guest-clock` printed, with the
+/// console's lines; they also go to `log`.
+fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
     let mut console = qemu.spawn_console()?;
     let deadline = Instant::now() + timeout;
     let mut last_output = Instant::now();
@@ -476,7 +547,7 @@ fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<f64> {
         .with_context(|| format!("cannot write {}", log.display()))?;
     outcome?;
     match (time, status) {
-        (Some(time), Some(status)) if status.success() => Ok(time),
+        (Some(time), Some(status)) if status.success() => Ok(Measured { time, lines }),
         (Some(_), status) => bail!(
             "QEMU exited with {}",
             status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string())
@@ -644,6 +715,29 @@ mod tests {
             "--append: cellvisor.actions=info,hotplug:x: `hotplug:x`: \"x\" is no CPU number: \
              invalid digit found in string"
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct BootTimeCli {
+        #[command(flatten)]
+        args: BootTimeArgs,
+    }
+
+    #[test]
+    fn parses_the_boot_time_flags() {
+        let parse = |args: &[&str]| {
+            BootTimeCli::try_parse_from(["boot-time"].iter().chain(args)).map(|cli| cli.args)
+        };
+        let default = parse(&[]).unwrap();
+        assert_eq!((default.timeout, default.idle), (300, 100));
+        assert!(default.board.is_none() && default.gic.is_none());
+        let args = parse(&["--board", "zcu102", "--gic", "2", "--idle", "100"]).unwrap();
+        assert_eq!(
+            (args.board.as_deref(), args.gic, args.idle),
+            (Some("zcu102"), Some(2), 100)
+        );
+        assert!(parse(&["--idle", "0"]).is_err());
+        assert!(parse(&["--gic", "2"]).is_err(), "--gic needs --board");
     }
 
     #[test]

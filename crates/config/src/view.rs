@@ -481,14 +481,8 @@ impl<'a> CellView<'a> {
                     comm_region = Some(i as u32);
                 }
             }
-            if root && flags.contains(MemoryFlags::LOADABLE) {
-                report(
-                    element,
-                    Problem::NotForRootCell {
-                        what: "loadable memory",
-                    },
-                )?;
-            }
+            // `loadable` in the root cell marks RAM the cells borrow: the root cell's kernel
+            // does not get it as RAM (see docs/config-format.md).
             if root && flags.contains(MemoryFlags::ROOTSHARED) {
                 report(
                     element,

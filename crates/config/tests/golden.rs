@@ -359,7 +359,6 @@ fn communication_region() {
         system_problems(&system),
         [
             "root cell: memory region 4: the root cell cannot have a communication region",
-            "root cell: memory region 5: the root cell cannot have loadable memory",
             "root cell: memory region 5: guest-physical range [0x70000000, 0x70001000) overlaps memory region 1 [0x40a00000, 0x80000000)",
             "root cell: memory region 5: physical range [0x70000000, 0x70001000) overlaps memory region 1 [0x40a00000, 0x80000000)",
             "root cell: memory region 6: the root cell cannot have root-shared memory",

@@ -11,7 +11,7 @@ fn main() {
         ("DRAM_BASE", 0x4000_0000),
         ("HYP_BASE", 0x4020_0000),
         ("MAX_CPUS", 16),
-        ("STACK_SIZE", 0x10000),
+        ("STACK_SIZE", 0x20000),
         ("EXCEPTION_STACK_SIZE", 0x4000),
     ];
     for (name, value) in layout {

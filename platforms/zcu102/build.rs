@@ -11,7 +11,7 @@ fn main() {
         ("DRAM_BASE", 0x0),
         ("HYP_BASE", 0x20_0000),
         ("MAX_CPUS", 4),
-        ("STACK_SIZE", 0x10000),
+        ("STACK_SIZE", 0x20000),
         ("EXCEPTION_STACK_SIZE", 0x4000),
     ];
     for (name, value) in layout {

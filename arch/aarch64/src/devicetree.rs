@@ -74,6 +74,10 @@ pub struct RootResources<'a> {
     pub emulated: &'a [(PhysAddr, u64)],
     /// MPIDR affinities (Aff3 in bits 39:32, Aff2..Aff0 in 23:0) of the root cell's CPUs.
     pub cpus: &'a [u64],
+    /// The hypervisor's management interface (control page base and size, data window base
+    /// and size), published as `/chosen/cellvisor,management` (four big-endian 64-bit
+    /// values) for the root cell's management tool. `None`: no such property.
+    pub management: Option<[u64; 4]>,
 }
 
 /// What [`derive()`] did.
@@ -418,10 +422,26 @@ pub fn derive(
             Edit::SetMemory | Edit::Disable => found.index + 1,
         };
     }
+    if let Some(management) = root.management {
+        let mut value = [0u8; 32];
+        for (chunk, word) in value.chunks_exact_mut(8).zip(management) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        let mut tree_root = fdt.root_mut();
+        let Some(mut chosen) = tree_root.child_mut("chosen") else {
+            return Err(DeviceTreeError::Internal("the tree has no /chosen node"));
+        };
+        chosen
+            .add_property(MANAGEMENT_PROPERTY, value)
+            .map_err(|error| out_of_space(NodePath::default(), error, capacity))?;
+    }
     fdt.compact();
     derived.size = fdt.as_read_only().data().len();
     Ok(derived)
 }
+
+/// The `/chosen` property naming the management interface.
+pub const MANAGEMENT_PROPERTY: &str = "cellvisor,management";
 
 /// Flattened devicetree header size up to `size_dt_struct` (§5.2, version 17).
 const HEADER_LEN: usize = 40;

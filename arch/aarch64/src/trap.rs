@@ -420,6 +420,13 @@ impl TrapCounters {
         self.0[reason as usize].load(Ordering::Relaxed)
     }
 
+    /// Sets every count to zero.
+    pub fn reset(&self) {
+        for counter in &self.0 {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The sum over all reasons.
     pub fn total(&self) -> u64 {
         TrapReason::ALL.iter().map(|&r| self.get(r)).sum()

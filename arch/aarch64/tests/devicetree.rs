@@ -321,6 +321,7 @@ impl Root {
 
     fn resources(&self) -> RootResources<'_> {
         RootResources {
+            management: None,
             ram: &self.ram,
             devices: &self.devices,
             emulated: &self.emulated,

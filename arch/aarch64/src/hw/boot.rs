@@ -2,7 +2,7 @@
 //! loader placed, the extra EL2 mappings it asks for, the root cell's stage 2, GIC partition
 //! and device tree, and the entry into its kernel.
 
-use super::{cache, cell, gic, guest, idle, layout, park, print, report};
+use super::{cache, cell, cells, gic, guest, idle, layout, manage, park, print, report};
 use crate::board::Board;
 use crate::devicetree::{self, RootResources};
 use cellvisor_config::{GicVersion, InterruptController, MemoryFlags, SystemConfigView};
@@ -71,7 +71,11 @@ pub struct Prepared {
     frames: (PhysAddr, usize),
     gic: gic::Layout,
     gicv: Option<(u64, u64, u64)>,
+    management: manage::Interface,
 }
+
+/// Size of the management data window (configurations and images pass through it).
+const DATA_WINDOW: u64 = 1 << 20;
 
 /// Parses the configuration and maps what the root cell's set-up needs at EL2. Any error
 /// is reported and parks the CPU: a broken configuration must not half-start a system.
@@ -91,13 +95,22 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             image.end().as_u64()
         ));
     }
-    // Table frames: from the end of the image to the configuration slot (or the end).
+    // After the image: table frames, then the management control page and data window,
+    // then the configuration slot (if it is inside hypervisor memory).
     let frames_start = image.end().as_u64().next_multiple_of(PAGE_SIZE);
-    let frames_end = if (frames_start..end).contains(&slot) {
+    let top = if (frames_start..end).contains(&slot) {
         slot
     } else {
         end
     };
+    let data = top.saturating_sub(DATA_WINDOW) & !(PAGE_SIZE - 1);
+    let control = data.saturating_sub(PAGE_SIZE);
+    if control <= frames_start {
+        fatal(format_args!(
+            "system configuration: hypervisor memory [{start:#x}, {end:#x}) has no room after the image for tables and the management window"
+        ));
+    }
+    let frames_end = control;
     let frame_count = ((frames_end - frames_start) / PAGE_SIZE) as usize;
     let gic_config = match config.interrupt_controller() {
         InterruptController::Gic(gic) => gic,
@@ -148,7 +161,7 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             fatal(format_args!("too many regions to map at EL2"));
         }
     };
-    add(frames_start, frames_end - frames_start, Attributes::RAM_RW);
+    add(frames_start, top - frames_start, Attributes::RAM_RW);
     for region in config.root_cell().memory_regions() {
         if !region.flags.contains(MemoryFlags::IO) {
             add(region.phys_start, region.size, Attributes::RAM_RW);
@@ -176,6 +189,13 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
         frames: (PhysAddr::new(frames_start), frame_count),
         gic: layout,
         gicv,
+        management: manage::Interface {
+            control,
+            data,
+            data_size: top - data,
+            memory_total: hypervisor.size,
+            image: frames_start - image.start.as_u64(),
+        },
     })
 }
 
@@ -242,12 +262,14 @@ pub fn root_cell(
         ));
     };
 
+    let window = (prepared.management.data, prepared.management.data_size);
     let root_cell = match cell::build(
         config,
         mpidrs,
         prepared.frames.0,
         prepared.frames.1,
         prepared.gicv,
+        Some(window),
     ) {
         Ok(root_cell) => root_cell,
         Err(error) => fatal(format_args!("root cell \"{}\": {error}", root.name())),
@@ -264,6 +286,11 @@ pub fn root_cell(
     let mut ram = heapless::Vec::<(PhysAddr, u64), 64>::new();
     let mut devices = heapless::Vec::<(PhysAddr, u64), 64>::new();
     for region in root.memory_regions() {
+        // Loadable root-cell RAM is what cells borrow: the root cell's kernel does not get it
+        // as RAM (it would lose it under its feet at the next cell create).
+        if region.flags.contains(MemoryFlags::LOADABLE) && !region.flags.contains(MemoryFlags::IO) {
+            continue;
+        }
         let list = if region.flags.contains(MemoryFlags::IO) {
             &mut devices
         } else {
@@ -312,12 +339,23 @@ pub fn root_cell(
         devices: &devices,
         emulated: &emulated,
         cpus: &cpus,
+        management: Some([
+            prepared.management.control,
+            mgmt_page_size(),
+            prepared.management.data,
+            prepared.management.data_size,
+        ]),
     };
     let derived = match devicetree::derive(stock_tree, out, &resources) {
         Ok(derived) => derived,
         Err(error) => fatal(format_args!("root cell device tree: {error}")),
     };
     cache::clean_invalidate(out_base as usize, derived.size);
+
+    // The registry of cells, with everything in the root cell.
+    if let Err(error) = manage::init(prepared.management, config) {
+        fatal(format_args!("root cell \"{}\": {error}", root.name()));
+    }
 
     cell::prepare_cpu();
     cell::power(0).set_on();
@@ -342,8 +380,8 @@ pub fn root_cell(
     guest::enter(kernel, out_base)
 }
 
-/// A secondary CPU after bring-up: joins the root cell if it has one, and waits for the
-/// cell's PSCI CPU_ON.
+/// A secondary CPU after bring-up: joins the root cell if it has one, and waits in the park
+/// loop for a cell to run (the root cell's PSCI CPU_ON, or a cell that gets it).
 pub fn secondary(cpu: usize) -> ! {
     loop {
         match STAGE.load(Ordering::Acquire) {
@@ -353,17 +391,23 @@ pub fn secondary(cpu: usize) -> ! {
         }
     }
     gic::init_cpu(cpu);
+    let mut frame = super::exception::TrapFrame {
+        x: [0; 31],
+        sp: 0,
+        elr: 0,
+        spsr: 0,
+    };
     if !cell::owns_cpu(cpu) {
-        idle()
+        // Not the root cell's: owned by nobody until a cell takes it (the hypervisor keeps
+        // it parked; `cells::owner` is 0 but it never gets a CPU_ON from the root cell,
+        // whose CPU list does not include it).
     }
-    cell::prepare_cpu();
-    let power = cell::power(cpu);
-    loop {
-        if let Some((entry, context)) = power.take_start() {
-            guest::enter(entry, context)
-        }
-        aarch64_cpu::asm::wfe();
-    }
+    cells::park(cpu, &mut frame);
+    guest::enter(frame.elr, frame.x[0])
+}
+
+fn mgmt_page_size() -> u64 {
+    cellvisor_abi::mgmt::PAGE_SIZE
 }
 
 /// Tells waiting secondaries that there is no root cell (no configuration was loaded).

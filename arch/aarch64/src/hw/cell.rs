@@ -21,8 +21,6 @@ use spin::Once;
 /// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
 const MAX_REGIONS: usize = 64;
 
-/// Frames for stage-2 tables, taken from hypervisor memory after the image.
-pub const TABLE_FRAMES: usize = 1024;
 
 /// What the hypervisor remembers of the root cell.
 pub struct RootCell {
@@ -33,7 +31,6 @@ pub struct RootCell {
     cpus: u64,
     mpidrs: heapless::Vec<u64, MAX_CPUS>,
     vtcr: u64,
-    vttbr: u64,
     /// Stage-2 table frames in use.
     pub table_frames: usize,
     /// Bits of IPA.
@@ -68,15 +65,19 @@ pub fn firmware_smccc() -> bool {
     FIRMWARE_SMCCC.load(Ordering::Relaxed)
 }
 
-/// The hypervisor CPU index of the cell's CPU with affinity `mpidr`.
-pub fn cpu_of(mpidr: u64) -> Option<usize> {
+/// The hypervisor CPU index of the CPU with affinity `mpidr`, if it belongs to cell `cell`.
+pub fn cpu_of(cell: u16, mpidr: u64) -> Option<usize> {
     let root = ROOT.get()?;
     let mpidr = mpidr & crate::board::MPIDR_AFFINITY_MASK;
+    let cpus = super::cells::RUNTIME[usize::from(cell)]
+        .cpus
+        .load(Ordering::Acquire);
     root.mpidrs
         .iter()
         .position(|&m| m == mpidr)
-        .filter(|&cpu| root.cpus & 1 << cpu != 0)
+        .filter(|&cpu| cpu < 64 && cpus & 1 << cpu != 0)
 }
+
 
 /// Why the root cell cannot be built.
 #[derive(Debug)]
@@ -107,7 +108,9 @@ pub fn build(
     frames: PhysAddr,
     frame_count: usize,
     gicv: Option<(u64, u64, u64)>,
+    data_window: Option<(u64, u64)>,
 ) -> Result<&'static RootCell, BuildError> {
+    GICV.call_once(|| gicv);
     let root = config.root_cell();
     let mut regions = heapless::Vec::new();
     let mut max_end = 1u64 << 32;
@@ -127,8 +130,9 @@ pub fn build(
         ));
     }
     let format = Stage2::new(ipa_bits).map_err(BuildError::Stage2)?;
+    let mut frames = FramePool::<{ super::cells::TABLE_FRAMES }>::with_frames(frames, frame_count);
     let mut memory = TableMemory {
-        frames: FramePool::<TABLE_FRAMES>::with_frames(frames, frame_count),
+        frames: &mut frames,
         // SAFETY: EL2 runs identity mapped (offset 0) and the frame pool hands out frames of
         // hypervisor memory that nothing else uses and the EL2 map covers read-write.
         memory: unsafe { LinearMemory::new(0) },
@@ -174,20 +178,20 @@ pub fn build(
     }
     // GICv2: the cell's CPU interface is the virtual CPU interface.
     if let Some((gicc, gicv, size)) = gicv {
-        map(
-            gicc,
-            gicv,
-            size,
-            Attributes::new(Access::RW, MemoryType::Device),
-        )?;
+        map(gicc, gicv, size, Attributes::new(Access::RW, MemoryType::Device))?;
+    }
+    // The management data window, shared with the root cell at its own address.
+    if let Some((base, size)) = data_window {
+        map(base, base, size, Attributes::RAM_RW)?;
     }
     let stats = table.stats(&memory.memory);
+    let root_tree = table;
     let vtcr = format
         .vtcr(pa_size, false)
         .map_err(BuildError::Stage2)?
         .bits();
     let vttbr = format
-        .vttbr(table.root(), 1, false)
+        .vttbr(root_tree.root(), 1, false)
         .map_err(BuildError::Stage2)?
         .bits();
     let mut cpus = 0u64;
@@ -204,6 +208,21 @@ pub fn build(
     for &mpidr in mpidrs.iter().take(MAX_CPUS) {
         let _ = list.push(mpidr);
     }
+    let mut trees = [const { None }; super::cells::MAX_CELLS];
+    trees[0] = Some(root_tree);
+    super::cells::install_tables(super::cells::Tables {
+        frames,
+        format,
+        trees,
+        frame_count,
+    });
+    let runtime = &super::cells::RUNTIME[0];
+    runtime.vttbr.store(vttbr, Ordering::Release);
+    runtime.cpus.store(cpus, Ordering::Release);
+    runtime
+        .state
+        .store(cellvisor_abi::CellState::Running as u32, Ordering::Release);
+    *runtime.name.lock() = name.clone();
     FIRMWARE_SMCCC.store(
         smccc::psci::psci_features::<smccc::Smc>(crate::psci::function::SMCCC_VERSION).is_ok(),
         Ordering::Relaxed,
@@ -214,7 +233,6 @@ pub fn build(
         cpus,
         mpidrs: list,
         vtcr,
-        vttbr,
         table_frames: stats.frames,
         ipa_bits,
     }))
@@ -222,13 +240,41 @@ pub fn build(
 
 /// Whether hypervisor CPU `cpu` belongs to the root cell.
 pub fn owns_cpu(cpu: usize) -> bool {
-    ROOT.get()
-        .is_some_and(|root| cpu < 64 && root.cpus & 1 << cpu != 0)
+    cpu < 64
+        && super::cells::owner(cpu) == 0
+        && super::cells::RUNTIME[0].cpus.load(Ordering::Acquire) & 1 << cpu != 0
+}
+
+/// GICv2: (GICC address, GICV address, size) that cells see as their CPU interface.
+pub fn gicv() -> Option<(u64, u64, u64)> {
+    GICV.get().copied().flatten()
+}
+
+static GICV: Once<Option<(u64, u64, u64)>> = Once::new();
+
+/// Zeroes the trap counters of `cpu` (it changes cells).
+pub fn reset_counters(cpu: usize) {
+    if let Some(counters) = COUNTERS.get(cpu) {
+        counters.reset();
+    }
+}
+
+/// The trap counters of `cpu`.
+pub fn counters(cpu: usize) -> Option<&'static TrapCounters> {
+    COUNTERS.get(cpu)
 }
 
 /// Loads the EL2 registers that run the root cell's vCPU on this CPU.
 pub fn prepare_cpu() {
+    prepare_cpu_for(0);
+}
+
+/// Loads the EL2 registers that run a vCPU of cell `cell` on this CPU.
+pub fn prepare_cpu_for(cell: u16) {
     let Some(root) = ROOT.get() else { return };
+    let vttbr = super::cells::RUNTIME[usize::from(cell)]
+        .vttbr
+        .load(Ordering::Acquire);
     // HCR_EL2 (Arm ARM D23): VM (stage 2), SWIO, FMO and IMO (interrupts to EL2, virtual
     // interrupts and ICV registers for EL1), TSC (SMC traps), RW (EL1 is AArch64).
     const VM: u64 = 1 << 0;
@@ -238,7 +284,7 @@ pub fn prepare_cpu() {
     const TSC: u64 = 1 << 19;
     const RW: u64 = 1 << 31;
     VTCR_EL2.set(root.vtcr);
-    VTTBR_EL2.set(root.vttbr);
+    VTTBR_EL2.set(vttbr);
     HCR_EL2.set(VM | SWIO | FMO | IMO | TSC | RW | feature_enables());
     // EL1 may read the physical counter and use the physical timer; virtual counter offset 0
     // so that all CPUs and cells agree on time.
@@ -322,13 +368,17 @@ fn configure_extensions() {
 }
 
 /// PSCI CPU_ON from the cell: `target` MPIDR, `entry` IPA, `context` for x0.
-pub fn cpu_on(target: u64, entry: u64, context: u64, function: u32) -> i64 {
+pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -> i64 {
     let Some(root) = ROOT.get() else {
         return status::DENIED;
     };
-    let Some(cpu) = cpu_of(target) else {
+    let Some(cpu) = cpu_of(cell, target) else {
         return status::INVALID_PARAMETERS;
     };
+    if cell != 0 {
+        // Cells other than the root start their CPUs together at their reset address.
+        return status::DENIED;
+    }
     // SMC32 CPU_ON passes 32-bit arguments.
     let entry = if function & crate::psci::function::SMC64 == 0 {
         entry & 0xffff_ffff

@@ -8,7 +8,7 @@ use cellvisor_console::{
 use cellvisor_paging::PhysAddr;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// The board's UART, for reports made before the console is installed: kind (0 none,
 /// 1 PL011, 2 Cadence) in bits [1:0], base address above.
@@ -27,6 +27,60 @@ enum DriverKind {
 unsafe impl Sync for Driver {}
 
 static DRIVER: Driver = Driver(UnsafeCell::new(None));
+
+/// Bytes of console output the root cell can read back (`cellvisor console`).
+pub const RING_SIZE: usize = 16 << 10;
+
+/// Everything the console wrote, last [`RING_SIZE`] bytes. Bytes are written lock free (the
+/// console lock orders ordinary output; fatal reports may interleave).
+struct Ring {
+    bytes: [AtomicU8; RING_SIZE],
+    /// Total bytes ever written.
+    head: AtomicU64,
+}
+
+static RING: Ring = Ring {
+    bytes: [const { AtomicU8::new(0) }; RING_SIZE],
+    head: AtomicU64::new(0),
+};
+
+fn ring_push(byte: u8) {
+    let at = RING.head.fetch_add(1, Ordering::Relaxed);
+    RING.bytes[(at % RING_SIZE as u64) as usize].store(byte, Ordering::Relaxed);
+}
+
+/// Copies console output from position `from` into `out`; returns the bytes copied and the
+/// oldest position still in the ring (a reader behind it lost output).
+pub fn ring_read(from: u64, out: &mut [u8]) -> (usize, u64) {
+    let head = RING.head.load(Ordering::Acquire);
+    let oldest = head.saturating_sub(RING_SIZE as u64);
+    let start = from.max(oldest);
+    let count = (head.saturating_sub(start) as usize).min(out.len());
+    for (i, slot) in out.iter_mut().take(count).enumerate() {
+        *slot = RING.bytes[((start + i as u64) % RING_SIZE as u64) as usize].load(Ordering::Relaxed);
+    }
+    (count, oldest)
+}
+
+/// The console's UART: the board's driver plus a copy into the ring.
+struct Tee(&'static mut DriverKind);
+
+impl Uart for Tee {
+    fn write_byte(&mut self, byte: u8) {
+        self.0.hardware().write_byte(byte);
+        ring_push(byte);
+    }
+
+    fn flush(&mut self) {
+        self.0.hardware().flush();
+    }
+}
+
+struct TeeSlot(UnsafeCell<Option<Tee>>);
+// SAFETY: written once by the boot CPU in `init`; afterwards only reached through the
+// console's lock.
+unsafe impl Sync for TeeSlot {}
+static TEE: TeeSlot = TeeSlot(UnsafeCell::new(None));
 
 /// A driver for the UART at `base`.
 ///
@@ -54,6 +108,10 @@ impl DriverKind {
         }
     }
 
+    fn hardware(&mut self) -> &mut (dyn Uart + Send) {
+        self.uart()
+    }
+
     fn init(&mut self) {
         match self {
             DriverKind::Pl011(uart) => uart.init(),
@@ -79,7 +137,9 @@ pub fn init(kind: UartKind, base: PhysAddr) {
     // it from now on (early reports stop once the console is installed).
     let driver = slot.insert(unsafe { driver(kind, base) });
     driver.init();
-    let uart: ConsoleUart = driver.uart();
+    // SAFETY: only the boot CPU runs, once: the only reference to the tee slot.
+    let tee = unsafe { &mut *TEE.0.get() }.insert(Tee(driver));
+    let uart: ConsoleUart = tee;
     let level = if cfg!(debug_assertions) {
         log::LevelFilter::Debug
     } else {

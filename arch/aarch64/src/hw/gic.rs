@@ -59,16 +59,21 @@ struct Gic {
     /// The GICv2 CPU interface as used: 4 KiB pages contiguous from here.
     gicc: u64,
     emulation: Emulation,
-    ownership: IrqOwnership,
     mpidrs: [Mpidr; MAX_CPUS],
     cpu_count: usize,
-    root: CellId,
-    root_cpus: CpuSet,
 }
 
 static GIC: Once<Gic> = Once::new();
-/// Serialises every access to the physical distributor (read-merge-write emulation).
-static DISTRIBUTOR: Mutex<()> = Mutex::new(());
+/// Serialises every access to the physical distributor (read-merge-write emulation) and
+/// guards who owns which interrupt.
+static DISTRIBUTOR: Once<Mutex<IrqOwnership>> = Once::new();
+
+/// The SGI the hypervisor sends itself to stop a CPU (reserved: cells never see it).
+pub const STOP_SGI: u32 = 15;
+
+fn distributor() -> spin::MutexGuard<'static, IrqOwnership> {
+    DISTRIBUTOR.get().expect("GIC used before init").lock()
+}
 
 /// Per-CPU injection queues, each touched only by its own CPU with interrupts masked. Left
 /// uninitialised (so in .bss, not in the image) until `init_cpu` writes them.
@@ -124,6 +129,7 @@ pub fn init(
     if !ownership.reserve_private(IntId::new(layout.maintenance)) {
         return Err("the maintenance interrupt is not a PPI");
     }
+    ownership.reserve_private(IntId::new(STOP_SGI));
     for irq in root_irqs {
         if irq >= 32 && irq < implemented {
             ownership
@@ -153,15 +159,14 @@ pub fn init(
     let gicc = layout
         .cpu_interface
         .map_or(0, |(base, size)| cpu_interface_base(base, size));
+    let _ = root_cpus;
+    DISTRIBUTOR.call_once(|| Mutex::new(ownership));
     GIC.call_once(|| Gic {
         layout,
         gicc,
         emulation,
-        ownership,
         mpidrs: table,
         cpu_count: mpidrs.len().min(MAX_CPUS),
-        root,
-        root_cpus,
     });
     Ok(())
 }
@@ -236,7 +241,9 @@ pub fn init_cpu(cpu: usize) {
                     let group = r.read32(sgi + gicr::IGROUPR0);
                     r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance);
                     set_priority(&mut r, sgi + gicr::IPRIORITYR, maintenance);
-                    r.write32(sgi + gicr::ISENABLER0, 1 << maintenance);
+                    set_priority(&mut r, sgi + gicr::IPRIORITYR, STOP_SGI);
+                    r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance | 1 << STOP_SGI);
+                    r.write32(sgi + gicr::ISENABLER0, 1 << maintenance | 1 << STOP_SGI);
                 }
                 None => log::error!("CPU {cpu}: no redistributor with affinity {mpidr:?}"),
             }
@@ -261,10 +268,11 @@ pub fn init_cpu(cpu: usize) {
         Emulation::V2(_) => {
             let (dist_base, dist_size) = gic.layout.distributor;
             {
-                let _lock = DISTRIBUTOR.lock();
+                let _lock = distributor();
                 let mut dist = region(dist_base, dist_size);
                 set_priority(&mut dist, v2::GICD_IPRIORITYR, maintenance);
-                dist.write32(v2::GICD_ISENABLER, 1 << maintenance);
+                set_priority(&mut dist, v2::GICD_IPRIORITYR, STOP_SGI);
+                dist.write32(v2::GICD_ISENABLER, 1 << maintenance | 1 << STOP_SGI);
             }
             if gic.gicc != 0 {
                 let mut c = region(gic.gicc, 0x2000);
@@ -380,6 +388,8 @@ pub enum Handled {
     Maintenance,
     /// Nothing pending any more.
     Spurious,
+    /// The hypervisor's stop request ([`STOP_SGI`]).
+    Stop,
 }
 
 /// Handles one physical interrupt taken to EL2 on `cpu` while a cell ran there.
@@ -418,6 +428,10 @@ pub fn handle_irq(cpu: usize) -> Handled {
         eoi(true);
         with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
         return Handled::Maintenance;
+    }
+    if intid == STOP_SGI {
+        eoi(true);
+        return Handled::Stop;
     }
     let software = intid < 16;
     eoi(software);
@@ -497,9 +511,30 @@ pub fn block_of(ipa: u64) -> Option<Block> {
         .then(|| Block::Redistributors((ipa - base) as usize))
 }
 
-/// Emulates a trapped access of the root cell on `cpu` to `block`.
+/// The cell a trapped access comes from: its id and CPUs, and the CPU that made it.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester {
+    /// Cell id (0: the root cell).
+    pub cell: u16,
+    /// The cell's CPUs (hypervisor CPU indices).
+    pub cpus: u64,
+    /// The accessing CPU.
+    pub cpu: usize,
+}
+
+impl Requester {
+    fn accessor(self) -> Accessor {
+        Accessor {
+            cell: CellId::new(self.cell),
+            cpus: (0..64).filter(|cpu| self.cpus & 1 << cpu != 0).collect(),
+            cpu: self.cpu,
+        }
+    }
+}
+
+/// Emulates a trapped access of `by` to `block`.
 pub fn emulate(
-    cpu: usize,
+    by: Requester,
     block: Block,
     trap: &MmioTrap,
     value: u64,
@@ -511,11 +546,7 @@ pub fn emulate(
         AccessWidth::Word => Width::Word,
         AccessWidth::Double => Width::Double,
     };
-    let by = Accessor {
-        cell: gic.root,
-        cpus: gic.root_cpus,
-        cpu,
-    };
+    let accessor = by.accessor();
     let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
     let access = |offset| {
         if trap.write {
@@ -524,18 +555,18 @@ pub fn emulate(
             MmioAccess::read(offset, width)
         }
     };
-    let _lock = DISTRIBUTOR.lock();
+    let ownership = distributor();
     match (block, &gic.emulation) {
         (Block::Distributor(offset), Emulation::V2(d)) => {
             let (base, size) = gic.layout.distributor;
-            d.access(&mut region(base, size), &gic.ownership, by, access(offset))
+            d.access(&mut region(base, size), &ownership, accessor, access(offset))
         }
         (Block::Distributor(offset), Emulation::V3(d, _)) => {
             let (base, size) = gic.layout.distributor;
             d.access(
                 &mut region(base, size),
-                &gic.ownership,
-                by,
+                &ownership,
+                accessor,
                 &topology,
                 access(offset),
             )
@@ -544,15 +575,15 @@ pub fn emulate(
             let (base, size) = gic.layout.redistributors.unwrap_or((0, 0));
             let outcome = r.access(
                 &mut region(base, size),
-                &gic.ownership,
-                by,
+                &ownership,
+                accessor,
                 &topology,
                 access(offset),
             )?;
             Ok(mark_last_redistributor(outcome, offset, size as usize))
         }
         (Block::Redistributors(offset), Emulation::V2(_)) => Err(Violation {
-            cell: gic.root,
+            cell: accessor.cell,
             block: cellvisor_gic::Block::Redistributors,
             access: access(offset),
             reason: cellvisor_gic::Reason::ReservedOffset,
@@ -574,18 +605,85 @@ fn mark_last_redistributor(outcome: Outcome, offset: usize, size: usize) -> Outc
     }
 }
 
-/// Sends the SGIs a trapped `ICC_SGI1R_EL1` write of the root cell on `cpu` asks for.
-pub fn send_sgi1r(cpu: usize, value: u64) -> Result<(), Violation> {
+/// Sends the SGIs a trapped `ICC_SGI1R_EL1` write of `by` asks for.
+pub fn send_sgi1r(by: Requester, value: u64) -> Result<(), Violation> {
     let gic = gic();
-    let by = Accessor {
-        cell: gic.root,
-        cpus: gic.root_cpus,
-        cpu,
-    };
     let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
-    let request = filter_sgi1r(value, &gic.ownership, by, &topology, ForeignWrites::Ignore)?;
+    let request = {
+        let ownership = distributor();
+        filter_sgi1r(
+            value,
+            &ownership,
+            by.accessor(),
+            &topology,
+            ForeignWrites::Ignore,
+        )?
+    };
     for write in request.physical_writes(&topology) {
         sysreg::icc_sgi1r(write);
     }
     Ok(())
+}
+
+/// Sends the hypervisor's stop SGI to hypervisor CPU `cpu`.
+pub fn send_stop(cpu: usize) {
+    let gic = gic();
+    match gic.emulation {
+        Emulation::V3(..) => {
+            let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
+            let request = v3::SgiRequest {
+                intid: IntId::new(STOP_SGI),
+                targets: CpuSet::single(cpu),
+            };
+            for write in request.physical_writes(&topology) {
+                sysreg::icc_sgi1r(write);
+            }
+        }
+        Emulation::V2(_) => {
+            if cpu < 8 {
+                let (base, size) = gic.layout.distributor;
+                let _lock = distributor();
+                region(base, size).write32(v2::GICD_SGIR, 1 << (16 + cpu) | STOP_SGI);
+            }
+        }
+    }
+}
+
+/// Moves the SPIs `irqs` from cell `from` to cell `to`, disabling each on the way (its new
+/// owner enables and routes it). SGIs and PPIs are skipped. All or nothing.
+pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
+    let gic = gic();
+    let mut ownership = distributor();
+    let mut list = heapless::Vec::<IntId, 1024>::new();
+    for &irq in irqs.iter().filter(|&&irq| irq >= 32) {
+        list.push(IntId::new(irq)).map_err(|_| "too many interrupts")?;
+    }
+    ownership
+        .transfer(CellId::new(from), CellId::new(to), &list)
+        .map_err(|_| "an interrupt is not owned by the cell it is taken from")?;
+    let (base, size) = gic.layout.distributor;
+    let mut dist = region(base, size);
+    for irq in &list {
+        let n = irq.get() as usize;
+        // GICD_ICENABLER<n> is at the same offset on GICv2 and GICv3.
+        dist.write32(v2::GICD_ICENABLER + (n / 32) * 4, 1 << (n % 32));
+    }
+    Ok(())
+}
+
+/// The physical RD_base of hypervisor CPU `cpu`'s redistributor (GICv3).
+pub fn redistributor_of(cpu: usize) -> Option<u64> {
+    let gic = gic();
+    let (base, _) = gic.layout.redistributors?;
+    own_redistributor(gic, *gic.mpidrs.get(cpu)?).map(|offset| base + offset)
+}
+
+/// The GICv2 CPU interface base (as configured), for cells' platform information.
+pub fn cpu_interface() -> Option<u64> {
+    GIC.get()?.layout.cpu_interface.map(|(base, _)| base)
+}
+
+/// The distributor base.
+pub fn distributor_base() -> u64 {
+    gic().layout.distributor.0
 }

@@ -6,7 +6,7 @@
 //! class, like Jailhouse's trap tables.
 
 use super::exception::TrapFrame;
-use super::{cell, cpu_index, gic, park, report};
+use super::{cell, cells, cpu_index, gic, manage, park, print, report};
 use crate::esr::Esr;
 use crate::psci::{self, status, Call, PowerState, Psci};
 use crate::trap::{
@@ -126,6 +126,11 @@ extern "C" fn cellvisor_guest_trap(kind: u64, frame: &mut TrapFrame) {
             gic::Handled::Injected => cell::count(cpu, TrapReason::Irq),
             gic::Handled::Maintenance => cell::count(cpu, TrapReason::Maintenance),
             gic::Handled::Spurious => cell::count(cpu, TrapReason::Other),
+            gic::Handled::Stop => {
+                if cells::take_stop(cpu) {
+                    cells::park(cpu, frame);
+                }
+            }
         },
         _ => {
             let what = if kind == 10 { "FIQ" } else { "SError" };
@@ -148,9 +153,18 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
             let far = FAR_EL2.get();
             let ipa = crate::trap::fault_ipa(HPFAR_EL2.get(), far);
             cell::count(cpu, TrapReason::OutsideConfig);
-            report(format_args!(
+            if cells::owner(cpu) != 0 {
+                print(format_args!(
+                    "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: cell stopped (failed)\n",
+                    cells::name_of(cpu),
+                    frame.elr
+                ));
+                fail_cell(cpu, frame);
+                return;
+            }
+            print(format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: external abort injected\n",
-                cell::name(),
+                cells::name_of(cpu),
                 frame.elr
             ));
             inject(cpu, frame, AbortKind::Instruction, far);
@@ -164,9 +178,9 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
         class::SYSREG => sysreg(cpu, esr, frame),
         _ => {
             cell::count(cpu, TrapReason::Other);
-            report(format_args!(
+            print(format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled trap: {esr} at PC {:#x}: undefined instruction injected\n",
-                cell::name(),
+                cells::name_of(cpu),
                 frame.elr
             ));
             inject_undefined(cpu, frame);
@@ -179,6 +193,26 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let hpfar = HPFAR_EL2.get();
     let ipa = crate::trap::fault_ipa(hpfar, far);
     let write = esr.is_write().unwrap_or(false);
+    if cells::owner(cpu) == 0 && manage::contains(ipa) {
+        cell::count(cpu, TrapReason::Other);
+        match MmioTrap::decode(esr, hpfar, far) {
+            Ok(trap) => {
+                let value = trap.store_value(&frame.x);
+                if let Some(value) = manage::access(cpu, ipa, &trap, value) {
+                    trap.complete_load(&mut frame.x, value);
+                }
+                frame.elr += 4;
+            }
+            Err(why) => {
+                print(format_args!(
+                    "cellvisor: cell \"{}\" (CPU {cpu}): access to the management page at {ipa:#x}: {why}: external abort injected\n",
+                    cells::name_of(cpu)
+                ));
+                inject(cpu, frame, AbortKind::Data { write }, far);
+            }
+        }
+        return;
+    }
     if let Some(block) = gic::block_of(ipa) {
         let reason = match block {
             gic::Block::Distributor(_) => TrapReason::Distributor,
@@ -188,13 +222,13 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         match MmioTrap::decode(esr, hpfar, far) {
             Ok(trap) => {
                 let value = trap.store_value(&frame.x);
-                match gic::emulate(cpu, block, &trap, value) {
+                match gic::emulate(cells::requester(cpu), block, &trap, value) {
                     Ok(Outcome::Read(value)) => trap.complete_load(&mut frame.x, value),
                     Ok(Outcome::Written) => {}
                     Err(violation) => {
-                        report(format_args!(
+                        print(format_args!(
                             "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: external abort injected\n",
-                            cell::name(),
+                            cells::name_of(cpu),
                             if trap.write { "write" } else { "read" },
                             trap.width.bytes(),
                             violation.block,
@@ -208,9 +242,9 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                 frame.elr += 4;
             }
             Err(why) => {
-                report(format_args!(
+                print(format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: external abort injected\n",
-                    cell::name(),
+                    cells::name_of(cpu),
                     frame.elr
                 ));
                 inject(cpu, frame, AbortKind::Data { write }, far);
@@ -222,10 +256,19 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let size = MmioTrap::decode(esr, hpfar, far)
         .map(|t| t.width.bytes())
         .unwrap_or(0);
-    report(format_args!(
-        "cellvisor: cell \"{}\" (CPU {cpu}): {} of {size} bytes at {ipa:#x} (VA {far:#x}, PC {:#x}) is outside its configuration: external abort injected\n",
-        cell::name(),
-        if write { "write" } else { "read" },
+    let what = if write { "write" } else { "read" };
+    if cells::owner(cpu) != 0 {
+        print(format_args!(
+            "cellvisor: cell \"{}\" (CPU {cpu}): {what} of {size} bytes at {ipa:#x} (PC {:#x}) is outside its configuration: cell stopped (failed)\n",
+            cells::name_of(cpu),
+            frame.elr,
+        ));
+        fail_cell(cpu, frame);
+        return;
+    }
+    print(format_args!(
+        "cellvisor: cell \"{}\" (CPU {cpu}): {what} of {size} bytes at {ipa:#x} (VA {far:#x}, PC {:#x}) is outside its configuration: external abort injected\n",
+        cells::name_of(cpu),
         frame.elr,
     ));
     inject(cpu, frame, AbortKind::Data { write }, far);
@@ -270,10 +313,10 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     match trap.register {
         SysregId::ICC_SGI1R_EL1 if !trap.read => {
             cell::count(cpu, TrapReason::SgiRegister);
-            if let Err(violation) = gic::send_sgi1r(cpu, value) {
-                report(format_args!(
+            if let Err(violation) = gic::send_sgi1r(cells::requester(cpu), value) {
+                print(format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}\n",
-                    cell::name(),
+                    cells::name_of(cpu),
                     violation.reason
                 ));
             }
@@ -286,9 +329,9 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         }
         register => {
             cell::count(cpu, TrapReason::OtherSysreg);
-            report(format_args!(
+            print(format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled system register {} {register} at PC {:#x}: undefined instruction injected\n",
-                cell::name(),
+                cells::name_of(cpu),
                 if trap.read { "read of" } else { "write to" },
                 frame.elr
             ));
@@ -308,8 +351,10 @@ fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
                 Psci::Version => psci::VERSION_1_1 as i64,
                 Psci::Features => psci::features(frame.x[1] as u32, cell::firmware_smccc()),
                 Psci::MigrateInfoType => psci::MIGRATE_NOT_REQUIRED as i64,
-                Psci::CpuOn => cell::cpu_on(frame.x[1], frame.x[2], frame.x[3], id),
-                Psci::AffinityInfo => match (cell::cpu_of(frame.x[1]), frame.x[2]) {
+                Psci::CpuOn => {
+                    cell::cpu_on(cells::owner(cpu), frame.x[1], frame.x[2], frame.x[3], id)
+                }
+                Psci::AffinityInfo => match (cell::cpu_of(cells::owner(cpu), frame.x[1]), frame.x[2]) {
                     (Some(target), 0) => match cell::power(target).state() {
                         PowerState::On => 0,
                         PowerState::Off => 1,
@@ -318,6 +363,16 @@ fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
                     _ => status::INVALID_PARAMETERS,
                 },
                 Psci::CpuOff => cpu_off(cpu, frame),
+                Psci::SystemOff | Psci::SystemReset if cells::owner(cpu) != 0 => {
+                    // A cell's power-off or reset ends the cell, not the machine.
+                    print(format_args!(
+                        "cellvisor: cell \"{}\" (CPU {cpu}) powered itself off: cell shut down\n",
+                        cells::name_of(cpu)
+                    ));
+                    manage::stop_cell_from_inside(cpu, cellvisor_abi::CellState::ShutDown);
+                    cells::park(cpu, frame);
+                    return;
+                }
                 Psci::SystemOff | Psci::SystemReset => {
                     cell::system_power(cpu, function == Psci::SystemReset)
                 }
@@ -338,24 +393,19 @@ fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
     frame.x[0] = result as u64;
 }
 
-/// CPU_OFF: the vCPU stops; the physical CPU waits here for a CPU_ON and then enters the
-/// cell at its entry point. Returns only on a CPU_ON (with the frame rewritten).
+/// CPU_OFF: the vCPU stops; the physical CPU waits in the park loop for its cell to give it
+/// a vCPU again (the root cell's CPU_ON, or another cell's start) and enters it from there.
 fn cpu_off(cpu: usize, frame: &mut TrapFrame) -> i64 {
-    gic::reset_cpu_interface(cpu);
-    let power = cell::power(cpu);
-    power.power_off();
+    cell::power(cpu).power_off();
     log::debug!("CPU {cpu}: vCPU off");
-    loop {
-        if let Some((entry, context)) = power.take_start() {
-            SCTLR_EL1.set(0x30d0_0800);
-            frame.x = [0; 31];
-            frame.x[0] = context;
-            frame.elr = entry;
-            frame.spsr = SPSR_EL1H_MASKED;
-            log::debug!("CPU {cpu}: vCPU on at {entry:#x}");
-            // x0 is the context, not a status: return it as the "result".
-            return context as i64;
-        }
-        aarch64_cpu::asm::wfe();
-    }
+    cells::park(cpu, frame);
+    // x0 of the frame is the new vCPU's first argument; keep it.
+    frame.x[0] as i64
+}
+
+/// The cell on `cpu` broke its partition: its state becomes failed, its other CPUs stop,
+/// this one parks. The root cell and other cells go on.
+fn fail_cell(cpu: usize, frame: &mut TrapFrame) {
+    manage::stop_cell_from_inside(cpu, cellvisor_abi::CellState::Failed);
+    cells::park(cpu, frame);
 }

@@ -4,11 +4,13 @@
 mod boot;
 mod cache;
 mod cell;
+mod cells;
 mod console;
 mod entry;
 mod exception;
 mod gic;
 mod guest;
+mod manage;
 mod mmu;
 mod sysreg;
 
@@ -56,6 +58,11 @@ static mut BOOT_PARAMS: BootParams = BootParams {
 
 /// CPUs running at EL2 on the hypervisor's tables.
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
+
+/// CPUs running at EL2.
+fn online_cpus() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
 
 /// The index of the running CPU (0 for the boot CPU).
 pub fn cpu_index() -> usize {

@@ -1,0 +1,92 @@
+//! # cellvisor-inmate
+//!
+//! A minimal runtime for *inmates*, the bare-metal AArch64 programs that run in cellvisor
+//! cells. The hypervisor enters an inmate at EL1 with the MMU off, at the first byte of its
+//! image (guest-physical 0), with all of DAIF masked. This crate provides:
+//!
+//! - the entry code (`_start`: stack, `.bss`, FP/SIMD access, exception vectors) and the
+//!   linker script (`inmate.ld`, see the README for how a binary links with it);
+//! - [`Platform`] discovery from the cell's communication region ([`comm`]), or a built-in
+//!   platform for bare testing on QEMU (features `bare-virt` and `bare-zcu102`);
+//! - a polled console for the PL011 and the Cadence UART ([`console`], [`println!`]);
+//! - the generic timer's virtual timer ([`timer`]), and a periodic tick to sleep on between
+//!   polls ([`ticker`]);
+//! - a GICv2/GICv3 driver for one CPU's own interrupts ([`gic`]) and IRQ dispatch to a
+//!   handler function ([`irq`]);
+//! - the shutdown vote of the communication region ([`comm::Mailbox`]).
+//!
+//! Every exception other than an IRQ prints its syndrome (ESR_EL1, ELR_EL1, FAR_EL1) on the
+//! console and parks the CPU; so does a panic.
+//!
+//! The runtime supports one CPU: it never starts others, and bare builds park every CPU but
+//! the first.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//!
+//! use cellvisor_inmate::comm::{Mailbox, Message, Reply};
+//! use cellvisor_inmate::{println, Platform};
+//!
+//! cellvisor_inmate::entry!(main);
+//!
+//! fn main(platform: &Platform) -> ! {
+//!     println!("hello from a cell, GICv{}", platform.gic_version.get());
+//!     let mut mailbox = Mailbox::new();
+//!     loop {
+//!         if mailbox.poll() == Some(Message::ShutdownRequest) {
+//!             mailbox.reply(Reply::Approved);
+//!             cellvisor_inmate::park();
+//!         }
+//!     }
+//! }
+//! ```
+
+#![no_std]
+#![deny(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod comm;
+pub mod console;
+pub mod esr;
+pub mod gic;
+pub mod irq;
+pub mod mmio;
+pub mod platform;
+pub mod stats;
+pub mod sysreg;
+pub mod ticker;
+pub mod timer;
+
+#[cfg(inmate_hw)]
+mod rt;
+
+pub use cellvisor_abi::comm::Platform;
+
+/// Defines the inmate's main function: `entry!(main)` with `fn main(platform: &Platform) -> !`.
+///
+/// The runtime calls it once the stack, `.bss`, the exception vectors and the console (if the
+/// platform has a UART) are set up, with all interrupts still masked.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        /// The inmate's main function, called by the runtime (`cellvisor_inmate::entry!`).
+        #[unsafe(export_name = "inmate_main")]
+        fn __cellvisor_inmate_main(platform: &$crate::Platform) -> ! {
+            let main: fn(&$crate::Platform) -> ! = $main;
+            main(platform)
+        }
+    };
+}
+
+/// Stops this CPU for good: masks every exception, stops the virtual timer and waits for
+/// events forever. A hypervisor shutting the cell down finds it here.
+pub fn park() -> ! {
+    irq::disable();
+    timer::stop();
+    loop {
+        sysreg::wfe();
+    }
+}

@@ -1,0 +1,252 @@
+//! The runtime proper, for the target only: the entry code, the exception vectors, the start
+//! in Rust, the fault report and the panic handler.
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::console::{self, Uart};
+use crate::esr::Esr;
+use crate::{irq, park, platform, println, sysreg, Platform};
+
+/// Bare builds: every CPU of the machine starts at `_start` (QEMU starts all CPUs at the entry
+/// of an ELF that is not a Linux kernel); all but the first park there.
+const PARK_SECONDARY_CPUS: u64 = cfg!(any(feature = "bare-virt", feature = "bare-zcu102")) as u64;
+/// Bytes the IRQ vector saves: x0-x18, x29, x30, ELR_EL1, SPSR_EL1, FPSR, FPCR (padded to 16
+/// bytes), then q0-q31. Compiled Rust code uses the FP/SIMD registers, so the handler may
+/// clobber any of them.
+const IRQ_FRAME_SIZE: u64 = 0xd0 + 32 * 16;
+
+// Entry (the first byte of the image). The hypervisor enters at EL1 with the MMU off and
+// DAIF masked; nothing else about the CPU state is assumed.
+core::arch::global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .global _start
+    .type _start, %function
+_start:
+    msr     daifset, #0xf
+    mov     x9, #{park_secondary_cpus}
+    cbz     x9, 1f
+    mrs     x9, mpidr_el1
+    and     x9, x9, #0xffffff           // Aff2.Aff1.Aff0
+    cbnz    x9, 9f
+1:
+    msr     spsel, #1                   // run on SP_EL1
+    // FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11, Arm ARM D17.2.30): compiled Rust uses
+    // the vector registers.
+    mov     x9, #(3 << 20)
+    msr     cpacr_el1, x9
+    isb
+    // With the MMU off, instruction fetches are cacheable only with SCTLR_EL1.I set (Arm ARM
+    // D8.2.11); invalidate whatever the instruction cache holds for this memory first. Data
+    // accesses stay Device-nGnRnE, which also rules out unaligned accesses (the target has
+    // +strict-align), so alignment checking (SCTLR_EL1.A) is left off.
+    ic      iallu
+    dsb     nsh
+    isb
+    mrs     x9, sctlr_el1
+    orr     x9, x9, #(1 << 12)
+    bic     x9, x9, #(1 << 1)
+    msr     sctlr_el1, x9
+    isb
+
+    adrp    x9, __stack_top
+    add     x9, x9, :lo12:__stack_top
+    mov     sp, x9
+
+    adrp    x9, __bss_start
+    add     x9, x9, :lo12:__bss_start
+    adrp    x10, __bss_end
+    add     x10, x10, :lo12:__bss_end
+2:  cmp     x9, x10
+    b.hs    3f
+    stp     xzr, xzr, [x9], #16
+    b       2b
+3:
+    adrp    x9, cellvisor_inmate_vectors
+    add     x9, x9, :lo12:cellvisor_inmate_vectors
+    msr     vbar_el1, x9
+    isb
+    bl      cellvisor_inmate_start
+9:  wfe
+    b       9b
+    .size _start, . - _start
+"#,
+    park_secondary_cpus = const PARK_SECONDARY_CPUS,
+);
+
+// Exception vectors (Arm ARM D1.3.1): 16 entries of 0x80 bytes; per origin (EL1 on SP_EL0,
+// EL1 on SP_EL1, EL0 AArch64, EL0 AArch32) synchronous, IRQ, FIQ, SError. The inmate runs on
+// SP_EL1, so entry 5 is its IRQ; every other entry reports and parks.
+core::arch::global_asm!(
+    r#"
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global cellvisor_inmate_vectors
+cellvisor_inmate_vectors:
+    .irp kind, 0,1,2,3,4
+    .balign 0x80
+    mov     x0, #\kind
+    b       cellvisor_inmate_report_entry
+    .endr
+
+    .balign 0x80
+    sub     sp, sp, #{frame}
+    stp     x0, x1, [sp, #0x00]
+    // The count first, for the handler's latency measurement.
+    mrs     x0, cntvct_el0
+    b       cellvisor_inmate_irq_entry
+
+    .irp kind, 6,7,8,9,10,11,12,13,14,15
+    .balign 0x80
+    mov     x0, #\kind
+    b       cellvisor_inmate_report_entry
+    .endr
+
+cellvisor_inmate_report_entry:
+    // The report runs on its own stack: the fault may come from a broken one.
+    adrp    x1, __exception_stack_top
+    add     x1, x1, :lo12:__exception_stack_top
+    mov     sp, x1
+    bl      cellvisor_inmate_exception
+1:  wfe
+    b       1b
+
+cellvisor_inmate_irq_entry:
+    stp     x2, x3, [sp, #0x10]
+    stp     x4, x5, [sp, #0x20]
+    stp     x6, x7, [sp, #0x30]
+    stp     x8, x9, [sp, #0x40]
+    stp     x10, x11, [sp, #0x50]
+    stp     x12, x13, [sp, #0x60]
+    stp     x14, x15, [sp, #0x70]
+    stp     x16, x17, [sp, #0x80]
+    stp     x18, x29, [sp, #0x90]
+    mrs     x1, elr_el1
+    stp     x30, x1, [sp, #0xa0]
+    mrs     x1, spsr_el1
+    mrs     x2, fpsr
+    stp     x1, x2, [sp, #0xb0]
+    mrs     x1, fpcr
+    str     x1, [sp, #0xc0]
+    stp     q0, q1, [sp, #0xd0]
+    stp     q2, q3, [sp, #0xf0]
+    stp     q4, q5, [sp, #0x110]
+    stp     q6, q7, [sp, #0x130]
+    stp     q8, q9, [sp, #0x150]
+    stp     q10, q11, [sp, #0x170]
+    stp     q12, q13, [sp, #0x190]
+    stp     q14, q15, [sp, #0x1b0]
+    stp     q16, q17, [sp, #0x1d0]
+    stp     q18, q19, [sp, #0x1f0]
+    stp     q20, q21, [sp, #0x210]
+    stp     q22, q23, [sp, #0x230]
+    stp     q24, q25, [sp, #0x250]
+    stp     q26, q27, [sp, #0x270]
+    stp     q28, q29, [sp, #0x290]
+    stp     q30, q31, [sp, #0x2b0]
+
+    bl      cellvisor_inmate_irq
+
+    ldp     q30, q31, [sp, #0x2b0]
+    ldp     q28, q29, [sp, #0x290]
+    ldp     q26, q27, [sp, #0x270]
+    ldp     q24, q25, [sp, #0x250]
+    ldp     q22, q23, [sp, #0x230]
+    ldp     q20, q21, [sp, #0x210]
+    ldp     q18, q19, [sp, #0x1f0]
+    ldp     q16, q17, [sp, #0x1d0]
+    ldp     q14, q15, [sp, #0x1b0]
+    ldp     q12, q13, [sp, #0x190]
+    ldp     q10, q11, [sp, #0x170]
+    ldp     q8, q9, [sp, #0x150]
+    ldp     q6, q7, [sp, #0x130]
+    ldp     q4, q5, [sp, #0x110]
+    ldp     q2, q3, [sp, #0xf0]
+    ldp     q0, q1, [sp, #0xd0]
+    ldr     x1, [sp, #0xc0]
+    msr     fpcr, x1
+    ldp     x1, x2, [sp, #0xb0]
+    msr     spsr_el1, x1
+    msr     fpsr, x2
+    ldp     x30, x1, [sp, #0xa0]
+    msr     elr_el1, x1
+    ldp     x18, x29, [sp, #0x90]
+    ldp     x16, x17, [sp, #0x80]
+    ldp     x14, x15, [sp, #0x70]
+    ldp     x12, x13, [sp, #0x60]
+    ldp     x10, x11, [sp, #0x50]
+    ldp     x8, x9, [sp, #0x40]
+    ldp     x6, x7, [sp, #0x30]
+    ldp     x4, x5, [sp, #0x20]
+    ldp     x2, x3, [sp, #0x10]
+    ldp     x0, x1, [sp, #0x00]
+    add     sp, sp, #{frame}
+    eret
+"#,
+    frame = const IRQ_FRAME_SIZE,
+);
+
+unsafe extern "Rust" {
+    /// The inmate's main function, defined by `cellvisor_inmate::entry!`.
+    fn inmate_main(platform: &Platform) -> !;
+}
+
+/// Called by `_start` on the main stack with `.bss` zeroed and the vectors installed.
+#[unsafe(no_mangle)]
+extern "C" fn cellvisor_inmate_start() -> ! {
+    // Without a platform there is not even a console to complain on; the hypervisor sees a
+    // cell that never answers.
+    let Some(platform) = platform::discover() else {
+        park();
+    };
+    if let Some(uart) = Uart::from_platform(&platform) {
+        console::init(uart);
+    }
+    // SAFETY: `entry!` defines `inmate_main` with exactly this signature; an inmate without
+    // it does not link.
+    unsafe { inmate_main(&platform) }
+}
+
+/// Called by the IRQ vector with the virtual count at entry.
+#[unsafe(no_mangle)]
+extern "C" fn cellvisor_inmate_irq(entry_counter: u64) {
+    irq::dispatch(entry_counter);
+}
+
+/// Set while a fault is reported: a fault in the report itself parks at once.
+static REPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Called by every vector but the IRQ one, on the exception stack: reports and parks.
+#[unsafe(no_mangle)]
+extern "C" fn cellvisor_inmate_exception(kind: u64) -> ! {
+    // Plain load and store: exclusive accesses need not work on Device memory.
+    if REPORTING.load(Ordering::Relaxed) {
+        park();
+    }
+    REPORTING.store(true, Ordering::Relaxed);
+
+    let what = ["synchronous", "IRQ", "FIQ", "SError"][(kind % 4) as usize];
+    let from =
+        ["EL1 on SP_EL0", "EL1", "EL0 (AArch64)", "EL0 (AArch32)"][((kind / 4) % 4) as usize];
+    let esr = Esr(sysreg::esr_el1());
+    println!("inmate: unhandled {what} exception from {from}: {esr}");
+    println!(
+        "inmate:   ESR_EL1 {:#010x}  ELR_EL1 {:#x}  FAR_EL1 {:#x}  SPSR_EL1 {:#x}",
+        esr.0,
+        sysreg::elr_el1(),
+        sysreg::far_el1(),
+        sysreg::spsr_el1(),
+    );
+    println!("inmate: CPU parked");
+    console::flush();
+    park()
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    println!("inmate: {info}");
+    println!("inmate: CPU parked");
+    console::flush();
+    park()
+}

@@ -1,0 +1,184 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Manage the cells of a cellvisor system from its root cell.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cellvisor",
+    version,
+    about = "Manage the cells of a cellvisor system from its root cell",
+    long_about = "Manage the cells of a cellvisor system from its root cell.\n\n\
+        The hypervisor's management interface is found through the device tree \
+        (/proc/device-tree/chosen/cellvisor,management) and reached through /dev/mem: run as \
+        root. `config check` works anywhere, offline.\n\n\
+        A <CELL> is a cell name or a numeric cell id (0 is the root cell). Configuration CPU \
+        numbers are the hypervisor's CPU indices and Linux's logical CPU numbers."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, load, start, shut down, destroy and inspect cells.
+    #[command(subcommand)]
+    Cell(CellCommand),
+    /// Print the hypervisor console's output (kept in the hypervisor's ring buffer).
+    Console {
+        /// Keep printing new output as it comes (every 100 ms) until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Check configurations offline, with the checks the hypervisor runs.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show the hypervisor's memory, CPUs and cells.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cellvisor cell ...`.
+#[derive(Debug, Subcommand)]
+pub enum CellCommand {
+    /// Create a cell: take its CPUs offline in Linux and hand the configuration to the
+    /// hypervisor, which moves the cell's resources out of the root cell.
+    Create {
+        /// The cell configuration: TOML (compiled here) or a compiled .bin.
+        config: PathBuf,
+    },
+    /// Copy an image into a cell's loadable memory (before it starts).
+    Load {
+        /// Cell name or id.
+        cell: String,
+        /// The image file (raw binary).
+        image: PathBuf,
+        /// Guest-physical load address [default: the start of the first loadable memory
+        /// region of --config, else 0].
+        #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+        address: Option<u64>,
+        /// The cell's configuration (TOML or .bin): gives the default address and checks
+        /// that the image fits before loading.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Start a loaded cell at its reset address.
+    Start {
+        /// Cell name or id.
+        cell: String,
+    },
+    /// Stop a cell, asking it first through its communication region.
+    Shutdown {
+        /// Cell name or id.
+        cell: String,
+        /// How long a cell that does not answer has before it is stopped anyway.
+        #[arg(long, value_name = "N", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Destroy a cell: every resource goes back to the root cell, its CPUs back online in
+    /// Linux.
+    Destroy {
+        /// Cell name or id.
+        cell: String,
+    },
+    /// List the cells: ID NAME STATE CPUS MEMORY.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a cell's trap counts per CPU and reason.
+    Stats {
+        /// Cell name or id.
+        cell: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cellvisor config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a system configuration and the cell configurations meant to run on it (TOML or
+    /// compiled .bin), listing every problem; no hypervisor needed.
+    Check {
+        /// The system configuration.
+        system: PathBuf,
+        /// Cell configurations.
+        cells: Vec<PathBuf>,
+    },
+}
+
+/// A decimal or `0x` hexadecimal address; `_` may separate digits.
+pub fn parse_address(text: &str) -> Result<u64, String> {
+    let clean = text.replace('_', "");
+    let parsed = match clean
+        .strip_prefix("0x")
+        .or_else(|| clean.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => clean.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is no address (decimal or 0x hexadecimal)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!(parse_address("0x4000_0000"), Ok(0x4000_0000));
+        assert_eq!(parse_address("4096"), Ok(4096));
+        assert_eq!(parse_address("0XfF"), Ok(255));
+        assert!(parse_address("0xg").is_err());
+        assert!(parse_address("-1").is_err());
+    }
+
+    #[test]
+    fn parses_the_commands() {
+        let cli = Cli::try_parse_from([
+            "cellvisor",
+            "cell",
+            "load",
+            "demo",
+            "x.bin",
+            "--address",
+            "0x1000",
+        ])
+        .unwrap();
+        let Command::Cell(CellCommand::Load { address, .. }) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(address, Some(0x1000));
+        let cli = Cli::try_parse_from(["cellvisor", "cell", "shutdown", "1"]).unwrap();
+        let Command::Cell(CellCommand::Shutdown { timeout_ms, .. }) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(timeout_ms, 2000);
+        for bad in [
+            &["cellvisor", "cell", "start"][..],
+            &["cellvisor", "cell", "load", "demo", "x", "--address", "zz"],
+            &["cellvisor", "cell", "frobnicate"],
+        ] {
+            let error = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+    }
+}

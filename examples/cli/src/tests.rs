@@ -1,0 +1,867 @@
+//! Every command and its error paths against the fake hypervisor of `fake.rs`.
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cellvisor_abi::{mgmt, CellState, Command};
+use clap::Parser as _;
+
+use crate::cli::Cli;
+use crate::commands::{self, Host};
+use crate::cpus::Cpus;
+use crate::device::Device;
+use crate::fake::{FakeCpus, FakeDevice, Machine, Vote, CELL_COST};
+
+/// The QEMU board's demo cell: CPU 3, 16 MiB loadable at guest-physical 0.
+const DEMO: &str = include_str!("../../../platforms/qemu-arm64/config/demo.toml");
+const SYSTEM_GICV3: &str = include_str!("../../../platforms/qemu-arm64/config/system-gicv3.toml");
+
+struct FakeHost {
+    machine: Rc<RefCell<Machine>>,
+    cpus: FakeCpus,
+    /// `None`: no management interface (the error of a machine without the hypervisor).
+    device: bool,
+    /// Console output that appears at each pause of `console --follow`; it stops when empty.
+    later: Vec<&'static str>,
+    /// Shutdown polls waited for.
+    sleeps: usize,
+}
+
+impl FakeHost {
+    fn new(window: usize) -> Self {
+        let machine = Machine::new(window);
+        Self {
+            cpus: FakeCpus(machine.clone()),
+            machine,
+            device: true,
+            later: Vec::new(),
+            sleeps: 0,
+        }
+    }
+}
+
+impl Host for FakeHost {
+    fn open_device(&mut self) -> anyhow::Result<Box<dyn Device>> {
+        if !self.device {
+            anyhow::bail!("no cellvisor management interface in the device tree");
+        }
+        Ok(Box::new(FakeDevice(self.machine.clone())))
+    }
+
+    fn cpus(&mut self) -> &mut dyn Cpus {
+        &mut self.cpus
+    }
+
+    fn sleep(&mut self, _: Duration) {
+        self.sleeps += 1;
+    }
+
+    fn pause(&mut self, _: Duration) -> bool {
+        if self.later.is_empty() {
+            return false;
+        }
+        let text = self.later.remove(0);
+        self.machine.borrow_mut().hv.print(text);
+        true
+    }
+}
+
+/// What a command line did: its error (as `main` prints it), stdout and stderr.
+#[derive(Debug)]
+struct Outcome {
+    error: Option<String>,
+    out: String,
+    err: String,
+}
+
+impl Outcome {
+    #[track_caller]
+    fn ok(self) -> String {
+        assert!(self.error.is_none(), "{:?}", self.error);
+        self.out
+    }
+
+    #[track_caller]
+    fn fails(self) -> String {
+        self.error.expect("the command should fail")
+    }
+}
+
+fn run(host: &mut FakeHost, args: &[&str]) -> Outcome {
+    let cli = Cli::try_parse_from(std::iter::once("cellvisor").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let result = commands::run(cli, host, &mut out, &mut err);
+    Outcome {
+        error: result.err().map(|e| format!("cellvisor: {e:#}")),
+        out: String::from_utf8(out).unwrap(),
+        err: String::from_utf8(err).unwrap(),
+    }
+}
+
+/// A scratch directory of this test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cellvisor-cli-{}-{test}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn file(dir: &std::path::Path, name: &str, content: impl AsRef<[u8]>) -> String {
+    let path = dir.join(name);
+    fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+fn linux_online(host: &FakeHost) -> Vec<Option<bool>> {
+    host.machine.borrow().linux.clone()
+}
+
+fn state(host: &FakeHost, id: u32) -> Option<CellState> {
+    host.machine.borrow().hv.cell(id).map(|c| c.state)
+}
+
+#[test]
+fn create_load_start_shutdown_destroy() {
+    let dir = scratch("lifecycle");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let image = file(&dir, "demo.bin", [0xaa; 100]);
+    let mut host = FakeHost::new(0x1000);
+
+    let out = run(&mut host, &["cell", "create", &demo]).ok();
+    assert_eq!(out, "cell \"demo\" created (id 1, CPUs 3)\n");
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(false)]
+    );
+    assert_eq!(state(&host, 1), Some(CellState::Created));
+
+    let out = run(&mut host, &["cell", "load", "demo", &image]).ok();
+    assert_eq!(
+        out,
+        format!("cell \"demo\": loaded {image} (100 bytes) at 0x0\n")
+    );
+    assert_eq!(state(&host, 1), Some(CellState::Loaded));
+    assert_eq!(
+        run(&mut host, &["cell", "start", "demo"]).ok(),
+        "cell \"demo\" started\n"
+    );
+    assert_eq!(state(&host, 1), Some(CellState::Running));
+
+    let list = run(&mut host, &["cell", "list"]).ok();
+    assert_eq!(
+        list,
+        "ID  NAME   STATE    CPUS  MEMORY\n\
+         0   linux  running  0-2   1016 MiB\n\
+         1   demo   running  3     16 MiB\n"
+    );
+    assert_eq!(
+        run(&mut host, &["cell", "shutdown", "1"]).ok(),
+        "cell \"demo\" shut down\n"
+    );
+    assert_eq!(state(&host, 1), Some(CellState::ShutDown));
+    let out = run(&mut host, &["cell", "destroy", "demo"]).ok();
+    assert_eq!(out, "cell \"demo\" destroyed (CPUs 3 back to Linux)\n");
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(true)]
+    );
+    assert_eq!(host.machine.borrow().hv.cells.len(), 1);
+    assert_eq!(host.machine.borrow().hv.cells[0].cpus, 0b1111);
+}
+
+#[test]
+fn creates_from_a_compiled_configuration() {
+    let dir = scratch("binary");
+    let (_, bytes) = cellvisor_config::host::compile_cell(&cellvisor_config::host::Source {
+        name: "demo.toml",
+        text: DEMO,
+    })
+    .unwrap();
+    let demo = file(&dir, "demo.bin", &bytes);
+    let mut host = FakeHost::new(0x1000);
+    assert_eq!(
+        run(&mut host, &["cell", "create", &demo]).ok(),
+        "cell \"demo\" created (id 1, CPUs 3)\n"
+    );
+    // The hypervisor got exactly the binary.
+    assert_eq!(host.machine.borrow().hv.cells[1].memory, 16 << 20);
+}
+
+#[test]
+fn a_malformed_configuration_is_refused_before_anything_happens() {
+    let dir = scratch("malformed");
+    let bad = file(
+        &dir,
+        "bad.toml",
+        DEMO.replace("size = 0x100_0000", "size = 0x100_0800"),
+    );
+    let mut host = FakeHost::new(0x1000);
+    host.device = false;
+    let error = run(&mut host, &["cell", "create", &bad]).fails();
+    assert!(
+        error.starts_with(&format!(
+            "cellvisor: cell create: {bad} is no valid cell configuration (1 problem):\n  {bad}:"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("memory region 0: size 0x1000800 is not page aligned"),
+        "{error}"
+    );
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(true)]
+    );
+
+    let syntax = file(&dir, "syntax.toml", "name = \"demo\"\ncpus = [3\n");
+    let error = run(&mut host, &["cell", "create", &syntax]).fails();
+    assert!(error.contains(&format!("{syntax}:")), "{error}");
+
+    let system = file(&dir, "system.toml", SYSTEM_GICV3);
+    let error = run(&mut host, &["cell", "create", &system]).fails();
+    assert_eq!(
+        error,
+        format!(
+            "cellvisor: cell create: {system} is a system configuration, not a cell configuration"
+        )
+    );
+    let garbage = file(&dir, "garbage.bin", b"CVCF\x01\x00garbage");
+    let error = run(&mut host, &["cell", "create", &garbage]).fails();
+    assert!(
+        error.starts_with(&format!(
+            "cellvisor: cell create: {garbage} is no valid cell configuration: header: "
+        )),
+        "{error}"
+    );
+    let binary = file(&dir, "binary.toml", [0xff, 0xfe, 0]);
+    let error = run(&mut host, &["cell", "create", &binary]).fails();
+    assert!(error.contains("neither a TOML configuration"), "{error}");
+    let error = run(&mut host, &["cell", "create", "/nonexistent/demo.toml"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell create: /nonexistent/demo.toml: cannot be read: No such file or directory"
+    );
+    assert!(host.machine.borrow().hv.commands.is_empty());
+}
+
+#[test]
+fn no_management_interface() {
+    let mut host = FakeHost::new(0x1000);
+    host.device = false;
+    let error = run(&mut host, &["cell", "list"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: no cellvisor management interface in the device tree"
+    );
+    let mut host = FakeHost::new(0x1000);
+    host.machine.borrow_mut().hv.magic = 0xffff_ffff;
+    let error = run(&mut host, &["info"]).fails();
+    assert!(error.contains("magic 0xffffffff, not \"CVMG\""), "{error}");
+    let mut host = FakeHost::new(0x1000);
+    host.machine.borrow_mut().hv.version = 2;
+    let error = run(&mut host, &["info"]).fails();
+    assert!(error.contains("version 2, this tool version 1"), "{error}");
+}
+
+#[test]
+fn creating_twice_or_with_foreign_cpus_touches_no_cpu() {
+    let dir = scratch("cpus");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    let error = run(&mut host, &["cell", "create", &demo]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": create: a cell with this name exists (id 1)"
+    );
+    let other = file(&dir, "other.toml", DEMO.replace("\"demo\"", "\"other\""));
+    let error = run(&mut host, &["cell", "create", &other]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"other\": create: CPU 3 belongs to cell \"demo\" (id 1), not to the root cell"
+    );
+    let far = file(
+        &dir,
+        "far.toml",
+        DEMO.replace("\"demo\"", "\"far\"")
+            .replace("cpus = [3]", "cpus = [5]"),
+    );
+    let error = run(&mut host, &["cell", "create", &far]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"far\": create: CPU 5 is not a CPU of the root cell \"linux\" (CPUs 0-2)"
+    );
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(false)]
+    );
+}
+
+#[test]
+fn a_refused_create_gives_the_cpus_back() {
+    let dir = scratch("refused");
+    let two = file(
+        &dir,
+        "two.toml",
+        DEMO.replace("cpus = [3]", "cpus = [2, 3]"),
+    );
+    let mut host = FakeHost::new(0x1000);
+    host.machine.borrow_mut().hv.memory_free = CELL_COST - 1;
+    let error = run(&mut host, &["cell", "create", &two]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": create: hypervisor out of memory: cell \"demo\": no table \
+         frames left for its stage 2"
+    );
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(true)]
+    );
+
+    // The hypervisor's own CPU check: a CPU the root cell gave away behind the tool's back.
+    host.machine.borrow_mut().hv.memory_free = 1 << 20;
+    host.machine.borrow_mut().hv.cells[0].cpus = 0b1011;
+    let error = run(&mut host, &["cell", "create", &two]).fails();
+    assert!(
+        error.contains("CPU 2 is not a CPU of the root cell"),
+        "{error}"
+    );
+}
+
+#[test]
+fn hotplug_failures_are_undone_and_explained() {
+    let dir = scratch("hotplug");
+    let two = file(
+        &dir,
+        "two.toml",
+        DEMO.replace("cpus = [3]", "cpus = [2, 3]"),
+    );
+    let mut host = FakeHost::new(0x1000);
+    host.machine.borrow_mut().busy_cpu = Some(3);
+    let error = run(&mut host, &["cell", "create", &two]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": create: cannot take CPU 3 offline in Linux \
+         (/sys/devices/system/cpu/cpu3/online): Device or resource busy"
+    );
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(true)]
+    );
+    assert!(host
+        .machine
+        .borrow()
+        .hv
+        .commands
+        .iter()
+        .all(|c| *c == Command::CellList));
+
+    let zero = file(&dir, "zero.toml", DEMO.replace("cpus = [3]", "cpus = [0]"));
+    let mut host = FakeHost::new(0x1000);
+    let error = run(&mut host, &["cell", "create", &zero]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": create: CPU 0 cannot be taken offline in Linux (there is no \
+         /sys/devices/system/cpu/cpu0/online)"
+    );
+
+    // A CPU that stays offline after destroy is reported, the cell is gone all the same.
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    host.machine.borrow_mut().busy_cpu = Some(3);
+    let error = run(&mut host, &["cell", "destroy", "demo"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": destroy: destroyed, but CPU 3 could not be brought online in \
+         Linux (/sys/devices/system/cpu/cpu3/online): Device or resource busy"
+    );
+    assert_eq!(host.machine.borrow().hv.cells.len(), 1);
+}
+
+#[test]
+fn the_hypervisor_checks_that_cpus_are_offline() {
+    // A cell whose CPU Linux cannot see is refused by the hypervisor when it is online there.
+    let dir = scratch("busy");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    // Linux does not list CPU 3 (absent), but the hypervisor thinks it is online.
+    host.machine.borrow_mut().linux.truncate(3);
+    let error = run(&mut host, &["cell", "create", &demo]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": create: CPU not offline in the root cell: cell \"demo\": CPU 3 \
+         is still online in the root cell"
+    );
+}
+
+#[test]
+fn loads_in_chunks_where_the_configuration_says() {
+    let dir = scratch("chunks");
+    let demo = file(
+        &dir,
+        "demo.toml",
+        DEMO.replace("virt = 0\n", "virt = 0x1000_0000\n"),
+    );
+    let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    let image_path = file(&dir, "image.bin", &image);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    let out = run(
+        &mut host,
+        &["cell", "load", "demo", &image_path, "--config", &demo],
+    )
+    .ok();
+    assert_eq!(
+        out,
+        format!("cell \"demo\": loaded {image_path} (10000 bytes) at 0x10000000\n")
+    );
+    let machine = host.machine.borrow();
+    let loads = machine
+        .hv
+        .commands
+        .iter()
+        .filter(|c| **c == Command::CellLoad)
+        .count();
+    assert_eq!(loads, 3);
+    let (start, memory) = &machine.hv.cell(1).unwrap().loadable[0];
+    assert_eq!(*start, 0x1000_0000);
+    assert_eq!(&memory[..10_000], &image[..]);
+    drop(machine);
+
+    // An explicit address wins.
+    let out = run(
+        &mut host,
+        &[
+            "cell",
+            "load",
+            "1",
+            &image_path,
+            "--config",
+            &demo,
+            "--address",
+            "0x1000_2000",
+        ],
+    )
+    .ok();
+    assert!(out.ends_with("at 0x10002000\n"), "{out}");
+}
+
+#[test]
+fn load_errors() {
+    let dir = scratch("load-errors");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let small = file(&dir, "small.bin", [1; 64]);
+    let empty = file(&dir, "empty.bin", []);
+    let mut host = FakeHost::new(0x1000);
+
+    let error = run(&mut host, &["cell", "load", "demo", &small]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": load: no such cell (cells: linux (0))"
+    );
+    run(&mut host, &["cell", "create", &demo]).ok();
+
+    // Larger than the region: found from the configuration, or by the hypervisor.
+    let error = run(
+        &mut host,
+        &[
+            "cell",
+            "load",
+            "demo",
+            &small,
+            "--config",
+            &demo,
+            "--address",
+            "0xffffe0",
+        ],
+    )
+    .fails();
+    assert_eq!(
+        error,
+        format!(
+            "cellvisor: cell \"demo\": load: image larger than its loadable region: {small} is \
+             64 bytes, but only 32 fit at 0xffffe0 in [0x0, 0x1000000) of {demo}"
+        )
+    );
+    let error = run(
+        &mut host,
+        &["cell", "load", "demo", &small, "--address", "0xffffe0"],
+    )
+    .fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": load: image larger than its loadable region: cell \"demo\": \
+         64 bytes at 0xffffe0 end beyond the region at 0x0 of 0x1000000 bytes"
+    );
+    let error = run(
+        &mut host,
+        &[
+            "cell",
+            "load",
+            "demo",
+            &small,
+            "--config",
+            &demo,
+            "--address",
+            "0x8000_0000",
+        ],
+    )
+    .fails();
+    assert!(
+        error.contains("address 0x80000000 is in no loadable memory region of")
+            && error.ends_with("(loadable: [0x0, 0x1000000))"),
+        "{error}"
+    );
+    let error = run(&mut host, &["cell", "load", "demo", &empty]).fails();
+    assert_eq!(
+        error,
+        format!("cellvisor: cell \"demo\": load: {empty} is empty")
+    );
+    let error = run(&mut host, &["cell", "load", "demo", "/nonexistent.bin"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": load: cannot read /nonexistent.bin: No such file or directory"
+    );
+    let other = file(&dir, "other.toml", DEMO.replace("\"demo\"", "\"other\""));
+    let error = run(
+        &mut host,
+        &["cell", "load", "demo", &small, "--config", &other],
+    )
+    .fails();
+    assert_eq!(
+        error,
+        format!("cellvisor: cell \"demo\": load: {other} describes cell \"other\"")
+    );
+    let image = file(&dir, "big.bin", vec![0; 0x1800]);
+    let error = run(
+        &mut host,
+        &["cell", "load", "demo", &image, "--address", "0xfff000"],
+    )
+    .fails();
+    assert!(
+        error.ends_with("(after 4096 of 6144 bytes, at 0x1000000)"),
+        "{error}"
+    );
+
+    // The partial load above loaded something: the cell starts; then no more loads.
+    assert_eq!(state(&host, 1), Some(CellState::Loaded));
+    run(&mut host, &["cell", "start", "demo"]).ok();
+    let error = run(&mut host, &["cell", "load", "demo", &small]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": load: wrong cell state: cell \"demo\" is running: images are \
+         loaded before start"
+    );
+}
+
+#[test]
+fn start_before_load_is_a_state_error() {
+    let dir = scratch("start");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    let error = run(&mut host, &["cell", "start", "demo"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": start: wrong cell state: cell \"demo\" has no image loaded"
+    );
+    let error = run(&mut host, &["cell", "start", "7"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell 7: start: no such cell (cells: linux (0), demo (1))"
+    );
+}
+
+#[test]
+fn shutdown_refused_then_approved() {
+    let dir = scratch("shutdown");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let image = file(&dir, "demo.bin", [1; 8]);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    run(&mut host, &["cell", "load", "demo", &image]).ok();
+    run(&mut host, &["cell", "start", "demo"]).ok();
+    host.machine.borrow_mut().hv.cells[1].votes = [Vote::Refuse, Vote::Pending(3)].into();
+    let error = run(&mut host, &["cell", "shutdown", "demo"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": shutdown: the cell refused to shut down: cell \"demo\" voted \
+         against its shutdown"
+    );
+    assert_eq!(state(&host, 1), Some(CellState::Running));
+    assert_eq!(
+        run(
+            &mut host,
+            &["cell", "shutdown", "demo", "--timeout-ms", "100"]
+        )
+        .ok(),
+        "cell \"demo\" shut down\n"
+    );
+    let shutdowns = host
+        .machine
+        .borrow()
+        .hv
+        .commands
+        .iter()
+        .filter(|c| **c == Command::CellShutdown)
+        .count();
+    assert_eq!(shutdowns, 1 + 4);
+    assert_eq!(host.sleeps, 3);
+    assert_eq!(state(&host, 1), Some(CellState::ShutDown));
+
+    // A hypervisor that never stops the cell: the tool gives up.
+    run(&mut host, &["cell", "start", "demo"]).ok();
+    host.machine.borrow_mut().hv.cells[1].votes = [Vote::Pending(u32::MAX)].into();
+    let error = run(
+        &mut host,
+        &["cell", "shutdown", "demo", "--timeout-ms", "0"],
+    )
+    .fails();
+    assert!(
+        error.starts_with(
+            "cellvisor: cell \"demo\": shutdown: still pending 5000 ms after the request"
+        ),
+        "{error}"
+    );
+    assert_eq!(host.sleeps, 3 + 501);
+
+    let error = run(&mut host, &["cell", "shutdown", "linux"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"linux\": shutdown: operation denied: the root cell cannot be shut down"
+    );
+}
+
+#[test]
+fn destroy_twice_and_the_root_cell() {
+    let dir = scratch("destroy");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    run(&mut host, &["cell", "destroy", "demo"]).ok();
+    let error = run(&mut host, &["cell", "destroy", "demo"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"demo\": destroy: no such cell (cells: linux (0))"
+    );
+    let error = run(&mut host, &["cell", "destroy", "0"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: cell \"linux\": destroy: the root cell cannot be destroyed"
+    );
+    assert!(
+        !host
+            .machine
+            .borrow()
+            .hv
+            .commands
+            .contains(&Command::CellDestroy)
+            || host.machine.borrow().hv.cells.len() == 1
+    );
+}
+
+#[test]
+fn cycles_return_every_byte() {
+    let dir = scratch("cycles");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let image = file(&dir, "demo.bin", [3; 256]);
+    let mut host = FakeHost::new(0x1000);
+    let free = |host: &mut FakeHost| {
+        let out = run(host, &["info", "--json"]).ok();
+        let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+        info["memory_free"].as_u64().unwrap()
+    };
+    let before = free(&mut host);
+    for _ in 0..20 {
+        run(&mut host, &["cell", "create", &demo]).ok();
+        assert_eq!(free(&mut host), before - CELL_COST);
+        run(&mut host, &["cell", "load", "demo", &image]).ok();
+        run(&mut host, &["cell", "start", "demo"]).ok();
+        run(&mut host, &["cell", "destroy", "demo"]).ok();
+    }
+    assert_eq!(free(&mut host), before);
+    assert_eq!(
+        linux_online(&host),
+        [None, Some(true), Some(true), Some(true)]
+    );
+}
+
+#[test]
+fn lists_and_stats_as_json() {
+    let dir = scratch("json");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    run(&mut host, &["cell", "create", &demo]).ok();
+    let out = run(&mut host, &["cell", "list", "--json"]).ok();
+    let cells: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        cells,
+        serde_json::json!([
+            {"id": 0, "name": "linux", "state": "running", "cpus": [0, 1, 2], "memory": 1016u64 << 20},
+            {"id": 1, "name": "demo", "state": "created", "cpus": [3], "memory": 16u64 << 20},
+        ])
+    );
+    let out = run(&mut host, &["cell", "stats", "demo"]).ok();
+    assert_eq!(
+        out,
+        "cell \"demo\": traps by CPU and reason\n\
+         CPU  IRQ  MAINTENANCE  GICD  GICR  SGI  SYSREG  PSCI  SMCCC  OUTSIDE  OTHER  TOTAL\n\
+         3    300  301          302   303   304  305     306   307    308      309    3045\n"
+    );
+    let out = run(&mut host, &["cell", "stats", "1", "--json"]).ok();
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["cpu"], 3);
+    assert_eq!(stats[0]["total"], 3045);
+    assert_eq!(stats[0]["traps"]["outside"], 308);
+    let error = run(&mut host, &["cell", "stats", "nope"]).fails();
+    assert!(
+        error.starts_with("cellvisor: cell \"nope\": stats: no such cell"),
+        "{error}"
+    );
+}
+
+#[test]
+fn info_for_people() {
+    let mut host = FakeHost::new(0x1000);
+    assert_eq!(
+        run(&mut host, &["info"]).ok(),
+        "cellvisor management interface version 1\n\
+         CPUs:   4\n\
+         cells:  1 (the root cell included)\n\
+         memory: 8 MiB total, 3 MiB used, 5 MiB free (table-frame pool)\n"
+    );
+}
+
+#[test]
+fn console_reads_the_ring_and_follows() {
+    let mut host = FakeHost::new(64);
+    host.machine
+        .borrow_mut()
+        .hv
+        .print("cellvisor: hello\ncellvisor: a line longer than the window, read in parts\n");
+    let out = run(&mut host, &["console"]).ok();
+    assert_eq!(
+        out,
+        "cellvisor: hello\ncellvisor: a line longer than the window, read in parts\n"
+    );
+
+    host.later = vec!["one\n", "two\n"];
+    let outcome = run(&mut host, &["console", "-f"]);
+    assert!(outcome.err.is_empty(), "{}", outcome.err);
+    assert!(outcome.ok().ends_with("parts\none\ntwo\n"));
+
+    // Output that the ring dropped before it was read is reported.
+    let mut host = FakeHost::new(64);
+    host.machine.borrow_mut().hv.console_capacity = 8;
+    host.machine.borrow_mut().hv.print("0123456789abcdef");
+    let outcome = run(&mut host, &["console"]);
+    assert_eq!(
+        outcome.err,
+        "cellvisor: console: 8 bytes were overwritten before they could be read\n"
+    );
+    assert_eq!(outcome.ok(), "89abcdef");
+}
+
+#[test]
+fn checks_configurations_offline() {
+    let dir = scratch("check");
+    let system = file(&dir, "system.toml", SYSTEM_GICV3);
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    host.device = false;
+    let out = run(&mut host, &["config", "check", &system, &demo]).ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with(&format!("{system}: ok (")), "{out}");
+    assert!(lines[1].starts_with(&format!("{demo}: ok (")), "{out}");
+
+    // Binaries too.
+    let checked = cellvisor_config::host::check(
+        &cellvisor_config::host::Source {
+            name: "s",
+            text: SYSTEM_GICV3,
+        },
+        &[cellvisor_config::host::Source {
+            name: "d",
+            text: DEMO,
+        }],
+    )
+    .unwrap();
+    let system_bin = file(&dir, "system.bin", &checked.system);
+    let demo_bin = file(&dir, "demo.bin", &checked.cells[0]);
+    run(&mut host, &["config", "check", &system_bin, &demo_bin]).ok();
+
+    // Every problem of every file: a broken file, a cell that takes memory the root cell
+    // does not have, and two cells on one CPU.
+    let bad = file(
+        &dir,
+        "bad.toml",
+        DEMO.replace("size = 0x100_0000", "size = 0x100_0800"),
+    );
+    let foreign = file(
+        &dir,
+        "foreign.toml",
+        DEMO.replace("\"demo\"", "\"foreign\"")
+            .replace("phys = 0x7f00_0000", "phys = 0x1_0000_0000"),
+    );
+    let twin = file(
+        &dir,
+        "twin.toml",
+        DEMO.replace("\"demo\"", "\"twin\"")
+            .replace("0x7f00_0000", "0x7e00_0000"),
+    );
+    let error = run(
+        &mut host,
+        &["config", "check", &system, &demo, &bad, &foreign, &twin],
+    )
+    .fails();
+    let lines: Vec<&str> = error.lines().collect();
+    assert_eq!(lines[0], "cellvisor: config check (8 problems):", "{error}");
+    let at = |file: &str, text: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("  {file}:")) && l.contains(text))
+    };
+    assert!(at(&bad, "size 0x1000800 is not page aligned"), "{error}");
+    assert!(at(&foreign, "is not owned by the root cell"), "{error}");
+    assert!(at(&twin, "CPU 3 is also owned by cell \"demo\""), "{error}");
+    assert!(
+        at(&twin, "line 40 is also owned by cell \"demo\""),
+        "{error}"
+    );
+
+    let error = run(&mut host, &["config", "check", &demo]).fails();
+    assert!(
+        error.contains("a cell configuration (no [root-cell] table)"),
+        "{error}"
+    );
+    let error = run(
+        &mut host,
+        &["config", "check", &system, "/nonexistent.toml"],
+    )
+    .fails();
+    assert!(
+        error.ends_with("/nonexistent.toml: cannot be read: No such file or directory"),
+        "{error}"
+    );
+}
+
+#[test]
+fn talks_to_the_device_with_aligned_single_accesses_only() {
+    // The fake panics on any other access; the window holds an odd-length message.
+    let mut host = FakeHost::new(0x1000);
+    let error = run(&mut host, &["cell", "start", "9"]).fails();
+    assert!(error.contains("no such cell"), "{error}");
+    let mut device = FakeDevice(host.machine.clone());
+    let mut client = crate::client::Client::new(device.clone()).unwrap();
+    let refusal = client.call(Command::CellStart, [9, 0, 0, 0]).unwrap_err();
+    assert_eq!(refusal.to_string(), "no such cell: no cell with id 9");
+    assert_eq!(client.device().read32(mgmt::MAGIC), mgmt::MAGIC_VALUE);
+    // An unknown command number.
+    device.write32(mgmt::COMMAND, 99);
+    assert_eq!(device.read64(mgmt::STATUS) as i64, -1);
+}

@@ -12,7 +12,7 @@ fn main() {
         ("HYP_BASE", 0x4020_0000),
         ("MAX_CPUS", 16),
         ("STACK_SIZE", 0x20000),
-        ("EXCEPTION_STACK_SIZE", 0x4000),
+        ("EXCEPTION_STACK_SIZE", 0x10000),
     ];
     for (name, value) in layout {
         println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");

@@ -12,7 +12,7 @@ fn main() {
         ("HYP_BASE", 0x20_0000),
         ("MAX_CPUS", 4),
         ("STACK_SIZE", 0x20000),
-        ("EXCEPTION_STACK_SIZE", 0x4000),
+        ("EXCEPTION_STACK_SIZE", 0x10000),
     ];
     for (name, value) in layout {
         println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");

@@ -21,7 +21,6 @@ use spin::Once;
 /// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
 const MAX_REGIONS: usize = 64;
 
-
 /// What the hypervisor remembers of the root cell.
 pub struct RootCell {
     name: heapless::String<32>,
@@ -77,7 +76,6 @@ pub fn cpu_of(cell: u16, mpidr: u64) -> Option<usize> {
         .position(|&m| m == mpidr)
         .filter(|&cpu| cpu < 64 && cpus & 1 << cpu != 0)
 }
-
 
 /// Why the root cell cannot be built.
 #[derive(Debug)]
@@ -178,7 +176,12 @@ pub fn build(
     }
     // GICv2: the cell's CPU interface is the virtual CPU interface.
     if let Some((gicc, gicv, size)) = gicv {
-        map(gicc, gicv, size, Attributes::new(Access::RW, MemoryType::Device))?;
+        map(
+            gicc,
+            gicv,
+            size,
+            Attributes::new(Access::RW, MemoryType::Device),
+        )?;
     }
     // The management data window, shared with the root cell at its own address.
     if let Some((base, size)) = data_window {

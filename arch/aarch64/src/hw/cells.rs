@@ -13,8 +13,7 @@ use cellvisor_abi::CellState;
 use cellvisor_config::MemoryFlags;
 use cellvisor_paging::{
     Access, Attributes, Cacheability, FrameAllocator, GuestPhysAddr, LinearMemory, MapMode,
-    Mapping, MemoryType, NotLive, PageTable, PhysAddr, Stage2, Stale, TableMemory,
-    TlbInvalidate,
+    Mapping, MemoryType, NotLive, PageTable, PhysAddr, Stage2, Stale, TableMemory, TlbInvalidate,
 };
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -133,7 +132,8 @@ pub fn is_parked(cpu: usize) -> bool {
 
 /// Takes the stop request of `cpu`, if any.
 pub fn take_stop(cpu: usize) -> bool {
-    STOP.get(cpu).is_some_and(|s| s.swap(false, Ordering::AcqRel))
+    STOP.get(cpu)
+        .is_some_and(|s| s.swap(false, Ordering::AcqRel))
 }
 
 /// Asks `cpu` to stop running its vCPU and waits (up to about 100 ms of guest time) until
@@ -306,7 +306,12 @@ fn tree_op(
 impl cellvisor_cell::Partition for Machine {
     type Error = MachineError;
 
-    fn unmap_from_root(&mut self, root_virt: u64, _phys: u64, size: u64) -> Result<(), Self::Error> {
+    fn unmap_from_root(
+        &mut self,
+        root_virt: u64,
+        _phys: u64,
+        size: u64,
+    ) -> Result<(), Self::Error> {
         tree_op(0, |tree, memory| {
             tree.unmap(memory, &mut LiveRoot, GuestPhysAddr::new(root_virt), size)
         })
@@ -365,7 +370,12 @@ impl cellvisor_cell::Partition for Machine {
     ) -> Result<(), Self::Error> {
         let id = cell.0 as u16;
         tree_op(id, |tree, memory| {
-            tree.unmap(memory, &mut NotLive, GuestPhysAddr::new(region.virt), region.size)
+            tree.unmap(
+                memory,
+                &mut NotLive,
+                GuestPhysAddr::new(region.virt),
+                region.size,
+            )
         })
     }
 
@@ -455,13 +465,22 @@ impl cellvisor_cell::Partition for Machine {
         RUNTIME[id].vttbr.store(0, Ordering::Release);
         // The VMID is reused by the next cell in this slot: drop every EL1&0 translation.
         // SAFETY: TLB maintenance drops cached translations only.
-        unsafe { core::arch::asm!("dsb ishst", "tlbi alle1is", "dsb ish", "isb", options(nostack)) };
+        unsafe {
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi alle1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
     }
 }
 
 /// Backs the cell's communication region with a hypervisor frame.
 fn map_comm_region(cell: u16, virt: u64) -> Result<(), MachineError> {
-    let frame = with_tables(|tables| tables.frames.allocate_frames(1)).ok_or(MachineError::NoMemory)?;
+    let frame =
+        with_tables(|tables| tables.frames.allocate_frames(1)).ok_or(MachineError::NoMemory)?;
     // SAFETY: the frame comes from the pool (hypervisor memory, mapped RW at EL2) and is not
     // used by anything else.
     unsafe { core::ptr::write_bytes(frame.as_u64() as *mut u8, 0, 4096) };

@@ -57,7 +57,8 @@ pub fn ring_read(from: u64, out: &mut [u8]) -> (usize, u64) {
     let start = from.max(oldest);
     let count = (head.saturating_sub(start) as usize).min(out.len());
     for (i, slot) in out.iter_mut().take(count).enumerate() {
-        *slot = RING.bytes[((start + i as u64) % RING_SIZE as u64) as usize].load(Ordering::Relaxed);
+        *slot =
+            RING.bytes[((start + i as u64) % RING_SIZE as u64) as usize].load(Ordering::Relaxed);
     }
     (count, oldest)
 }

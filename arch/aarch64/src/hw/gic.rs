@@ -242,7 +242,10 @@ pub fn init_cpu(cpu: usize) {
                     r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance);
                     set_priority(&mut r, sgi + gicr::IPRIORITYR, maintenance);
                     set_priority(&mut r, sgi + gicr::IPRIORITYR, STOP_SGI);
-                    r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance | 1 << STOP_SGI);
+                    r.write32(
+                        sgi + gicr::IGROUPR0,
+                        group | 1 << maintenance | 1 << STOP_SGI,
+                    );
                     r.write32(sgi + gicr::ISENABLER0, 1 << maintenance | 1 << STOP_SGI);
                 }
                 None => log::error!("CPU {cpu}: no redistributor with affinity {mpidr:?}"),
@@ -559,7 +562,12 @@ pub fn emulate(
     match (block, &gic.emulation) {
         (Block::Distributor(offset), Emulation::V2(d)) => {
             let (base, size) = gic.layout.distributor;
-            d.access(&mut region(base, size), &ownership, accessor, access(offset))
+            d.access(
+                &mut region(base, size),
+                &ownership,
+                accessor,
+                access(offset),
+            )
         }
         (Block::Distributor(offset), Emulation::V3(d, _)) => {
             let (base, size) = gic.layout.distributor;
@@ -656,7 +664,8 @@ pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
     let mut ownership = distributor();
     let mut list = heapless::Vec::<IntId, 1024>::new();
     for &irq in irqs.iter().filter(|&&irq| irq >= 32) {
-        list.push(IntId::new(irq)).map_err(|_| "too many interrupts")?;
+        list.push(IntId::new(irq))
+            .map_err(|_| "too many interrupts")?;
     }
     ownership
         .transfer(CellId::new(from), CellId::new(to), &list)

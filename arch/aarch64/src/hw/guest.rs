@@ -354,14 +354,16 @@ fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
                 Psci::CpuOn => {
                     cell::cpu_on(cells::owner(cpu), frame.x[1], frame.x[2], frame.x[3], id)
                 }
-                Psci::AffinityInfo => match (cell::cpu_of(cells::owner(cpu), frame.x[1]), frame.x[2]) {
-                    (Some(target), 0) => match cell::power(target).state() {
-                        PowerState::On => 0,
-                        PowerState::Off => 1,
-                        PowerState::OnPending => 2,
-                    },
-                    _ => status::INVALID_PARAMETERS,
-                },
+                Psci::AffinityInfo => {
+                    match (cell::cpu_of(cells::owner(cpu), frame.x[1]), frame.x[2]) {
+                        (Some(target), 0) => match cell::power(target).state() {
+                            PowerState::On => 0,
+                            PowerState::Off => 1,
+                            PowerState::OnPending => 2,
+                        },
+                        _ => status::INVALID_PARAMETERS,
+                    }
+                }
                 Psci::CpuOff => cpu_off(cpu, frame),
                 Psci::SystemOff | Psci::SystemReset if cells::owner(cpu) != 0 => {
                     // A cell's power-off or reset ends the cell, not the machine.

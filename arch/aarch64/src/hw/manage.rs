@@ -69,7 +69,9 @@ pub fn init(
 }
 
 fn unreachable_registry() -> Registry<{ cells::MAX_CELLS }> {
-    super::report(format_args!("cellvisor: FATAL: cannot build an empty cell registry\n"));
+    super::report(format_args!(
+        "cellvisor: FATAL: cannot build an empty cell registry\n"
+    ));
     super::park()
 }
 
@@ -102,7 +104,9 @@ pub fn access(cpu: usize, ipa: u64, trap: &MmioTrap, value: u64) -> Option<u64> 
             mgmt::MAGIC => u64::from(mgmt::MAGIC_VALUE),
             mgmt::VERSION => u64::from(mgmt::VERSION_VALUE),
             mgmt::DATA_SIZE => interface.data_size,
-            mgmt::ARG0 | mgmt::ARG1 | mgmt::ARG2 | mgmt::ARG3 => state.args[(offset - mgmt::ARG0) / 8],
+            mgmt::ARG0 | mgmt::ARG1 | mgmt::ARG2 | mgmt::ARG3 => {
+                state.args[(offset - mgmt::ARG0) / 8]
+            }
             mgmt::STATUS => state.status as u64,
             _ => 0,
         })
@@ -153,12 +157,19 @@ fn write_window(offset: usize, bytes: &[u8]) -> Result<(), Failure> {
     if offset + bytes.len() > size as usize {
         return Err(fail(
             Error::InvalidArgument,
-            format_args!("the answer needs {} bytes, the data window has {size}", offset + bytes.len()),
+            format_args!(
+                "the answer needs {} bytes, the data window has {size}",
+                offset + bytes.len()
+            ),
         ));
     }
     // SAFETY: inside the data window (checked), hypervisor memory mapped at EL2.
     unsafe {
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), (data as usize + offset) as *mut u8, bytes.len())
+        core::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (data as usize + offset) as *mut u8,
+            bytes.len(),
+        )
     };
     Ok(())
 }
@@ -167,7 +178,9 @@ fn write_window(offset: usize, bytes: &[u8]) -> Result<(), Failure> {
 fn sync_states(registry: &mut Registry<{ cells::MAX_CELLS }>) {
     for id in 1..cells::MAX_CELLS as u32 {
         let runtime = RUNTIME[id as usize].state.load(Ordering::Acquire);
-        let Some(actual) = CellState::from_raw(runtime) else { continue };
+        let Some(actual) = CellState::from_raw(runtime) else {
+            continue;
+        };
         let id = CellId(id);
         if let Some(cell) = registry.cell(id) {
             if cell.state != actual {
@@ -181,7 +194,10 @@ fn cell_of(registry: &Registry<{ cells::MAX_CELLS }>, raw: u64) -> Result<CellId
     let id = CellId(u32::try_from(raw).unwrap_or(u32::MAX));
     match registry.cell(id) {
         Some(_) => Ok(id),
-        None => Err(fail(Error::NoSuchCell, format_args!("no cell with id {raw}"))),
+        None => Err(fail(
+            Error::NoSuchCell,
+            format_args!("no cell with id {raw}"),
+        )),
     }
 }
 
@@ -213,7 +229,10 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             if !matches!(current, Some(CellState::Created | CellState::Loaded)) {
                 return Err(fail(
                     Error::WrongState,
-                    format_args!("cell \"{name}\": load needs a created or loaded cell, it is {}", state_name(current)),
+                    format_args!(
+                        "cell \"{name}\": load needs a created or loaded cell, it is {}",
+                        state_name(current)
+                    ),
                 ));
             }
             let (address, len, offset) = (args[1], args[2], args[3]);
@@ -224,9 +243,9 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
                     format_args!("cell \"{name}\": {len} bytes at window offset {offset:#x} exceed the {size}-byte data window"),
                 ));
             }
-            let phys = registry.loadable(id, address, len).map_err(|e| {
-                fail(e.code(), format_args!("cell \"{name}\": {e}"))
-            })?;
+            let phys = registry
+                .loadable(id, address, len)
+                .map_err(|e| fail(e.code(), format_args!("cell \"{name}\": {e}")))?;
             // SAFETY: the source is inside the data window, the destination inside a loadable
             // region of the cell (checked by the registry), both mapped at EL2; the cell does
             // not run.
@@ -248,23 +267,33 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             let id = cell_of(registry, args[0])?;
             let name = name(registry, id);
             if id.0 == 0 {
-                return Err(fail(Error::Denied, format_args!("the root cell runs already")));
+                return Err(fail(
+                    Error::Denied,
+                    format_args!("the root cell runs already"),
+                ));
             }
             let current = registry.cell(id).map(|c| c.state);
             if current != Some(CellState::Loaded) {
                 return Err(fail(
                     Error::WrongState,
-                    format_args!("cell \"{name}\": start needs a loaded cell, it is {}", state_name(current)),
+                    format_args!(
+                        "cell \"{name}\": start needs a loaded cell, it is {}",
+                        state_name(current)
+                    ),
                 ));
             }
             let _ = registry.set_state(id, CellState::Running);
-            let cell = registry.cell(id).ok_or_else(|| fail(Error::NoSuchCell, format_args!("gone")))?;
+            let cell = registry
+                .cell(id)
+                .ok_or_else(|| fail(Error::NoSuchCell, format_args!("gone")))?;
             let cpus = cell.cpus;
             let runtime = &RUNTIME[id.0 as usize];
             runtime.reset.store(cell.reset_address, Ordering::Release);
             runtime.shutdown_since.store(0, Ordering::Release);
             cells::init_comm_region(id.0 as u16, platform(id, cell));
-            runtime.state.store(CellState::Running as u32, Ordering::Release);
+            runtime
+                .state
+                .store(CellState::Running as u32, Ordering::Release);
             for cpu in (0..64).filter(|c| cpus & 1 << c != 0) {
                 cells::start_cpu(cpu);
             }
@@ -276,13 +305,16 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             let id = cell_of(registry, args[0])?;
             let name = name(registry, id);
             if id.0 == 0 {
-                return Err(fail(Error::Denied, format_args!("the root cell cannot be destroyed")));
+                return Err(fail(
+                    Error::Denied,
+                    format_args!("the root cell cannot be destroyed"),
+                ));
             }
             let cpus = registry.cell(id).map_or(0, |c| c.cpus);
             stop_cpus(&name, cpus)?;
-            registry.destroy(id, &mut Machine).map_err(|e| {
-                fail(e.code(), format_args!("cell \"{name}\": {e}"))
-            })?;
+            registry
+                .destroy(id, &mut Machine)
+                .map_err(|e| fail(e.code(), format_args!("cell \"{name}\": {e}")))?;
             let runtime = &RUNTIME[id.0 as usize];
             runtime.state.store(0, Ordering::Release);
             runtime.name.lock().clear();
@@ -292,10 +324,15 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
         }
         Command::CellList => {
             let mut count = 0;
-            let ids: heapless::Vec<CellId, { cells::MAX_CELLS }> = registry.iter().map(|c| c.id).collect();
+            let ids: heapless::Vec<CellId, { cells::MAX_CELLS }> =
+                registry.iter().map(|c| c.id).collect();
             for id in ids {
-                let Some(mut record) = registry.record(id) else { continue };
-                if let Some(state) = CellState::from_raw(RUNTIME[id.0 as usize].state.load(Ordering::Acquire)) {
+                let Some(mut record) = registry.record(id) else {
+                    continue;
+                };
+                if let Some(state) =
+                    CellState::from_raw(RUNTIME[id.0 as usize].state.load(Ordering::Acquire))
+                {
                     record.state = (state as u32).into();
                 }
                 write_window(count * core::mem::size_of_val(&record), record.as_bytes())?;
@@ -308,7 +345,9 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             let cpus = registry.cell(id).map_or(0, |c| c.cpus);
             let mut count = 0;
             for cpu in (0..64).filter(|c| cpus & 1 << c != 0) {
-                let Some(counters) = cell::counters(cpu) else { continue };
+                let Some(counters) = cell::counters(cpu) else {
+                    continue;
+                };
                 let mut stats = CpuStats {
                     cpu: (cpu as u32).into(),
                     reasons: (crate::trap::TrapReason::ALL.len() as u32).into(),
@@ -376,7 +415,10 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
     if len == 0 || len > size || len as usize > copy.0.len() {
         return Err(fail(
             Error::InvalidArgument,
-            format_args!("a cell configuration of {len} bytes (at most {} fit)", copy.0.len().min(size as usize)),
+            format_args!(
+                "a cell configuration of {len} bytes (at most {} fit)",
+                copy.0.len().min(size as usize)
+            ),
         ));
     }
     let len = len as usize;
@@ -404,10 +446,14 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
         stored.clear();
         let _ = stored.push_str(name);
     }
-    runtime.state.store(CellState::Created as u32, Ordering::Release);
+    runtime
+        .state
+        .store(CellState::Created as u32, Ordering::Release);
     let (kind, address) = match config.cell().console() {
         Some(c) if c.kind == cellvisor_config::ConsoleKind::Pl011 => (comm::UART_PL011, c.address),
-        Some(c) if c.kind == cellvisor_config::ConsoleKind::Cadence => (comm::UART_CADENCE, c.address),
+        Some(c) if c.kind == cellvisor_config::ConsoleKind::Cadence => {
+            (comm::UART_CADENCE, c.address)
+        }
         _ => (comm::UART_NONE, 0),
     };
     runtime.console.0.store(kind, Ordering::Release);
@@ -420,11 +466,18 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
     Ok(i64::from(id.0))
 }
 
-fn shutdown(registry: &mut Registry<{ cells::MAX_CELLS }>, raw: u64, timeout_ms: u64) -> Result<i64, Failure> {
+fn shutdown(
+    registry: &mut Registry<{ cells::MAX_CELLS }>,
+    raw: u64,
+    timeout_ms: u64,
+) -> Result<i64, Failure> {
     let id = cell_of(registry, raw)?;
     let name = name(registry, id);
     if id.0 == 0 {
-        return Err(fail(Error::Denied, format_args!("the root cell shuts down with the machine")));
+        return Err(fail(
+            Error::Denied,
+            format_args!("the root cell shuts down with the machine"),
+        ));
     }
     let cell_id = id.0 as u16;
     let runtime = &RUNTIME[usize::from(cell_id)];
@@ -442,7 +495,9 @@ fn shutdown(registry: &mut Registry<{ cells::MAX_CELLS }>, raw: u64, timeout_ms:
     let reply = cells::comm_read(cell_id, comm::offset::REPLY_FROM_CELL);
     let stop = |registry: &mut Registry<{ cells::MAX_CELLS }>| -> Result<i64, Failure> {
         stop_cpus(&name, cpus)?;
-        runtime.state.store(CellState::ShutDown as u32, Ordering::Release);
+        runtime
+            .state
+            .store(CellState::ShutDown as u32, Ordering::Release);
         runtime.shutdown_since.store(0, Ordering::Release);
         let _ = registry.set_state(id, CellState::ShutDown);
         print(format_args!("cellvisor: cell \"{name}\" shut down\n"));
@@ -454,8 +509,14 @@ fn shutdown(registry: &mut Registry<{ cells::MAX_CELLS }>, raw: u64, timeout_ms:
     }
     if since == 0 {
         cells::comm_write(cell_id, comm::offset::REPLY_FROM_CELL, comm::REPLY_NONE);
-        cells::comm_write(cell_id, comm::offset::MSG_TO_CELL, comm::MSG_SHUTDOWN_REQUEST);
-        runtime.shutdown_since.store(cells::ticks().max(1), Ordering::Release);
+        cells::comm_write(
+            cell_id,
+            comm::offset::MSG_TO_CELL,
+            comm::MSG_SHUTDOWN_REQUEST,
+        );
+        runtime
+            .shutdown_since
+            .store(cells::ticks().max(1), Ordering::Release);
         return Ok(1);
     }
     match reply {
@@ -464,9 +525,14 @@ fn shutdown(registry: &mut Registry<{ cells::MAX_CELLS }>, raw: u64, timeout_ms:
             cells::comm_write(cell_id, comm::offset::MSG_TO_CELL, comm::MSG_NONE);
             cells::comm_write(cell_id, comm::offset::REPLY_FROM_CELL, comm::REPLY_NONE);
             runtime.shutdown_since.store(0, Ordering::Release);
-            Err(fail(Error::ShutdownRefused, format_args!("cell \"{name}\": the cell denied the shutdown request")))
+            Err(fail(
+                Error::ShutdownRefused,
+                format_args!("cell \"{name}\": the cell denied the shutdown request"),
+            ))
         }
-        _ if cells::ticks().saturating_sub(since) > timeout_ms * cells::frequency() / 1000 => stop(registry),
+        _ if cells::ticks().saturating_sub(since) > timeout_ms * cells::frequency() / 1000 => {
+            stop(registry)
+        }
         _ => Ok(1),
     }
 }

@@ -20,6 +20,9 @@ use anyhow::{bail, Context as _, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use crate::scripts::{self, Script};
+use crate::tool::RootCellFiles;
+
 /// What every line `/init` prints starts with.
 pub const PREFIX: &str = "cellvisor-initramfs: ";
 
@@ -45,9 +48,25 @@ pub const DMESG_WORDS: [&str; 4] = ["WARNING", "BUG", "Oops", "unhandled"];
 /// The path of the guest-clock program in the initramfs.
 pub const GUEST_CLOCK: &str = "bin/guest-clock";
 
+/// The path of the `cellvisor` tool in a board's initramfs.
+pub const TOOL: &str = "bin/cellvisor";
+
+/// Where a board's cell configurations are (`<name>.toml` and the compiled `<name>.bin`).
+pub const CONFIG_DIR: &str = "etc/cellvisor";
+
+/// Where the inmate images are.
+pub const INMATE_DIR: &str = "lib/cellvisor/inmates";
+
+/// What the last line of a script's output carries inside `/init` (its exit status).
+const SCRIPT_STATUS: &str = "@cellvisor-script-status=";
+
 /// One thing `/init` does after printing [`MARKER`], and the lines it prints for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Runs `/etc/cellvisor/scripts/NAME.sh` (board initramfs only, see `scripts.rs`): each
+    /// line it prints (stdout and stderr) as `script NAME: <line>`, then
+    /// `script NAME done status=<exit code>`, or `script NAME failed: <why>`.
+    Script(Script),
     /// `cpus online=<list> count=<n>` and `memtotal=<kB> kB`.
     Info,
     /// Offlines then onlines a CPU through sysfs: `hotplug cpuN off count=<n>`,
@@ -81,6 +100,7 @@ impl fmt::Display for Action {
             Self::Sleep(seconds) => write!(f, "sleep:{seconds}"),
             Self::Poweroff => f.write_str("poweroff"),
             Self::Reboot => f.write_str("reboot"),
+            Self::Script(script) => write!(f, "script:{script}"),
         }
     }
 }
@@ -108,6 +128,10 @@ impl FromStr for Action {
                     .parse()
                     .with_context(|| format!("`{text}`: {seconds:?} is no number of seconds"))?,
             ),
+            ("script", Some(name)) => Self::Script(
+                name.parse()
+                    .with_context(|| format!("`{text}`: {name:?} is no script"))?,
+            ),
             ("devmem", Some(address)) => Self::Devmem(
                 parse_address(address)
                     .with_context(|| format!("`{text}`: {address:?} is no address"))?,
@@ -115,11 +139,11 @@ impl FromStr for Action {
             ("info" | "dmesg" | "clock" | "poweroff" | "reboot", Some(_)) => {
                 bail!("`{text}`: action {name} takes no argument")
             }
-            ("hotplug" | "devmem" | "sleep", None) => {
-                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`, `sleep:10`")
+            ("hotplug" | "devmem" | "sleep" | "script", None) => {
+                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`, `sleep:10`, `script:demo`")
             }
             _ => bail!(
-                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, sleep:SECONDS, poweroff, reboot"
+                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, sleep:SECONDS, poweroff, reboot, script:NAME"
             ),
         };
         Ok(action)
@@ -218,6 +242,7 @@ impl Entry {
 /// The `/init` script.
 pub fn init_script() -> String {
     let dmesg_words: String = DMESG_WORDS.iter().map(|w| format!(" -e {w}")).collect();
+    let scripts_dir = format!("/{}", scripts::DIR);
     format!(
         r#"#!/bin/sh
 # /init of the cellvisor initramfs, written by `cargo xtask linux`.
@@ -331,6 +356,27 @@ action_sleep() {{
     fi
 }}
 
+# action_script NAME: runs {scripts_dir}/NAME.sh; each line it prints (stdout and stderr)
+# becomes `script NAME: <line>`, the end `script NAME done status=<exit code>`.
+action_script() {{
+    case "$1" in
+        '' | *[!a-z0-9-]*)
+            say "{PREFIX}script $1 failed: not a script name"
+            return ;;
+    esac
+    script={scripts_dir}/$1.sh
+    if [ ! -f $script ]; then
+        say "{PREFIX}script $1 failed: no $script"
+        return
+    fi
+    {{ sh $script </dev/null 2>&1; echo "{SCRIPT_STATUS}$?"; }} | while IFS= read -r line; do
+        case "$line" in
+            {SCRIPT_STATUS}*) say "{PREFIX}script $1 done status=${{line#{SCRIPT_STATUS}}}" ;;
+            *) say "{PREFIX}script $1: $line" ;;
+        esac
+    done
+}}
+
 actions=
 poweroff=no
 for word in $(cat /proc/cmdline); do
@@ -354,6 +400,7 @@ for action in "$@"; do
         dmesg) action_dmesg ;;
         clock) action_clock ;;
         sleep:*) action_sleep "${{action#sleep:}}" ;;
+        script:*) action_script "${{action#script:}}" ;;
         poweroff) poweroff -f ;;
         reboot) reboot -f ;;
         *) say "{PREFIX}unknown action $action" ;;
@@ -418,6 +465,40 @@ pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
             data: init_script().into_bytes(),
         },
     ));
+    entries
+}
+
+/// The entries a board's initramfs adds to [`layout`]: the tool ([`TOOL`]), the board's cell
+/// configurations and the scripts under [`CONFIG_DIR`], and the inmates under [`INMATE_DIR`].
+pub fn root_cell_entries(files: &RootCellFiles) -> Vec<Entry> {
+    let directory = |path: &str| Entry::new(path, Node::Directory { mode: 0o755 });
+    let file = |path: String, mode: u32, data: Vec<u8>| Entry::new(path, Node::File { mode, data });
+    let mut entries = vec![
+        file(TOOL.to_owned(), 0o755, files.tool.clone()),
+        directory("etc"),
+        directory(CONFIG_DIR),
+    ];
+    entries.extend(
+        files
+            .configs
+            .iter()
+            .map(|c| file(format!("{CONFIG_DIR}/{}", c.name), 0o644, c.data.clone())),
+    );
+    entries.push(directory(scripts::DIR));
+    entries.extend(Script::ALL.iter().map(|script| {
+        file(
+            format!("{}/{}.sh", scripts::DIR, script.name()),
+            0o755,
+            script.text().into_bytes(),
+        )
+    }));
+    entries.extend(["lib", "lib/cellvisor", INMATE_DIR].map(directory));
+    entries.extend(
+        files
+            .inmates
+            .iter()
+            .map(|i| file(format!("{INMATE_DIR}/{}", i.name), 0o644, i.data.clone())),
+    );
     entries
 }
 
@@ -711,11 +792,12 @@ mod tests {
             Action::Sleep(10),
             Action::Poweroff,
             Action::Reboot,
+            Action::Script(Script::BadInput),
         ];
         let word = actions_word(&actions);
         assert_eq!(
             word,
-            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,sleep:10,poweroff,reboot"
+            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,sleep:10,poweroff,reboot,script:bad-input"
         );
         assert_eq!(parse_actions_word(&word).unwrap().unwrap(), actions);
         assert_eq!(
@@ -729,6 +811,8 @@ mod tests {
         for (bad, message) in [
             ("nap", "unknown action `nap`; actions: info, hotplug:CPU"),
             ("hotplug", "`hotplug`: action hotplug needs an argument"),
+            ("script", "`script`: action script needs an argument"),
+            ("script:nope", "`script:nope`: \"nope\" is no script"),
             ("sleep", "`sleep`: action sleep needs an argument"),
             ("sleep:", "`sleep:`: \"\" is no number of seconds"),
             ("sleep:1.5", "`sleep:1.5`: \"1.5\" is no number of seconds"),
@@ -799,5 +883,98 @@ mod tests {
         let error = check_applets(b"\0sh\0mount\0").unwrap_err().to_string();
         assert!(error.contains("cttyhack"), "{error}");
         assert!(!error.contains(" sh,"), "{error}");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_runs_scripts_and_reports_every_line() {
+        let script = init_script();
+        let start = script.find("action_script() {").unwrap();
+        let end = start + script[start..].find("\n}\n").unwrap() + 3;
+        let dir = std::env::temp_dir().join(format!("xtask-scripts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("greet.sh"),
+            "echo hello\necho 'to stderr' >&2\necho 'cellvisor-demo: x status=1'\nexit 3\n",
+        )
+        .unwrap();
+        let function =
+            script[start..end].replace(&format!("/{}", scripts::DIR), &dir.display().to_string());
+        let test = format!(
+            "say() {{ printf '%s\\n' \"$*\"; }}\n{function}action_script greet\n\
+             action_script missing\naction_script '../x'\n"
+        );
+        let Some(output) = host_shell(&test, &[]) else {
+            return;
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!(
+                "cellvisor-initramfs: script greet: hello\n\
+                 cellvisor-initramfs: script greet: to stderr\n\
+                 cellvisor-initramfs: script greet: cellvisor-demo: x status=1\n\
+                 cellvisor-initramfs: script greet done status=3\n\
+                 cellvisor-initramfs: script missing failed: no {}/missing.sh\n\
+                 cellvisor-initramfs: script ../x failed: not a script name\n",
+                dir.display()
+            )
+        );
+        assert!(script.contains("        script:*) action_script \"${action#script:}\" ;;"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_board_initramfs_has_the_tool_configurations_scripts_and_inmates() {
+        let files = RootCellFiles {
+            tool: b"\x7fELF tool".to_vec(),
+            configs: vec![
+                crate::tool::NamedFile {
+                    name: "demo.bin".into(),
+                    data: b"CVCF".to_vec(),
+                },
+                crate::tool::NamedFile {
+                    name: "demo.toml".into(),
+                    data: b"name = \"demo\"".to_vec(),
+                },
+            ],
+            inmates: vec![crate::tool::NamedFile {
+                name: "timer-demo.bin".into(),
+                data: vec![1, 2, 3],
+            }],
+        };
+        let mut entries = layout(fake_busybox(), vec![1]);
+        entries.extend(root_cell_entries(&files));
+        let read = read_back(&newc(&entries).unwrap());
+        let find = |name: &str| {
+            read.iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        assert_eq!(find("bin/cellvisor").mode, 0o100_755);
+        assert_eq!(find("bin/cellvisor").data, b"\x7fELF tool");
+        assert_eq!(find("etc/cellvisor/demo.toml").data, b"name = \"demo\"");
+        assert_eq!(find("etc/cellvisor/demo.bin").mode, 0o100_644);
+        assert_eq!(find("lib/cellvisor/inmates/timer-demo.bin").data, [1, 2, 3]);
+        let demo = find("etc/cellvisor/scripts/demo.sh");
+        assert_eq!(demo.mode, 0o100_755);
+        assert!(demo.data.starts_with(b"#!/bin/sh\n"));
+        for script in Script::ALL {
+            find(&format!("etc/cellvisor/scripts/{}.sh", script.name()));
+        }
+        // Parents first, no path twice.
+        for (index, entry) in entries.iter().enumerate() {
+            if let Some((parent, _)) = entry.path.rsplit_once('/') {
+                assert!(
+                    entries[..index].iter().any(|e| e.path == parent),
+                    "{}",
+                    entry.path
+                );
+            }
+            assert!(
+                !entries[..index].iter().any(|e| e.path == entry.path),
+                "{}",
+                entry.path
+            );
+        }
     }
 }

@@ -7,6 +7,9 @@
 //! - `busybox`: the binary of Debian's `busybox-static`;
 //! - `initramfs.cpio` and `initramfs.cpio.gz`: the initramfs (see `initramfs.rs`), with
 //!   `/bin/guest-clock` built from `examples/guest-clock`;
+//! - `initramfs-<board>.cpio` and `.cpio.gz`: the same plus what the root cell of a board
+//!   manages cells with (`/bin/cellvisor`, `/etc/cellvisor/`, `/lib/cellvisor/inmates/`; see
+//!   `tool.rs`), written by [`prepare_board`] for `cargo xtask run` and the system tests;
 //! - `VERSION`: what they were made from, as `key=value` lines a shell can source
 //!   (`kernel_package`, `kernel_version`, `kernel_release`, `busybox_version`).
 //!
@@ -14,7 +17,8 @@
 //! the cache is complete, later runs use it without asking apt; `--refresh` updates the
 //! package lists and fetches what changed. The initramfs is rebuilt on every run (it takes
 //! milliseconds, plus a `cargo build` of the guest clock) and rewritten only when its content
-//! changes. `cargo xtask run` and the system tests call [`prepare`] for the same files.
+//! changes. `cargo xtask run` and the system tests call [`prepare_board`] for the same files
+//! and the board's initramfs.
 
 use std::fs;
 use std::io::Read as _;
@@ -26,8 +30,10 @@ use anyhow::{bail, Context as _, Result};
 use flate2::read::GzDecoder;
 
 use crate::apt::{self, Apt, Package};
+use crate::board::Board;
 use crate::cargo::Cargo;
 use crate::initramfs;
+use crate::tool;
 use crate::workspace::Workspace;
 
 /// Offset of the magic number in the arm64 Linux `Image` header.
@@ -207,6 +213,65 @@ pub struct Files {
 /// Fills the cache of `arch` if it is incomplete (or, with `refresh`, looks for newer
 /// packages) and rebuilds the initramfs: what `cargo xtask linux` does, without the summary.
 pub fn prepare(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<(Files, Versions)> {
+    let (files, versions, _) = prepare_base(workspace, arch, refresh)?;
+    Ok((files, versions))
+}
+
+/// [`prepare`], then the initramfs of `board`: the base one plus the `cellvisor` tool, the
+/// board's cell configurations, the scripts and the inmates (see
+/// [`initramfs::root_cell_entries`]), as `initramfs-<board>.cpio.gz` next to the base one.
+/// The files returned name it as the initramfs. What `cargo xtask run` and the system tests
+/// boot.
+pub fn prepare_board(
+    workspace: &Workspace,
+    board: &Board,
+    refresh: bool,
+) -> Result<(Files, Versions)> {
+    let Some(arch) = Arch::of_target(&board.target) else {
+        bail!(
+            "board {}: no Linux guest for its target {}",
+            board.name,
+            board.target
+        );
+    };
+    let (mut files, versions, mut entries) = prepare_base(workspace, arch, refresh)?;
+    let root_cell = tool::prepare(workspace, board)?;
+    entries.extend(initramfs::root_cell_entries(&root_cell));
+    let archive = initramfs::newc(&entries)?;
+    let dir = files
+        .initramfs
+        .parent()
+        .context("the initramfs has no directory")?
+        .to_owned();
+    let cpio = dir.join(format!("initramfs-{}.cpio", board.name));
+    let gz = dir.join(format!("initramfs-{}.cpio.gz", board.name));
+    write_archive(&cpio, &gz, &archive)?;
+    println!(
+        "{}: {} with the cellvisor tool, {} configuration file(s), {} inmate(s)",
+        board.name,
+        workspace.relative(&gz).display(),
+        root_cell.configs.len(),
+        root_cell.inmates.len()
+    );
+    files.initramfs = gz;
+    Ok((files, versions))
+}
+
+/// Writes an archive and its gzip-compressed copy, unless the archive is unchanged.
+fn write_archive(cpio: &Path, gz: &Path, archive: &[u8]) -> Result<()> {
+    if fs::read(cpio).ok().as_deref() != Some(archive) || !gz.is_file() {
+        write_atomically(gz, &initramfs::gzip(archive)?)?;
+        write_atomically(cpio, archive)?;
+    }
+    Ok(())
+}
+
+/// [`prepare`], also returning the entries of the base initramfs.
+fn prepare_base(
+    workspace: &Workspace,
+    arch: Arch,
+    refresh: bool,
+) -> Result<(Files, Versions, Vec<initramfs::Entry>)> {
     let linux_dir = workspace.target_dir.join("linux");
     let cache = Cache {
         dir: linux_dir.join(arch.debian()),
@@ -231,19 +296,16 @@ pub fn prepare(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<(File
         .with_context(|| format!("cannot read {}", cache.path("busybox").display()))?;
     initramfs::check_applets(&busybox)?;
     let guest_clock = build_guest_clock(workspace, arch)?;
-    let archive = initramfs::newc(&initramfs::layout(busybox, guest_clock))?;
-    let cpio = cache.path("initramfs.cpio");
+    let entries = initramfs::layout(busybox, guest_clock);
+    let archive = initramfs::newc(&entries)?;
     let gz = cache.path("initramfs.cpio.gz");
-    if fs::read(&cpio).ok().as_ref() != Some(&archive) || !gz.is_file() {
-        write_atomically(&gz, &initramfs::gzip(&archive)?)?;
-        write_atomically(&cpio, &archive)?;
-    }
+    write_archive(&cache.path("initramfs.cpio"), &gz, &archive)?;
     let files = Files {
         image: cache.path("Image"),
         initramfs: gz,
         dtbs: cache.path("dtbs"),
     };
-    Ok((files, versions))
+    Ok((files, versions, entries))
 }
 
 /// Builds the guest-clock program for the initramfs and returns the executable.

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the build, run, test and benchmark driver of the cellvisor workspace.
 //!
 //! - `cargo xtask build --board <board>` builds the hypervisor image of a board:
-//!   `target/images/<board>/cellvisor.{elf,bin}`.
+//!   `target/images/<board>/cellvisor.{elf,bin}`, and for a board that boots Linux the root
+//!   cell's `cellvisor` tool (`target/images/<board>/cellvisor`, static aarch64) and inmates
+//!   (`target/images/<board>/inmates/`; see `tool.rs`).
 //! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio,
 //!   with Debian's stock kernel as the root cell (`--no-linux`: the hypervisor alone,
 //!   `--bare`: the same Linux without the hypervisor; see `run.rs`).
@@ -31,10 +33,13 @@ mod boot;
 mod cargo;
 mod image;
 mod initramfs;
+mod inmates;
 mod linux;
 mod qemu;
 mod run;
+mod scripts;
 mod system_tests;
+mod tool;
 mod traps;
 mod workspace;
 
@@ -66,7 +71,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build the hypervisor image of a board: target/images/<board>/cellvisor.{elf,bin}.
+    /// Build the hypervisor image of a board (target/images/<board>/cellvisor.{elf,bin}), its
+    /// compiled configurations, and the root cell's `cellvisor` tool and inmates.
     Build {
         /// Board name, e.g. `qemu-arm64`.
         #[arg(long)]
@@ -78,7 +84,7 @@ enum Task {
     },
     /// Boot a board in QEMU, the serial console on this terminal (Ctrl-A X quits QEMU): by
     /// default the hypervisor with Debian's stock kernel as its root cell.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run every check CI runs: fmt, clippy, tests, bare-metal builds, cargo package, fuzz smoke,
     /// then the system tests in QEMU.
     Test {
@@ -92,9 +98,13 @@ enum Task {
         #[arg(long)]
         system_only: bool,
         /// Seconds each system test may take (default: 60 for the hypervisor alone, 120 for
-        /// Linux boots).
+        /// Linux boots, 240 for the cell cases).
         #[arg(long, value_name = "SECS")]
         system_timeout: Option<u64>,
+        /// Also run the system tests that manage cells from the root cell with the
+        /// `cellvisor` tool (they need the hypervisor's management interface).
+        #[arg(long)]
+        cells: bool,
     },
     /// Run one fuzz target, e.g. `cargo xtask fuzz paging <target>`.
     Fuzz {
@@ -148,22 +158,30 @@ fn run(task: Task) -> Result<()> {
             fault_injection,
         } => {
             let board = board::find(&workspace.boards, &board)?;
-            image::build(&workspace, board, kind(fault_injection)).map(drop)
+            image::build(&workspace, board, kind(fault_injection))?;
+            if !fault_injection
+                && board.linux.is_some()
+                && linux::Arch::of_target(&board.target).is_some()
+            {
+                tool::prepare(&workspace, board)?;
+            }
+            Ok(())
         }
-        Task::Run(args) => run::run(&workspace, &cwd, args),
+        Task::Run(args) => run::run(&workspace, &cwd, *args),
         Task::Test {
             fuzz_seconds,
             no_system,
             system_only,
             system_timeout,
+            cells,
         } => {
             let system_timeout = system_timeout.map(Duration::from_secs);
             if system_only {
-                system_tests::run(&workspace, system_timeout)
+                system_tests::run(&workspace, system_timeout, cells)
             } else {
                 test(&workspace, fuzz_seconds, !no_system)?;
                 if !no_system {
-                    system_tests::run(&workspace, system_timeout)?;
+                    system_tests::run(&workspace, system_timeout, cells)?;
                 }
                 println!("==> all steps passed");
                 Ok(())

@@ -41,6 +41,8 @@ pub const DETERMINISTIC: [&str; 4] = ["-icount", "shift=0,sleep=off", "-seed", "
 pub struct Qemu {
     program: String,
     args: Vec<String>,
+    /// Where the second serial port (UART1) writes, if the machine gets one.
+    second_serial: Option<String>,
 }
 
 impl Qemu {
@@ -82,6 +84,7 @@ impl Qemu {
         Ok(Self {
             program: board.qemu.clone(),
             args,
+            second_serial: None,
         })
     }
 
@@ -91,6 +94,7 @@ impl Qemu {
         Self {
             program: "sh".to_owned(),
             args: vec!["-c".to_owned(), script.to_owned(), "sh".to_owned()],
+            second_serial: None,
         }
     }
 
@@ -135,6 +139,22 @@ impl Qemu {
         ])
     }
 
+    /// Gives the machine a second serial port (QEMU `virt`: a second PL011 at 0x0904_0000;
+    /// ZynqMP: UART1) whose output goes to `file`. The console stays the first one.
+    pub fn second_serial(mut self, file: &Path) -> Self {
+        self.second_serial = Some(file.display().to_string());
+        self
+    }
+
+    /// The `-serial` options: the console on `console`, then the second port if any.
+    fn serials(&self, console: &str) -> Vec<String> {
+        let mut args = vec!["-serial".to_owned(), console.to_owned()];
+        if let Some(file) = &self.second_serial {
+            args.extend(["-serial".to_owned(), format!("file:{file}")]);
+        }
+        args
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
@@ -144,7 +164,11 @@ impl Qemu {
     /// Runs QEMU on this terminal (`-nographic`: the serial console on stdio, Ctrl-A X quits).
     /// With a timeout, stops it after that long and fails.
     pub fn run_interactive(&self, timeout: Option<Duration>) -> Result<()> {
-        let qemu = self.clone().args(["-nographic"]);
+        let mut qemu = self.clone().args(["-nographic"]);
+        if self.second_serial.is_some() {
+            // With an explicit -serial, -nographic no longer puts the console on stdio.
+            qemu = qemu.args(self.serials("mon:stdio"));
+        }
         println!("==> {qemu}");
         let mut child = qemu
             .command()
@@ -176,7 +200,8 @@ impl Qemu {
     pub fn spawn_console(&self) -> Result<Console> {
         let mut command = self
             .clone()
-            .args(["-serial", "stdio", "-monitor", "none", "-display", "none"])
+            .args(self.serials("stdio"))
+            .args(["-monitor", "none", "-display", "none"])
             .command();
         command
             .stdin(Stdio::null())
@@ -446,6 +471,19 @@ mod tests {
              -dtb a.dtb -device loader,file=system,,1.bin,addr=0x409c0000,force-raw=on \
              -device loader,file=Image,addr=0x40a00000,force-raw=on"
         );
+    }
+
+    #[test]
+    fn a_second_serial_port_comes_after_the_console() {
+        let qemu = Qemu::new(&board(None), &Options::default(), Path::new("a.elf"))
+            .unwrap()
+            .second_serial(Path::new("target/uart1.log"));
+        assert_eq!(
+            qemu.serials("stdio"),
+            ["-serial", "stdio", "-serial", "file:target/uart1.log"]
+        );
+        let plain = Qemu::new(&board(None), &Options::default(), Path::new("a.elf")).unwrap();
+        assert_eq!(plain.serials("stdio"), ["-serial", "stdio"]);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// (`-icount shift=0,sleep=off -seed 0`).
     #[arg(long)]
     pub icount: bool,
+    /// Give the machine a second serial port (the demo cells' console: UART1) that writes
+    /// to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub serial2: Option<PathBuf>,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true, value_name = "QEMU ARGS")]
     pub qemu_args: Vec<String>,
@@ -191,8 +195,11 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
             }
         }
     };
-    boot.qemu(board, &options)?
-        .args(args.qemu_args)
+    let mut qemu = boot.qemu(board, &options)?;
+    if let Some(file) = &args.serial2 {
+        qemu = qemu.second_serial(&user_path(cwd, file));
+    }
+    qemu.args(args.qemu_args)
         .run_interactive(args.timeout.map(Duration::from_secs))
 }
 
@@ -235,7 +242,7 @@ fn linux_files(
     }
     let board_dtb = dtb.is_none() && board.linux.as_ref().is_some_and(|l| l.dtb.is_some());
     let files = if kernel.is_none() || initrd.is_none() || board_dtb {
-        Some(linux::prepare(workspace, arch, false)?.0)
+        Some(linux::prepare_board(workspace, board, false)?.0)
     } else {
         None
     };

@@ -9,10 +9,18 @@
 //! - Linux bare, without the hypervisor (the baseline): `/init` runs `info,dmesg,poweroff` and
 //!   QEMU must exit by itself with status 0; the kernel-log problems it reports are kept;
 //! - Linux as the root cell of the hypervisor: `/init` runs
-//!   `info,hotplug:<last CPU>,devmem:<hypervisor start>,dmesg,poweroff`, and the case passes
+//!   `info,script:version,hotplug:<last CPU>,devmem:<hypervisor start>,dmesg,poweroff` (the
+//!   `version` script runs the `cellvisor` tool of the board's initramfs), and the case passes
 //!   when every expected line has appeared (in any order: hypervisor and kernel share the
 //!   console), QEMU exits by itself with status 0, MemTotal fits the root cell's RAM and the
 //!   kernel logged no problem that the bare boot did not.
+//!
+//! With `--cells` (off by default), root-cell cases that manage cells with the `cellvisor`
+//! tool follow ([`CELL_CASES`]): `/init` runs one of the scripts of `scripts.rs` (a cell's
+//! life with the timer demo, whose output is looked for on the machine's second UART; 20
+//! create/destroy cycles that must not leak hypervisor memory; a wild cell that is stopped
+//! and reported; wrong input), judged by the scripts' `cellvisor-demo: ...` lines and the
+//! tool's messages. They need the hypervisor's management interface.
 //!
 //! A case fails at once when a forbidden text appears, when QEMU exits first, when the time
 //! runs out, or (Linux boots) when the console stays silent too long. QEMU is always killed
@@ -99,7 +107,8 @@ const BARE: &[Pattern] = &[
 
 /// What `/init` of a root cell runs: hand the last CPU back and forth, read the hypervisor's
 /// memory (which must fail), check the kernel log, power off.
-const ROOT_CELL_ACTIONS: &str = "info,hotplug:{last},devmem:{hypervisor},dmesg,poweroff";
+const ROOT_CELL_ACTIONS: &str =
+    "info,script:version,hotplug:{last},devmem:{hypervisor},dmesg,poweroff";
 
 /// Linux as the root cell.
 const ROOT_CELL: &[Pattern] = &[
@@ -107,6 +116,8 @@ const ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&[MARKER]),
     Pattern::Contains(&["cellvisor-initramfs: cpus online=", " count={smp}"]),
     Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
+    // The static `cellvisor` tool runs on the stock kernel.
+    Pattern::Contains(&["cellvisor-initramfs: script version: cellvisor-demo: version status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} off count={last}"]),
     Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} on count={smp}"]),
     // The hypervisor reports the root cell's access to its memory...
@@ -126,12 +137,110 @@ const REBOOT_ACTIONS: &str = "reboot";
 /// A root cell that reboots the machine: the hypervisor must come up again.
 const REBOOT: &[Pattern] = &[BANNER, Pattern::Contains(&[MARKER]), BANNER];
 
+/// What `/init` runs in the cell cases: a script, the kernel-log check, power-off.
+const CELLS_DEMO_ACTIONS: &str = "script:demo,dmesg,poweroff";
+const CELLS_CYCLES_ACTIONS: &str = "script:cycles,dmesg,poweroff";
+const CELLS_WILD_ACTIONS: &str = "script:wild,dmesg,poweroff";
+const CELLS_BAD_INPUT_ACTIONS: &str = "script:bad-input,dmesg,poweroff";
+
+/// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.
+const CELLS_DEMO: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-demo: create status=0"]),
+    Pattern::Contains(&["cell \"demo\" created (id "]),
+    Pattern::Contains(&["cellvisor-demo: load status=0"]),
+    Pattern::Contains(&["cellvisor-demo: start status=0"]),
+    Pattern::Contains(&["cellvisor-demo: list status=0"]),
+    Pattern::Contains(&["cellvisor-demo: stats status=0"]),
+    Pattern::Contains(&["cellvisor-demo: shutdown status=0"]),
+    Pattern::Contains(&["cellvisor-demo: destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: cpus online=0-{last} after"]),
+    Pattern::Contains(&["cellvisor-initramfs: script demo done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// What the timer demo prints on its UART (the machine's second one).
+const TIMER_DEMO_LINE: &str = "timer-demo: ticks=";
+
+/// 20 create/load/start/destroy cycles (`cycles.sh`).
+const CELLS_CYCLES: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: cycles=20 failed=0 "]),
+    Pattern::Contains(&["cellvisor-demo: cycles memory kept"]),
+    Pattern::Contains(&["cellvisor-initramfs: script cycles done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// A wild cell (`wild.sh`): stopped and reported, the root cell goes on, the cell can be
+/// destroyed and created again.
+const CELLS_WILD: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: start status=0"]),
+    Pattern::Contains(&["cellvisor: cell \"demo\"", "outside its configuration"]),
+    Pattern::Contains(&["cellvisor-demo: state=failed"]),
+    Pattern::Contains(&[
+        "cellvisor-demo: console report: ",
+        "outside its configuration",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: root responsive"]),
+    Pattern::Contains(&["cellvisor-demo: destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: recreate status=0"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-again status=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script wild done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// Wrong input (`bad-input.sh`): each case a clear error line and exit status 1.
+const CELLS_BAD_INPUT: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor: cell create: ", "is no valid cell configuration"]),
+    Pattern::Contains(&["cellvisor-demo: malformed status=1"]),
+    Pattern::Contains(&["cellvisor: cell \"no-such-cell\": start: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: unknown-cell status=1"]),
+    Pattern::Contains(&["cellvisor-demo: create status=0"]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"foreign\": create: CPU 63 is not a CPU of the root cell",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: cpu-not-owned status=1"]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"twin\": create: CPU ",
+        "belongs to cell \"demo\"",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: cpu-taken status=1"]),
+    Pattern::Contains(&["cellvisor: cell \"demo\": start: wrong cell state"]),
+    Pattern::Contains(&["cellvisor-demo: start-before-load status=1"]),
+    Pattern::Contains(&["cellvisor: cell \"demo\": load: image larger than its loadable region"]),
+    Pattern::Contains(&["cellvisor-demo: image-too-large status=1"]),
+    Pattern::Contains(&["cellvisor-demo: image-too-large-hypervisor status=1"]),
+    Pattern::Contains(&["cellvisor-demo: destroy status=0"]),
+    Pattern::Contains(&["cellvisor: cell \"demo\": destroy: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-twice status=1"]),
+    Pattern::Contains(&["cellvisor: cell \"{root}\": destroy: the root cell cannot be destroyed"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-root status=1"]),
+    Pattern::Contains(&["cellvisor-initramfs: script bad-input done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// How long a cell case may take by default.
+const CELLS_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// Console texts that fail a normal boot at once instead of at the timeout.
 const BOOT_FAILS_ON: &[&str] = &["FATAL"];
 /// ... a bare Linux boot.
 const BARE_FAILS_ON: &[&str] = &["Kernel panic"];
 /// ... a root-cell boot.
 const ROOT_CELL_FAILS_ON: &[&str] = &["FATAL", "Kernel panic"];
+/// ... a cell case.
+const CELLS_FAILS_ON: &[&str] = &[
+    "FATAL",
+    "Kernel panic",
+    "cellvisor-demo: cycles memory leaked",
+];
 
 /// What a case boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +279,9 @@ enum Check {
     MemTotal,
     /// The kernel logged no problem that the bare boot of the same machine did not.
     DmesgLikeBare,
+    /// The machine gets a second serial port (UART1, kept in
+    /// `target/system-tests/<case>.uart1.log`), which must print a line containing this.
+    SecondUart(&'static str),
 }
 
 /// One system test.
@@ -190,6 +302,10 @@ struct Case<'a> {
     until: Until,
     checks: &'static [Check],
     fails_on: &'static [&'static str],
+    /// The word in the case name; `None`: from what it boots ([`Case::kind`]).
+    label: Option<&'static str>,
+    /// How long it may take unless `--system-timeout` says; `None`: the default of its kind.
+    timeout: Option<Duration>,
 }
 
 impl<'a> Case<'a> {
@@ -206,6 +322,8 @@ impl<'a> Case<'a> {
             until: Until::Expected,
             checks: &[],
             fails_on: BOOT_FAILS_ON,
+            label: None,
+            timeout: None,
         }
     }
 
@@ -259,8 +377,32 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// A root-cell case that manages cells with the `cellvisor` tool (`--cells`).
+    const fn cells(
+        board: &'a str,
+        gic: Option<u32>,
+        cpu: Option<&'static str>,
+        label: &'static str,
+        actions: &'static str,
+        expect: &'static [Pattern],
+        checks: &'static [Check],
+    ) -> Self {
+        Self {
+            actions: Some(actions),
+            expect,
+            checks,
+            fails_on: CELLS_FAILS_ON,
+            label: Some(label),
+            timeout: Some(CELLS_TIMEOUT),
+            ..Self::root_cell(board, gic, 4, cpu)
+        }
+    }
+
     /// The word in the case name for what it boots.
     fn kind(&self) -> &'static str {
+        if let Some(label) = self.label {
+            return label;
+        }
         match (self.boots, self.actions) {
             (Boots::Hypervisor(Kind::Normal), _) => "boot",
             (Boots::Hypervisor(Kind::FaultInjection), _) => "fault",
@@ -288,6 +430,74 @@ const CASES: &[Case<'static>] = &[
     Case::reboot("qemu-arm64", Some(3), 4, Some("cortex-a57")),
 ];
 
+/// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
+/// the bare case of the same machine in [`CASES`], its kernel-log baseline.
+const CELL_CASES: &[Case<'static>] = &[
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-demo",
+        CELLS_DEMO_ACTIONS,
+        CELLS_DEMO,
+        &[Check::DmesgLikeBare, Check::SecondUart(TIMER_DEMO_LINE)],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(2),
+        Some("cortex-a57"),
+        "cells-demo",
+        CELLS_DEMO_ACTIONS,
+        CELLS_DEMO,
+        &[Check::DmesgLikeBare, Check::SecondUart(TIMER_DEMO_LINE)],
+    ),
+    Case::cells(
+        "zcu102",
+        None,
+        None,
+        "cells-demo",
+        CELLS_DEMO_ACTIONS,
+        CELLS_DEMO,
+        &[Check::DmesgLikeBare, Check::SecondUart(TIMER_DEMO_LINE)],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-cycles",
+        CELLS_CYCLES_ACTIONS,
+        CELLS_CYCLES,
+        &[Check::DmesgLikeBare],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-wild",
+        CELLS_WILD_ACTIONS,
+        CELLS_WILD,
+        &[Check::DmesgLikeBare],
+    ),
+    Case::cells(
+        "zcu102",
+        None,
+        None,
+        "cells-wild",
+        CELLS_WILD_ACTIONS,
+        CELLS_WILD,
+        &[Check::DmesgLikeBare],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-bad-input",
+        CELLS_BAD_INPUT_ACTIONS,
+        CELLS_BAD_INPUT,
+        &[Check::DmesgLikeBare],
+    ),
+];
+
 /// A case bound to its board, with the patterns filled in (but for the system
 /// configuration's facts, see [`Resolved::expected`]).
 #[derive(Debug)]
@@ -305,6 +515,8 @@ struct Resolved<'a> {
     fails_on: &'static [&'static str],
     /// The name of the bare case of the same machine (the same for a bare case).
     baseline: String,
+    /// The case's own default timeout.
+    timeout: Option<Duration>,
 }
 
 impl Resolved<'_> {
@@ -332,7 +544,7 @@ impl Resolved<'_> {
         match self.boots {
             Boots::Hypervisor(_) => (timeout.unwrap_or(HYPERVISOR_TIMEOUT), None),
             Boots::Bare | Boots::RootCell => {
-                let timeout = timeout.unwrap_or(LINUX_TIMEOUT);
+                let timeout = timeout.or(self.timeout).unwrap_or(LINUX_TIMEOUT);
                 (timeout, Some(LINUX_SILENCE.min(timeout)))
             }
         }
@@ -409,8 +621,9 @@ fn hex_numbers(line: &str) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// The cases to run: [`CASES`], then default cases for the boards that [`CASES`] leaves out.
-fn cases(boards: &[Board]) -> Result<Vec<Resolved<'_>>> {
+/// The cases to run: [`CASES`], then default cases for the boards that [`CASES`] leaves out,
+/// then with `cells` the [`CELL_CASES`] of the boards there are.
+fn cases(boards: &[Board], cells: bool) -> Result<Vec<Resolved<'_>>> {
     let mut cases: Vec<Case<'_>> = CASES.to_vec();
     for board in boards {
         if !CASES.iter().any(|case| case.board == board.name) {
@@ -422,6 +635,13 @@ fn cases(boards: &[Board]) -> Result<Vec<Resolved<'_>>> {
                 cases.push(Case::root_cell(&board.name, None, board.smp, None));
             }
         }
+    }
+    if cells {
+        cases.extend(
+            CELL_CASES
+                .iter()
+                .filter(|case| boards.iter().any(|b| b.name == case.board)),
+        );
     }
     cases.iter().map(|case| resolve(boards, case)).collect()
 }
@@ -499,12 +719,14 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
         until: case.until,
         checks: case.checks,
         fails_on: case.fails_on,
+        timeout: case.timeout,
     })
 }
 
 /// Fails unless the Rust targets and QEMU binaries of every case are installed.
 pub fn check_tools(workspace: &Workspace) -> Result<()> {
-    for case in cases(&workspace.boards)? {
+    crate::require_target(crate::tool::TARGET)?;
+    for case in cases(&workspace.boards, true)? {
         crate::require_target(&case.board.target)?;
         qemu::require(&case.board.qemu)?;
     }
@@ -514,15 +736,17 @@ pub fn check_tools(workspace: &Workspace) -> Result<()> {
 /// What the cases share: the images, the Linux files and the baselines of the bare boots.
 struct Shared {
     images: Vec<(String, Kind, Image)>,
-    linux: HashMap<&'static str, linux::Files>,
+    /// The Linux files of each board, its initramfs with the `cellvisor` tool.
+    linux: HashMap<String, linux::Files>,
     /// The normalised kernel-log problems of each bare case that passed, by case name.
     baselines: HashMap<String, Vec<String>>,
 }
 
-/// Builds the images and runs every case, one after the other. Fails if any case failed.
-/// `timeout` bounds every case; by default hypervisor-only cases get 60 s, Linux boots 120 s.
-pub fn run(workspace: &Workspace, timeout: Option<Duration>) -> Result<()> {
-    let cases = cases(&workspace.boards)?;
+/// Builds the images and runs every case, one after the other (with `cells`, the
+/// [`CELL_CASES`] too). Fails if any case failed. `timeout` bounds every case; by default
+/// hypervisor-only cases get 60 s, Linux boots 120 s, cell cases 240 s.
+pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Result<()> {
+    let cases = cases(&workspace.boards, cells)?;
     check_tools(workspace)?;
 
     // Each image once, built and copied before the next build overwrites cargo's output.
@@ -550,15 +774,16 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>) -> Result<()> {
         if case.boots != Boots::Bare && case.boots != Boots::RootCell {
             continue;
         }
-        let arch = Arch::of_target(&case.board.target).with_context(|| {
-            format!(
+        if Arch::of_target(&case.board.target).is_none() {
+            bail!(
                 "board {}: no Linux guest for its target {}",
-                case.board.name, case.board.target
-            )
-        })?;
-        if !shared.linux.contains_key(arch.debian()) {
-            let (files, _) = linux::prepare(workspace, arch, false)?;
-            shared.linux.insert(arch.debian(), files);
+                case.board.name,
+                case.board.target
+            );
+        }
+        if !shared.linux.contains_key(&case.board.name) {
+            let (files, _) = linux::prepare_board(workspace, case.board, false)?;
+            shared.linux.insert(case.board.name.clone(), files);
         }
     }
 
@@ -574,7 +799,7 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>) -> Result<()> {
         );
         let start = Instant::now();
         let mut log = Vec::new();
-        let outcome = run_one(workspace, case, &shared, timeout, &mut log);
+        let outcome = run_one(workspace, case, &shared, timeout, &logs, &mut log);
         let seconds = start.elapsed().as_secs_f64();
         let log_path = logs.join(format!("{}.log", case.name));
         fs::write(&log_path, log.join("\n") + "\n")
@@ -618,6 +843,7 @@ fn run_one(
     case: &Resolved<'_>,
     shared: &Shared,
     timeout: Option<Duration>,
+    logs: &Path,
     log: &mut Vec<String>,
 ) -> Result<()> {
     let board = case.board;
@@ -637,8 +863,9 @@ fn run_one(
             dtb: None,
         },
         Boots::Bare | Boots::RootCell => {
-            let files = Arch::of_target(&board.target)
-                .and_then(|arch| shared.linux.get(arch.debian()))
+            let files = shared
+                .linux
+                .get(&board.name)
                 .expect("prepared before the cases");
             let gic = case.options.gic.expect("resolved");
             let images = workspace.target_dir.join("images").join(&board.name);
@@ -669,7 +896,19 @@ fn run_one(
             }
         }
     };
-    let qemu = boot.qemu(board, &case.options)?;
+    let mut qemu = boot.qemu(board, &case.options)?;
+    let second_uart = logs.join(format!("{}.uart1.log", case.name));
+    if case
+        .checks
+        .iter()
+        .any(|check| matches!(check, Check::SecondUart(_)))
+    {
+        if second_uart.exists() {
+            fs::remove_file(&second_uart)
+                .with_context(|| format!("cannot remove {}", second_uart.display()))?;
+        }
+        qemu = qemu.second_serial(&shown(&second_uart));
+    }
     println!("    {qemu}");
     std::io::stdout().flush().ok();
 
@@ -690,9 +929,33 @@ fn run_one(
                 };
                 check_dmesg(log, baseline)?;
             }
+            Check::SecondUart(text) => {
+                let output = fs::read(&second_uart).unwrap_or_default();
+                check_second_uart(&String::from_utf8_lossy(&output), text).with_context(|| {
+                    format!(
+                        "second UART ({})",
+                        workspace.relative(&second_uart).display()
+                    )
+                })?;
+            }
         }
     }
     Ok(())
+}
+
+/// Fails unless the second UART's output has a line containing `text`.
+fn check_second_uart(output: &str, text: &str) -> Result<()> {
+    if output.lines().any(|line| line.contains(text)) {
+        return Ok(());
+    }
+    let last = output.lines().rev().find(|l| !l.trim().is_empty());
+    bail!(
+        "no line containing {text:?} ({})",
+        match last {
+            Some(line) => format!("its last line: {:?}", line.trim()),
+            None => "it printed nothing".to_owned(),
+        }
+    )
 }
 
 /// Boots one case and reads its console until the expected lines have appeared (and, for
@@ -929,9 +1192,117 @@ mod tests {
     }
 
     #[test]
+    fn the_cell_cases_come_with_the_flag_only() {
+        let boards = boards();
+        let plain = cases(&boards, false).unwrap();
+        let all = cases(&boards, true).unwrap();
+        assert!(plain.iter().all(|c| !c.name.contains("-cells-")));
+        let cells: Vec<&Resolved<'_>> = all[plain.len()..].iter().collect();
+        let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "qemu-arm64-cells-demo-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-demo-gicv2-smp4-cortex-a57",
+                "zcu102-cells-demo-gicv2-smp4",
+                "qemu-arm64-cells-cycles-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-wild-gicv3-smp4-cortex-a57",
+                "zcu102-cells-wild-gicv2-smp4",
+                "qemu-arm64-cells-bad-input-gicv3-smp4-cortex-a57",
+            ]
+        );
+        for case in &cells {
+            // Their baseline ran before them; their actions parse; they get more time.
+            assert!(all.iter().any(|c| c.name == case.baseline), "{}", case.name);
+            let append = fill_facts(case.append.as_deref().unwrap(), &facts());
+            let word = append.split_whitespace().last().unwrap();
+            initramfs::parse_actions_word(word).unwrap().unwrap();
+            assert_eq!(case.limits(None).0, CELLS_TIMEOUT);
+            assert_eq!(
+                case.limits(Some(Duration::from_secs(9))).0,
+                Duration::from_secs(9)
+            );
+        }
+        assert_eq!(
+            cells[0].append.as_deref(),
+            Some("console=qemu-arm64 cellvisor.actions=script:demo,dmesg,poweroff")
+        );
+        assert!(cells[0]
+            .checks
+            .contains(&Check::SecondUart("timer-demo: ticks=")));
+        let expected: Vec<String> = cells[6]
+            .expected(Some(&facts()))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(expected.contains(
+            &"a line containing \"cellvisor: cell \\\"linux\\\": destroy: the root cell cannot be destroyed\""
+                .to_owned()
+        ), "{expected:?}");
+        let demo = cells[0].expected(Some(&facts()));
+        assert!(demo.iter().any(|e| e
+            .matches("cellvisor-initramfs: script demo: cellvisor-demo: cpus online=0-3 after")));
+    }
+
+    #[test]
+    fn a_cell_case_is_judged_by_the_script_lines() {
+        let boards = boards();
+        let all = cases(&boards, true).unwrap();
+        let case = all
+            .iter()
+            .find(|c| c.name.contains("-cells-cycles-"))
+            .unwrap();
+        let expect = case.expected(Some(&facts()));
+        let console = "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo 'cellvisor-initramfs: script cycles: cellvisor-demo: cycles=20 failed=0 memory_free before=5 after=5'; \
+             echo 'cellvisor-initramfs: script cycles: cellvisor-demo: cycles memory kept'; \
+             echo 'cellvisor-initramfs: script cycles done status=0'; \
+             echo 'cellvisor-initramfs: dmesg check done'; \
+             echo 'cellvisor: trap counters'";
+        let mut log = Vec::new();
+        run_case(
+            &Qemu::shell(&format!("{console}; exit 0")),
+            case,
+            &expect,
+            Duration::from_secs(20),
+            None,
+            &mut log,
+        )
+        .unwrap();
+        let leaked = "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo 'cellvisor-initramfs: script cycles: cellvisor-demo: cycles memory leaked'; sleep 30";
+        let error = run_case(
+            &Qemu::shell(leaked),
+            case,
+            &expect,
+            Duration::from_secs(20),
+            None,
+            &mut log,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("\"cellvisor-demo: cycles memory leaked\" on the console"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn looks_for_the_demo_on_the_second_uart() {
+        check_second_uart("boot\ntimer-demo: ticks=3\n", "timer-demo: ticks=").unwrap();
+        let error = check_second_uart("hello\n\n", "timer-demo: ticks=").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no line containing \"timer-demo: ticks=\" (its last line: \"hello\")"
+        );
+        let error = check_second_uart("", "x").unwrap_err();
+        assert!(error.to_string().ends_with("(it printed nothing)"));
+    }
+
+    #[test]
     fn resolves_the_table_and_covers_every_board() {
         let boards = boards();
-        let cases = cases(&boards).unwrap();
+        let cases = cases(&boards, false).unwrap();
         let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
@@ -976,7 +1347,7 @@ mod tests {
     #[test]
     fn the_linux_cases_get_the_board_command_line_and_valid_actions() {
         let boards = boards();
-        let cases = cases(&boards).unwrap();
+        let cases = cases(&boards, false).unwrap();
         let bare = &cases[6];
         assert_eq!(
             bare.append.as_deref(),
@@ -987,7 +1358,7 @@ mod tests {
         let append = fill_facts(root.append.as_deref().unwrap(), &facts());
         assert_eq!(
             append,
-            "console=qemu-arm64 cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,poweroff"
+            "console=qemu-arm64 cellvisor.actions=info,script:version,hotplug:3,devmem:0x40200000,dmesg,poweroff"
         );
         let word = append.split_whitespace().last().unwrap();
         let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
@@ -1008,7 +1379,7 @@ mod tests {
     #[test]
     fn lists_the_expected_lines_of_a_root_cell() {
         let boards = boards();
-        let cases = cases(&boards).unwrap();
+        let cases = cases(&boards, false).unwrap();
         let expected: Vec<String> = cases[11]
             .expected(Some(&SystemFacts {
                 hypervisor_start: 0x20_0000,
@@ -1024,6 +1395,7 @@ mod tests {
                 "a line containing \"cellvisor-initramfs: /init reached\"",
                 "a line containing \"cellvisor-initramfs: cpus online=\" and \" count=4\"",
                 "a line containing \"cellvisor-initramfs: memtotal=\"",
+                "a line containing \"cellvisor-initramfs: script version: cellvisor-demo: version status=0\"",
                 "a line containing \"cellvisor-initramfs: hotplug cpu3 off count=3\"",
                 "a line containing \"cellvisor-initramfs: hotplug cpu3 on count=4\"",
                 "a line containing \"cellvisor: cell \\\"linux\\\"\" and \"outside its configuration\" and the address 0x200000",
@@ -1037,7 +1409,7 @@ mod tests {
     #[test]
     fn matches_lines() {
         let boards = boards();
-        let cases = cases(&boards).unwrap();
+        let cases = cases(&boards, false).unwrap();
         let fault = &cases[5].expect;
         assert!(fault[0].matches("cellvisor 0.1.0 on zcu102: 4/4 CPUs at EL2\r"));
         assert!(!fault[0].matches("cellvisor 0.1.0 on zcu102: 3/4 CPUs at EL2"));
@@ -1048,7 +1420,7 @@ mod tests {
         assert!(fault[3].matches("  ELR 0x0000000040201234  FAR 0x00000000dead0000  SPSR 0x3c9"));
 
         let root = cases[7].expected(Some(&facts()));
-        let abort = &root[6];
+        let abort = &root[7];
         for line in [
             "cellvisor: cell \"linux\" read 0x0000000040200000 outside its configuration",
             "cellvisor: cell \"linux\": CPU 1: read of 4 bytes at 0x40200000, outside its configuration",
@@ -1063,10 +1435,13 @@ mod tests {
             assert!(!abort.matches(line), "{line}");
         }
         // Before the configuration is known, nothing matches.
-        assert!(!cases[7].expect[6]
+        assert!(!cases[7].expect[7]
             .matches("cellvisor: cell \"linux\" read 0x40200000 outside its configuration"));
-        assert!(root[9].matches("  cellvisor: trap counters: hvc 3, smc 12"));
-        assert!(!root[9].matches("[ 1.0] cellvisor: trap counters"));
+        assert!(root[10].matches("  cellvisor: trap counters: hvc 3, smc 12"));
+        assert!(!root[10].matches("[ 1.0] cellvisor: trap counters"));
+        assert!(root[4].matches(
+            "[    3.1] cellvisor-initramfs: script version: cellvisor-demo: version status=0"
+        ));
         // The kernel log's copy of /init's lines (zcu102) counts.
         assert!(root[1].matches("[    2.392772] cellvisor-initramfs: /init reached"));
         assert_eq!(
@@ -1145,7 +1520,7 @@ mod tests {
         silence: Option<Duration>,
     ) -> (Result<()>, Vec<String>) {
         let boards = boards();
-        let cases = cases(&boards).unwrap();
+        let cases = cases(&boards, false).unwrap();
         let case = &cases[index];
         let mut log = Vec::new();
         let expect = case.expected(Some(&facts()));
@@ -1171,6 +1546,9 @@ mod tests {
         echo 'cellvisor-initramfs: /init reached'; \
         echo 'cellvisor-initramfs: memtotal=992588 kB'; \
         echo 'cellvisor-initramfs: cpus online=0-3 count=4'; \
+        echo 'cellvisor-initramfs: script version: cellvisor 0.1.0'; \
+        echo 'cellvisor-initramfs: script version: cellvisor-demo: version status=0'; \
+        echo 'cellvisor-initramfs: script version done status=0'; \
         echo 'cellvisor-initramfs: hotplug cpu3 off count=3'; \
         echo 'cellvisor-initramfs: hotplug cpu3 on count=4'; \
         echo 'cellvisor-initramfs: devmem 0x40200000 status=135'; \
@@ -1186,7 +1564,7 @@ mod tests {
             Duration::from_secs(20),
         );
         outcome.unwrap();
-        assert_eq!(log.len(), 10);
+        assert_eq!(log.len(), 13);
         let (outcome, _) = run_script(
             7,
             &format!("{ROOT_CELL_CONSOLE}; exit 1"),
@@ -1219,7 +1597,7 @@ mod tests {
         let error = outcome.unwrap_err().to_string();
         assert!(
             error.starts_with(
-                "QEMU exited (exit status: 0) before 8 lines: a line containing \
+                "QEMU exited (exit status: 0) before 9 lines: a line containing \
                  \"cellvisor-initramfs: cpus online=\" and \" count=4\"; "
             ),
             "{error}"
@@ -1236,7 +1614,7 @@ mod tests {
         );
         let error = outcome.unwrap_err().to_string();
         assert!(
-            error.starts_with("\"Kernel panic\" on the console, before 9 lines: "),
+            error.starts_with("\"Kernel panic\" on the console, before 10 lines: "),
             "{error}"
         );
     }
@@ -1252,7 +1630,7 @@ mod tests {
         );
         let error = outcome.unwrap_err().to_string();
         assert!(
-            error.starts_with("no console output for 1 s (hung?), waiting for 9 lines: "),
+            error.starts_with("no console output for 1 s (hung?), waiting for 10 lines: "),
             "{error}"
         );
         assert!(start.elapsed() < Duration::from_secs(10));

@@ -1,0 +1,224 @@
+//! Shell scripts that drive the `cellvisor` tool from the root cell's shell, for the system
+//! tests: `/init` runs `/etc/cellvisor/scripts/NAME.sh` for its `script:NAME` action (see
+//! `initramfs.rs`) and reports each output line as `cellvisor-initramfs: script NAME: ...`.
+//! The scripts mark what the tests look for with [`MARK`] lines (`cellvisor-demo: create
+//! status=0`). They are generic: the cell configuration, cell name and images come from
+//! variables (`CELL_CONFIG`, `CELL`, `IMAGE`, `WILD_IMAGE`, with defaults under
+//! `/etc/cellvisor` and `/lib/cellvisor/inmates`), which the kernel command line may set.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+
+/// Where the scripts are in the initramfs.
+pub const DIR: &str = "etc/cellvisor/scripts";
+
+/// What the scripts' own marker lines start with (`mark` in `scripts/common.sh`).
+#[cfg(test)]
+const MARK: &str = "cellvisor-demo: ";
+
+/// What every script starts with: the variables and the `mark` and `step` functions.
+const COMMON: &str = include_str!("scripts/common.sh");
+
+/// A root-cell script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// `cellvisor --version`: the tool runs (no management interface needed).
+    Version,
+    /// One cell's life: create, load the timer demo, start, list, stats, shutdown, destroy.
+    Demo,
+    /// 20 create/load/start/destroy cycles; the hypervisor's free memory must not change.
+    Cycles,
+    /// A cell that breaks its partition is stopped and reported; destroy and create again.
+    Wild,
+    /// Wrong input, each a clear error and exit status 1.
+    BadInput,
+}
+
+impl Script {
+    /// Every script.
+    pub const ALL: [Script; 5] = [
+        Self::Version,
+        Self::Demo,
+        Self::Cycles,
+        Self::Wild,
+        Self::BadInput,
+    ];
+
+    /// Its name (`script:NAME`, `NAME.sh`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Version => "version",
+            Self::Demo => "demo",
+            Self::Cycles => "cycles",
+            Self::Wild => "wild",
+            Self::BadInput => "bad-input",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Self::Version => include_str!("scripts/version.sh"),
+            Self::Demo => include_str!("scripts/demo.sh"),
+            Self::Cycles => include_str!("scripts/cycles.sh"),
+            Self::Wild => include_str!("scripts/wild.sh"),
+            Self::BadInput => include_str!("scripts/bad-input.sh"),
+        }
+    }
+
+    /// The file as it goes into the initramfs.
+    pub fn text(self) -> String {
+        format!(
+            "#!/bin/sh\n# {}.sh, written by `cargo xtask` (xtask/src/scripts/).\n{COMMON}{}",
+            self.name(),
+            self.body()
+        )
+    }
+}
+
+impl fmt::Display for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Script {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|s| s.name() == name) {
+            Some(script) => Ok(script),
+            None => {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                bail!("no script {name:?}; scripts: {}", names.join(", "))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::initramfs::APPLETS;
+
+    #[test]
+    fn names_round_trip() {
+        for script in Script::ALL {
+            assert_eq!(script.name().parse::<Script>().unwrap(), script);
+        }
+        let error = "nope".parse::<Script>().unwrap_err().to_string();
+        assert!(error.contains("scripts: version, demo"), "{error}");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn scripts_are_valid_shell() {
+        for script in Script::ALL {
+            let path = std::env::temp_dir().join(format!(
+                "xtask-script-{}-{}.sh",
+                std::process::id(),
+                script.name()
+            ));
+            std::fs::write(&path, script.text()).unwrap();
+            let Ok(output) = std::process::Command::new("sh")
+                .arg("-n")
+                .arg(&path)
+                .output()
+            else {
+                return;
+            };
+            assert!(
+                output.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    /// Every command the scripts run is a linked busybox applet, a shell builtin or the tool.
+    #[test]
+    fn scripts_use_only_what_the_initramfs_has() {
+        let builtins = [
+            "if",
+            "then",
+            "else",
+            "fi",
+            "while",
+            "do",
+            "done",
+            "for",
+            "in",
+            "case",
+            "esac",
+            "shift",
+            "return",
+            "local",
+            "set",
+            "export",
+            "mark",
+            "step",
+            "memory_free",
+            "cellvisor",
+            "{",
+            "}",
+            "!",
+        ];
+        for script in Script::ALL {
+            let text = script.text();
+            for line in text.lines().map(str::trim) {
+                if line.is_empty()
+                    || line.starts_with('#')
+                    || line.contains('=') && !line.contains(' ')
+                {
+                    continue;
+                }
+                // The first word of each command of a line (after `$(`, `|`, `&&`, `;`).
+                let line = line
+                    .replace("$(", ";")
+                    .replace("&&", ";")
+                    .replace("||", ";");
+                for command in line.split([';', '|']) {
+                    let Some(word) = command.split_whitespace().next() else {
+                        continue;
+                    };
+                    if word.contains('=')
+                        || word.starts_with(['"', '\'', '$', '>', '<', '(', ')', '-', '\\'])
+                        || word.ends_with(')')
+                        || word.ends_with("()")
+                    {
+                        continue;
+                    }
+                    assert!(
+                        APPLETS.contains(&word) || builtins.contains(&word),
+                        "{script}: `{word}` in {line:?} is no applet of the initramfs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scripts_mark_their_steps() {
+        assert!(COMMON.contains(&format!("echo \"{MARK}$*\"")));
+        assert!(Script::Demo
+            .text()
+            .contains("step create cellvisor cell create \"$CELL_CONFIG\""));
+        for case in [
+            "malformed",
+            "unknown-cell",
+            "cpu-not-owned",
+            "start-before-load",
+            "image-too-large",
+            "destroy-twice",
+        ] {
+            assert!(
+                Script::BadInput
+                    .text()
+                    .contains(&format!("mark \"{case} status=$?\"")),
+                "{case}"
+            );
+        }
+    }
+}

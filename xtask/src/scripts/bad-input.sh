@@ -1,0 +1,39 @@
+# Wrong input: each case must end in one clear `cellvisor: ...` error line and exit status 1.
+scratch=/tmp/cellvisor-bad-input
+mkdir -p $scratch
+
+printf 'name = "broken"\ncpus = [\n' >$scratch/malformed.toml
+cellvisor cell create $scratch/malformed.toml
+mark "malformed status=$?"
+
+cellvisor cell start no-such-cell
+mark "unknown-cell status=$?"
+
+step create cellvisor cell create "$CELL_CONFIG"
+
+# A CPU no machine here has, and the demo cell's CPU under another name.
+sed -e 's/^name = .*/name = "foreign"/' -e 's/^cpus = .*/cpus = [63]/' "$CELL_CONFIG" \
+    >$scratch/foreign.toml
+cellvisor cell create $scratch/foreign.toml
+mark "cpu-not-owned status=$?"
+sed -e 's/^name = .*/name = "twin"/' "$CELL_CONFIG" >$scratch/twin.toml
+cellvisor cell create $scratch/twin.toml
+mark "cpu-taken status=$?"
+
+cellvisor cell start "$CELL"
+mark "start-before-load status=$?"
+
+# Larger than any loadable region of the demo cells: found by the tool with --config, and by
+# the hypervisor without.
+dd if=/dev/zero of=$scratch/big.bin bs=1048576 count=17 2>/dev/null
+cellvisor cell load "$CELL" $scratch/big.bin --config "$CELL_CONFIG"
+mark "image-too-large status=$?"
+cellvisor cell load "$CELL" $scratch/big.bin
+mark "image-too-large-hypervisor status=$?"
+rm -f $scratch/big.bin
+
+step destroy cellvisor cell destroy "$CELL"
+cellvisor cell destroy "$CELL"
+mark "destroy-twice status=$?"
+cellvisor cell destroy 0
+mark "destroy-root status=$?"

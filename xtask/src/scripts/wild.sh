@@ -1,0 +1,18 @@
+# A cell that breaks its partition: the hypervisor stops it and reports it (`cell "demo" ...
+# outside its configuration` on its console), the root cell goes on, and the cell can be
+# destroyed and created again.
+step create cellvisor cell create "$CELL_CONFIG"
+step load cellvisor cell load "$CELL" "$WILD_IMAGE" --config "$CELL_CONFIG"
+step start cellvisor cell start "$CELL"
+sleep 2
+step list cellvisor cell list
+state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
+    sed -n 's/.*"state": "\(.*\)".*/\1/p')
+mark "state=$state"
+report=$(cellvisor console | grep "outside its configuration" | tail -n 1)
+mark "console report: $report"
+# The root cell still runs: a process, a file, the clock.
+mark "root responsive uptime=$(sed 's/ .*//' /proc/uptime)"
+step destroy cellvisor cell destroy "$CELL"
+step recreate cellvisor cell create "$CELL_CONFIG"
+step destroy-again cellvisor cell destroy "$CELL"

@@ -63,6 +63,20 @@ pub fn ring_read(from: u64, out: &mut [u8]) -> (usize, u64) {
     (count, oldest)
 }
 
+/// Writes a line into the console ring only, not to the UART: routine events (a cell created,
+/// started, shut down, destroyed) that `cellvisor console` shows, without cutting into the
+/// root cell's output on the UART both share.
+pub fn record(args: core::fmt::Arguments<'_>) {
+    struct RingWriter;
+    impl Write for RingWriter {
+        fn write_str(&mut self, text: &str) -> core::fmt::Result {
+            text.bytes().for_each(ring_push);
+            Ok(())
+        }
+    }
+    let _ = RingWriter.write_fmt(args);
+}
+
 /// The console's UART: the board's driver plus a copy into the ring.
 struct Tee(&'static mut DriverKind);
 

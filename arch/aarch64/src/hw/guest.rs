@@ -226,8 +226,14 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                     Ok(Outcome::Read(value)) => trap.complete_load(&mut frame.x, value),
                     Ok(Outcome::Written) => {}
                     Err(violation) => {
+                        // The root cell gets an abort; any other cell broke its partition.
+                        let outcome = if cells::owner(cpu) == 0 {
+                            "external abort injected"
+                        } else {
+                            "cell stopped (failed)"
+                        };
                         print(format_args!(
-                            "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: external abort injected\n",
+                            "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: {outcome}\n",
                             cells::name_of(cpu),
                             if trap.write { "write" } else { "read" },
                             trap.width.bytes(),
@@ -235,19 +241,29 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                             violation.offset(),
                             violation.reason,
                         ));
-                        inject(cpu, frame, AbortKind::Data { write }, far);
+                        if cells::owner(cpu) == 0 {
+                            inject(cpu, frame, AbortKind::Data { write }, far);
+                        } else {
+                            fail_cell(cpu, frame);
+                        }
                         return;
                     }
                 }
                 frame.elr += 4;
             }
             Err(why) => {
+                let root = cells::owner(cpu) == 0;
                 print(format_args!(
-                    "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: external abort injected\n",
+                    "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: {}\n",
                     cells::name_of(cpu),
-                    frame.elr
+                    frame.elr,
+                    if root { "external abort injected" } else { "cell stopped (failed)" }
                 ));
-                inject(cpu, frame, AbortKind::Data { write }, far);
+                if root {
+                    inject(cpu, frame, AbortKind::Data { write }, far);
+                } else {
+                    fail_cell(cpu, frame);
+                }
             }
         }
         return;

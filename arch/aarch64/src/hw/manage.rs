@@ -5,7 +5,8 @@
 //! the way Jailhouse serialises its management hypercalls.
 
 use super::cells::{self, Machine, RUNTIME};
-use super::{cache, cell, gic, print};
+use super::console::record;
+use super::{cache, cell, gic};
 use crate::trap::MmioTrap;
 use cellvisor_abi::comm::{self, Platform};
 use cellvisor_abi::{mgmt, CellState, Command, CpuStats, Error, HypervisorInfo};
@@ -297,7 +298,7 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             for cpu in (0..64).filter(|c| cpus & 1 << c != 0) {
                 cells::start_cpu(cpu);
             }
-            print(format_args!("cellvisor: cell \"{name}\" started\n"));
+            record(format_args!("cellvisor: cell \"{name}\" started\n"));
             Ok(0)
         }
         Command::CellShutdown => shutdown(registry, args[0], args[1]),
@@ -318,7 +319,7 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             let runtime = &RUNTIME[id.0 as usize];
             runtime.state.store(0, Ordering::Release);
             runtime.name.lock().clear();
-            print(format_args!("cellvisor: cell \"{name}\" destroyed\n"));
+            record(format_args!("cellvisor: cell \"{name}\" destroyed\n"));
             let _ = cpu;
             Ok(0)
         }
@@ -459,7 +460,7 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
     runtime.console.0.store(kind, Ordering::Release);
     runtime.console.1.store(address, Ordering::Release);
     let cpus = registry.cell(id).map_or(0, |c| c.cpus);
-    print(format_args!(
+    record(format_args!(
         "cellvisor: cell \"{name}\" created (id {}, CPUs {cpus:#x})\n",
         id.0
     ));
@@ -500,7 +501,7 @@ fn shutdown(
             .store(CellState::ShutDown as u32, Ordering::Release);
         runtime.shutdown_since.store(0, Ordering::Release);
         let _ = registry.set_state(id, CellState::ShutDown);
-        print(format_args!("cellvisor: cell \"{name}\" shut down\n"));
+        record(format_args!("cellvisor: cell \"{name}\" shut down\n"));
         Ok(0)
     };
     if reply.is_none() {

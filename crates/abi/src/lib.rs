@@ -51,8 +51,9 @@ pub mod mgmt {
     /// 64-bit, read only: the result of the last command (negative: `-Error`).
     pub const STATUS: usize = 0x38;
 
-    /// The `compatible` string of the device tree node that describes the interface.
-    pub const COMPATIBLE: &str = "cellvisor,management";
+    /// The `/chosen` property of the root cell's device tree that locates the interface:
+    /// four big-endian 64-bit values, control page base and size, data window base and size.
+    pub const CHOSEN_PROPERTY: &str = "cellvisor,management";
 }
 
 /// A management command (the value written to [`mgmt::COMMAND`]).

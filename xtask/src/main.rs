@@ -101,10 +101,10 @@ enum Task {
         /// Linux boots, 240 for the cell cases).
         #[arg(long, value_name = "SECS")]
         system_timeout: Option<u64>,
-        /// Also run the system tests that manage cells from the root cell with the
-        /// `cellvisor` tool (they need the hypervisor's management interface).
+        /// Skip the system tests that manage cells from the root cell with the `cellvisor`
+        /// tool.
         #[arg(long)]
-        cells: bool,
+        no_cells: bool,
     },
     /// Run one fuzz target, e.g. `cargo xtask fuzz paging <target>`.
     Fuzz {
@@ -173,15 +173,15 @@ fn run(task: Task) -> Result<()> {
             no_system,
             system_only,
             system_timeout,
-            cells,
+            no_cells,
         } => {
             let system_timeout = system_timeout.map(Duration::from_secs);
             if system_only {
-                system_tests::run(&workspace, system_timeout, cells)
+                system_tests::run(&workspace, system_timeout, !no_cells)
             } else {
                 test(&workspace, fuzz_seconds, !no_system)?;
                 if !no_system {
-                    system_tests::run(&workspace, system_timeout, cells)?;
+                    system_tests::run(&workspace, system_timeout, !no_cells)?;
                 }
                 println!("==> all steps passed");
                 Ok(())

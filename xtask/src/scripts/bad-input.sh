@@ -37,3 +37,13 @@ cellvisor cell destroy "$CELL"
 mark "destroy-twice status=$?"
 cellvisor cell destroy 0
 mark "destroy-root status=$?"
+
+# The shutdown vote: stubborn-demo refuses the first request and approves the second.
+step vote-create cellvisor cell create "$CELL_CONFIG"
+step vote-load cellvisor cell load "$CELL" "$INMATES/stubborn-demo.bin" --config "$CELL_CONFIG"
+step vote-start cellvisor cell start "$CELL"
+sleep 2
+cellvisor cell shutdown "$CELL" --timeout-ms 20000
+mark "vote-refused status=$?"
+step vote-approved cellvisor cell shutdown "$CELL" --timeout-ms 20000
+step vote-destroy cellvisor cell destroy "$CELL"

@@ -4,10 +4,18 @@
 step create cellvisor cell create "$CELL_CONFIG"
 step load cellvisor cell load "$CELL" "$WILD_IMAGE" --config "$CELL_CONFIG"
 step start cellvisor cell start "$CELL"
-sleep 2
+# The inmate needs a moment (TCG on a loaded host): wait up to 30 s for the hypervisor to
+# stop it.
+tries=0
+state=
+while [ "$state" != failed ] && [ $tries -lt 30 ]; do
+    sleep 1
+    tries=$((tries + 1))
+    state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
+        sed -n 's/.*"state": "\(.*\)".*/\1/p')
+    mark "waited $tries s: state=$state"
+done
 step list cellvisor cell list
-state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
-    sed -n 's/.*"state": "\(.*\)".*/\1/p')
 mark "state=$state"
 report=$(cellvisor console | grep "outside its configuration" | tail -n 1)
 mark "console report: $report"

@@ -25,7 +25,13 @@ use crate::workspace::Workspace;
 /// The package of the demo inmates.
 pub const PACKAGE: &str = "cellvisor-inmates";
 /// Its binaries, one inmate each.
-pub const INMATES: [&str; 4] = ["timer-demo", "uart-demo", "stubborn-demo", "wild-demo"];
+pub const INMATES: [&str; 5] = [
+    "timer-demo",
+    "uart-demo",
+    "stubborn-demo",
+    "wild-demo",
+    "gic-wild-demo",
+];
 /// The inmates' Rust target.
 const TARGET: &str = "aarch64-unknown-none";
 /// Where a cell's RAM starts and the hypervisor enters the image: guest-physical 0.

@@ -190,6 +190,14 @@ const CELLS_WILD: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-demo: destroy status=0"]),
     Pattern::Contains(&["cellvisor-demo: recreate status=0"]),
     Pattern::Contains(&["cellvisor-demo: destroy-again status=0"]),
+    Pattern::Contains(&["cellvisor-demo: gic-start status=0"]),
+    Pattern::Contains(&["cellvisor-demo: gic state=failed"]),
+    Pattern::Contains(&[
+        "cellvisor-demo: gic console report: ",
+        "ForeignIrq",
+        "cell stopped (failed)",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: gic-destroy status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: script wild done status=0"]),
     Pattern::Contains(&[DMESG_DONE]),
     Pattern::StartsWith("cellvisor: trap counters"),
@@ -506,6 +514,30 @@ const CELL_CASES: &[Case<'static>] = &[
         "qemu-arm64",
         Some(3),
         Some("cortex-a57"),
+        "cells-bad-input",
+        CELLS_BAD_INPUT_ACTIONS,
+        CELLS_BAD_INPUT,
+        &[
+            Check::DmesgLikeBare,
+            Check::SecondUart("stubborn-demo: shutdown denied"),
+        ],
+    ),
+    Case::cells(
+        "zcu102",
+        None,
+        None,
+        "cells-cycles",
+        CELLS_CYCLES_ACTIONS,
+        CELLS_CYCLES,
+        &[
+            Check::DmesgLikeBare,
+            Check::SecondUart("timer-demo: started"),
+        ],
+    ),
+    Case::cells(
+        "zcu102",
+        None,
+        None,
         "cells-bad-input",
         CELLS_BAD_INPUT_ACTIONS,
         CELLS_BAD_INPUT,
@@ -1210,7 +1242,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cell_cases_come_with_the_flag_only() {
+    fn the_cell_cases_are_skipped_with_no_cells() {
         let boards = boards();
         let plain = cases(&boards, false).unwrap();
         let all = cases(&boards, true).unwrap();
@@ -1227,6 +1259,8 @@ mod tests {
                 "qemu-arm64-cells-wild-gicv3-smp4-cortex-a57",
                 "zcu102-cells-wild-gicv2-smp4",
                 "qemu-arm64-cells-bad-input-gicv3-smp4-cortex-a57",
+                "zcu102-cells-cycles-gicv2-smp4",
+                "zcu102-cells-bad-input-gicv2-smp4",
             ]
         );
         for case in &cells {

@@ -164,6 +164,8 @@ pub enum ForeignWrites {
     /// Drop the foreign part of the write silently.
     #[default]
     Ignore,
-    /// Report the whole write as a [`Violation`] (nothing is written).
+    /// Report the whole write as a [`Violation`] (nothing is written). Foreign fields read
+    /// as zero, so a read-modify-write that puts that zero back is no violation: only a
+    /// non-zero value (a set, clear or field value) for a foreign interrupt is.
     Report,
 }

@@ -129,7 +129,9 @@ pub(crate) fn emulate<R: GicRegisters + ?Sized>(
         }
         Class::Value => {
             let current = regs.read32(bank.word);
-            let foreign = (value ^ current) & lane & !owned;
+            // Foreign fields read as zero: writing back what was read (zero) changes nothing
+            // and is no violation; a non-zero value in a foreign field is.
+            let foreign = value & lane & !owned;
             if foreign != 0 && policy == ForeignWrites::Report {
                 return Err(Reason::ForeignIrq(bank.first_irq_in(foreign)));
             }

@@ -80,8 +80,8 @@ pub struct Accessor {
 ///
 /// "Its interrupts" are the SPIs [`IrqOwnership`] gives the cell and the SGIs/PPIs of the
 /// accessing CPU that the hypervisor did not reserve. Foreign interrupts look unimplemented
-/// (RAZ/WI), as stock kernels expect; with [`ForeignWrites::Report`] a write that would change
-/// one, target a foreign CPU or signal one is a [`Violation`] instead.
+/// (RAZ/WI), as stock kernels expect; with [`ForeignWrites::Report`] a write of a non-zero
+/// value for one, a target at a foreign CPU or a signal to one is a [`Violation`] instead.
 ///
 /// Always a [`Violation`]: reserved offsets, halfword or doubleword accesses, byte accesses to
 /// word-only registers, misaligned accesses, `SGIR.TargetListFilter` = `0b11`.

@@ -24,3 +24,22 @@ mark "root responsive uptime=$(sed 's/ .*//' /proc/uptime)"
 step destroy cellvisor cell destroy "$CELL"
 step recreate cellvisor cell create "$CELL_CONFIG"
 step destroy-again cellvisor cell destroy "$CELL"
+
+# Breaking the partition through the interrupt controller: enabling an interrupt the cell does
+# not own stops it too.
+step gic-create cellvisor cell create "$CELL_CONFIG"
+step gic-load cellvisor cell load "$CELL" "$INMATES/gic-wild-demo.bin" --config "$CELL_CONFIG"
+step gic-start cellvisor cell start "$CELL"
+tries=0
+state=
+while [ "$state" != failed ] && [ $tries -lt 30 ]; do
+    sleep 1
+    tries=$((tries + 1))
+    state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
+        sed -n 's/.*"state": "\(.*\)".*/\1/p')
+    mark "gic waited $tries s: state=$state"
+done
+mark "gic state=$state"
+report=$(cellvisor console | grep "ForeignIrq" | tail -n 1)
+mark "gic console report: $report"
+step gic-destroy cellvisor cell destroy "$CELL"

@@ -56,6 +56,9 @@ enum Emulation {
 
 struct Gic {
     layout: Layout,
+    /// The emulation for cells other than the root cell: foreign writes are violations
+    /// (the cell is stopped), where the root cell's stock kernel gets RAZ/WI.
+    cell_emulation: Emulation,
     /// The GICv2 CPU interface as used: 4 KiB pages contiguous from here.
     gicc: u64,
     emulation: Emulation,
@@ -121,6 +124,13 @@ pub fn init(
         ),
         None => Emulation::V2(DistributorV2::probe(&mut dist, root, ForeignWrites::Ignore)),
     };
+    let cell_emulation = match layout.redistributors {
+        Some(_) => Emulation::V3(
+            DistributorV3::probe(&mut dist, root, ForeignWrites::Report),
+            Redistributors::new(Redistributors::GICV3_STRIDE, ForeignWrites::Report),
+        ),
+        None => Emulation::V2(DistributorV2::probe(&mut dist, root, ForeignWrites::Report)),
+    };
     let implemented = match &emulation {
         Emulation::V2(d) => d.implemented_irqs(),
         Emulation::V3(d, _) => d.implemented_irqs(),
@@ -163,6 +173,7 @@ pub fn init(
     DISTRIBUTOR.call_once(|| Mutex::new(ownership));
     GIC.call_once(|| Gic {
         layout,
+        cell_emulation,
         gicc,
         emulation,
         mpidrs: table,
@@ -559,7 +570,12 @@ pub fn emulate(
         }
     };
     let ownership = distributor();
-    match (block, &gic.emulation) {
+    let emulation = if by.cell == 0 {
+        &gic.emulation
+    } else {
+        &gic.cell_emulation
+    };
+    match (block, emulation) {
         (Block::Distributor(offset), Emulation::V2(d)) => {
             let (base, size) = gic.layout.distributor;
             d.access(
@@ -619,13 +635,12 @@ pub fn send_sgi1r(by: Requester, value: u64) -> Result<(), Violation> {
     let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
     let request = {
         let ownership = distributor();
-        filter_sgi1r(
-            value,
-            &ownership,
-            by.accessor(),
-            &topology,
-            ForeignWrites::Ignore,
-        )?
+        let policy = if by.cell == 0 {
+            ForeignWrites::Ignore
+        } else {
+            ForeignWrites::Report
+        };
+        filter_sgi1r(value, &ownership, by.accessor(), &topology, policy)?
     };
     for write in request.physical_writes(&topology) {
         sysreg::icc_sgi1r(write);

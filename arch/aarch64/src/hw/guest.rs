@@ -330,11 +330,17 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         SysregId::ICC_SGI1R_EL1 if !trap.read => {
             cell::count(cpu, TrapReason::SgiRegister);
             if let Err(violation) = gic::send_sgi1r(cells::requester(cpu), value) {
+                let root = cells::owner(cpu) == 0;
                 print(format_args!(
-                    "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}\n",
+                    "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}{}\n",
                     cells::name_of(cpu),
-                    violation.reason
+                    violation.reason,
+                    if root { "" } else { ": cell stopped (failed)" }
                 ));
+                if !root {
+                    fail_cell(cpu, frame);
+                    return;
+                }
             }
             frame.elr += 4;
         }

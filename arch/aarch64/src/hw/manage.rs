@@ -246,7 +246,7 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             }
             let phys = registry
                 .loadable(id, address, len)
-                .map_err(|e| fail(e.code(), format_args!("cell \"{name}\": {e}")))?;
+                .map_err(|e| fail(e.code(), format_args!("{e}")))?;
             // SAFETY: the source is inside the data window, the destination inside a loadable
             // region of the cell (checked by the registry), both mapped at EL2; the cell does
             // not run.
@@ -315,7 +315,7 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             stop_cpus(&name, cpus)?;
             registry
                 .destroy(id, &mut Machine)
-                .map_err(|e| fail(e.code(), format_args!("cell \"{name}\": {e}")))?;
+                .map_err(|e| fail(e.code(), format_args!("{e}")))?;
             let runtime = &RUNTIME[id.0 as usize];
             runtime.state.store(0, Ordering::Release);
             runtime.name.lock().clear();
@@ -440,7 +440,7 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
     }
     let id = registry
         .create(config.cell(), offline, &mut Machine)
-        .map_err(|e| fail(e.code(), format_args!("cell \"{name}\": {e}")))?;
+        .map_err(|e| fail(e.code(), format_args!("{e}")))?;
     let runtime = &RUNTIME[id.0 as usize];
     {
         let mut stored = runtime.name.lock();

@@ -177,11 +177,11 @@ pub fn parse_actions_word(word: &str) -> Option<Result<Vec<Action>>> {
 
 /// The busybox applets linked into `/bin`: what `/init` and a person at the shell need.
 pub const APPLETS: &[&str] = &[
-    "[", "ash", "cat", "chmod", "cp", "cttyhack", "date", "dd", "devmem", "df", "dmesg", "echo",
-    "env", "false", "find", "free", "grep", "halt", "head", "hexdump", "kill", "less", "ln", "ls",
-    "mkdir", "mknod", "more", "mount", "mv", "poweroff", "printf", "ps", "reboot", "rm", "sed",
-    "setsid", "sh", "sleep", "stty", "sync", "tail", "test", "top", "true", "umount", "uname",
-    "uptime", "vi", "wc", "xargs",
+    "[", "ash", "cat", "chmod", "cmp", "cp", "cttyhack", "date", "dd", "devmem", "df", "diff",
+    "dmesg", "echo", "env", "false", "find", "free", "grep", "halt", "head", "hexdump", "kill",
+    "less", "ln", "ls", "mkdir", "mknod", "more", "mount", "mv", "poweroff", "printf", "ps",
+    "reboot", "rm", "sed", "setsid", "sh", "sleep", "stty", "sync", "tail", "test", "top", "true",
+    "umount", "uname", "uptime", "vi", "wc", "xargs",
 ];
 
 /// Empty directories at the root: mount points and scratch space.

@@ -230,6 +230,7 @@ const CELLS_BAD_INPUT: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-demo: destroy-twice status=1"]),
     Pattern::Contains(&["cellvisor: cell \"{root}\": destroy: the root cell cannot be destroyed"]),
     Pattern::Contains(&["cellvisor-demo: destroy-root status=1"]),
+    Pattern::Contains(&["cellvisor-demo: state unchanged"]),
     Pattern::Contains(&["cellvisor-demo: vote-start status=0"]),
     Pattern::Contains(&["cellvisor: cell \"demo\": shutdown: the cell refused to shut down"]),
     Pattern::Contains(&["cellvisor-demo: vote-refused status=1"]),

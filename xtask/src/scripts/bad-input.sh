@@ -1,6 +1,9 @@
 # Wrong input: each case must end in one clear `cellvisor: ...` error line and exit status 1.
 scratch=/tmp/cellvisor-bad-input
 mkdir -p $scratch
+# The hypervisor's state before: cells and free memory (compared at the end).
+cellvisor cell list --json >$scratch/before
+cellvisor info --json | grep '"memory_free"' >>$scratch/before
 
 printf 'name = "broken"\ncpus = [\n' >$scratch/malformed.toml
 cellvisor cell create $scratch/malformed.toml
@@ -37,6 +40,14 @@ cellvisor cell destroy "$CELL"
 mark "destroy-twice status=$?"
 cellvisor cell destroy 0
 mark "destroy-root status=$?"
+cellvisor cell list --json >$scratch/after
+cellvisor info --json | grep '"memory_free"' >>$scratch/after
+if cmp -s $scratch/before $scratch/after; then
+    mark "state unchanged"
+else
+    mark "state changed"
+    diff $scratch/before $scratch/after
+fi
 
 # The shutdown vote: stubborn-demo refuses the first request and approves the second.
 step vote-create cellvisor cell create "$CELL_CONFIG"

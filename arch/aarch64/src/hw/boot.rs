@@ -74,6 +74,12 @@ pub struct Prepared {
     management: manage::Interface,
 }
 
+/// Normal non-cacheable, read-write: the management data window.
+const NON_CACHEABLE_RW: Attributes = Attributes::new(
+    cellvisor_paging::Access::RW,
+    cellvisor_paging::MemoryType::Normal(cellvisor_paging::Cacheability::NonCacheable),
+);
+
 /// Size of the management data window (configurations and images pass through it).
 const DATA_WINDOW: u64 = 1 << 20;
 
@@ -161,7 +167,11 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             fatal(format_args!("too many regions to map at EL2"));
         }
     };
-    add(frames_start, top - frames_start, Attributes::RAM_RW);
+    add(frames_start, data - frames_start, Attributes::RAM_RW);
+    // The data window is shared with root-cell userspace, which maps it through /dev/mem as
+    // Device memory: the hypervisor uses it uncached too, so neither side needs cache
+    // maintenance to see the other's writes.
+    add(data, top - data, NON_CACHEABLE_RW);
     for region in config.root_cell().memory_regions() {
         if !region.flags.contains(MemoryFlags::IO) {
             add(region.phys_start, region.size, Attributes::RAM_RW);

@@ -185,7 +185,13 @@ pub fn build(
     }
     // The management data window, shared with the root cell at its own address.
     if let Some((base, size)) = data_window {
-        map(base, base, size, Attributes::RAM_RW)?;
+        // Non-cacheable, as the hypervisor maps it (see boot::prepare).
+        map(
+            base,
+            base,
+            size,
+            Attributes::new(Access::RW, MemoryType::Normal(Cacheability::NonCacheable)),
+        )?;
     }
     let stats = table.stats(&memory.memory);
     let root_tree = table;

@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// to FILE.
     #[arg(long, value_name = "FILE")]
     pub serial2: Option<PathBuf>,
+    /// The root cell creates and starts the demo cell (the timer demo on CPU 3) before its
+    /// shell starts; the cell's UART goes to FILE of --serial2, or to
+    /// target/run/<board>/demo-uart.log.
+    #[arg(long, conflicts_with_all = ["no_linux", "bare"])]
+    pub demo: bool,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true, value_name = "QEMU ARGS")]
     pub qemu_args: Vec<String>,
@@ -196,8 +201,23 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
         }
     };
     let mut qemu = boot.qemu(board, &options)?;
-    if let Some(file) = &args.serial2 {
-        qemu = qemu.second_serial(&user_path(cwd, file));
+    let serial2 = match (&args.serial2, args.demo) {
+        (Some(file), _) => Some(user_path(cwd, file)),
+        (None, true) => {
+            let dir = workspace.target_dir.join("run").join(&board.name);
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(dir.join("demo-uart.log"))
+        }
+        (None, false) => None,
+    };
+    if let Some(file) = &serial2 {
+        if args.demo {
+            println!(
+                "==> the demo cell's UART goes to {} (e.g. `tail -f` it in another terminal)",
+                workspace.relative(file).display()
+            );
+        }
+        qemu = qemu.second_serial(file);
     }
     qemu.args(args.qemu_args)
         .run_interactive(args.timeout.map(Duration::from_secs))
@@ -225,6 +245,10 @@ fn linux_files(
             check_actions("--append", append)?;
             append.clone()
         }
+        (None, Some(linux)) if args.demo => append_with_actions(
+            &linux.append,
+            &[Action::Script(crate::scripts::Script::DemoStart)],
+        ),
         (None, Some(linux)) => linux.append.clone(),
         (None, None) => bail!(
             "--bare: board {} has no `linux-append` in its [package.metadata.cellvisor] table: \

@@ -28,6 +28,8 @@ pub enum Script {
     Version,
     /// One cell's life: create, load the timer demo, start, list, stats, shutdown, destroy.
     Demo,
+    /// `cargo xtask run --demo`: create, load and start the timer demo, then the shell.
+    DemoStart,
     /// 20 create/load/start/destroy cycles; the hypervisor's free memory must not change.
     Cycles,
     /// A cell that breaks its partition is stopped and reported; destroy and create again.
@@ -38,9 +40,10 @@ pub enum Script {
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 5] = [
+    pub const ALL: [Script; 6] = [
         Self::Version,
         Self::Demo,
+        Self::DemoStart,
         Self::Cycles,
         Self::Wild,
         Self::BadInput,
@@ -51,6 +54,7 @@ impl Script {
         match self {
             Self::Version => "version",
             Self::Demo => "demo",
+            Self::DemoStart => "demo-start",
             Self::Cycles => "cycles",
             Self::Wild => "wild",
             Self::BadInput => "bad-input",
@@ -61,6 +65,7 @@ impl Script {
         match self {
             Self::Version => include_str!("scripts/version.sh"),
             Self::Demo => include_str!("scripts/demo.sh"),
+            Self::DemoStart => include_str!("scripts/demo-start.sh"),
             Self::Cycles => include_str!("scripts/cycles.sh"),
             Self::Wild => include_str!("scripts/wild.sh"),
             Self::BadInput => include_str!("scripts/bad-input.sh"),

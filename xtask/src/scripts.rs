@@ -165,6 +165,7 @@ mod tests {
             "mark",
             "step",
             "memory_free",
+            "wait_for_failed",
             "cellvisor",
             "{",
             "}",

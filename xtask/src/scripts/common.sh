@@ -23,3 +23,18 @@ step() {
     return $step_status
 }
 
+
+# wait_for_failed LABEL: polls `cellvisor cell list` once a second, up to 30 s, until the cell
+# is failed (the hypervisor stopped it; TCG on a loaded host may need a while), marking each
+# try (the system tests give up after 30 s without output); leaves the last state in $state.
+wait_for_failed() {
+    tries=0
+    state=
+    while [ "$state" != failed ] && [ $tries -lt 30 ]; do
+        sleep 1
+        tries=$((tries + 1))
+        state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
+            sed -n 's/.*"state": "\(.*\)".*/\1/p')
+        mark "$1 waited $tries s: state=$state"
+    done
+}

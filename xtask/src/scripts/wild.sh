@@ -4,17 +4,7 @@
 step create cellvisor cell create "$CELL_CONFIG"
 step load cellvisor cell load "$CELL" "$WILD_IMAGE" --config "$CELL_CONFIG"
 step start cellvisor cell start "$CELL"
-# The inmate needs a moment (TCG on a loaded host): wait up to 30 s for the hypervisor to
-# stop it.
-tries=0
-state=
-while [ "$state" != failed ] && [ $tries -lt 30 ]; do
-    sleep 1
-    tries=$((tries + 1))
-    state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
-        sed -n 's/.*"state": "\(.*\)".*/\1/p')
-    mark "waited $tries s: state=$state"
-done
+wait_for_failed memory
 step list cellvisor cell list
 mark "state=$state"
 report=$(cellvisor console | grep "outside its configuration" | tail -n 1)
@@ -30,15 +20,7 @@ step destroy-again cellvisor cell destroy "$CELL"
 step gic-create cellvisor cell create "$CELL_CONFIG"
 step gic-load cellvisor cell load "$CELL" "$INMATES/gic-wild-demo.bin" --config "$CELL_CONFIG"
 step gic-start cellvisor cell start "$CELL"
-tries=0
-state=
-while [ "$state" != failed ] && [ $tries -lt 30 ]; do
-    sleep 1
-    tries=$((tries + 1))
-    state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
-        sed -n 's/.*"state": "\(.*\)".*/\1/p')
-    mark "gic waited $tries s: state=$state"
-done
+wait_for_failed gic
 mark "gic state=$state"
 report=$(cellvisor console | grep "ForeignIrq" | tail -n 1)
 mark "gic console report: $report"

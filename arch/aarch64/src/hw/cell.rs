@@ -152,26 +152,11 @@ pub fn build(
             .map_err(BuildError::Paging)
     };
     for region in root.memory_regions() {
-        let mut access = Access::empty();
-        for (flag, bit) in [
-            (MemoryFlags::READ, Access::READ),
-            (MemoryFlags::WRITE, Access::WRITE),
-            (MemoryFlags::EXECUTE, Access::EXECUTE),
-        ] {
-            if region.flags.contains(flag) {
-                access |= bit;
-            }
-        }
-        let kind = if region.flags.contains(MemoryFlags::IO) {
-            MemoryType::Device
-        } else {
-            MemoryType::Normal(Cacheability::WriteBack)
-        };
         map(
             region.virt_start,
             region.phys_start,
             region.size,
-            Attributes::new(access, kind),
+            super::cells::attributes(region.flags),
         )?;
     }
     // GICv2: the cell's CPU interface is the virtual CPU interface.

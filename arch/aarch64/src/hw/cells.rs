@@ -206,8 +206,12 @@ pub fn park(cpu: usize, frame: &mut TrapFrame) {
     PARKED[cpu].store(false, Ordering::Release);
 }
 
-fn enter_frame(frame: &mut TrapFrame, entry: u64, x0: u64) {
+/// Rewrites `frame` so that its `eret` enters a vCPU at `entry` with x0 = `x0`, EL1h with
+/// D, A, I, F masked, and EL1's MMU and caches off (the state of a CPU after reset).
+pub fn enter_frame(frame: &mut TrapFrame, entry: u64, x0: u64) {
     use aarch64_cpu::registers::{Writeable, SCTLR_EL1};
+    // SCTLR_EL1: RES1 bits only (MMU, caches and alignment checks off): bits 29, 28, 23,
+    // 22, 20 and 11 of the ARMv8.0 layout.
     SCTLR_EL1.set(0x30d0_0800);
     frame.x = [0; 31];
     frame.x[0] = x0;
@@ -235,7 +239,8 @@ impl TlbInvalidate<GuestPhysAddr> for LiveRoot {
     }
 }
 
-fn attributes(flags: MemoryFlags) -> Attributes {
+/// The stage-2 attributes of a configuration region's flags.
+pub fn attributes(flags: MemoryFlags) -> Attributes {
     let mut access = Access::empty();
     for (flag, bit) in [
         (MemoryFlags::READ, Access::READ),

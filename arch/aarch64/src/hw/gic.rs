@@ -54,6 +54,20 @@ enum Emulation {
     V3(DistributorV3, Redistributors),
 }
 
+impl Emulation {
+    /// The emulation of the physical GIC behind `dist` with `policy` for foreign writes.
+    fn probe(dist: &mut MmioRegion, root: CellId, v3: bool, policy: ForeignWrites) -> Self {
+        if v3 {
+            Self::V3(
+                DistributorV3::probe(dist, root, policy),
+                Redistributors::new(Redistributors::GICV3_STRIDE, policy),
+            )
+        } else {
+            Self::V2(DistributorV2::probe(dist, root, policy))
+        }
+    }
+}
+
 struct Gic {
     layout: Layout,
     /// The emulation for cells other than the root cell: foreign writes are violations
@@ -117,20 +131,9 @@ pub fn init(
     let root = CellId::new(0);
     let (dist_base, dist_size) = layout.distributor;
     let mut dist = region(dist_base, dist_size);
-    let emulation = match layout.redistributors {
-        Some(_) => Emulation::V3(
-            DistributorV3::probe(&mut dist, root, ForeignWrites::Ignore),
-            Redistributors::new(Redistributors::GICV3_STRIDE, ForeignWrites::Ignore),
-        ),
-        None => Emulation::V2(DistributorV2::probe(&mut dist, root, ForeignWrites::Ignore)),
-    };
-    let cell_emulation = match layout.redistributors {
-        Some(_) => Emulation::V3(
-            DistributorV3::probe(&mut dist, root, ForeignWrites::Report),
-            Redistributors::new(Redistributors::GICV3_STRIDE, ForeignWrites::Report),
-        ),
-        None => Emulation::V2(DistributorV2::probe(&mut dist, root, ForeignWrites::Report)),
-    };
+    let v3 = layout.redistributors.is_some();
+    let emulation = Emulation::probe(&mut dist, root, v3, ForeignWrites::Ignore);
+    let cell_emulation = Emulation::probe(&mut dist, root, v3, ForeignWrites::Report);
     let implemented = match &emulation {
         Emulation::V2(d) => d.implemented_irqs(),
         Emulation::V3(d, _) => d.implemented_irqs(),

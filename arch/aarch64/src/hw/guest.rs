@@ -11,7 +11,6 @@ use crate::esr::Esr;
 use crate::psci::{self, status, Call, PowerState, Psci};
 use crate::trap::{
     class, external_abort, AbortKind, MmioTrap, NotInjectable, SysregId, SysregTrap, TrapReason,
-    SPSR_EL1H_MASKED,
 };
 use aarch64_cpu::registers::{
     Readable, Writeable, ELR_EL1, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HPFAR_EL2, ID_AA64MMFR1_EL1,
@@ -99,16 +98,13 @@ unsafe extern "C" {
 /// on a fresh exception stack. EL1's MMU and caches are off (Linux `booting.rst`, PSCI 1.1
 /// §6.4.3.3 "CPU_ON": the entry state of a CPU is the same as after reset).
 pub fn enter(entry: u64, x0: u64) -> ! {
-    // SCTLR_EL1: RES1 bits only (MMU, caches and alignment checks off): bits 29, 28, 23,
-    // 22, 20 and 11 of the ARMv8.0 layout.
-    SCTLR_EL1.set(0x30d0_0800);
     let mut frame = TrapFrame {
         x: [0; 31],
         sp: 0,
-        elr: entry,
-        spsr: SPSR_EL1H_MASKED,
+        elr: 0,
+        spsr: 0,
     };
-    frame.x[0] = x0;
+    cells::enter_frame(&mut frame, entry, x0);
     let top = super::exception_stack_top(cpu_index());
     // SAFETY: `enter` runs on the CPU's main stack (SP_EL0), never inside a trap, so the
     // frame does not lie on the exception stack the assembly resets to `top` and copies it

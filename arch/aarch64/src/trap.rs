@@ -383,20 +383,9 @@ impl TrapReason {
         Self::Other,
     ];
 
-    /// Short name for the counter table.
+    /// Short name for the counter table (the names of the management interface).
     pub const fn name(self) -> &'static str {
-        match self {
-            Self::Irq => "irq",
-            Self::Maintenance => "maintenance",
-            Self::Distributor => "gicd",
-            Self::Redistributor => "gicr",
-            Self::SgiRegister => "sgi",
-            Self::OtherSysreg => "sysreg",
-            Self::Psci => "psci",
-            Self::Smccc => "smccc",
-            Self::OutsideConfig => "outside",
-            Self::Other => "other",
-        }
+        cellvisor_abi::TRAP_REASONS[self as usize]
     }
 }
 

@@ -29,22 +29,7 @@ core::arch::global_asm!(
     .balign 0x800
     .global cellvisor_vectors
 cellvisor_vectors:
-    .irp kind, 0,1,2,3,4,5,6,7
-    .balign 0x80
-    sub     sp, sp, #(34 * 8)
-    stp     x0, x1, [sp, #(0 * 8)]
-    mov     x0, #\kind
-    b       cellvisor_vector_common
-    .endr
-    // Lower EL, AArch64: a cell's vCPU trapped (hw/guest.rs).
-    .irp kind, 8,9,10,11
-    .balign 0x80
-    sub     sp, sp, #(34 * 8)
-    stp     x0, x1, [sp, #(0 * 8)]
-    mov     x0, #\kind
-    b       cellvisor_guest_vector
-    .endr
-    .irp kind, 12,13,14,15
+    .irp kind, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
     .balign 0x80
     sub     sp, sp, #(34 * 8)
     stp     x0, x1, [sp, #(0 * 8)]
@@ -73,10 +58,22 @@ cellvisor_vector_common:
     mrs     x2, spsr_el2
     stp     x1, x2, [sp, #(32 * 8)]
     mov     x1, sp
-    bl      cellvisor_unexpected_exception
-    b       cellvisor_park_early
+    bl      cellvisor_exception
+    // Only traps of a cell return: back to it (hw/guest.rs).
+    b       cellvisor_guest_return
 "#
 );
+
+/// Every exception, with the registers saved in `frame` (on the exception stack): a cell's
+/// trap (lower EL, AArch64, vectors 8 to 11) is handled and returns to the cell; anything
+/// else is unexpected and never returns.
+#[unsafe(no_mangle)]
+extern "C" fn cellvisor_exception(kind: u64, frame: &mut TrapFrame) {
+    match kind {
+        8..=11 => super::guest::trap(kind, frame),
+        _ => cellvisor_unexpected_exception(kind, frame),
+    }
+}
 
 /// Names of the 16 vectors.
 const VECTORS: [&str; 16] = [
@@ -99,8 +96,7 @@ const VECTORS: [&str; 16] = [
 ];
 
 /// Reports an exception nobody expected and parks the CPU.
-#[unsafe(no_mangle)]
-extern "C" fn cellvisor_unexpected_exception(kind: u64, frame: &TrapFrame) -> ! {
+fn cellvisor_unexpected_exception(kind: u64, frame: &TrapFrame) -> ! {
     let esr = Esr(ESR_EL2.get());
     let far = FAR_EL2.get();
     let vector = VECTORS.get(kind as usize).copied().unwrap_or("?");

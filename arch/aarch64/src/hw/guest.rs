@@ -21,32 +21,6 @@ use cellvisor_gic::Outcome;
 core::arch::global_asm!(
     r#"
     .section .text.vectors, "ax"
-    .global cellvisor_guest_vector
-// Entered from a lower-EL vector with x0, x1 saved and x0 = vector kind.
-cellvisor_guest_vector:
-    stp     x2, x3, [sp, #(2 * 8)]
-    stp     x4, x5, [sp, #(4 * 8)]
-    stp     x6, x7, [sp, #(6 * 8)]
-    stp     x8, x9, [sp, #(8 * 8)]
-    stp     x10, x11, [sp, #(10 * 8)]
-    stp     x12, x13, [sp, #(12 * 8)]
-    stp     x14, x15, [sp, #(14 * 8)]
-    stp     x16, x17, [sp, #(16 * 8)]
-    stp     x18, x19, [sp, #(18 * 8)]
-    stp     x20, x21, [sp, #(20 * 8)]
-    stp     x22, x23, [sp, #(22 * 8)]
-    stp     x24, x25, [sp, #(24 * 8)]
-    stp     x26, x27, [sp, #(26 * 8)]
-    stp     x28, x29, [sp, #(28 * 8)]
-    mrs     x1, sp_el0
-    stp     x30, x1, [sp, #(30 * 8)]
-    mrs     x1, elr_el2
-    mrs     x2, spsr_el2
-    stp     x1, x2, [sp, #(32 * 8)]
-    mov     x1, sp
-    bl      cellvisor_guest_trap
-    // Fall through: back to the cell.
-
     .global cellvisor_guest_return
 // sp points to a TrapFrame on the exception stack: restore it and enter the cell.
 cellvisor_guest_return:
@@ -112,9 +86,9 @@ pub fn enter(entry: u64, x0: u64) -> ! {
     unsafe { cellvisor_enter_guest(&frame, top) }
 }
 
-/// The trap handler: one trap of the vCPU on this CPU; returns to the cell.
-#[unsafe(no_mangle)]
-extern "C" fn cellvisor_guest_trap(kind: u64, frame: &mut TrapFrame) {
+/// The trap handler: one trap of the vCPU on this CPU (vector `kind`, 8 to 11); returns to
+/// the cell.
+pub(super) fn trap(kind: u64, frame: &mut TrapFrame) {
     let cpu = cpu_index();
     match kind {
         8 => synchronous(cpu, frame),

@@ -28,7 +28,7 @@ pub mod mgmt {
     /// `MAGIC` reads "CVMG".
     pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"CVMG");
     /// The interface version this crate describes.
-    pub const VERSION_VALUE: u32 = 1;
+    pub const VERSION_VALUE: u32 = 2;
     /// The control page size.
     pub const PAGE_SIZE: u64 = 0x1000;
 
@@ -308,8 +308,8 @@ pub struct HypervisorInfo {
     pub cpus: U32,
     /// Management interface version.
     pub version: U32,
-    /// Reserved, zero.
-    pub reserved: U32,
+    /// Stage-2 translation-table pages of the root cell's tree.
+    pub root_table_pages: U32,
 }
 
 /// Per-CPU counters of a cell, as [`Command::CellStats`] reports them.
@@ -322,10 +322,23 @@ pub struct CpuStats {
     pub reasons: U32,
     /// Traps by reason, in the order of [`TRAP_REASONS`].
     pub counts: [U64; 12],
+    /// Hypervisor (EL2) instructions executed for the measured traps, by reason: from the
+    /// end of the previous trap's handler to the end of this one's, so each trap is charged
+    /// one full entry, handling and exit path. Zero where the CPU cannot count them (see
+    /// `measured`).
+    pub instructions: [U64; 12],
+    /// Traps whose instructions were counted, by reason. A trap is not measured when the CPU
+    /// has no instruction counter for EL2, when the cell reset or stopped the counter, or
+    /// when the count is implausibly large (another CPU ran in between on an emulator).
+    pub measured: [U64; 12],
+    /// Fewest instructions of one measured trap, by reason (`u32::MAX` when none).
+    pub min_instructions: [U32; 12],
+    /// Most instructions of one measured trap, by reason.
+    pub max_instructions: [U32; 12],
 }
 
 /// The names of the trap reasons in [`CpuStats::counts`], in order.
-pub const TRAP_REASONS: [&str; 10] = [
+pub const TRAP_REASONS: [&str; 11] = [
     "irq",
     "maintenance",
     "gicd",
@@ -334,6 +347,7 @@ pub const TRAP_REASONS: [&str; 10] = [
     "sysreg",
     "psci",
     "smccc",
+    "mgmt",
     "outside",
     "other",
 ];
@@ -369,7 +383,7 @@ mod tests {
     fn records_have_fixed_layouts() {
         assert_eq!(core::mem::size_of::<CellRecord>(), 56);
         assert_eq!(core::mem::size_of::<HypervisorInfo>(), 40);
-        assert_eq!(core::mem::size_of::<CpuStats>(), 104);
+        assert_eq!(core::mem::size_of::<CpuStats>(), 392);
         let record = CellRecord {
             id: 2.into(),
             state: (CellState::Running as u32).into(),

@@ -553,12 +553,66 @@ fn reasons(stats: &CpuStats) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The hypervisor instructions one trap reason cost on one CPU (or summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+struct Cost {
+    /// Traps measured.
+    measured: u64,
+    /// Instructions of the measured traps.
+    instructions: u64,
+    /// Fewest instructions of one trap.
+    min: u64,
+    /// Most instructions of one trap.
+    max: u64,
+}
+
+impl Cost {
+    /// Reason `i` of a stats record (`None` when no trap of it was measured).
+    fn of(stats: &CpuStats, i: usize) -> Option<Self> {
+        let measured = stats.measured.get(i)?.get();
+        (measured > 0).then(|| Self {
+            measured,
+            instructions: stats.instructions[i].get(),
+            min: u64::from(stats.min_instructions[i].get()),
+            max: u64::from(stats.max_instructions[i].get()),
+        })
+    }
+
+    fn add(self, other: Self) -> Self {
+        if self.measured == 0 {
+            return other;
+        }
+        Self {
+            measured: self.measured + other.measured,
+            instructions: self.instructions + other.instructions,
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+        }
+    }
+
+    /// Average instructions per measured trap, rounded.
+    fn average(&self) -> u64 {
+        (self.instructions + self.measured / 2) / self.measured.max(1)
+    }
+}
+
 /// One CPU in `cell stats --json`.
 #[derive(Debug, Serialize)]
 struct CpuJson {
     cpu: u32,
     total: u64,
     traps: serde_json::Map<String, serde_json::Value>,
+    /// Per reason: measured traps, their instructions, min, max and average.
+    instructions: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reason name and cost of every measured reason of a stats record.
+fn costs(stats: &CpuStats) -> Vec<(String, Cost)> {
+    reasons(stats)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (name, _))| Cost::of(stats, i).map(|cost| (name, cost)))
+        .collect()
 }
 
 /// `cell stats`.
@@ -573,12 +627,21 @@ fn stats(client: &mut Mgmt, spec: &str, json: bool, out: &mut dyn Write) -> Resu
     if json {
         let cpus: Vec<CpuJson> = per_cpu
             .iter()
-            .map(|(cpu, counts)| CpuJson {
+            .zip(&stats)
+            .map(|((cpu, counts), record)| CpuJson {
                 cpu: *cpu,
                 total: counts.iter().map(|(_, n)| n).sum(),
                 traps: counts
                     .iter()
                     .map(|(name, n)| (name.clone(), (*n).into()))
+                    .collect(),
+                instructions: costs(record)
+                    .into_iter()
+                    .map(|(name, cost)| {
+                        let mut value = serde_json::to_value(cost).unwrap_or_default();
+                        value["average"] = cost.average().into();
+                        (name, value)
+                    })
                     .collect(),
             })
             .collect();
@@ -601,6 +664,33 @@ fn stats(client: &mut Mgmt, spec: &str, json: bool, out: &mut dyn Write) -> Resu
         rows.push(row);
     }
     writeln!(out, "{label}: traps by CPU and reason")?;
+    table(out, &rows)?;
+
+    // Instruction costs over all CPUs, in reason order.
+    let mut total: Vec<(String, Cost)> = Vec::new();
+    for (name, cost) in stats.iter().flat_map(costs) {
+        match total.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, sum)) => *sum = sum.add(cost),
+            None => total.push((name, cost)),
+        }
+    }
+    total.sort_by_key(|(name, _)| names.iter().position(|n| n == name));
+    if total.is_empty() {
+        return Ok(());
+    }
+    let mut rows = vec![["REASON", "MEASURED", "AVERAGE", "MIN", "MAX"]
+        .map(str::to_owned)
+        .to_vec()];
+    for (name, cost) in &total {
+        rows.push(vec![
+            name.clone(),
+            cost.measured.to_string(),
+            cost.average().to_string(),
+            cost.min.to_string(),
+            cost.max.to_string(),
+        ]);
+    }
+    writeln!(out, "{label}: hypervisor instructions per trap")?;
     table(out, &rows)
 }
 
@@ -613,6 +703,7 @@ struct InfoJson {
     memory_total: u64,
     memory_used: u64,
     memory_free: u64,
+    root_table_pages: u32,
 }
 
 /// `info`.
@@ -626,6 +717,7 @@ fn info(client: &mut Mgmt, json: bool, out: &mut dyn Write) -> Result<()> {
             memory_total: info.memory_total.get(),
             memory_used: info.memory_used.get(),
             memory_free: info.memory_free.get(),
+            root_table_pages: info.root_table_pages.get(),
         };
         writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
         return Ok(());
@@ -643,6 +735,11 @@ fn info(client: &mut Mgmt, json: bool, out: &mut dyn Write) -> Result<()> {
         size(info.memory_total.get()),
         size(info.memory_used.get()),
         size(info.memory_free.get())
+    )?;
+    writeln!(
+        out,
+        "root cell stage 2: {} table pages",
+        info.root_table_pages.get()
     )?;
     Ok(())
 }

@@ -184,7 +184,7 @@ impl Hypervisor {
                     cells: (self.cells.len() as u32).into(),
                     cpus: self.cpus.into(),
                     version: mgmt::VERSION_VALUE.into(),
-                    reserved: 0.into(),
+                    root_table_pages: 7.into(),
                 };
                 self.put(info.as_bytes());
                 Ok(size_of::<HypervisorInfo>() as u64)
@@ -382,10 +382,29 @@ impl Hypervisor {
                         for (i, count) in counts.iter_mut().enumerate().take(TRAP_REASONS.len()) {
                             *count = (u64::from(cpu) * 100 + i as u64).into();
                         }
+                        // The fake measured the first two reasons: irq (10 traps of 100 to
+                        // 300 instructions, 2000 in all) and maintenance (one of 150).
+                        let mut instructions = [0u64.into(); 12];
+                        let mut measured = [0u64.into(); 12];
+                        let mut min_instructions = [u32::MAX.into(); 12];
+                        let mut max_instructions = [0u32.into(); 12];
+                        for (i, (n, sum, min, max)) in [(10, 2000, 100, 300), (1, 150, 150, 150)]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            measured[i] = n.into();
+                            instructions[i] = sum.into();
+                            min_instructions[i] = min.into();
+                            max_instructions[i] = max.into();
+                        }
                         CpuStats {
                             cpu: cpu.into(),
                             reasons: (TRAP_REASONS.len() as u32).into(),
                             counts,
+                            instructions,
+                            measured,
+                            min_instructions,
+                            max_instructions,
                         }
                     })
                     .collect();

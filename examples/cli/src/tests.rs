@@ -261,9 +261,9 @@ fn no_management_interface() {
     let error = run(&mut host, &["info"]).fails();
     assert!(error.contains("magic 0xffffffff, not \"CVMG\""), "{error}");
     let mut host = FakeHost::new(0x1000);
-    host.machine.borrow_mut().hv.version = 2;
+    host.machine.borrow_mut().hv.version = 1;
     let error = run(&mut host, &["info"]).fails();
-    assert!(error.contains("version 2, this tool version 1"), "{error}");
+    assert!(error.contains("version 1, this tool version 2"), "{error}");
 }
 
 #[test]
@@ -709,14 +709,23 @@ fn lists_and_stats_as_json() {
     assert_eq!(
         out,
         "cell \"demo\": traps by CPU and reason\n\
-         CPU  IRQ  MAINTENANCE  GICD  GICR  SGI  SYSREG  PSCI  SMCCC  OUTSIDE  OTHER  TOTAL\n\
-         3    300  301          302   303   304  305     306   307    308      309    3045\n"
+         CPU  IRQ  MAINTENANCE  GICD  GICR  SGI  SYSREG  PSCI  SMCCC  MGMT  OUTSIDE  OTHER  TOTAL\n\
+         3    300  301          302   303   304  305     306   307    308   309      310    3355\n\
+         cell \"demo\": hypervisor instructions per trap\n\
+         REASON       MEASURED  AVERAGE  MIN  MAX\n\
+         irq          10        200      100  300\n\
+         maintenance  1         150      150  150\n"
     );
     let out = run(&mut host, &["cell", "stats", "1", "--json"]).ok();
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stats[0]["cpu"], 3);
-    assert_eq!(stats[0]["total"], 3045);
-    assert_eq!(stats[0]["traps"]["outside"], 308);
+    assert_eq!(stats[0]["total"], 3355);
+    assert_eq!(stats[0]["traps"]["outside"], 309);
+    assert_eq!(
+        stats[0]["instructions"]["irq"],
+        serde_json::json!({"measured": 10, "instructions": 2000, "min": 100, "max": 300, "average": 200})
+    );
+    assert!(stats[0]["instructions"].get("gicd").is_none());
     let error = run(&mut host, &["cell", "stats", "nope"]).fails();
     assert!(
         error.starts_with("cellvisor: cell \"nope\": stats: no such cell"),
@@ -729,10 +738,11 @@ fn info_for_people() {
     let mut host = FakeHost::new(0x1000);
     assert_eq!(
         run(&mut host, &["info"]).ok(),
-        "cellvisor management interface version 1\n\
+        "cellvisor management interface version 2\n\
          CPUs:   4\n\
          cells:  1 (the root cell included)\n\
-         memory: 8 MiB total, 3 MiB used, 5 MiB free (table-frame pool)\n"
+         memory: 8 MiB total, 3 MiB used, 5 MiB free (table-frame pool)\n\
+         root cell stage 2: 7 table pages\n"
     );
 }
 

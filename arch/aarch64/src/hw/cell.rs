@@ -8,7 +8,7 @@ use crate::trap::{TrapCounters, TrapReason};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
     Readable, Writeable, CNTFRQ_EL0, CNTHCTL_EL2, CNTPCT_EL0, CNTVOFF_EL2, CPTR_EL2, HCR_EL2,
-    MDCR_EL2, MIDR_EL1, MPIDR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    MIDR_EL1, MPIDR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use cellvisor_config::{MemoryFlags, SystemConfigView};
 use cellvisor_paging::{
@@ -287,11 +287,9 @@ pub fn prepare_cpu_for(cell: u16) {
     super::sysreg::set_vpidr(MIDR_EL1.get());
     VMPIDR_EL2.set(MPIDR_EL1.get());
     configure_extensions();
-    // MDCR_EL2.HPMN = PMCR_EL0.N: every event counter to EL1/EL0, no debug traps.
-    let pmcr: u64;
-    // SAFETY: reading PMCR_EL0 at EL2 has no side effect.
-    unsafe { core::arch::asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
-    MDCR_EL2.set(pmcr >> 11 & 0x1f);
+    // MDCR_EL2: the PMU's last counter for the hypervisor's instruction count, the others to
+    // the cell; no debug traps.
+    super::pmu::prepare_cpu(super::cpu_index());
     barrier::isb(barrier::SY);
     // SAFETY: invalidating this CPU's stage-1/2 TLB entries of the current VMID only drops
     // cached translations of the (new) cell.

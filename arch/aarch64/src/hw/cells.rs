@@ -51,6 +51,18 @@ pub fn frame_usage() -> (usize, usize) {
     })
 }
 
+/// Translation-table pages of cell `cell`'s stage-2 tree (0 when the slot is empty).
+pub fn table_pages(cell: u16) -> usize {
+    TABLES.get().map_or(0, |t| {
+        let t = t.lock();
+        // SAFETY: EL2 is identity mapped and the pool's frames are mapped readable.
+        let memory = unsafe { LinearMemory::new(0) };
+        t.trees[usize::from(cell)]
+            .as_ref()
+            .map_or(0, |tree| tree.stats(&memory).frames)
+    })
+}
+
 /// What every CPU needs to know about a cell, readable from trap handlers.
 pub struct Runtime {
     /// Hypervisor CPUs of the cell.

@@ -80,6 +80,7 @@ pub fn enter(entry: u64, x0: u64) -> ! {
     };
     cells::enter_frame(&mut frame, entry, x0);
     let top = super::exception_stack_top(cpu_index());
+    super::pmu::start(cpu_index());
     // SAFETY: `enter` runs on the CPU's main stack (SP_EL0), never inside a trap, so the
     // frame does not lie on the exception stack the assembly resets to `top` and copies it
     // onto; the cell's stage 2 and EL2 registers were loaded by `cell::prepare_cpu`.
@@ -90,6 +91,11 @@ pub fn enter(entry: u64, x0: u64) -> ! {
 /// the cell.
 pub(super) fn trap(kind: u64, frame: &mut TrapFrame) {
     let cpu = cpu_index();
+    handle(cpu, kind, frame);
+    super::pmu::measure(cpu);
+}
+
+fn handle(cpu: usize, kind: u64, frame: &mut TrapFrame) {
     match kind {
         8 => synchronous(cpu, frame),
         9 => match gic::handle_irq(cpu) {
@@ -164,7 +170,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let ipa = crate::trap::fault_ipa(hpfar, far);
     let write = esr.is_write().unwrap_or(false);
     if cells::owner(cpu) == 0 && manage::contains(ipa) {
-        cell::count(cpu, TrapReason::Other);
+        cell::count(cpu, TrapReason::Management);
         match MmioTrap::decode(esr, hpfar, far) {
             Ok(trap) => {
                 let value = trap.store_value(&frame.x);

@@ -217,7 +217,7 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
                 cells: (registry.iter().count() as u32).into(),
                 cpus: (super::online_cpus() as u32).into(),
                 version: mgmt::VERSION_VALUE.into(),
-                reserved: 0.into(),
+                root_table_pages: (cells::table_pages(0) as u32).into(),
             };
             write_window(0, info.as_bytes())?;
             Ok(core::mem::size_of::<HypervisorInfo>() as i64)
@@ -353,9 +353,18 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
                     cpu: (cpu as u32).into(),
                     reasons: (crate::trap::TrapReason::ALL.len() as u32).into(),
                     counts: [0.into(); 12],
+                    instructions: [0.into(); 12],
+                    measured: [0.into(); 12],
+                    min_instructions: [u32::MAX.into(); 12],
+                    max_instructions: [0.into(); 12],
                 };
-                for (slot, reason) in stats.counts.iter_mut().zip(crate::trap::TrapReason::ALL) {
-                    *slot = counters.get(reason).into();
+                for (i, reason) in crate::trap::TrapReason::ALL.into_iter().enumerate() {
+                    let cost = counters.cost(reason);
+                    stats.counts[i] = counters.get(reason).into();
+                    stats.instructions[i] = cost.instructions.into();
+                    stats.measured[i] = cost.measured.into();
+                    stats.min_instructions[i] = cost.min.into();
+                    stats.max_instructions[i] = cost.max.into();
                 }
                 write_window(count * core::mem::size_of::<CpuStats>(), stats.as_bytes())?;
                 count += 1;

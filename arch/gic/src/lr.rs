@@ -378,6 +378,7 @@ impl<const QUEUE: usize> ListRegisters<QUEUE> {
     /// software interrupt that is active in a list register becomes pending and active there;
     /// a hardware one waits in the queue until the cell deactivates it (two valid list
     /// registers must never hold the same vINTID).
+    #[inline]
     pub fn inject<L: ListRegisterFile + ?Sized>(
         &mut self,
         lrs: &mut L,
@@ -388,7 +389,25 @@ impl<const QUEUE: usize> ListRegisters<QUEUE> {
             state: LrState::Pending,
         };
         let value = self.format.encode(&pending).map_err(InjectError::Encode)?;
-        let empty = lrs.empty() & low_mask(lrs.count());
+        let all = low_mask(lrs.count());
+        let empty = lrs.empty() & all;
+        if empty == all && empty != 0 && self.queue.is_empty() {
+            // The common case: nothing else pending or active, so no duplicate to look for.
+            let n = empty.trailing_zeros() as usize;
+            lrs.write(n, value);
+            return Ok(Injected::ListRegister(n));
+        }
+        self.inject_among_others(lrs, irq, value, empty)
+    }
+
+    /// [`ListRegisters::inject`] when other interrupts are in list registers or queued.
+    fn inject_among_others<L: ListRegisterFile + ?Sized>(
+        &mut self,
+        lrs: &mut L,
+        irq: VirtualIrq,
+        value: u64,
+        empty: u64,
+    ) -> Result<Injected, InjectError> {
         match self.find(lrs, empty, irq.vintid) {
             Some((_, lr)) if matches!(lr.state, LrState::Pending | LrState::PendingActive) => {
                 return Ok(Injected::AlreadyPending);

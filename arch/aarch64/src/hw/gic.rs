@@ -370,10 +370,60 @@ impl ListRegisterFile for IchListRegisters {
     }
 }
 
+/// This CPU's list registers, of either GIC version: an enum rather than a trait object, so
+/// that the injection path is dispatched statically.
+enum CpuListRegisters {
+    V3(IchListRegisters),
+    V2(GichListRegisters<MmioRegion>),
+}
+
+impl ListRegisterFile for CpuListRegisters {
+    #[inline]
+    fn count(&self) -> usize {
+        match self {
+            Self::V3(lrs) => lrs.count(),
+            Self::V2(lrs) => lrs.count(),
+        }
+    }
+
+    #[inline]
+    fn read(&mut self, n: usize) -> u64 {
+        match self {
+            Self::V3(lrs) => lrs.read(n),
+            Self::V2(lrs) => lrs.read(n),
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, n: usize, value: u64) {
+        match self {
+            Self::V3(lrs) => lrs.write(n, value),
+            Self::V2(lrs) => lrs.write(n, value),
+        }
+    }
+
+    #[inline]
+    fn empty(&mut self) -> u64 {
+        match self {
+            Self::V3(lrs) => lrs.empty(),
+            Self::V2(lrs) => lrs.empty(),
+        }
+    }
+
+    #[inline]
+    fn set_underflow_interrupt(&mut self, enabled: bool) {
+        match self {
+            Self::V3(lrs) => lrs.set_underflow_interrupt(enabled),
+            Self::V2(lrs) => lrs.set_underflow_interrupt(enabled),
+        }
+    }
+}
+
 /// Runs `f` with this CPU's list registers and queue.
+#[inline]
 fn with_list_registers<T>(
     cpu: usize,
-    f: impl FnOnce(&mut dyn ListRegisterFile, &mut ListRegisters<QUEUE>) -> T,
+    f: impl FnOnce(&mut CpuListRegisters, &mut ListRegisters<QUEUE>) -> T,
 ) -> Option<T> {
     let gic = gic();
     if cpu >= 64 || QUEUE_READY.load(Ordering::Acquire) & 1 << cpu == 0 {
@@ -382,19 +432,16 @@ fn with_list_registers<T>(
     // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu), and
     // QUEUE_READY says init_cpu initialised it.
     let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).assume_init_mut() };
-    match gic.emulation {
-        Emulation::V3(..) => {
-            let mut lrs = IchListRegisters {
-                count: (sysreg::ich_vtr() & 0x1f) as usize + 1,
-            };
-            Some(f(&mut lrs, queue))
-        }
+    let mut lrs = match gic.emulation {
+        Emulation::V3(..) => CpuListRegisters::V3(IchListRegisters {
+            count: (sysreg::ich_vtr() & 0x1f) as usize + 1,
+        }),
         Emulation::V2(_) => {
             let gich = gic.layout.hypervisor_interface?;
-            let mut lrs = GichListRegisters::new(region(gich, 0x1000));
-            Some(f(&mut lrs, queue))
+            CpuListRegisters::V2(GichListRegisters::new(region(gich, 0x1000)))
         }
-    }
+    };
+    Some(f(&mut lrs, queue))
 }
 
 /// What [`handle_irq`] did, for the counters.

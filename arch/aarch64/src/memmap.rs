@@ -17,8 +17,9 @@ pub struct ImageLayout {
     pub rodata_end: PhysAddr,
     /// End of `.data` and `.bss` (page-table pool included): the stacks follow.
     pub stacks_start: PhysAddr,
-    /// The stack areas, one after the other from `stacks_start`.
-    pub stacks: [StackArea; 2],
+    /// The stack areas, one after the other from `stacks_start`: the primary CPU's boot
+    /// stack, the per-CPU main stacks, the per-CPU exception stacks.
+    pub stacks: [StackArea; 3],
 }
 
 /// `count` stacks in slots of `slot` bytes; the first page of each slot is a guard page that
@@ -111,8 +112,13 @@ mod tests {
             text_end: PhysAddr::new(0x4021_0000),
             rodata_end: PhysAddr::new(0x4021_4000),
             stacks_start: PhysAddr::new(0x4028_0000),
-            // Two CPUs: main stacks of 16 KiB, exception stacks of 8 KiB.
+            // A boot stack of 8 KiB; two CPUs: main stacks of 16 KiB, exception stacks of
+            // 8 KiB.
             stacks: [
+                StackArea {
+                    count: 1,
+                    slot: 0x3000,
+                },
                 StackArea {
                     count: 2,
                     slot: 0x5000,
@@ -125,7 +131,7 @@ mod tests {
         };
         assert_eq!(
             image.end(),
-            PhysAddr::new(0x4028_0000 + 2 * 0x5000 + 2 * 0x3000)
+            PhysAddr::new(0x4028_0000 + 0x3000 + 2 * 0x5000 + 2 * 0x3000)
         );
         let mut mem = FakeMemory::new(PhysAddr::new(0x1_0000_0000), 16);
         let mut table = PageTable::new(Stage1El2::new(39).unwrap(), &mut mem).unwrap();
@@ -146,13 +152,19 @@ mod tests {
         assert_eq!(at(0x4021_4000).unwrap().access, Access::RW);
         assert_eq!(at(0x4027_f000).unwrap().access, Access::RW);
         // Guard pages at the bottom of every stack slot; the stacks themselves are RW.
-        for guard in [0x4028_0000, 0x4028_5000, 0x4028_a000, 0x4028_d000] {
+        for guard in [
+            0x4028_0000,
+            0x4028_3000,
+            0x4028_8000,
+            0x4028_d000,
+            0x4029_0000,
+        ] {
             assert_eq!(at(guard), None, "guard page {guard:#x} is mapped");
             assert_eq!(at(guard + 0x1000).unwrap().access, Access::RW);
             assert_eq!(at(guard - 0x1000).unwrap().access, Access::RW);
         }
         assert_eq!(at(0x0900_0000), Some(Attributes::DEVICE_RW));
-        assert_eq!(at(0x4029_0000), None, "nothing past the image");
+        assert_eq!(at(0x4029_3000), None, "nothing past the image");
         assert_eq!(at(0x4000_0000), None, "nothing below the image");
         // Never writable and executable at once.
         for m in table.mappings(&mem) {

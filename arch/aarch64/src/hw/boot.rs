@@ -188,10 +188,14 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
     {
         add(base, size, Attributes::DEVICE_RW);
     }
-    if let Err(error) = super::mmu::extend(&maps) {
-        fatal(format_args!(
+    match super::mmu::extend(&maps) {
+        Ok(pages) => print(format_args!(
+            "cellvisor: EL2 map in {pages} of {} table pages\n",
+            super::mmu::POOL_FRAMES
+        )),
+        Err(error) => fatal(format_args!(
             "cannot map the root cell's memory at EL2: {error}"
-        ));
+        )),
     }
     let _ = cpu_count;
     Some(Prepared {

@@ -34,6 +34,11 @@ _start:
     b.ne    cellvisor_park_early
     mov     x0, #0
     bl      cellvisor_set_stacks        // CPU 0: its stacks, SPSel = 0
+    adrp    x1, __stacks_start          // then the boot stack as its main stack
+    add     x1, x1, :lo12:__stacks_start
+    ldr     x2, =__boot_stack_slot
+    add     x1, x1, x2
+    mov     sp, x1                      // SPSel = 0: SP is SP_EL0
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
     adrp    x2, __bss_end
@@ -68,8 +73,8 @@ cellvisor_set_stacks:
     madd    x1, x2, x0, x1
     add     x1, x1, x2
     mov     sp, x1                      // SPSel is 1 out of reset: this is SP_EL2
-    adrp    x1, __stacks_start
-    add     x1, x1, :lo12:__stacks_start
+    adrp    x1, __main_stacks_start
+    add     x1, x1, :lo12:__main_stacks_start
     ldr     x2, =__stack_slot
     madd    x1, x2, x0, x1
     add     x1, x1, x2

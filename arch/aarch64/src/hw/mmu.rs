@@ -16,8 +16,8 @@ use core::cell::UnsafeCell;
 use spin::Mutex;
 
 /// Frames for the EL2 tables: enough for the image, the devices of any board and the
-/// splits the per-section permissions cause.
-const POOL_FRAMES: usize = 40;
+/// splits the per-section permissions cause (qemu-arm64 and zcu102 use 8 and 10).
+pub const POOL_FRAMES: usize = 16;
 
 #[repr(C, align(4096))]
 struct Pool(UnsafeCell<[[u64; 512]; POOL_FRAMES]>);

@@ -12,6 +12,7 @@ mod gic;
 mod guest;
 mod manage;
 mod mmu;
+mod pmu;
 mod sysreg;
 
 use crate::board::{device_tree_size, Board, CpuList, MPIDR_AFFINITY_MASK};
@@ -31,6 +32,7 @@ unsafe extern "C" {
     /// Its address is the number of per-CPU stacks the board reserved.
     static __max_cpus: u8;
     /// Their addresses are the stack slot sizes, guard page included.
+    static __boot_stack_slot: u8;
     static __stack_slot: u8;
     static __exception_stack_slot: u8;
     static __exception_stacks_start: u8;
@@ -94,6 +96,10 @@ fn layout() -> ImageLayout {
         rodata_end: address(&raw const __rodata_end),
         stacks_start: address(&raw const __stacks_start),
         stacks: [
+            StackArea {
+                count: 1,
+                slot: &raw const __boot_stack_slot as u64,
+            },
             StackArea {
                 count,
                 slot: &raw const __stack_slot as u64,

@@ -9,13 +9,19 @@
 //! The flat image is what `llvm-objcopy -O binary <elf> <bin>` produces: the file content of
 //! the `PT_LOAD` segments, each at its physical address minus 0; `.bss` and the stacks are not
 //! in it (the inmate zeroes them).
+//!
+//! The inmates are static position-independent executables (ELF type `ET_DYN`, linked at 0):
+//! the same flat image runs in a cell at guest-physical 0 and bare on QEMU `virt` at
+//! 0x4000_0000 (see `bare.rs`). Their `.rela.dyn`, which the runtime's `_start` applies for
+//! the address it runs at, is part of the image; [`flatten`] checks that it is, and that it
+//! holds only what `_start` can apply.
 
 use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use object::elf;
-use object::read::elf::{FileHeader as _, ProgramHeader as _};
+use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
 use object::Endianness;
 
 use crate::board::Board;
@@ -84,12 +90,22 @@ pub fn build(workspace: &Workspace, board: &Board) -> Result<Vec<PathBuf>> {
 type Header = elf::FileHeader64<Endianness>;
 
 /// Converts an inmate ELF into its flat image, checking that it is an AArch64 executable
-/// linked at guest-physical 0, entered at its first byte, that fits the demo cells' RAM.
+/// (position-independent or not) linked at guest-physical 0, entered at its first byte, that
+/// fits the demo cells' RAM, and whose dynamic relocations (if any) the runtime can apply:
+/// R_AARCH64_RELATIVE entries of 64-bit aligned places in the image, listed in the image.
 pub fn flatten(data: &[u8]) -> Result<Vec<u8>> {
     let header = Header::parse(data).context("not a 64-bit ELF file")?;
     let endian = header.endian().context("bad ELF byte order")?;
     if header.e_machine(endian) != elf::EM_AARCH64 {
         bail!("not an AArch64 ELF file");
+    }
+    let kind = header.e_type(endian);
+    if kind != elf::ET_EXEC && kind != elf::ET_DYN {
+        bail!(
+            "not an executable (ELF type {}; an inmate is linked as a static PIE or at a fixed \
+             address)",
+            kind.0
+        );
     }
     let loadable: Vec<_> = header
         .program_headers(endian, data)
@@ -141,7 +157,87 @@ pub fn flatten(data: &[u8]) -> Result<Vec<u8>> {
         bytes.resize(offset, 0);
         bytes.extend_from_slice(content);
     }
+    check_relocations(header, endian, data, base, bytes.len() as u64)?;
     Ok(bytes)
+}
+
+/// Checks the dynamic relocations of an inmate whose flat image covers `size` bytes from
+/// `base`: every relocation section the image has (allocated ones) must be RELA and lie
+/// within the image, and each of its entries must be R_AARCH64_RELATIVE (symbol 0) with an
+/// aligned 64-bit place within the image: that is all `_start` applies (`rt.rs`), before it
+/// zeroes `.bss`.
+fn check_relocations(
+    header: &Header,
+    endian: Endianness,
+    data: &[u8],
+    base: u64,
+    size: u64,
+) -> Result<()> {
+    let inside = |address: u64, len: u64| {
+        address >= base
+            && address
+                .checked_add(len)
+                .is_some_and(|end| end <= base + size)
+    };
+    let sections = header
+        .section_headers(endian, data)
+        .context("bad ELF section headers")?;
+    for section in sections {
+        if section.sh_flags(endian).0 & elf::SHF_ALLOC.0 == 0 {
+            continue;
+        }
+        let kind = section.sh_type(endian);
+        let address = section.sh_addr(endian);
+        if [
+            elf::SHT_REL,
+            elf::SHT_RELR,
+            elf::SHT_CREL,
+            elf::SHT_ANDROID_REL,
+            elf::SHT_ANDROID_RELA,
+            elf::SHT_ANDROID_RELR,
+        ]
+        .contains(&kind)
+        {
+            bail!(
+                "the relocation section at {address:#x} has type {:#x}: the inmate runtime \
+                 applies only RELA relocations (no -z pack-relative-relocs)",
+                kind.0
+            );
+        }
+        let Some((entries, _)) = section
+            .rela(endian, data)
+            .context("bad ELF relocation section")?
+        else {
+            continue;
+        };
+        if !inside(address, section.sh_size(endian)) {
+            bail!(
+                "the relocation section at {address:#x} is not part of the image \
+                 ({base:#x}..{:#x}): the inmate linker script must place .rela.dyn before .bss",
+                base + size
+            );
+        }
+        for entry in entries {
+            let place = entry.r_offset.get(endian);
+            let (kind, symbol) = (entry.r_type(endian, false), entry.r_sym(endian, false));
+            if kind != elf::R_AARCH64_RELATIVE || symbol != 0 {
+                bail!(
+                    "relocation of type {} (symbol {symbol}) at {place:#x}: the inmate runtime \
+                     applies only R_AARCH64_RELATIVE ({}) relocations",
+                    kind.0,
+                    elf::R_AARCH64_RELATIVE.0
+                );
+            }
+            if place % 8 != 0 || !inside(place, 8) {
+                bail!(
+                    "R_AARCH64_RELATIVE relocation at {place:#x}: the place must be an aligned \
+                     64-bit word of the image ({base:#x}..{:#x})",
+                    base + size
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,26 +253,40 @@ mod tests {
         bss: u64,
     }
 
-    /// A minimal little-endian ELF64 executable without sections.
-    fn elf(machine: elf::Machine, entry: u64, segments: &[Segment<'_>]) -> Vec<u8> {
+    /// A minimal little-endian ELF64 executable of type `kind`; with `rela`, a section header
+    /// table of a null section and an allocated `SHT_RELA` section over that segment's content.
+    fn elf_with(
+        kind: elf::FileType,
+        machine: elf::Machine,
+        entry: u64,
+        segments: &[Segment<'_>],
+        rela: Option<usize>,
+    ) -> Vec<u8> {
         let phoff = 64u64;
-        let mut offset = phoff + 56 * segments.len() as u64;
+        // Segment contents from an 8-aligned offset each, as relocation tables need.
+        let mut offset = (phoff + 56 * segments.len() as u64).next_multiple_of(8);
+        let mut offsets = Vec::new();
+        for segment in segments {
+            offsets.push(offset);
+            offset = (offset + segment.content.len() as u64).next_multiple_of(8);
+        }
+        let shoff = if rela.is_some() { offset } else { 0 };
         let mut out = Vec::new();
         out.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        out.extend_from_slice(&elf::ET_EXEC.0.to_le_bytes());
+        out.extend_from_slice(&kind.0.to_le_bytes());
         out.extend_from_slice(&machine.0.to_le_bytes());
         out.extend_from_slice(&1u32.to_le_bytes()); // e_version
         out.extend_from_slice(&entry.to_le_bytes());
         out.extend_from_slice(&phoff.to_le_bytes());
-        out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        out.extend_from_slice(&shoff.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
         out.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
         out.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
         out.extend_from_slice(&(segments.len() as u16).to_le_bytes());
         out.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
-        out.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+        out.extend_from_slice(&(if rela.is_some() { 2u16 } else { 0 }).to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-        for segment in segments {
+        for (segment, offset) in segments.iter().zip(&offsets) {
             let filesz = segment.content.len() as u64;
             out.extend_from_slice(&elf::PT_LOAD.0.to_le_bytes());
             out.extend_from_slice(&(elf::PF_R.0 | elf::PF_X.0).to_le_bytes());
@@ -186,12 +296,64 @@ mod tests {
             out.extend_from_slice(&filesz.to_le_bytes());
             out.extend_from_slice(&(filesz + segment.bss).to_le_bytes()); // p_memsz
             out.extend_from_slice(&8u64.to_le_bytes()); // p_align
-            offset += filesz;
         }
-        for segment in segments {
+        for (segment, offset) in segments.iter().zip(&offsets) {
+            out.resize(*offset as usize, 0);
             out.extend_from_slice(segment.content);
         }
+        if let Some(index) = rela {
+            out.resize(shoff as usize, 0);
+            out.extend_from_slice(&[0; 64]);
+            let segment = &segments[index];
+            out.extend_from_slice(&0u32.to_le_bytes()); // sh_name
+            out.extend_from_slice(&elf::SHT_RELA.0.to_le_bytes());
+            out.extend_from_slice(&elf::SHF_ALLOC.0.to_le_bytes());
+            out.extend_from_slice(&segment.address.to_le_bytes()); // sh_addr
+            out.extend_from_slice(&offsets[index].to_le_bytes());
+            out.extend_from_slice(&(segment.content.len() as u64).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes()); // sh_link
+            out.extend_from_slice(&0u32.to_le_bytes()); // sh_info
+            out.extend_from_slice(&8u64.to_le_bytes()); // sh_addralign
+            out.extend_from_slice(&24u64.to_le_bytes()); // sh_entsize
+        }
         out
+    }
+
+    /// [`elf_with`] for a non-PIE executable without sections.
+    fn elf(machine: elf::Machine, entry: u64, segments: &[Segment<'_>]) -> Vec<u8> {
+        elf_with(elf::ET_EXEC, machine, entry, segments, None)
+    }
+
+    /// `Elf64_Rela` entries.
+    fn rela(entries: &[(u64, u64, u64)]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|&(offset, info, addend)| [offset, info, addend])
+            .flat_map(u64::to_le_bytes)
+            .collect()
+    }
+
+    /// A PIE: 16 bytes of code and data at 0, then its relocation table, then `.bss`.
+    fn pie(entries: &[(u64, u64, u64)]) -> Vec<u8> {
+        let table = rela(entries);
+        elf_with(
+            elf::ET_DYN,
+            elf::EM_AARCH64,
+            0,
+            &[
+                Segment {
+                    address: 0,
+                    content: &[0xaa; 16],
+                    bss: 0,
+                },
+                Segment {
+                    address: 16,
+                    content: &table,
+                    bss: 0x100,
+                },
+            ],
+            Some(1),
+        )
     }
 
     #[test]
@@ -216,6 +378,54 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_relocations_of_a_pie_in_the_image() {
+        let relative = u64::from(elf::R_AARCH64_RELATIVE.0);
+        let entries = [(8, relative, 0x10), (16, relative, 0)];
+        let flat = flatten(&pie(&entries)).unwrap();
+        assert_eq!(flat.len(), 16 + 48);
+        assert_eq!(flat[..16], [0xaa; 16]);
+        assert_eq!(flat[16..], rela(&entries));
+        assert_eq!(flatten(&pie(&[])).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn rejects_relocations_the_runtime_cannot_apply() {
+        let error = |data: Vec<u8>| format!("{:#}", flatten(&data).unwrap_err());
+        let relative = u64::from(elf::R_AARCH64_RELATIVE.0);
+        let abs64 = u64::from(elf::R_AARCH64_ABS64.0);
+        assert!(error(pie(&[(8, abs64 | 1 << 32, 0)])).contains("type 257 (symbol 1) at 0x8"));
+        assert!(error(pie(&[(8, relative | 1 << 32, 0)])).contains("only R_AARCH64_RELATIVE"));
+        assert!(error(pie(&[(4, relative, 0)])).contains("relocation at 0x4: the place"));
+        // In .bss, which `_start` zeroes after relocating.
+        assert!(error(pie(&[(64, relative, 0)])).contains("of the image (0x0..0x28)"));
+
+        // A relocation table outside the loaded image.
+        let table = rela(&[(8, relative, 0)]);
+        let mut outside = elf_with(
+            elf::ET_DYN,
+            elf::EM_AARCH64,
+            0,
+            &[
+                Segment {
+                    address: 0,
+                    content: &[0; 16],
+                    bss: 0,
+                },
+                Segment {
+                    address: 16,
+                    content: &table,
+                    bss: 0,
+                },
+            ],
+            Some(1),
+        );
+        // Move the section to 0x1000 (sh_addr of section 1).
+        let shoff = u64::from_le_bytes(outside[40..48].try_into().unwrap()) as usize;
+        outside[shoff + 64 + 16..shoff + 64 + 24].copy_from_slice(&0x1000u64.to_le_bytes());
+        assert!(error(outside).contains("not part of the image"));
+    }
+
+    #[test]
     fn rejects_images_that_a_cell_cannot_run() {
         let error = |data: Vec<u8>| format!("{:#}", flatten(&data).unwrap_err());
         let one = |address, entry, bss| {
@@ -234,6 +444,8 @@ mod tests {
         assert!(error(one(0, 0, 16 << 20)).contains("more than the demo cells'"));
         assert!(error(elf(elf::EM_X86_64, 0, &[])).contains("not an AArch64"));
         assert!(error(elf(elf::EM_AARCH64, 0, &[])).contains("no loadable segment"));
+        let object = elf_with(elf::ET_REL, elf::EM_AARCH64, 0, &[], None);
+        assert!(error(object).contains("not an executable (ELF type 1"));
     }
 
     #[test]

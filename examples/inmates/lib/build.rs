@@ -1,9 +1,10 @@
 //! Ships the inmate linker script: `inmate.ld` is copied into this crate's output directory as
-//! `cellvisor-inmate.ld`, preceded by the definition of `INMATE_BASE` (the link and load
-//! address) that the enabled feature selects: 0 for a cell (its RAM is at guest-physical 0),
-//! 0x4000_0000 for `bare-virt` (QEMU `virt` RAM). The output directory becomes a linker search
-//! path of every binary that depends on this crate; the binary's build script passes
-//! `-Tcellvisor-inmate.ld`.
+//! `cellvisor-inmate.ld`, preceded by the definition of `INMATE_BASE` (the link address) that
+//! the enabled feature selects: 0 for the normal build (a cell's RAM is at guest-physical 0;
+//! the position-independent image also runs bare wherever it is loaded), 0x4000_0000 for
+//! `bare-virt` (QEMU `virt` RAM, where `-kernel` loads the ELF). The output directory becomes a
+//! linker search path of every binary that depends on this crate; the binary's build script
+//! passes `-Tcellvisor-inmate.ld` and the PIE options (see the README).
 //!
 //! It also sets the `inmate_hw` cfg for the one target where the runtime touches hardware
 //! (AArch64 without an operating system); everywhere else the registers are fakes.

@@ -4,8 +4,10 @@
 //! cells. The hypervisor enters an inmate at EL1 with the MMU off, at the first byte of its
 //! image (guest-physical 0), with all of DAIF masked. This crate provides:
 //!
-//! - the entry code (`_start`: stack, `.bss`, FP/SIMD access, exception vectors) and the
-//!   linker script (`inmate.ld`, see the README for how a binary links with it);
+//! - the entry code (`_start`: relocation of the position-independent image, stack, `.bss`,
+//!   FP/SIMD access, exception vectors) and the linker script (`inmate.ld`, see the README for
+//!   how a binary links with it), so that one image runs wherever it is loaded;
+//! - the virtual count at the inmate's first instruction ([`start_counter`]);
 //! - [`Platform`] discovery from the cell's communication region ([`comm`]), or a built-in
 //!   platform for bare testing on QEMU (features `bare-virt` and `bare-zcu102`);
 //! - a polled console for the PL011 and the Cadence UART ([`console`], [`println!`]);
@@ -64,6 +66,7 @@ pub mod timer;
 mod rt;
 
 pub use cellvisor_abi::comm::Platform;
+pub use timer::start_counter;
 
 /// Defines the inmate's main function: `entry!(main)` with `fn main(platform: &Platform) -> !`.
 ///

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::console::{self, Uart};
 use crate::esr::Esr;
-use crate::{irq, park, platform, println, sysreg, Platform};
+use crate::{irq, park, platform, println, sysreg, timer, Platform};
 
 /// Bare builds: every CPU of the machine starts at `_start` (QEMU starts all CPUs at the entry
 /// of an ELF that is not a Linux kernel); all but the first park there.
@@ -16,14 +16,27 @@ const PARK_SECONDARY_CPUS: u64 = cfg!(any(feature = "bare-virt", feature = "bare
 /// clobber any of them.
 const IRQ_FRAME_SIZE: u64 = 0xd0 + 32 * 16;
 
+/// ELF relocation type R_AARCH64_RELATIVE (ELF for the Arm 64-bit Architecture, "Dynamic
+/// relocations"): the place gets the load base plus the addend. With symbol index 0 it is also the whole
+/// `r_info` of an `Elf64_Rela` entry.
+const R_AARCH64_RELATIVE: u64 = 1027;
+
 // Entry (the first byte of the image). The hypervisor enters at EL1 with the MMU off and
-// DAIF masked; nothing else about the CPU state is assumed.
+// DAIF masked; nothing else about the CPU state is assumed, nor where the image is: it is a
+// position-independent executable linked at INMATE_BASE (see inmate.ld), and the code below
+// only uses PC-relative addresses until it has applied the relocations.
+//
+// Registers kept until the call into Rust: x19 = the virtual count at the first instruction,
+// x20/x21 = `r_info`/`r_offset` of the first relocation that is not R_AARCH64_RELATIVE (or
+// x20 = 0).
 core::arch::global_asm!(
     r#"
     .section .text.entry, "ax"
     .global _start
     .type _start, %function
 _start:
+    // First of all, for `start_counter()`: the earliest point of the inmate on the count.
+    mrs     x19, cntvct_el0
     msr     daifset, #0xf
     mov     x9, #{park_secondary_cpus}
     cbz     x9, 1f
@@ -32,6 +45,45 @@ _start:
     cbnz    x9, 9f
 1:
     msr     spsel, #1                   // run on SP_EL1
+
+    // Relocation: the load base is where `_start` runs minus where it was linked (its link
+    // address INMATE_BASE is an absolute symbol, so these moves need no relocation
+    // themselves). Every R_AARCH64_RELATIVE entry sets the 64-bit place at load base +
+    // r_offset to load base + r_addend; also for a load base of 0, as the linker leaves the
+    // places zero. Data accesses go to Device memory (MMU off): only aligned 64-bit ones.
+    // Done before the instruction cache is invalidated and enabled below, so that the
+    // instructions fetched later see any place in the code too.
+    adr     x9, _start
+    movz    x10, #:abs_g3:INMATE_BASE
+    movk    x10, #:abs_g2_nc:INMATE_BASE
+    movk    x10, #:abs_g1_nc:INMATE_BASE
+    movk    x10, #:abs_g0_nc:INMATE_BASE
+    sub     x9, x9, x10                 // load base
+    adrp    x10, __rela_start
+    add     x10, x10, :lo12:__rela_start
+    adrp    x11, __rela_end
+    add     x11, x11, :lo12:__rela_end
+    mov     x20, xzr
+    mov     x21, xzr
+4:  cmp     x10, x11
+    b.hs    6f
+    ldp     x12, x13, [x10], #16        // r_offset, r_info
+    ldr     x14, [x10], #8              // r_addend
+    cmp     x13, #{r_aarch64_relative}
+    b.ne    5f
+    tst     x12, #7
+    b.ne    5f
+    add     x14, x14, x9
+    str     x14, [x12, x9]
+    b       4b
+5:  cbnz    x20, 4b                     // keep the first unsupported entry for the report
+    mov     x20, x13
+    mov     x21, x12
+    cbnz    x20, 4b
+    mov     x20, #-1                    // r_info 0 (R_AARCH64_NONE) is unsupported as well
+    b       4b
+6:  dsb     sy
+
     // FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11, Arm ARM D17.2.30): compiled Rust uses
     // the vector registers.
     mov     x9, #(3 << 20)
@@ -67,12 +119,16 @@ _start:
     add     x9, x9, :lo12:cellvisor_inmate_vectors
     msr     vbar_el1, x9
     isb
+    mov     x0, x19
+    mov     x1, x20
+    mov     x2, x21
     bl      cellvisor_inmate_start
 9:  wfe
     b       9b
     .size _start, . - _start
 "#,
     park_secondary_cpus = const PARK_SECONDARY_CPUS,
+    r_aarch64_relative = const R_AARCH64_RELATIVE,
 );
 
 // Exception vectors (Arm ARM D1.3.1): 16 entries of 0x80 bytes; per origin (EL1 on SP_EL0,
@@ -192,9 +248,13 @@ unsafe extern "Rust" {
     fn inmate_main(platform: &Platform) -> !;
 }
 
-/// Called by `_start` on the main stack with `.bss` zeroed and the vectors installed.
+/// Called by `_start` on the main stack with the image relocated, `.bss` zeroed and the
+/// vectors installed; with the virtual count at the first instruction, and `r_info` and
+/// `r_offset` of the first relocation `_start` could not apply (`r_info` 0: none, all-ones: an
+/// `r_info` of 0).
 #[unsafe(no_mangle)]
-extern "C" fn cellvisor_inmate_start() -> ! {
+extern "C" fn cellvisor_inmate_start(start_counter: u64, bad_info: u64, bad_offset: u64) -> ! {
+    timer::set_start_counter(start_counter);
     // Without a platform there is not even a console to complain on; the hypervisor sees a
     // cell that never answers.
     let Some(platform) = platform::discover() else {
@@ -202,6 +262,22 @@ extern "C" fn cellvisor_inmate_start() -> ! {
     };
     if let Some(uart) = Uart::from_platform(&platform) {
         console::init(uart);
+    }
+    if bad_info != 0 {
+        // Some address in data may be wrong: report with as little of it as possible.
+        let (kind, misaligned) = match bad_info {
+            u64::MAX => (0, false),
+            info if info == R_AARCH64_RELATIVE => (info, true),
+            info => (info & 0xffff_ffff, false),
+        };
+        if misaligned {
+            println!("inmate: misaligned R_AARCH64_RELATIVE relocation at {bad_offset:#x}");
+        } else {
+            println!("inmate: unsupported relocation type {kind} at {bad_offset:#x}");
+        }
+        println!("inmate: CPU parked");
+        console::flush();
+        park();
     }
     // SAFETY: `entry!` defines `inmate_main` with exactly this signature; an inmate without
     // it does not link.

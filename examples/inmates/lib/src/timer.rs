@@ -3,6 +3,8 @@
 //! at or past it. Under cellvisor the virtual offset is 0, so the virtual count is the system
 //! count.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::sysreg;
 
 /// The virtual timer's interrupt: PPI 11, INTID 27 (Arm Base System Architecture).
@@ -16,6 +18,24 @@ const CTL_IMASK: u64 = 1 << 1;
 const CTL_ISTATUS: u64 = 1 << 2;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
+/// The virtual count at the inmate's first instruction (plain loads and stores only: the
+/// memory is Device memory, where exclusive accesses need not work).
+static START_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The virtual count (CNTVCT_EL0) at the inmate's first instruction: `_start` reads it before
+/// anything else, so it marks the moment the hypervisor (or, bare, QEMU) entered the image.
+/// In the same time base as [`counter`]; 0 in host builds.
+pub fn start_counter() -> u64 {
+    START_COUNTER.load(Ordering::Relaxed)
+}
+
+/// Keeps the count `_start` read at the first instruction, for [`start_counter`].
+// Only the target runtime (`rt`) calls it.
+#[cfg_attr(not(inmate_hw), allow(dead_code))]
+pub(crate) fn set_start_counter(count: u64) {
+    START_COUNTER.store(count, Ordering::Relaxed);
+}
 
 /// The counter frequency in Hz (CNTFRQ_EL0, set up by firmware).
 pub fn frequency() -> u64 {
@@ -98,6 +118,13 @@ mod tests {
         assert_eq!(ns_to_ticks(10_000_000, 62_500_000), 625_000);
         assert_eq!(ns_to_ticks(10_000_000, 100_000_000), 1_000_000);
         assert_eq!(ns_to_ticks(15, 62_500_000), 0);
+    }
+
+    #[test]
+    fn the_start_counter_is_what_the_entry_read() {
+        set_start_counter(4321);
+        assert_eq!(start_counter(), 4321);
+        assert_eq!(crate::start_counter(), 4321);
     }
 
     #[test]

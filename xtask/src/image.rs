@@ -42,6 +42,8 @@ pub struct Image {
     pub elf: PathBuf,
     /// The flat binary, for boot loaders.
     pub bin: PathBuf,
+    /// The sizes of the ELF's main sections.
+    pub sizes: Sizes,
 }
 
 /// Builds the image of `board` and writes its ELF and flat binary.
@@ -77,6 +79,7 @@ pub fn build(workspace: &Workspace, board: &Board, kind: Kind) -> Result<Image> 
     let image = Image {
         elf: dir.join("cellvisor.elf"),
         bin: dir.join("cellvisor.bin"),
+        sizes: flat.sizes,
     };
     fs::write(&image.elf, &data)
         .with_context(|| format!("cannot write {}", image.elf.display()))?;

@@ -13,7 +13,9 @@
 //!   of every target in `crates/*/fuzz` and `arch/*/fuzz`, then the system tests, which boot
 //!   the hypervisor images in QEMU (`--no-system` skips them, `--system-only` runs only them).
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
-//! - `cargo xtask bench` runs the bench targets of every library crate that has some.
+//! - `cargo xtask bench [--board <board>]` measures the hypervisor in QEMU and writes
+//!   `target/bench/bench.{md,json}` (see `bench.rs`); `--crates` runs the bench targets of
+//!   every library crate that has some.
 //! - `cargo xtask boot-time [--board <board>] [--gic N]` measures the guest time at which the
 //!   root cell's `/init` starts, bare and under the hypervisor, and the traps per second of an
 //!   idle root cell, with `-icount shift=0,sleep=off -seed 0`.
@@ -28,6 +30,8 @@
 //! unlocks the `-Z` flags cargo-fuzz passes to rustc; no nightly toolchain is needed.
 
 mod apt;
+mod bare;
+mod bench;
 mod board;
 mod boot;
 mod cargo;
@@ -116,8 +120,11 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 600)]
         seconds: u64,
     },
-    /// Run the bench targets of every library crate that has some.
-    Bench,
+    /// Measure the hypervisor in QEMU (timer latency bare and in a cell, instructions per trap,
+    /// traps per second, boot time, image size and memory, cell start) and write
+    /// target/bench/bench.md and bench.json; with --crates, run the library crates' bench
+    /// targets instead.
+    Bench(bench::BenchArgs),
     /// Measure the guest time at which the root cell's /init starts, bare and under the
     /// hypervisor (`-icount shift=0,sleep=off -seed 0`), their ratio, and the traps per second of an
     /// idle root cell.
@@ -192,7 +199,8 @@ fn run(task: Task) -> Result<()> {
             target,
             seconds,
         } => fuzz(&workspace, &crate_dir, &target, seconds),
-        Task::Bench => bench(&workspace),
+        Task::Bench(args) if args.crates => bench::crates(&workspace),
+        Task::Bench(args) => bench::run(&workspace, &args),
         Task::BootTime(args) => run::boot_time(&workspace, &args),
         Task::Linux { arch, refresh } => linux::run(&workspace, arch, refresh),
     }
@@ -319,7 +327,8 @@ fn fuzz(workspace: &Workspace, crate_dir: &str, target: &str, seconds: u64) -> R
     fuzz_run(dir, target, seconds).run()
 }
 
-fn bench(workspace: &Workspace) -> Result<()> {
+/// `cargo xtask bench --crates`: the bench targets of every library crate that has some.
+pub(crate) fn crate_benches(workspace: &Workspace) -> Result<()> {
     let benched: Vec<_> = workspace
         .libraries
         .iter()

@@ -536,16 +536,16 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
 }
 
 /// What a boot of `boot-time` printed.
-struct Measured {
+pub struct Measured {
     /// The guest time `guest-clock` printed.
-    time: f64,
+    pub time: f64,
     /// The console's lines, QEMU's messages among them (as in the log).
-    lines: Vec<String>,
+    pub lines: Vec<String>,
 }
 
 /// Boots `qemu` until it exits and returns the guest time `guest-clock` printed, with the
 /// console's lines; they also go to `log`.
-fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
+pub fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
     let mut console = qemu.spawn_console()?;
     let deadline = Instant::now() + timeout;
     let mut last_output = Instant::now();

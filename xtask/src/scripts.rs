@@ -36,17 +36,21 @@ pub enum Script {
     Wild,
     /// Wrong input, each a clear error and exit status 1.
     BadInput,
+    /// `cargo xtask bench`: idle and busy trap counts, PSCI and management calls, the demo
+    /// cell's start and counters.
+    Bench,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 6] = [
+    pub const ALL: [Script; 7] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
         Self::Cycles,
         Self::Wild,
         Self::BadInput,
+        Self::Bench,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -58,6 +62,7 @@ impl Script {
             Self::Cycles => "cycles",
             Self::Wild => "wild",
             Self::BadInput => "bad-input",
+            Self::Bench => "bench",
         }
     }
 
@@ -69,6 +74,7 @@ impl Script {
             Self::Cycles => include_str!("scripts/cycles.sh"),
             Self::Wild => include_str!("scripts/wild.sh"),
             Self::BadInput => include_str!("scripts/bad-input.sh"),
+            Self::Bench => include_str!("scripts/bench.sh"),
         }
     }
 
@@ -166,7 +172,12 @@ mod tests {
             "step",
             "memory_free",
             "wait_for_failed",
+            "snapshot",
+            "work",
+            "wait",
             "cellvisor",
+            "guest-clock",
+            "busybox",
             "{",
             "}",
             "!",

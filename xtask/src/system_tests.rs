@@ -881,6 +881,30 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Res
             }
         }
     }
+    if cells && cases.iter().any(|c| c.board.name == "qemu-arm64") {
+        // The bench machinery end to end (it boots its own machines).
+        let name = "qemu-arm64-bench-smoke";
+        println!(
+            "==> system test {}/{}: {name}",
+            cases.len() + 1,
+            cases.len() + 1
+        );
+        let start = Instant::now();
+        let outcome = crate::bench::smoke(workspace);
+        let seconds = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {name} in {seconds:.1} s");
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "FAIL {name} in {seconds:.1} s: {error:#} (consoles in target/system-tests/bench/)"
+                );
+            }
+        }
+    }
     println!("system tests: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} system test(s) failed");

@@ -491,7 +491,10 @@ impl TrapCounters {
     /// counter: charges the instructions since the previous mark to the reason counted last,
     /// unless the count is implausible (the counter was reset or disabled in between) or an
     /// outlier (see [`OUTLIER_FACTOR`]).
-    pub fn measure(&self, now: u64, bits: u32) {
+    ///
+    /// Returns whether the counter moved at all since the previous mark (a counter that
+    /// stands still has been stopped).
+    pub fn measure(&self, now: u64, bits: u32) -> bool {
         let mask = if bits >= 64 {
             u64::MAX
         } else {
@@ -501,15 +504,18 @@ impl TrapCounters {
         self.mark.store(now, Ordering::Relaxed);
         let current = self.current.load(Ordering::Relaxed);
         self.current.store(0, Ordering::Relaxed);
+        if spent == 0 {
+            return false;
+        }
         let Some(reason) = current.checked_sub(1) else {
-            return;
+            return true;
         };
-        if reason >= TrapReason::ALL.len() || spent == 0 || spent > MAX_MEASURED_INSTRUCTIONS {
-            return;
+        if reason >= TrapReason::ALL.len() || spent > MAX_MEASURED_INSTRUCTIONS {
+            return true;
         }
         let min = u64::from(!self.min_complement[reason].load(Ordering::Relaxed));
         if spent > OUTLIER_FLOOR && spent > min.saturating_mul(OUTLIER_FACTOR) {
-            return;
+            return true;
         }
         bump(&self.instructions[reason], spent);
         bump(&self.measured[reason], 1);
@@ -520,6 +526,7 @@ impl TrapCounters {
         if spent > self.max[reason].load(Ordering::Relaxed) {
             self.max[reason].store(spent, Ordering::Relaxed);
         }
+        true
     }
 
     /// Sets every count to zero.
@@ -703,7 +710,7 @@ mod tests {
         // The last counted reason is charged; a 32-bit counter wraps.
         counters.start(0xffff_ff00);
         counters.count(TrapReason::Irq);
-        counters.measure(0x40, 32);
+        assert!(counters.measure(0x40, 32));
         counters.count(TrapReason::Irq);
         counters.measure(0x100, 32);
         let irq = counters.cost(TrapReason::Irq);
@@ -728,6 +735,10 @@ mod tests {
         counters.count(TrapReason::Distributor);
         counters.measure(0x90 + 5000 + 100_000, 32);
         assert_eq!(counters.cost(TrapReason::Distributor).measured, 1);
+        // A counter that did not move was stopped: nothing charged, and the caller is told.
+        counters.count(TrapReason::Irq);
+        assert!(!counters.measure(0x90 + 5000 + 100_000, 32));
+        assert_eq!(counters.cost(TrapReason::Irq).measured, 2);
         counters.reset();
         assert_eq!(counters.total(), 0);
         assert_eq!(counters.cost(TrapReason::Irq).min, u32::MAX);

@@ -121,6 +121,7 @@ const LPI_START: u32 = 8192;
 
 impl LrFormat {
     /// The list register value for `lr`.
+    #[inline]
     pub fn encode(self, lr: &ListRegister) -> Result<u64, LrEncodeError> {
         let irq = &lr.irq;
         if let Some(pintid) = irq.pintid {

@@ -349,10 +349,17 @@ impl ListRegisterFile for IchListRegisters {
         sysreg::ich_lr(n)
     }
 
+    #[inline(always)]
     fn write(&mut self, n: usize, value: u64) {
-        sysreg::set_ich_lr(n, value);
+        if n == 0 {
+            // The fast path's list register, without the index dispatch.
+            sysreg::set_ich_lr0(value);
+        } else {
+            sysreg::set_ich_lr(n, value);
+        }
     }
 
+    #[inline(always)]
     fn empty(&mut self) -> u64 {
         sysreg::ich_elrsr()
     }
@@ -425,7 +432,16 @@ fn with_list_registers<T>(
     cpu: usize,
     f: impl FnOnce(&mut CpuListRegisters, &mut ListRegisters<QUEUE>) -> T,
 ) -> Option<T> {
-    let gic = gic();
+    with_list_registers_of(gic(), cpu, f)
+}
+
+/// [`with_list_registers`] with the GIC at hand.
+#[inline]
+fn with_list_registers_of<T>(
+    gic: &Gic,
+    cpu: usize,
+    f: impl FnOnce(&mut CpuListRegisters, &mut ListRegisters<QUEUE>) -> T,
+) -> Option<T> {
     if cpu >= 64 || QUEUE_READY.load(Ordering::Acquire) & 1 << cpu == 0 {
         return None;
     }
@@ -507,7 +523,7 @@ pub fn handle_irq(cpu: usize) -> Handled {
         group1: v3,
         source_cpu: if v3 { 0 } else { (iar >> 10 & 0x7) as u8 },
     };
-    let result = with_list_registers(cpu, |lrs, queue| queue.inject(lrs, irq));
+    let result = with_list_registers_of(gic, cpu, |lrs, queue| queue.inject(lrs, irq));
     match result {
         Some(Ok(_)) => {}
         Some(Err(error)) => {

@@ -33,6 +33,7 @@ static COUNTER: AtomicU8 = AtomicU8::new(NONE);
 macro_rules! counter_registers {
     ($($n:literal => $cnt:literal, $typer:literal;)*) => {
         /// Reads PMEVCNTR<n>_EL0.
+        #[inline]
         fn read_counter(n: u8) -> u64 {
             let value: u64;
             match n {
@@ -188,11 +189,10 @@ pub fn measure(cpu: usize) {
         return;
     };
     let now = read_counter(counter);
-    if enabled_counters() & 1 << counter == 0 {
-        // The cell disabled it: counting resumes from here.
+    if !counters.measure(now, COUNTER_BITS) && enabled_counters() & 1 << counter == 0 {
+        // Nothing counted since the last trap: the cell disabled the counter (through
+        // PMCNTENCLR_EL0, as Linux does at boot). Counting resumes from here.
         enable_counter(counter);
         counters.start(now);
-        return;
     }
-    counters.measure(now, COUNTER_BITS);
 }

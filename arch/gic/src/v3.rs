@@ -527,8 +527,11 @@ pub fn filter_sgi1r(
     } else {
         let field = |shift: u32| (value >> shift) as u8;
         let rs = (value >> sgi1r::RS_SHIFT & 0xf) as u8;
-        let list = value as u16;
-        for n in (0..16u8).filter(|n| list & (1 << n) != 0) {
+        // The set bits of the target list only.
+        let mut list = value as u16;
+        while list != 0 {
+            let n = list.trailing_zeros() as u8;
+            list &= list - 1;
             let mpidr = Mpidr::new(
                 field(sgi1r::AFF3_SHIFT),
                 field(sgi1r::AFF2_SHIFT),

@@ -475,6 +475,5 @@ pub fn print_counters() {
 
 /// Used by the GIC set-up: the root cell's CPU set for the partition.
 pub fn gic_cpu_set() -> cellvisor_gic::CpuSet {
-    let bits = ROOT.get().map_or(0, |root| root.cpus);
-    (0..64).filter(|cpu| bits & 1 << cpu != 0).collect()
+    cellvisor_gic::CpuSet::from_bits(ROOT.get().map_or(0, |root| root.cpus))
 }

@@ -606,7 +606,7 @@ impl Requester {
     fn accessor(self) -> Accessor {
         Accessor {
             cell: CellId::new(self.cell),
-            cpus: (0..64).filter(|cpu| self.cpus & 1 << cpu != 0).collect(),
+            cpus: CpuSet::from_bits(self.cpus),
             cpu: self.cpu,
         }
     }

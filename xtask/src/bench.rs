@@ -76,21 +76,7 @@ const ROOT_BANNER: &str = "cellvisor: root cell ";
 
 /// `cargo xtask bench`.
 pub fn run(workspace: &Workspace, args: &BenchArgs) -> Result<()> {
-    let boards: Vec<&Board> = match &args.board {
-        Some(name) => {
-            let board = board::find(&workspace.boards, name)?;
-            board.linux()?;
-            vec![board]
-        }
-        None => workspace
-            .boards
-            .iter()
-            .filter(|b| b.linux.is_some())
-            .collect(),
-    };
-    if boards.is_empty() {
-        bail!("no board boots Linux (none has the Linux keys in [package.metadata.cellvisor])");
-    }
+    let boards = board::linux_boards(&workspace.boards, args.board.as_deref())?;
     run_in(
         workspace,
         args,

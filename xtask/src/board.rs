@@ -298,6 +298,23 @@ pub fn find<'a>(boards: &'a [Board], name: &str) -> Result<&'a Board> {
     bail!("unknown board `{name}`; known boards: {}", known.join(", "))
 }
 
+/// The board called `name` (which must boot Linux), or without a name every board that boots
+/// Linux; an error if there is none.
+pub fn linux_boards<'a>(boards: &'a [Board], name: Option<&str>) -> Result<Vec<&'a Board>> {
+    let found: Vec<&Board> = match name {
+        Some(name) => {
+            let board = find(boards, name)?;
+            board.linux()?;
+            vec![board]
+        }
+        None => boards.iter().filter(|b| b.linux.is_some()).collect(),
+    };
+    if found.is_empty() {
+        bail!("no board boots Linux (none has the Linux keys in [package.metadata.cellvisor])");
+    }
+    Ok(found)
+}
+
 fn list(values: &[u32]) -> String {
     values
         .iter()

@@ -376,21 +376,7 @@ const GUEST_TIME: &str = "cellvisor-initramfs: guest time ";
 /// difference between the trap counters the hypervisor prints at power-off in the two root-cell
 /// runs, over the difference of their times. Figures for notes, not a test.
 pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
-    let boards: Vec<&Board> = match &args.board {
-        Some(name) => {
-            let board = board::find(&workspace.boards, name)?;
-            board.linux()?;
-            vec![board]
-        }
-        None => workspace
-            .boards
-            .iter()
-            .filter(|b| b.linux.is_some())
-            .collect(),
-    };
-    if boards.is_empty() {
-        bail!("no board boots Linux (none has the Linux keys in [package.metadata.cellvisor])");
-    }
+    let boards = board::linux_boards(&workspace.boards, args.board.as_deref())?;
     let mut runs = Vec::new();
     for board in &boards {
         qemu::require(&board.qemu)?;

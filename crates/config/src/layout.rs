@@ -342,13 +342,16 @@ const _: () = {
 /// `bytes` must be at least [`size_of::<Header>()`](core::mem::size_of) long; shorter input
 /// gives the CRC of what is there.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
+    /// CRC-32 (ISO-HDLC: zlib's, Ethernet's), one 256-entry table.
+    const CRC32: crc::Crc<u32, crc::Table<1>> =
+        crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
+    let mut digest = CRC32.digest();
     if bytes.len() < CHECKSUM_OFFSET + 4 {
-        hasher.update(bytes);
+        digest.update(bytes);
     } else {
-        hasher.update(&bytes[..CHECKSUM_OFFSET]);
-        hasher.update(&[0; 4]);
-        hasher.update(&bytes[CHECKSUM_OFFSET + 4..]);
+        digest.update(&bytes[..CHECKSUM_OFFSET]);
+        digest.update(&[0; 4]);
+        digest.update(&bytes[CHECKSUM_OFFSET + 4..]);
     }
-    hasher.finalize()
+    digest.finalize()
 }

@@ -1012,3 +1012,11 @@ fn architectures_are_named() {
     assert_eq!(Architecture::X86_64.to_string(), "x86_64");
     let _ = (CellFlags::empty(), GicVersion::V2);
 }
+
+/// The checksum is the standard CRC-32 (ISO-HDLC, zlib's): its check value over "123456789"
+/// (input shorter than a header is checksummed as it is).
+#[test]
+fn checksum_is_crc32_iso_hdlc() {
+    assert_eq!(layout::checksum(b"123456789"), 0xCBF4_3926);
+    assert_eq!(layout::checksum(b""), 0);
+}

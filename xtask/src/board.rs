@@ -4,7 +4,7 @@
 //! ```toml
 //! [package.metadata.cellvisor]
 //! board = "qemu-arm64"            # name given to --board
-//! target = "aarch64-unknown-none" # Rust target of the image
+//! target = "aarch64-unknown-none-softfloat" # Rust target of the image
 //! qemu = "qemu-system-aarch64"    # QEMU binary
 //! machine = "virt,virtualization=on,gic-version={gic}"  # -M; {gic} becomes the GIC version
 //! gic-versions = [2, 3]           # GIC versions the board supports; the highest is the default

@@ -188,6 +188,24 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
             .section_by_name(endian, name.as_bytes())
             .map_or(0, |(_, section)| section.sh_size(endian)))
     };
+    if header.e_machine(endian) == elf::EM_AARCH64 {
+        let sections = header
+            .sections(endian, data)
+            .context("bad ELF section headers")?;
+        if let Some((_, text)) = sections.section_by_name(endian, b".text") {
+            let code = text
+                .data(endian, data)
+                .map_err(|_| anyhow::anyhow!(".text lies outside the file"))?;
+            let found = fp_simd_instructions(code);
+            if let Some(&first) = found.first() {
+                bail!(
+                    "{} FP/SIMD instruction(s) in .text, the first at {:#x}: the hypervisor must                      not touch the FP/SIMD registers, which hold the cell's state during a trap                      (build it for a soft-float target)",
+                    found.len(),
+                    text.sh_addr(endian) + first
+                );
+            }
+        }
+    }
     let sizes = Sizes {
         text: section(".text")?,
         rodata: section(".rodata")?,
@@ -196,6 +214,20 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
         stacks: section(".stacks")?,
     };
     Ok(Flat { bytes, sizes })
+}
+
+/// Offsets of the A64 instructions in `code` that use the FP/SIMD registers (Arm ARM C4.1,
+/// the top-level encoding by op0 = bits 28:25): loads and stores with V (bit 26) set, x110,
+/// and the scalar FP and Advanced SIMD data processing group, x111.
+fn fp_simd_instructions(code: &[u8]) -> Vec<u64> {
+    code.chunks_exact(4)
+        .enumerate()
+        .filter(|(_, word)| {
+            let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            matches!(word >> 25 & 0b111, 0b110 | 0b111)
+        })
+        .map(|(i, _)| i as u64 * 4)
+        .collect()
 }
 
 /// Checks that `image` starts with an arm64 Linux `Image` header.
@@ -239,6 +271,20 @@ fn compile_configs(workspace: &Workspace, board: &Board, dir: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_fp_and_simd_instructions() {
+        let words: [u32; 6] = [
+            0xd503_201f, // nop
+            0xad09_03e0, // stp q0, q0, [sp, #288]
+            0xf940_0000, // ldr x0, [x0]
+            0x6f00_e400, // movi v0.2d, #0
+            0x1e27_0000, // fmov s0, w0
+            0xd538_4240, // mrs x0, CurrentEL
+        ];
+        let code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(fp_simd_instructions(&code), [4, 12, 16]);
+    }
 
     /// One segment of a test ELF: physical address, file content, extra zeroed memory.
     struct Segment<'a> {

@@ -104,6 +104,16 @@ impl Mailbox<MmioRegion> {
     pub fn new() -> Self {
         Self::with(region())
     }
+
+    /// Approves the shutdown request the cell polled: prints `<name>: shutdown approved`,
+    /// flushes the console (the hypervisor stops the cell as soon as it has the reply), replies
+    /// and parks the CPU.
+    pub fn approve_and_park(&mut self, name: &str) -> ! {
+        crate::println!("{name}: shutdown approved");
+        crate::console::flush();
+        self.reply(Reply::Approved);
+        crate::park()
+    }
 }
 
 impl Default for Mailbox<MmioRegion> {

@@ -15,7 +15,7 @@
 mod demo {
     use cellvisor_inmate::comm::{Mailbox, Message, Reply};
     use cellvisor_inmate::ticker::Ticker;
-    use cellvisor_inmate::{console, park, println, Platform};
+    use cellvisor_inmate::{println, Platform};
 
     cellvisor_inmate::entry!(main);
 
@@ -37,10 +37,7 @@ mod demo {
                 println!("stubborn-demo: shutdown denied");
                 denied = true;
             } else {
-                println!("stubborn-demo: shutdown approved");
-                console::flush();
-                mailbox.reply(Reply::Approved);
-                park();
+                mailbox.approve_and_park("stubborn-demo");
             }
         }
     }

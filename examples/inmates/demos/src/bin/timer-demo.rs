@@ -20,7 +20,7 @@
 
 #[cfg(target_os = "none")]
 mod demo {
-    use cellvisor_inmate::comm::{Mailbox, Message, Reply};
+    use cellvisor_inmate::comm::{Mailbox, Message};
     use cellvisor_inmate::gic::{Gic, DEFAULT_PRIORITY};
     use cellvisor_inmate::irq::{self, Interrupt, IrqMutex};
     use cellvisor_inmate::stats::MinAvgMax;
@@ -101,10 +101,7 @@ mod demo {
         loop {
             sysreg::wfi();
             if mailbox.poll() == Some(Message::ShutdownRequest) {
-                println!("timer-demo: shutdown approved");
-                console::flush();
-                mailbox.reply(Reply::Approved);
-                park();
+                mailbox.approve_and_park("timer-demo");
             }
             let (report, summary) = TICKS.lock(|ticks| {
                 let report = (ticks.count >= reported + REPORT_EVERY)

@@ -14,9 +14,9 @@
 
 #[cfg(target_os = "none")]
 mod demo {
-    use cellvisor_inmate::comm::{Mailbox, Message, Reply};
+    use cellvisor_inmate::comm::{Mailbox, Message};
     use cellvisor_inmate::ticker::Ticker;
-    use cellvisor_inmate::{console, park, println, timer, Platform};
+    use cellvisor_inmate::{println, timer, Platform};
 
     cellvisor_inmate::entry!(main);
 
@@ -36,10 +36,7 @@ mod demo {
         loop {
             ticker.wait();
             if mailbox.poll() == Some(Message::ShutdownRequest) {
-                println!("uart-demo: shutdown approved");
-                console::flush();
-                mailbox.reply(Reply::Approved);
-                park();
+                mailbox.approve_and_park("uart-demo");
             }
             if timer::counter() >= next {
                 count += 1;

@@ -16,10 +16,10 @@
 
 #[cfg(target_os = "none")]
 mod demo {
-    use cellvisor_inmate::comm::{Mailbox, Message, Reply};
+    use cellvisor_inmate::comm::{Mailbox, Message};
     use cellvisor_inmate::mmio::{Mmio, MmioRegion};
     use cellvisor_inmate::ticker::Ticker;
-    use cellvisor_inmate::{console, park, println, Platform};
+    use cellvisor_inmate::{console, println, Platform};
 
     cellvisor_inmate::entry!(main);
 
@@ -43,10 +43,7 @@ mod demo {
         loop {
             ticker.wait();
             if mailbox.poll() == Some(Message::ShutdownRequest) {
-                println!("wild-demo: shutdown approved");
-                console::flush();
-                mailbox.reply(Reply::Approved);
-                park();
+                mailbox.approve_and_park("wild-demo");
             }
         }
     }

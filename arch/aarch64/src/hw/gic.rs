@@ -351,12 +351,7 @@ impl ListRegisterFile for IchListRegisters {
 
     #[inline(always)]
     fn write(&mut self, n: usize, value: u64) {
-        if n == 0 {
-            // The fast path's list register, without the index dispatch.
-            sysreg::set_ich_lr0(value);
-        } else {
-            sysreg::set_ich_lr(n, value);
-        }
+        sysreg::set_ich_lr(n, value);
     }
 
     #[inline(always)]

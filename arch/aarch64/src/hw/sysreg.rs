@@ -143,15 +143,6 @@ pub fn ich_lr(n: usize) -> u64 {
           12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7")
 }
 
-/// Writes `ICH_LR0_EL2`.
-#[inline(always)]
-pub fn set_ich_lr0(value: u64) {
-    // SAFETY: a list register holds virtual interrupt state only.
-    unsafe {
-        core::arch::asm!("msr S3_4_C12_C12_0, {}", in(reg) value, options(nostack, preserves_flags))
-    };
-}
-
 /// Writes `ICH_LR<n>_EL2`, n < 16; other indices are ignored.
 #[inline]
 pub fn set_ich_lr(n: usize, value: u64) {

@@ -165,6 +165,9 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
         bytes[offset..end].copy_from_slice(content);
     }
 
+    let sections = header
+        .sections(endian, data)
+        .context("bad ELF section headers")?;
     if header.e_machine(endian) == elf::EM_AARCH64 {
         check_arm64_image(&bytes)?;
         // Boot loaders jump to the first byte of the image; QEMU jumps to the ELF entry.
@@ -178,20 +181,6 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
         if entry_paddr != Some(base) {
             bail!("the ELF entry point {entry:#x} is not the start of the image ({base:#x})");
         }
-    }
-
-    let section = |name: &str| -> Result<u64> {
-        let sections = header
-            .sections(endian, data)
-            .context("bad ELF section headers")?;
-        Ok(sections
-            .section_by_name(endian, name.as_bytes())
-            .map_or(0, |(_, section)| section.sh_size(endian)))
-    };
-    if header.e_machine(endian) == elf::EM_AARCH64 {
-        let sections = header
-            .sections(endian, data)
-            .context("bad ELF section headers")?;
         if let Some((_, text)) = sections.section_by_name(endian, b".text") {
             let code = text
                 .data(endian, data)
@@ -199,19 +188,27 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
             let found = fp_simd_instructions(code);
             if let Some(&first) = found.first() {
                 bail!(
-                    "{} FP/SIMD instruction(s) in .text, the first at {:#x}: the hypervisor must                      not touch the FP/SIMD registers, which hold the cell's state during a trap                      (build it for a soft-float target)",
+                    "{} FP/SIMD instruction(s) in .text, the first at {:#x}: the hypervisor must \
+                     not touch the FP/SIMD registers, which hold the cell's state during a trap \
+                     (build it for a soft-float target)",
                     found.len(),
                     text.sh_addr(endian) + first
                 );
             }
         }
     }
+
+    let section = |name: &str| {
+        sections
+            .section_by_name(endian, name.as_bytes())
+            .map_or(0, |(_, section)| section.sh_size(endian))
+    };
     let sizes = Sizes {
-        text: section(".text")?,
-        rodata: section(".rodata")?,
-        data: section(".data")?,
-        bss: section(".bss")?,
-        stacks: section(".stacks")?,
+        text: section(".text"),
+        rodata: section(".rodata"),
+        data: section(".data"),
+        bss: section(".bss"),
+        stacks: section(".stacks"),
     };
     Ok(Flat { bytes, sizes })
 }

@@ -712,11 +712,6 @@ fn report(results: &[Value], command: &str) -> String {
     md
 }
 
-/// The `cargo bench` targets of the library crates (`--crates`).
-pub fn crates(workspace: &Workspace) -> Result<()> {
-    crate::crate_benches(workspace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

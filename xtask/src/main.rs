@@ -199,7 +199,7 @@ fn run(task: Task) -> Result<()> {
             target,
             seconds,
         } => fuzz(&workspace, &crate_dir, &target, seconds),
-        Task::Bench(args) if args.crates => bench::crates(&workspace),
+        Task::Bench(args) if args.crates => crate_benches(&workspace),
         Task::Bench(args) => bench::run(&workspace, &args),
         Task::BootTime(args) => run::boot_time(&workspace, &args),
         Task::Linux { arch, refresh } => linux::run(&workspace, arch, refresh),
@@ -328,7 +328,7 @@ fn fuzz(workspace: &Workspace, crate_dir: &str, target: &str, seconds: u64) -> R
 }
 
 /// `cargo xtask bench --crates`: the bench targets of every library crate that has some.
-pub(crate) fn crate_benches(workspace: &Workspace) -> Result<()> {
+fn crate_benches(workspace: &Workspace) -> Result<()> {
     let benched: Vec<_> = workspace
         .libraries
         .iter()

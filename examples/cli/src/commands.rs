@@ -554,7 +554,7 @@ fn reasons(stats: &CpuStats) -> Vec<(String, u64)> {
 }
 
 /// The hypervisor instructions one trap reason cost on one CPU (or summed over CPUs).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 struct Cost {
     /// Traps measured.
     measured: u64,
@@ -578,10 +578,8 @@ impl Cost {
         })
     }
 
+    /// The two together (both measured something: [`Cost::of`] makes no empty cost).
     fn add(self, other: Self) -> Self {
-        if self.measured == 0 {
-            return other;
-        }
         Self {
             measured: self.measured + other.measured,
             instructions: self.instructions + other.instructions,

@@ -13,6 +13,9 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{Readable, Writeable, ID_AA64DFR0_EL1, MDCR_EL2};
+
 use super::cell;
 
 /// INST_RETIRED: instruction architecturally executed.
@@ -20,8 +23,6 @@ const INST_RETIRED: u64 = 0x08;
 /// PMEVTYPER<n>_EL0 filter: P (no EL1), U (no EL0), NSH (count EL2). NSK, NSU and M stay 0,
 /// which with P and U set also filters Non-secure EL1/EL0 and EL3.
 const FILTER_EL2_ONLY: u64 = 1 << 31 | 1 << 30 | 1 << 27;
-/// MDCR_EL2.HPME: enables the counters reserved for EL2.
-const MDCR_HPME: u64 = 1 << 7;
 /// Width of the counter (without FEAT_PMUv3p5 and MDCR_EL2.HLP, event counters are 32-bit).
 const COUNTER_BITS: u32 = 32;
 /// No counter reserved.
@@ -121,18 +122,13 @@ fn enable_counter(n: u8) {
 
 /// Which counter to reserve on this CPU, if it can count retired instructions at EL2.
 fn probe() -> Option<u8> {
-    let dfr0: u64;
     let pmceid0: u64;
-    // SAFETY: reading ID registers and PMCEID0_EL0 has no side effect.
-    unsafe {
-        core::arch::asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack));
-    }
-    // PMUVer (bits 11:8): 0 none, 0xF IMPLEMENTATION DEFINED.
-    let version = dfr0 >> 8 & 0xf;
+    // PMUVer: 0 none, 0xF IMPLEMENTATION DEFINED.
+    let version = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
     if version == 0 || version == 0xf {
         return None;
     }
-    // SAFETY: as above; the PMU exists.
+    // SAFETY: reading PMCEID0_EL0 has no side effect; the PMU exists.
     unsafe { core::arch::asm!("mrs {}, pmceid0_el0", out(reg) pmceid0, options(nomem, nostack)) };
     let counters = (mrs_pmcr() >> 11 & 0x1f) as u8;
     // Cells keep at least one counter (HPMN = 0 needs FEAT_HPMN0).
@@ -150,15 +146,14 @@ pub fn prepare_cpu(cpu: usize) {
             COUNTER.store(n, Ordering::Relaxed);
         }
     }
-    let mdcr = if counter == NONE {
-        // MDCR_EL2.HPMN = PMCR_EL0.N: every event counter to the cell, no debug traps.
-        mrs_pmcr() >> 11 & 0x1f
+    // Every debug trap off; the PMU partitioned between EL2 and the cell.
+    if counter == NONE {
+        // HPMN = PMCR_EL0.N: every event counter to the cell.
+        MDCR_EL2.write(MDCR_EL2::HPMN.val(mrs_pmcr() >> 11 & 0x1f));
     } else {
-        u64::from(counter) | MDCR_HPME
-    };
-    // SAFETY: MDCR_EL2 only partitions the PMU between EL2 and the cell and leaves every
-    // debug trap off; no memory is affected.
-    unsafe { core::arch::asm!("msr mdcr_el2, {}", "isb", in(reg) mdcr, options(nomem, nostack)) };
+        MDCR_EL2.write(MDCR_EL2::HPMN.val(u64::from(counter)) + MDCR_EL2::HPME::SET);
+    }
+    barrier::isb(barrier::SY);
     if counter != NONE {
         write_type(counter, INST_RETIRED | FILTER_EL2_ONLY);
         enable_counter(counter);

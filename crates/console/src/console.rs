@@ -4,8 +4,9 @@
 //! # Rules
 //!
 //! - **A line is never interleaved.** Every log record, [`Console::write_fmt`] call and
-//!   [`ConsoleGuard`] holds the console lock (a [`spin::mutex::SpinMutex`], the spin crate's
-//!   `Mutex`) from its first byte to its last. Hold a [`ConsoleGuard`] to keep a multi-line
+//!   [`ConsoleGuard`] holds the console lock (a [`cellvisor_sync::Mutex`]: a CPU that finds it
+//!   taken sleeps until it is free, through the hooks the hypervisor installs there, or spins
+//!   without them) from its first byte to its last. Hold a [`ConsoleGuard`] to keep a multi-line
 //!   report (a register dump) together.
 //! - **Do not wait for another CPU while holding the lock** (IPIs, rendezvous, TLB shootdown):
 //!   that CPU may be spinning on the console.
@@ -25,8 +26,8 @@ use core::fmt::{self, Write};
 use core::hint::spin_loop;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use cellvisor_sync::{Mutex, MutexGuard};
 use log::{LevelFilter, Log, Metadata, Record, SetLoggerError};
-use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::Once;
 
 use crate::uart::{CrLfWriter, Uart};
@@ -49,7 +50,7 @@ pub type ConsoleUart = &'static mut (dyn Uart + Send);
 /// The hypervisor uses the global one through [`init`] and the free functions of
 /// this crate; tests and special set-ups can build their own.
 pub struct Console {
-    uart: SpinMutex<Option<ConsoleUart>>,
+    uart: Mutex<Option<ConsoleUart>>,
     /// CPU number of the lock holder, or [`NO_OWNER`]. Only compared with the caller's own CPU
     /// number, and a CPU always sees its own last store, so relaxed accesses suffice.
     owner: AtomicUsize,
@@ -82,7 +83,7 @@ impl Console {
     /// another CPU.
     pub const fn with_spin_limit(spin_limit: usize) -> Self {
         Self {
-            uart: SpinMutex::new(None),
+            uart: Mutex::new(None),
             owner: AtomicUsize::new(NO_OWNER),
             cpu_id: Once::new(),
             level: AtomicUsize::new(LevelFilter::Off as usize),
@@ -124,15 +125,14 @@ impl Console {
     /// was interrupted inside it): waiting would never end.
     pub fn lock(&self) -> Option<ConsoleGuard<'_>> {
         let cpu = self.current_cpu();
-        loop {
-            if let Some(guard) = self.try_lock_as(cpu) {
-                return guard.slot.is_some().then_some(guard);
-            }
-            if self.owner.load(Ordering::Relaxed) == cpu {
-                return None;
-            }
-            spin_loop();
-        }
+        let guard = match self.try_lock_as(cpu) {
+            Some(guard) => guard,
+            // Only this CPU's own store makes `owner` name it, so this cannot change while
+            // it waits.
+            None if self.owner.load(Ordering::Relaxed) == cpu => return None,
+            None => self.lock_as(cpu),
+        };
+        guard.slot.is_some().then_some(guard)
     }
 
     /// Writes formatted text, `"\n"` sent as `"\r\n"`, as one uninterrupted piece.
@@ -187,7 +187,7 @@ impl Console {
         // caller guarantees both (see # Safety). Either way the holder's reference to the slot
         // is not used again while this one exists. The slot itself is only written by
         // `install`, at boot.
-        let slot = unsafe { &mut *self.uart.as_mut_ptr() };
+        let slot = unsafe { &mut *self.uart.data_ptr() };
         match slot.as_deref_mut() {
             Some(uart) => {
                 emit(uart, args);
@@ -210,15 +210,19 @@ impl Console {
         })
     }
 
+    /// Waits for the lock (sleeping, see [`cellvisor_sync`]) and takes it.
+    fn lock_as(&self, cpu: usize) -> ConsoleGuard<'_> {
+        let slot = self.uart.lock();
+        self.owner.store(cpu, Ordering::Relaxed);
+        ConsoleGuard {
+            console: self,
+            slot,
+        }
+    }
+
     /// The slot, for `install`, which runs at boot and does not care about re-entrance.
     fn lock_slot(&self) -> ConsoleGuard<'_> {
-        let cpu = self.current_cpu();
-        loop {
-            if let Some(guard) = self.try_lock_as(cpu) {
-                return guard;
-            }
-            spin_loop();
-        }
+        self.lock_as(self.current_cpu())
     }
 }
 
@@ -263,7 +267,7 @@ impl Log for Console {
 /// Exclusive use of the console, from [`Console::lock`]; writes with `"\n"` sent as `"\r\n"`.
 pub struct ConsoleGuard<'a> {
     console: &'a Console,
-    slot: SpinMutexGuard<'a, Option<ConsoleUart>>,
+    slot: MutexGuard<'a, Option<ConsoleUart>>,
 }
 
 impl ConsoleGuard<'_> {
@@ -385,7 +389,7 @@ mod tests {
 
     /// A UART that records the bytes on the wire and the flushes.
     #[derive(Clone, Default)]
-    struct Wire(Arc<SpinMutex<(Vec<u8>, usize)>>);
+    struct Wire(Arc<spin::mutex::SpinMutex<(Vec<u8>, usize)>>);
 
     impl Wire {
         fn text(&self) -> String {

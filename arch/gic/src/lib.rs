@@ -62,6 +62,15 @@ pub mod v3;
 #[cfg(test)]
 mod tests;
 
+/// The highest priority (the lowest value) a cell can give its interrupts in `IPRIORITYR`
+/// registers: a higher one is stored as this. The priorities above, `0x00..0x10`, are left
+/// to the hypervisor's own interrupts (its wake-up SGI and timer), so that it can wait with
+/// the priority mask at `0x10`, sleeping through every cell interrupt. In the Non-secure
+/// view that a GIC with two Security states gives, `0x00` is one level of sixteen, and the
+/// one above `0x10`. Kernels use `0xa0` (Linux's default) and `0x20` or `0x80` for
+/// pseudo-NMIs; 16 levels (4 bits) is the least a GIC implements.
+pub const HIGHEST_CELL_PRIORITY: u8 = 0x10;
+
 pub use access::{AccessKind, Block, ForeignWrites, MmioAccess, Outcome, Reason, Violation, Width};
 pub use cpu::{CellId, CpuSet, Mpidr, Topology};
 pub use ownership::{IntId, IrqOwnership, OwnershipError};

@@ -479,6 +479,37 @@ impl<const QUEUE: usize> ListRegisters<QUEUE> {
         moved
     }
 
+    /// Empties every list register and the queue, and turns the underflow interrupt off: the
+    /// vCPU is gone (powered off, stopped, its CPU given to another cell).
+    ///
+    /// A hardware interrupt among them was acknowledged on the physical GIC and stays active
+    /// there until something deactivates it; the cell's deactivation will never come. So
+    /// `dropped` is called with the physical INTID and the state of each (queued ones are
+    /// [`LrState::Pending`]); the caller deactivates it, and may make a pending one pending
+    /// again for wherever it is routed now.
+    pub fn clear<L: ListRegisterFile + ?Sized>(
+        &mut self,
+        lrs: &mut L,
+        mut dropped: impl FnMut(u32, LrState),
+    ) {
+        let empty = lrs.empty();
+        for n in 0..lrs.count().min(64) {
+            if empty & (1 << n) == 0 {
+                let lr = self.format.decode(lrs.read(n));
+                if let (Some(pintid), true) = (lr.irq.pintid, lr.state != LrState::Invalid) {
+                    dropped(pintid, lr.state);
+                }
+            }
+            lrs.write(n, 0);
+        }
+        while let Some(irq) = self.queue.pop_front() {
+            if let Some(pintid) = irq.pintid {
+                dropped(pintid, LrState::Pending);
+            }
+        }
+        lrs.set_underflow_interrupt(false);
+    }
+
     /// The valid list register holding `vintid`, if any.
     fn find<L: ListRegisterFile + ?Sized>(
         &self,

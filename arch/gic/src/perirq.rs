@@ -6,6 +6,7 @@ use crate::access::{AccessKind, ForeignWrites, MmioAccess, Outcome, Reason, Widt
 use crate::cpu::CellId;
 use crate::ownership::{IntId, IrqOwnership};
 use crate::regs::GicRegisters;
+use crate::HIGHEST_CELL_PRIORITY;
 
 /// How writes of a bank behave.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,6 +61,21 @@ impl Bank {
     fn first_irq_in(&self, mask: u32) -> IntId {
         IntId::new(self.first_irq + mask.trailing_zeros() / self.bits)
     }
+}
+
+/// What a `Value` write stores in one owned field: from the INTID, the written and the current
+/// value, the value to store or a reason to refuse the write.
+pub(crate) type Fix = fn(IntId, u32, u32) -> Result<u32, Reason>;
+
+/// A value write that stores what was written.
+pub(crate) fn keep(_: IntId, new: u32, _: u32) -> Result<u32, Reason> {
+    Ok(new)
+}
+
+/// A priority write: anything above [`HIGHEST_CELL_PRIORITY`] (numerically below) is stored as
+/// it, so the priorities above stay the hypervisor's.
+pub(crate) fn cell_priority(_: IntId, new: u32, _: u32) -> Result<u32, Reason> {
+    Ok(new.max(u32::from(HIGHEST_CELL_PRIORITY)))
 }
 
 /// All ones in the low `bits` bits (`bits` < 32).

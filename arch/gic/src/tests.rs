@@ -222,6 +222,36 @@ fn active_interrupts_are_repended_in_place_or_queued_if_hardware() {
 }
 
 #[test]
+fn clearing_hands_back_every_hardware_interrupt_it_drops() {
+    let mut lrs = FakeListRegisters::new(LrFormat::V3, 2);
+    let mut manager = ListRegisters::<4>::new(LrFormat::V3);
+    manager
+        .inject(&mut lrs, VirtualIrq::hardware(27, 27, 0xa0))
+        .unwrap();
+    manager
+        .inject(&mut lrs, VirtualIrq::software(3, 0xa0))
+        .unwrap();
+    manager
+        .inject(&mut lrs, VirtualIrq::hardware(40, 40, 0xa0))
+        .unwrap();
+    manager
+        .inject(&mut lrs, VirtualIrq::software(4, 0xa0))
+        .unwrap();
+    // The cell took 27 (active in LR 0); 40 and 4 wait in the queue.
+    lrs.set_state(0, LrState::Active);
+    assert_eq!(manager.queued(), 2);
+    assert!(lrs.underflow_enabled());
+    let mut dropped = Vec::new();
+    manager.clear(&mut lrs, |pintid, state| dropped.push((pintid, state)));
+    assert_eq!(dropped, [(27, LrState::Active), (40, LrState::Pending)]);
+    assert_eq!(manager.queued(), 0);
+    assert!(lrs.values().iter().all(|&lr| lr == 0));
+    assert!(!lrs.underflow_enabled());
+    // Nothing left to drop.
+    manager.clear(&mut lrs, |pintid, _| panic!("{pintid} dropped twice"));
+}
+
+#[test]
 fn gich_frame_adapter() {
     let mut gich = FakeGic::new();
     gich.set(GichListRegisters::<FakeGic>::VTR, 0x9000_0003); // ListRegs = 3: 4 LRs
@@ -313,6 +343,63 @@ fn v2_priority_bytes_and_words_merge_with_foreign_fields() {
         dist.access(&mut gicd, &own, BY, read(0x423, Width::Byte)),
         Ok(Outcome::Read(0xaa))
     );
+}
+
+#[test]
+fn priorities_above_the_highest_cell_priority_are_stored_as_it() {
+    let limit = u32::from(crate::HIGHEST_CELL_PRIORITY);
+    // GICv2 distributor: IPRIORITYR8 = INTIDs 32..36; the cell owns 33 and 35.
+    let (mut gicd, dist, own) = v2_setup(ForeignWrites::Ignore);
+    gicd.set(0x420, 0xa0a0_a0a0);
+    dist.access(&mut gicd, &own, BY, write(0x420, Width::Word, 0x0f00_0100))
+        .unwrap();
+    assert_eq!(
+        gicd.get(0x420),
+        limit << 24 | 0xa0 << 16 | limit << 8 | 0xa0
+    );
+    dist.access(&mut gicd, &own, BY, write(0x421, Width::Byte, 0x20))
+        .unwrap();
+    assert_eq!(gicd.get(0x420), limit << 24 | 0xa0 << 16 | 0x20 << 8 | 0xa0);
+    // The cell's SGIs and PPIs (banked) too: INTID 27 is byte 27.
+    dist.access(&mut gicd, &own, BY, write(0x41b, Width::Byte, 0))
+        .unwrap();
+    assert_eq!(gicd.get(0x418) >> 24, limit);
+
+    // GICv3 distributor: IPRIORITYR16 = INTIDs 64..68, all the cell's.
+    let (mut gicd, dist, own) = v3_setup(ForeignWrites::Report);
+    let topology = Topology::new(&MPIDRS);
+    let by = Accessor {
+        cell: CELL,
+        cpus: V3_CPUS,
+        cpu: 2,
+    };
+    dist.access(
+        &mut gicd,
+        &own,
+        by,
+        &topology,
+        write(0x440, Width::Word, 0x3000_0810),
+    )
+    .unwrap();
+    assert_eq!(
+        gicd.get(0x440),
+        0x3000_0000 | limit << 16 | limit << 8 | limit
+    );
+
+    // GICv3 redistributor SGI_base: PPI 27 of CPU 3.
+    let mut gicr = gicr_setup();
+    let own = ownership(256);
+    let rd = Redistributors::new(STRIDE, ForeignWrites::Ignore);
+    let sgi = 3 * STRIDE + gicr::SGI_BASE;
+    rd.access(
+        &mut gicr,
+        &own,
+        V3_BY,
+        &topology,
+        write(sgi + gicr::IPRIORITYR + 27, Width::Byte, 0x08),
+    )
+    .unwrap();
+    assert_eq!(gicr.get(sgi + gicr::IPRIORITYR + 24) >> 24, limit);
 }
 
 #[test]
@@ -520,7 +607,8 @@ fn v2_violations() {
     );
     dist.access(&mut gicd, &own, BY, write(0x420, Width::Word, 0x0000_4000))
         .unwrap();
-    assert_eq!(gicd.get(0x420), 0x0000_4011);
+    // INTID 35's priority 0 is stored as the highest a cell may have.
+    assert_eq!(gicd.get(0x420), 0x1000_4011);
 }
 
 #[test]

@@ -69,7 +69,8 @@ pub struct Accessor {
 /// | registers | a cell can | foreign interrupts |
 /// |---|---|---|
 /// | `ISENABLER`, `ICENABLER`, `ISPENDR`, `ICPENDR`, `ISACTIVER`, `ICACTIVER` (words) | set/clear its interrupts | read 0, writes dropped |
-/// | `IGROUPR`, `ICFGR` (words), `IPRIORITYR` (words, bytes) | change its fields | read 0, writes dropped |
+/// | `IGROUPR`, `ICFGR` (words) | change its fields | read 0, writes dropped |
+/// | `IPRIORITYR` (words, bytes) | change its fields, at most up to [`HIGHEST_CELL_PRIORITY`](crate::HIGHEST_CELL_PRIORITY) | read 0, writes dropped |
 /// | `ITARGETSR` (words, bytes) | target its interrupts at its own CPUs only | read 0, writes dropped |
 /// | `CPENDSGIR`, `SPENDSGIR` (words, bytes) | change SGI state on its CPU | hypervisor SGIs read 0 |
 /// | `SGIR` | send SGIs to its own CPUs (filters 00, 01, 10 become an explicit list) | targets dropped |
@@ -162,9 +163,8 @@ impl DistributorV2 {
         let offset = access.offset;
         let policy = self.policy;
         let bank = |base, bits, class| Bank::locate(offset, base, 0, bits, class);
-        let keep = |_, new, _| Ok(new);
         let emulate = |regs: &mut R, bank| {
-            perirq::emulate(regs, bank, access, ownership, by.cell, policy, keep)
+            perirq::emulate(regs, bank, access, ownership, by.cell, policy, perirq::keep)
         };
         match offset {
             GICD_CTLR => self.ctlr(regs, by.cell, access),
@@ -177,7 +177,11 @@ impl DistributorV2 {
             0x280..0x300 => emulate(regs, bank(GICD_ICPENDR, 1, Class::SetClear)),
             0x300..0x380 => emulate(regs, bank(GICD_ISACTIVER, 1, Class::SetClear)),
             0x380..0x400 => emulate(regs, bank(GICD_ICACTIVER, 1, Class::SetClear)),
-            0x400..0x7FC => emulate(regs, bank(GICD_IPRIORITYR, 8, Class::Value)),
+            0x400..0x7FC => {
+                let bank = bank(GICD_IPRIORITYR, 8, Class::Value);
+                let fix = perirq::cell_priority;
+                perirq::emulate(regs, bank, access, ownership, by.cell, policy, fix)
+            }
             0x800..0xBFC => {
                 let fix = |irq, new, current| itargets(irq, new, current, by.cpus, policy);
                 let bank = bank(GICD_ITARGETSR, 8, Class::Value);

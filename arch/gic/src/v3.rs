@@ -10,7 +10,7 @@ use crate::access::{
 };
 use crate::cpu::{CellId, CpuSet, Mpidr, Topology};
 use crate::ownership::{IntId, IrqOwnership};
-use crate::perirq::{self, Bank, Class};
+use crate::perirq::{self, Bank, Class, Fix};
 use crate::regs::GicRegisters;
 pub use crate::v2::Accessor;
 
@@ -143,14 +143,15 @@ impl DistributorV3 {
         let offset = access.offset;
         let policy = self.policy;
         // Per-interrupt banks; the registers of INTIDs 0..32 are RAZ/WI with affinity routing.
-        let bank = |regs: &mut R, base, bits, class| {
+        let bank_with = |regs: &mut R, base, bits, class, fix: Fix| {
             let bank = Bank::locate(offset, base, 0, bits, class);
             if bank.first_irq < IntId::SPI_START {
                 return perirq::raz_wi(access, bank.bytes);
             }
-            let keep = |_, new, _| Ok(new);
-            perirq::emulate(regs, bank, access, ownership, by.cell, policy, keep)
+            perirq::emulate(regs, bank, access, ownership, by.cell, policy, fix)
         };
+        let bank =
+            |regs: &mut R, base, bits, class| bank_with(regs, base, bits, class, perirq::keep);
         match offset {
             GICD_CTLR => {
                 perirq::check_width(access, false)?;
@@ -193,7 +194,13 @@ impl DistributorV3 {
             0x0280..0x0300 => bank(regs, GICD_ICPENDR, 1, Class::SetClear),
             0x0300..0x0380 => bank(regs, GICD_ISACTIVER, 1, Class::SetClear),
             0x0380..0x0400 => bank(regs, GICD_ICACTIVER, 1, Class::SetClear),
-            0x0400..0x07FC => bank(regs, GICD_IPRIORITYR, 8, Class::Value),
+            0x0400..0x07FC => bank_with(
+                regs,
+                GICD_IPRIORITYR,
+                8,
+                Class::Value,
+                perirq::cell_priority,
+            ),
             // GICD_ITARGETSR<n>: RES0 with affinity routing; byte-accessible.
             0x0800..0x0BFC => perirq::raz_wi(access, true),
             0x0C00..0x0D00 => bank(regs, GICD_ICFGR, 2, Class::Value),
@@ -420,22 +427,22 @@ impl Redistributors {
             sgi if (gicr::SGI_BASE..2 * gicr::SGI_BASE).contains(&sgi) => {
                 let base = frame + gicr::SGI_BASE;
                 let policy = self.policy;
-                let mut bank = |base_off: usize, bits, class| {
+                let mut bank = |base_off: usize, bits, class, fix: Fix| {
                     let bank = Bank::locate(offset, base + base_off, 0, bits, class);
-                    let keep = |_, new, _| Ok(new);
-                    perirq::emulate(regs, bank, access, ownership, by.cell, policy, keep)
+                    perirq::emulate(regs, bank, access, ownership, by.cell, policy, fix)
                 };
+                let keep = perirq::keep;
                 match sgi - gicr::SGI_BASE {
-                    0x0080..0x0084 => bank(0x0080, 1, Class::Value),
-                    0x0100..0x0104 => bank(0x0100, 1, Class::SetClear),
-                    0x0180..0x0184 => bank(0x0180, 1, Class::SetClear),
-                    0x0200..0x0204 => bank(0x0200, 1, Class::SetClear),
-                    0x0280..0x0284 => bank(0x0280, 1, Class::SetClear),
-                    0x0300..0x0304 => bank(0x0300, 1, Class::SetClear),
-                    0x0380..0x0384 => bank(0x0380, 1, Class::SetClear),
-                    0x0400..0x0420 => bank(0x0400, 8, Class::Value),
-                    0x0C00..0x0C08 => bank(0x0C00, 2, Class::Value),
-                    0x0D00..0x0D04 => bank(0x0D00, 1, Class::Value),
+                    0x0080..0x0084 => bank(0x0080, 1, Class::Value, keep),
+                    0x0100..0x0104 => bank(0x0100, 1, Class::SetClear, keep),
+                    0x0180..0x0184 => bank(0x0180, 1, Class::SetClear, keep),
+                    0x0200..0x0204 => bank(0x0200, 1, Class::SetClear, keep),
+                    0x0280..0x0284 => bank(0x0280, 1, Class::SetClear, keep),
+                    0x0300..0x0304 => bank(0x0300, 1, Class::SetClear, keep),
+                    0x0380..0x0384 => bank(0x0380, 1, Class::SetClear, keep),
+                    0x0400..0x0420 => bank(0x0400, 8, Class::Value, perirq::cell_priority),
+                    0x0C00..0x0C08 => bank(0x0C00, 2, Class::Value, keep),
+                    0x0D00..0x0D04 => bank(0x0D00, 1, Class::Value, keep),
                     0x0E00 | 0x0F80 => perirq::raz_wi(access, false),
                     _ => Err(Reason::ReservedOffset),
                 }

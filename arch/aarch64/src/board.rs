@@ -81,6 +81,10 @@ pub struct Board {
     pub dtb_fallback: Option<PhysAddr>,
     /// The interrupt controller.
     pub gic: Gic,
+    /// INTID of the EL2 physical timer's interrupt (CNTHP, a PPI; 26 on boards that follow
+    /// the Arm Base System Architecture's PPI assignments). The hypervisor wakes itself with
+    /// it from waits with a deadline.
+    pub hypervisor_timer_irq: u32,
     /// Where the boot loader puts the system configuration and the root cell's kernel.
     pub boot: BootSlots,
 }

@@ -24,6 +24,8 @@ cellvisor_aarch64::board!(Board {
         virtual_cpu_interface: Some(PhysAddr::new(0x0804_0000)),
         redistributors: Some(PhysAddr::new(0x080a_0000)),
     },
+    // The EL2 physical timer: PPI 10, INTID 26 (QEMU hw/arm/virt.c, ARCH_TIMER_NS_EL2_IRQ).
+    hypervisor_timer_irq: 26,
     // The same addresses as `config-address` and `kernel-address` in Cargo.toml, where
     // `cargo xtask run` reads them.
     boot: BootSlots {

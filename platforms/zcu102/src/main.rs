@@ -23,6 +23,8 @@ cellvisor_aarch64::board!(Board {
         virtual_cpu_interface: Some(PhysAddr::new(0xf906_0000)),
         redistributors: None,
     },
+    // The EL2 physical timer: PPI 10, INTID 26 (Zynq UltraScale+ TRM, GIC-400 PPIs).
+    hypervisor_timer_irq: 26,
     // The same addresses as `config-address` and `kernel-address` in Cargo.toml, where
     // `cargo xtask run` reads them.
     boot: BootSlots {

@@ -1,6 +1,7 @@
 //! From a running hypervisor to a running root cell: the system configuration the boot
-//! loader placed, the extra EL2 mappings it asks for, the root cell's stage 2, GIC partition
-//! and device tree, and the entry into its kernel.
+//! loader placed, the extra EL2 mappings it asks for, the GIC (before the secondary CPUs
+//! start, so that they can sleep), the root cell's stage 2 and device tree, and the entry
+//! into its kernel.
 
 use super::{cache, cell, cells, gic, guest, idle, layout, manage, park, print, report};
 use crate::board::Board;
@@ -8,7 +9,6 @@ use crate::devicetree::{self, RootResources};
 use cellvisor_config::{GicVersion, InterruptController, MemoryFlags, SystemConfigView};
 use cellvisor_paging::{Attributes, PhysAddr, PAGE_SIZE};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Largest system configuration the hypervisor takes.
 const CONFIG_CAPACITY: usize = 64 << 10;
@@ -18,12 +18,6 @@ struct ConfigBuffer(UnsafeCell<[u8; CONFIG_CAPACITY]>);
 // SAFETY: written once by the boot CPU before any other CPU runs, read-only afterwards.
 unsafe impl Sync for ConfigBuffer {}
 static CONFIG: ConfigBuffer = ConfigBuffer(UnsafeCell::new([0; CONFIG_CAPACITY]));
-
-/// Where the secondaries are: waiting, or told whether a root cell exists.
-static STAGE: AtomicU8 = AtomicU8::new(WAITING);
-const WAITING: u8 = 0;
-const ROOT_READY: u8 = 1;
-const NO_ROOT: u8 = 2;
 
 /// Copies the system configuration from `slot` into the image, with the MMU off (aligned
 /// 64-bit loads only: with the MMU off every access is to Device memory). `None` if no
@@ -83,9 +77,10 @@ const NON_CACHEABLE_RW: Attributes = Attributes::new(
 /// Size of the management data window (configurations and images pass through it).
 const DATA_WINDOW: u64 = 1 << 20;
 
-/// Parses the configuration and maps what the root cell's set-up needs at EL2. Any error
-/// is reported and parks the CPU: a broken configuration must not half-start a system.
-pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<Prepared> {
+/// Parses the configuration, maps what the root cell's set-up needs at EL2 and sets up the
+/// GIC's distributor and this (the boot) CPU's interface, before any other CPU runs. Any
+/// error is reported and parks the CPU: a broken configuration must not half-start a system.
+pub fn prepare(board: &Board, bytes: &'static [u8], mpidrs: &[u64]) -> Option<Prepared> {
     let slot = board.boot.config.as_u64();
     let config = match SystemConfigView::parse(bytes) {
         Ok(config) => config,
@@ -133,6 +128,7 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             cpu_interface: None,
             hypervisor_interface: None,
             maintenance: gic_config.maintenance_irq,
+            timer: board.hypervisor_timer_irq,
         },
         GicVersion::V2 => gic::Layout {
             distributor,
@@ -140,6 +136,7 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             cpu_interface: frame(gic_config.cpu_interface),
             hypervisor_interface: gic_config.hypervisor_interface.map(|f| f.base),
             maintenance: gic_config.maintenance_irq,
+            timer: board.hypervisor_timer_irq,
         },
     };
     let gicv = match (
@@ -197,7 +194,14 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
             "cannot map the root cell's memory at EL2: {error}"
         )),
     }
-    let _ = cpu_count;
+    let mut irqs = config
+        .root_cell()
+        .irq_ranges()
+        .flat_map(|range| range.first..range.first.saturating_add(range.count));
+    if let Err(error) = gic::init(layout, mpidrs, &mut irqs) {
+        fatal(format_args!("GIC: {error}"));
+    }
+    gic::init_cpu(0);
     Some(Prepared {
         config,
         frames: (PhysAddr::new(frames_start), frame_count),
@@ -215,7 +219,6 @@ pub fn prepare(board: &Board, bytes: &'static [u8], cpu_count: usize) -> Option<
 
 fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     report(format_args!("cellvisor: FATAL: {args}\n"));
-    STAGE.store(NO_ROOT, Ordering::Release);
     park()
 }
 
@@ -288,13 +291,6 @@ pub fn root_cell(
         Ok(root_cell) => root_cell,
         Err(error) => fatal(format_args!("root cell \"{}\": {error}", root.name())),
     };
-    let mut irqs = root
-        .irq_ranges()
-        .flat_map(|range| range.first..range.first.saturating_add(range.count));
-    if let Err(error) = gic::init(prepared.gic, mpidrs, cell::gic_cpu_set(), &mut irqs) {
-        fatal(format_args!("GIC: {error}"));
-    }
-    gic::init_cpu(0);
 
     // The device tree: the stock one with what the root cell does not own removed.
     let mut ram = heapless::Vec::<(PhysAddr, u64), 64>::new();
@@ -373,9 +369,6 @@ pub fn root_cell(
 
     cell::prepare_cpu();
     cell::power(0).set_on();
-    STAGE.store(ROOT_READY, Ordering::Release);
-    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
-    aarch64_cpu::asm::sev();
 
     let ram_mib: u64 = ram.iter().map(|&(_, size)| size).sum::<u64>() >> 20;
     print(format_args!(
@@ -394,15 +387,12 @@ pub fn root_cell(
     guest::enter(kernel, out_base)
 }
 
-/// A secondary CPU after bring-up: joins the root cell if it has one, and waits in the park
-/// loop for a cell to run (the root cell's PSCI CPU_ON, or a cell that gets it).
+/// A secondary CPU after bring-up: with a GIC (a system configuration was loaded), it sets
+/// up its interface and sleeps in the park loop until a cell gives it a vCPU (the root
+/// cell's PSCI CPU_ON, or a cell that takes it); without, it idles for good.
 pub fn secondary(cpu: usize) -> ! {
-    loop {
-        match STAGE.load(Ordering::Acquire) {
-            WAITING => aarch64_cpu::asm::wfe(),
-            ROOT_READY => break,
-            _ => idle(),
-        }
+    if !gic::is_initialised() {
+        idle()
     }
     gic::init_cpu(cpu);
     let mut frame = super::exception::TrapFrame {
@@ -411,21 +401,10 @@ pub fn secondary(cpu: usize) -> ! {
         elr: 0,
         spsr: 0,
     };
-    if !cell::owns_cpu(cpu) {
-        // Not the root cell's: owned by nobody until a cell takes it (the hypervisor keeps
-        // it parked; `cells::owner` is 0 but it never gets a CPU_ON from the root cell,
-        // whose CPU list does not include it).
-    }
     cells::park(cpu, &mut frame);
     guest::enter(frame.elr, frame.x[0])
 }
 
 fn mgmt_page_size() -> u64 {
     cellvisor_abi::mgmt::PAGE_SIZE
-}
-
-/// Tells waiting secondaries that there is no root cell (no configuration was loaded).
-pub fn no_root_cell() {
-    STAGE.store(NO_ROOT, Ordering::Release);
-    aarch64_cpu::asm::sev();
 }

@@ -26,8 +26,6 @@ pub struct RootCell {
     name: heapless::String<32>,
     /// (IPA, size, flags) of each memory region.
     regions: heapless::Vec<(u64, u64, MemoryFlags), MAX_REGIONS>,
-    /// Hypervisor CPU indices of the cell.
-    cpus: u64,
     mpidrs: heapless::Vec<u64, MAX_CPUS>,
     vtcr: u64,
     /// Stage-2 table frames in use.
@@ -224,7 +222,6 @@ pub fn build(
     Ok(ROOT.call_once(|| RootCell {
         name,
         regions,
-        cpus,
         mpidrs: list,
         vtcr,
         table_frames: stats.frames,
@@ -387,8 +384,7 @@ pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -
     }
     match POWER[cpu].power_on(entry, context) {
         Ok(()) => {
-            barrier::dsb(barrier::SY);
-            aarch64_cpu::asm::sev();
+            super::wait::kick(cpu);
             status::SUCCESS
         }
         Err(error) => error.status(),
@@ -471,9 +467,4 @@ pub fn print_counters() {
         }
         super::print(format_args!("{line}\n"));
     }
-}
-
-/// Used by the GIC set-up: the root cell's CPU set for the partition.
-pub fn gic_cpu_set() -> cellvisor_gic::CpuSet {
-    cellvisor_gic::CpuSet::from_bits(ROOT.get().map_or(0, |root| root.cpus))
 }

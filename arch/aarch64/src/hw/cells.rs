@@ -1,11 +1,12 @@
 //! Cells at run time: which cell each CPU runs, the stage-2 tables of every cell, the
-//! park loop where a CPU without a vCPU to run waits, and stopping CPUs.
+//! park loop where a CPU without a vCPU to run sleeps (in WFI, see [`super::wait`]), and
+//! stopping CPUs.
 //!
 //! The bookkeeping (who owns what, states, rollback) is `cellvisor-cell`'s; this module
 //! applies its decisions to the machine through [`Machine`], its `Partition`.
 
 use super::exception::TrapFrame;
-use super::{cache, gic};
+use super::{cache, gic, wait};
 use crate::board::MAX_CPUS;
 use crate::frames::FramePool;
 use cellvisor_abi::comm::{CommRegion, Platform};
@@ -15,8 +16,9 @@ use cellvisor_paging::{
     Access, Attributes, Cacheability, FrameAllocator, GuestPhysAddr, LinearMemory, MapMode,
     Mapping, MemoryType, NotLive, PageTable, PhysAddr, Stage2, Stale, TableMemory, TlbInvalidate,
 };
+use cellvisor_sync::Mutex;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use spin::{Mutex, Once};
+use spin::Once;
 use zerocopy::IntoBytes;
 
 /// Cells the hypervisor runs at once, the root cell included.
@@ -103,10 +105,12 @@ pub static RUNTIME: [Runtime; MAX_CELLS] = [const { Runtime::new() }; MAX_CELLS]
 
 /// The cell each CPU belongs to.
 static OWNER: [AtomicU16; MAX_CPUS] = [const { AtomicU16::new(0) }; MAX_CPUS];
-/// A stop request for the CPU (it parks at its next trap, see [`gic::STOP_SGI`]).
+/// A stop request for the CPU (it parks at its next trap, see [`gic::EVENT_SGI`]).
 static STOP: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// The CPU waits in [`park`] (runs no vCPU).
 static PARKED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Bit n: CPU n waits for a CPU to park ([`stop_cpu`]); a CPU that parks wakes them all.
+static PARK_WATCHERS: AtomicU64 = AtomicU64::new(0);
 /// The CPU should enter its (non-root) cell at the cell's reset address.
 static START: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
@@ -148,29 +152,33 @@ pub fn take_stop(cpu: usize) -> bool {
         .is_some_and(|s| s.swap(false, Ordering::AcqRel))
 }
 
-/// Asks `cpu` to stop running its vCPU and waits (up to about 100 ms of guest time) until
-/// it is parked. Returns whether it is.
+/// Whether a stop request for `cpu` waits to be taken.
+pub fn stop_requested(cpu: usize) -> bool {
+    STOP.get(cpu).is_some_and(|s| s.load(Ordering::Acquire))
+}
+
+/// Asks `cpu` to stop running its vCPU and waits, asleep, until it is parked (it wakes this
+/// CPU then) or about 100 ms of guest time passed. Returns whether it is parked.
 pub fn stop_cpu(cpu: usize) -> bool {
     if is_parked(cpu) {
         return true;
     }
-    STOP[cpu].store(true, Ordering::Release);
-    gic::send_stop(cpu);
-    let deadline = now() + frequency() / 10;
-    while now() < deadline {
-        if is_parked(cpu) {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    is_parked(cpu)
+    let me = 1u64 << super::cpu_index();
+    PARK_WATCHERS.fetch_or(me, Ordering::SeqCst);
+    STOP[cpu].store(true, Ordering::SeqCst);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    wait::kick(cpu);
+    // `park` marks the CPU parked, then looks at the watchers (both SeqCst): it wakes this
+    // CPU, or this CPU sees it parked before sleeping.
+    let parked = wait::until(Some(wait::deadline_in(100)), || is_parked(cpu));
+    PARK_WATCHERS.fetch_and(!me, Ordering::SeqCst);
+    parked
 }
 
 /// Marks `cpu` to enter its cell at the next chance and wakes it.
 pub fn start_cpu(cpu: usize) {
     START[cpu].store(true, Ordering::Release);
-    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
-    aarch64_cpu::asm::sev();
+    wait::kick(cpu);
 }
 
 fn now() -> u64 {
@@ -189,33 +197,53 @@ pub fn ticks() -> u64 {
     now()
 }
 
-/// The park loop: `cpu` runs no vCPU and waits until its cell gives it one: the root cell
-/// through PSCI CPU_ON, another cell through its start. Rewrites `frame` for the entry and
-/// returns; the caller's `eret` enters the cell.
+/// The park loop: `cpu` runs no vCPU and sleeps until its cell gives it one: the root cell
+/// through PSCI CPU_ON, another cell through its start (both kick it). Rewrites `frame` for
+/// the entry and returns; the caller's `eret` enters the cell.
+///
+/// The vCPU it ran is gone, as after a power-off: its virtual interrupts are dropped and its
+/// EL1 timers switched off (they would keep their interrupt lines asserted).
 pub fn park(cpu: usize, frame: &mut TrapFrame) {
     gic::reset_cpu_interface(cpu);
-    PARKED[cpu].store(true, Ordering::Release);
-    loop {
-        let cell = owner(cpu);
-        if cell == 0 {
-            if let Some((entry, context)) = super::cell::power(cpu).take_start() {
-                STOP[cpu].store(false, Ordering::Release);
-                super::cell::prepare_cpu_for(0);
-                enter_frame(frame, entry, context);
-                break;
-            }
-        } else if START[cpu].swap(false, Ordering::AcqRel) {
-            let runtime = &RUNTIME[usize::from(cell)];
-            if runtime.state.load(Ordering::Acquire) == CellState::Running as u32 {
-                STOP[cpu].store(false, Ordering::Release);
-                super::cell::prepare_cpu_for(cell);
-                enter_frame(frame, runtime.reset.load(Ordering::Acquire), 0);
-                break;
-            }
-        }
-        aarch64_cpu::asm::wfe();
+    stop_el1_timers();
+    PARKED[cpu].store(true, Ordering::SeqCst);
+    let mut watchers = PARK_WATCHERS.load(Ordering::SeqCst);
+    while watchers != 0 {
+        wait::kick(watchers.trailing_zeros() as usize);
+        watchers &= watchers - 1;
     }
+    let mut entry = None;
+    wait::until(None, || {
+        entry = take_entry(cpu);
+        entry.is_some()
+    });
+    let (cell, pc, x0) = entry.unwrap_or_default();
+    STOP[cpu].store(false, Ordering::Release);
+    super::cell::prepare_cpu_for(cell);
+    enter_frame(frame, pc, x0);
     PARKED[cpu].store(false, Ordering::Release);
+}
+
+/// What a parked `cpu` is to enter, if anything: its cell, the entry point and x0.
+fn take_entry(cpu: usize) -> Option<(u16, u64, u64)> {
+    let cell = owner(cpu);
+    if cell == 0 {
+        let (entry, context) = super::cell::power(cpu).take_start()?;
+        return Some((0, entry, context));
+    }
+    if !START[cpu].swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    let runtime = &RUNTIME[usize::from(cell)];
+    (runtime.state.load(Ordering::Acquire) == CellState::Running as u32)
+        .then(|| (cell, runtime.reset.load(Ordering::Acquire), 0))
+}
+
+/// Switches off the EL1 physical and virtual timers of the vCPU that left this CPU.
+fn stop_el1_timers() {
+    use aarch64_cpu::registers::{Writeable, CNTP_CTL_EL0, CNTV_CTL_EL0};
+    CNTV_CTL_EL0.set(0);
+    CNTP_CTL_EL0.set(0);
 }
 
 /// Rewrites `frame` so that its `eret` enters a vCPU at `entry` with x0 = `x0`, EL1h with

@@ -88,8 +88,9 @@ cellvisor_set_stacks:
     ret
 
     .global cellvisor_park_early
+// Nothing has enabled an interrupt yet: WFI sleeps for good (WFE may not sleep at all).
 cellvisor_park_early:
-    wfe
+    wfi
     b       cellvisor_park_early
     .ltorg
 "#

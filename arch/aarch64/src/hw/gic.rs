@@ -10,25 +10,39 @@
 //! CPU interface (GICV) mapped at the GICC address, list registers are in GICH.
 //! GICv3 (IHI 0069): the distributor and redistributors are emulated, the CPU interface is
 //! the system registers (EL1 accesses go to the ICV registers), `ICC_SGI1R_EL1` writes trap.
+//!
+//! The hypervisor's own interrupts: the event SGI ([`EVENT_SGI`]: stop, or look at your
+//! flags), the EL2 timer's PPI, both at priority 0, the highest, which no cell can give its
+//! interrupts ([`cellvisor_gic::HIGHEST_CELL_PRIORITY`]), and the maintenance PPI. Waits at
+//! EL2 ([`super::wait`]) raise the priority mask to let only the first two through.
 
 use super::sysreg;
 use crate::board::MAX_CPUS;
 use crate::trap::{AccessWidth, MmioTrap};
-use cellvisor_gic::lr::{GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, VirtualIrq};
+use cellvisor_gic::lr::{
+    GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, LrState, VirtualIrq,
+};
 use cellvisor_gic::v2::{self, Accessor, DistributorV2};
 use cellvisor_gic::v3::{self, filter_sgi1r, gicr, DistributorV3, Redistributors};
 use cellvisor_gic::{
     CellId, CpuSet, ForeignWrites, IntId, IrqOwnership, MmioAccess, MmioAddr, MmioRegion, Mpidr,
-    Outcome, Topology, Violation, Width,
+    Outcome, Topology, Violation, Width, HIGHEST_CELL_PRIORITY,
 };
 use cellvisor_mmio::Mmio;
+use cellvisor_sync::Mutex;
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU64, Ordering};
-use spin::{Mutex, Once};
+use spin::Once;
 
 /// The priority of injected interrupts: above Linux's default mask (0xf0).
 const VIRTUAL_PRIORITY: u8 = 0xa0;
+/// The priority of the hypervisor's wake-ups (the event SGI and the EL2 timer): the highest.
+const WAKEUP_PRIORITY: u8 = 0x00;
+/// The priority of the maintenance interrupt: below the wake-ups, so that waits mask it.
+const MAINTENANCE_PRIORITY: u8 = 0x80;
+/// The priority mask outside waits: every priority passes.
+const PMR_OPEN: u32 = 0xff;
 /// Pending interrupts per CPU beyond the list registers.
 const QUEUE: usize = 32;
 /// Special INTIDs 1020..1023: nothing to handle (spurious).
@@ -47,6 +61,8 @@ pub struct Layout {
     pub hypervisor_interface: Option<u64>,
     /// The maintenance interrupt.
     pub maintenance: u32,
+    /// The EL2 physical timer's PPI.
+    pub timer: u32,
 }
 
 enum Emulation {
@@ -85,10 +101,11 @@ static GIC: Once<Gic> = Once::new();
 /// guards who owns which interrupt.
 static DISTRIBUTOR: Once<Mutex<IrqOwnership>> = Once::new();
 
-/// The SGI the hypervisor sends itself to stop a CPU (reserved: cells never see it).
-pub const STOP_SGI: u32 = 15;
+/// The SGI the hypervisor sends a CPU to make it look at its flags: stop its vCPU, enter one
+/// from the park loop, end a wait (reserved: cells never see it).
+pub const EVENT_SGI: u32 = 15;
 
-fn distributor() -> spin::MutexGuard<'static, IrqOwnership> {
+fn distributor() -> cellvisor_sync::MutexGuard<'static, IrqOwnership> {
     DISTRIBUTOR.get().expect("GIC used before init").lock()
 }
 
@@ -99,8 +116,8 @@ struct PerCpu([UnsafeCell<MaybeUninit<ListRegisters<QUEUE>>>; MAX_CPUS]);
 // concurrently.
 unsafe impl Sync for PerCpu {}
 static QUEUES: PerCpu = PerCpu([const { UnsafeCell::new(MaybeUninit::uninit()) }; MAX_CPUS]);
-/// Bit n: CPU n's queue is initialised.
-static QUEUE_READY: AtomicU64 = AtomicU64::new(0);
+/// Bit n: CPU n's interface and queue are initialised ([`init_cpu`] ran on it).
+static CPU_READY: AtomicU64 = AtomicU64::new(0);
 
 fn region(base: u64, size: u64) -> MmioRegion {
     // SAFETY: the GIC windows are mapped as device memory in the EL2 map for the whole run
@@ -114,6 +131,11 @@ fn gic() -> &'static Gic {
     GIC.get().expect("GIC used before init")
 }
 
+/// Whether [`init`] set the GIC up.
+pub fn is_initialised() -> bool {
+    GIC.get().is_some()
+}
+
 /// Whether the GIC is GICv3.
 pub fn is_v3() -> bool {
     GIC.get()
@@ -121,11 +143,10 @@ pub fn is_v3() -> bool {
 }
 
 /// Sets up the distributor (boot CPU, before the others run) and the partitioning state:
-/// the root cell owns `root_irqs` (SPIs) and the CPUs in `root_cpus`.
+/// the root cell owns `root_irqs` (SPIs).
 pub fn init(
     layout: Layout,
     mpidrs: &[u64],
-    root_cpus: CpuSet,
     root_irqs: &mut dyn Iterator<Item = u32>,
 ) -> Result<(), &'static str> {
     let root = CellId::new(0);
@@ -142,7 +163,10 @@ pub fn init(
     if !ownership.reserve_private(IntId::new(layout.maintenance)) {
         return Err("the maintenance interrupt is not a PPI");
     }
-    ownership.reserve_private(IntId::new(STOP_SGI));
+    if !ownership.reserve_private(IntId::new(layout.timer)) {
+        return Err("the EL2 timer interrupt is not a PPI");
+    }
+    ownership.reserve_private(IntId::new(EVENT_SGI));
     for irq in root_irqs {
         if irq >= 32 && irq < implemented {
             ownership
@@ -169,10 +193,14 @@ pub fn init(
             dist.write32(v2::GICD_CTLR, ctlr | 0b11);
         }
     }
+    // Priorities of SPIs (GICD_IPRIORITYR<n> is at the same offset on GICv2 and GICv3):
+    // none above what a cell may set, whatever the reset value (QEMU resets them to 0).
+    for word in (32..implemented).step_by(4) {
+        clamp_priorities(&mut dist, v2::GICD_IPRIORITYR + word as usize);
+    }
     let gicc = layout
         .cpu_interface
         .map_or(0, |(base, size)| cpu_interface_base(base, size));
-    let _ = root_cpus;
     DISTRIBUTOR.call_once(|| Mutex::new(ownership));
     GIC.call_once(|| Gic {
         layout,
@@ -232,7 +260,6 @@ fn own_redistributor(gic: &Gic, mpidr: Mpidr) -> Option<u64> {
 /// Sets up this CPU's interface and virtual interface. `cpu` is the hypervisor CPU index.
 pub fn init_cpu(cpu: usize) {
     let gic = gic();
-    let maintenance = gic.layout.maintenance;
     let format = match gic.emulation {
         Emulation::V3(..) => {
             let mpidr = gic.mpidrs[cpu];
@@ -250,17 +277,12 @@ pub fn init_cpu(cpu: usize) {
                         }
                         core::hint::spin_loop();
                     }
-                    // The maintenance PPI: Group 1, priority 0x80, enabled.
+                    // The hypervisor's interrupts: Group 1, their priorities, enabled.
                     let sgi = frame + gicr::SGI_BASE;
+                    private_priorities(&mut r, sgi + gicr::IPRIORITYR, &gic.layout);
                     let group = r.read32(sgi + gicr::IGROUPR0);
-                    r.write32(sgi + gicr::IGROUPR0, group | 1 << maintenance);
-                    set_priority(&mut r, sgi + gicr::IPRIORITYR, maintenance);
-                    set_priority(&mut r, sgi + gicr::IPRIORITYR, STOP_SGI);
-                    r.write32(
-                        sgi + gicr::IGROUPR0,
-                        group | 1 << maintenance | 1 << STOP_SGI,
-                    );
-                    r.write32(sgi + gicr::ISENABLER0, 1 << maintenance | 1 << STOP_SGI);
+                    r.write32(sgi + gicr::IGROUPR0, group | own_interrupts(&gic.layout));
+                    r.write32(sgi + gicr::ISENABLER0, own_interrupts(&gic.layout));
                 }
                 None => log::error!("CPU {cpu}: no redistributor with affinity {mpidr:?}"),
             }
@@ -268,7 +290,7 @@ pub fn init_cpu(cpu: usize) {
             // CPU interface: all priorities, EOImode = 1 (split drop and deactivation).
             sysreg::set_icc_sre_el2(sysreg::icc_sre_el2() | 0b1001);
             aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-            sysreg::set_icc_pmr(0xff);
+            sysreg::set_icc_pmr(u64::from(PMR_OPEN));
             sysreg::set_icc_bpr1(0);
             sysreg::set_icc_ctlr(sysreg::icc_ctlr() | 1 << 1);
             sysreg::set_icc_igrpen1(1);
@@ -287,13 +309,13 @@ pub fn init_cpu(cpu: usize) {
             {
                 let _lock = distributor();
                 let mut dist = region(dist_base, dist_size);
-                set_priority(&mut dist, v2::GICD_IPRIORITYR, maintenance);
-                set_priority(&mut dist, v2::GICD_IPRIORITYR, STOP_SGI);
-                dist.write32(v2::GICD_ISENABLER, 1 << maintenance | 1 << STOP_SGI);
+                // Banked for this CPU: its SGIs and PPIs.
+                private_priorities(&mut dist, v2::GICD_IPRIORITYR, &gic.layout);
+                dist.write32(v2::GICD_ISENABLER, own_interrupts(&gic.layout));
             }
             if gic.gicc != 0 {
                 let mut c = region(gic.gicc, 0x2000);
-                c.write32(GICC_PMR, 0xff);
+                c.write32(GICC_PMR, PMR_OPEN);
                 c.write32(GICC_BPR, 0);
                 // EnableGrp0 | EnableGrp1 | EOImode (bit 9, IHI 0048B §4.4.1).
                 c.write32(GICC_CTLR, 0b11 | 1 << 9);
@@ -313,14 +335,40 @@ pub fn init_cpu(cpu: usize) {
     if let Some(slot) = QUEUES.0.get(cpu) {
         // SAFETY: only this CPU touches its queue (see PerCpu).
         unsafe { (*slot.get()).write(ListRegisters::new(format)) };
-        QUEUE_READY.fetch_or(1 << cpu, Ordering::Release);
+        CPU_READY.fetch_or(1 << cpu, Ordering::Release);
     }
 }
 
-fn set_priority(regs: &mut MmioRegion, ipriorityr: usize, irq: u32) {
+/// The hypervisor's SGI and PPIs, as a mask of INTIDs 0..32.
+fn own_interrupts(layout: &Layout) -> u32 {
+    1 << EVENT_SGI | 1 << layout.timer | 1 << layout.maintenance
+}
+
+/// The priorities of this CPU's SGIs and PPIs (at `ipriorityr`, 8 words): the hypervisor's
+/// own, and none of the others above what a cell may set.
+fn private_priorities(regs: &mut MmioRegion, ipriorityr: usize, layout: &Layout) {
+    for word in 0..8 {
+        clamp_priorities(regs, ipriorityr + 4 * word);
+    }
+    set_priority(regs, ipriorityr, EVENT_SGI, WAKEUP_PRIORITY);
+    set_priority(regs, ipriorityr, layout.timer, WAKEUP_PRIORITY);
+    set_priority(regs, ipriorityr, layout.maintenance, MAINTENANCE_PRIORITY);
+}
+
+/// Raises each priority of the `GICD_IPRIORITYR`-style word at `offset` that lies above
+/// [`HIGHEST_CELL_PRIORITY`] to it.
+fn clamp_priorities(regs: &mut MmioRegion, offset: usize) {
+    let current = regs.read32(offset);
+    let clamped = u32::from_le_bytes(current.to_le_bytes().map(|p| p.max(HIGHEST_CELL_PRIORITY)));
+    if clamped != current {
+        regs.write32(offset, clamped);
+    }
+}
+
+fn set_priority(regs: &mut MmioRegion, ipriorityr: usize, irq: u32, priority: u8) {
     let offset = ipriorityr + (irq as usize / 4) * 4;
     let shift = (irq % 4) * 8;
-    let value = regs.read32(offset) & !(0xff << shift) | 0x80 << shift;
+    let value = regs.read32(offset) & !(0xff << shift) | u32::from(priority) << shift;
     regs.write32(offset, value);
 }
 
@@ -437,11 +485,11 @@ fn with_list_registers_of<T>(
     cpu: usize,
     f: impl FnOnce(&mut CpuListRegisters, &mut ListRegisters<QUEUE>) -> T,
 ) -> Option<T> {
-    if cpu >= 64 || QUEUE_READY.load(Ordering::Acquire) & 1 << cpu == 0 {
+    if !cpu_ready(cpu) {
         return None;
     }
     // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu), and
-    // QUEUE_READY says init_cpu initialised it.
+    // CPU_READY says init_cpu initialised it.
     let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).assume_init_mut() };
     let mut lrs = match gic.emulation {
         Emulation::V3(..) => CpuListRegisters::V3(IchListRegisters {
@@ -463,8 +511,10 @@ pub enum Handled {
     Maintenance,
     /// Nothing pending any more.
     Spurious,
-    /// The hypervisor's stop request ([`STOP_SGI`]).
-    Stop,
+    /// The hypervisor's event SGI ([`EVENT_SGI`]): a stop request, or a stale wake-up.
+    Event,
+    /// The EL2 timer, left armed by a wait (switched off now).
+    Timer,
 }
 
 /// Handles one physical interrupt taken to EL2 on `cpu` while a cell ran there.
@@ -472,41 +522,24 @@ pub fn handle_irq(cpu: usize) -> Handled {
     let gic = gic();
     let v3 = matches!(gic.emulation, Emulation::V3(..));
     let gicc = gic.gicc;
-    let iar = if v3 {
-        sysreg::icc_iar1()
-    } else {
-        u64::from(region(gicc, 0x2000).read32(GICC_IAR))
-    };
-    let intid = if v3 {
-        (iar & 0xff_ffff) as u32
-    } else {
-        (iar & 0x3ff) as u32
-    };
+    let (iar, intid) = acknowledge(v3, gicc);
     if (SPECIAL_INTIDS..1024).contains(&intid) {
         return Handled::Spurious;
     }
-    let eoi = |deactivate: bool| {
-        if v3 {
-            sysreg::icc_eoir1(iar);
-            if deactivate {
-                sysreg::icc_dir(iar);
-            }
-        } else {
-            let mut c = region(gicc, 0x2000);
-            c.write32(GICC_EOIR, iar as u32);
-            if deactivate {
-                c.write32(GICC_DIR, iar as u32);
-            }
-        }
-    };
+    let eoi = |deactivate: bool| end(v3, gicc, iar, deactivate);
     if intid == gic.layout.maintenance {
         eoi(true);
         with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
         return Handled::Maintenance;
     }
-    if intid == STOP_SGI {
+    if intid == EVENT_SGI {
         eoi(true);
-        return Handled::Stop;
+        return Handled::Event;
+    }
+    if intid == gic.layout.timer {
+        super::wait::disarm_timer();
+        eoi(true);
+        return Handled::Timer;
     }
     let software = intid < 16;
     eoi(software);
@@ -536,6 +569,112 @@ pub fn handle_irq(cpu: usize) -> Handled {
     Handled::Injected
 }
 
+/// Acknowledges the highest-priority pending interrupt: the IAR value and its INTID.
+#[inline(always)]
+fn acknowledge(v3: bool, gicc: u64) -> (u64, u32) {
+    if v3 {
+        let iar = sysreg::icc_iar1();
+        (iar, (iar & 0xff_ffff) as u32)
+    } else {
+        let iar = u64::from(region(gicc, 0x2000).read32(GICC_IAR));
+        (iar, (iar & 0x3ff) as u32)
+    }
+}
+
+/// Drops the running priority of an acknowledged interrupt (`EOImode` = 1), and deactivates
+/// it if `deactivate`.
+#[inline(always)]
+fn end(v3: bool, gicc: u64, iar: u64, deactivate: bool) {
+    if v3 {
+        sysreg::icc_eoir1(iar);
+        if deactivate {
+            sysreg::icc_dir(iar);
+        }
+    } else {
+        let mut c = region(gicc, 0x2000);
+        c.write32(GICC_EOIR, iar as u32);
+        if deactivate {
+            c.write32(GICC_DIR, iar as u32);
+        }
+    }
+}
+
+/// Whether CPU `cpu`'s interface is set up ([`init_cpu`] ran on it): it can take interrupts,
+/// so it can sleep in WFI and be woken.
+pub fn cpu_ready(cpu: usize) -> bool {
+    cpu < 64 && CPU_READY.load(Ordering::Acquire) & 1 << cpu != 0
+}
+
+fn priority_mask(v3: bool, gicc: u64) -> u32 {
+    if v3 {
+        sysreg::icc_pmr() as u32
+    } else {
+        region(gicc, 0x2000).read32(GICC_PMR)
+    }
+}
+
+fn set_priority_mask(v3: bool, gicc: u64, mask: u32) {
+    if v3 {
+        sysreg::set_icc_pmr(u64::from(mask));
+    } else {
+        region(gicc, 0x2000).write32(GICC_PMR, mask);
+    }
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+}
+
+/// Before a wait on this CPU (`cpu`): masks every interrupt but the hypervisor's wake-ups
+/// (priorities above [`HIGHEST_CELL_PRIORITY`]); returns the mask to restore, or `None` if
+/// this CPU cannot take interrupts yet.
+pub fn mask_for_wait(cpu: usize) -> Option<u32> {
+    let gic = GIC.get()?;
+    if !cpu_ready(cpu) {
+        return None;
+    }
+    let v3 = matches!(gic.emulation, Emulation::V3(..));
+    let mask = priority_mask(v3, gic.gicc);
+    set_priority_mask(v3, gic.gicc, u32::from(HIGHEST_CELL_PRIORITY));
+    Some(mask)
+}
+
+/// After a wait: restores the priority mask [`mask_for_wait`] returned.
+pub fn unmask_after_wait(cpu: usize, mask: u32) {
+    if let (Some(gic), true) = (GIC.get(), cpu_ready(cpu)) {
+        set_priority_mask(matches!(gic.emulation, Emulation::V3(..)), gic.gicc, mask);
+    }
+}
+
+/// Masks every interrupt on this CPU for good (priority mask 0), if it can take any: a CPU
+/// that stops after a fatal error then sleeps in WFI instead of waking for each interrupt.
+pub fn mask_all(cpu: usize) {
+    if let (Some(gic), true) = (GIC.get(), cpu_ready(cpu)) {
+        set_priority_mask(matches!(gic.emulation, Emulation::V3(..)), gic.gicc, 0);
+    }
+}
+
+/// In a wait, after WFI: acknowledges and ends the wake-ups pending on this CPU (the event
+/// SGI, the EL2 timer, which the caller has switched off). The priority mask lets nothing
+/// else be acknowledged.
+pub fn take_wakeups(cpu: usize) {
+    let gic = gic();
+    let v3 = matches!(gic.emulation, Emulation::V3(..));
+    // At most as many as there are hypervisor interrupts, plus a new event that came in
+    // meanwhile: the caller looks at its condition between two rounds anyway.
+    for _ in 0..4 {
+        let (iar, intid) = acknowledge(v3, gic.gicc);
+        if (SPECIAL_INTIDS..1024).contains(&intid) {
+            return;
+        }
+        if intid != EVENT_SGI && intid != gic.layout.timer {
+            // Cannot happen: no other interrupt has a wake-up's priority. Recorded in the
+            // console ring (lock free: this runs inside waits for the console lock).
+            super::console::record(format_args!(
+                "cellvisor: CPU {cpu}: interrupt {intid} got through a wait's priority mask\n"
+            ));
+        }
+        end(v3, gic.gicc, iar, true);
+    }
+}
+
 fn eoi_deactivate_only(v3: bool, gicc: u64, iar: u64) {
     if v3 {
         sysreg::icc_dir(iar);
@@ -544,15 +683,27 @@ fn eoi_deactivate_only(v3: bool, gicc: u64, iar: u64) {
     }
 }
 
-/// Drops every virtual interrupt of this CPU (its vCPU powers off).
+/// Drops every virtual interrupt of this CPU (its vCPU powers off). A hardware interrupt
+/// among them is deactivated (it would stay active, and never come again, otherwise); an
+/// edge-triggered SPI the cell had not taken yet is made pending again, for the CPU it is
+/// routed to now (a level-triggered one comes again by itself while its device asserts it).
 pub fn reset_cpu_interface(cpu: usize) {
     if let Some(gic) = GIC.get() {
+        let v3 = matches!(gic.emulation, Emulation::V3(..));
+        let (base, size) = gic.layout.distributor;
         with_list_registers(cpu, |lrs, queue| {
-            for n in 0..lrs.count() {
-                lrs.write(n, 0);
-            }
-            *queue = ListRegisters::new(queue.format());
-            lrs.set_underflow_interrupt(false);
+            queue.clear(lrs, |pintid, state| {
+                eoi_deactivate_only(v3, gic.gicc, u64::from(pintid));
+                if pintid >= 32 && state == LrState::Pending {
+                    // GICD_ICFGR<n> and GICD_ISPENDR<n>: same offsets on GICv2 and GICv3.
+                    let mut dist = region(base, size);
+                    let n = pintid as usize;
+                    let edge = dist.read32(v2::GICD_ICFGR + n / 16 * 4) >> (n % 16 * 2 + 1) & 1;
+                    if edge == 1 {
+                        dist.write32(v2::GICD_ISPENDR + n / 32 * 4, 1 << (n % 32));
+                    }
+                }
+            });
         });
         if matches!(gic.emulation, Emulation::V3(..)) {
             sysreg::set_ich_vmcr(0);
@@ -709,25 +860,30 @@ pub fn send_sgi1r(by: Requester, value: u64) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Sends the hypervisor's stop SGI to hypervisor CPU `cpu`.
-pub fn send_stop(cpu: usize) {
-    let gic = gic();
+/// Sends the event SGI to hypervisor CPU `cpu` (nothing before the GIC is set up). Lock
+/// free: the unlock of every lock ends here when someone waits for it.
+pub fn send_event(cpu: usize) {
+    let Some(gic) = GIC.get() else { return };
+    // What the CPU is to see (a flag, a released lock) before it sees the SGI.
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISHST);
     match gic.emulation {
         Emulation::V3(..) => {
             let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
             let request = v3::SgiRequest {
-                intid: IntId::new(STOP_SGI),
+                intid: IntId::new(EVENT_SGI),
                 targets: CpuSet::single(cpu),
             };
             for write in request.physical_writes(&topology) {
                 sysreg::icc_sgi1r(write);
             }
+            aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
         }
         Emulation::V2(_) => {
+            // CPU interface n is hypervisor CPU n, as for every GICv2 target list here.
+            // GICD_SGIR is one write: no read-merge-write, so no distributor lock.
             if cpu < 8 {
                 let (base, size) = gic.layout.distributor;
-                let _lock = distributor();
-                region(base, size).write32(v2::GICD_SGIR, 1 << (16 + cpu) | STOP_SGI);
+                region(base, size).write32(v2::GICD_SGIR, 1 << (16 + cpu) | EVENT_SGI);
             }
         }
     }

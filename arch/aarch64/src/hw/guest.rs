@@ -96,8 +96,8 @@ pub(super) fn trap(kind: u64, frame: &mut TrapFrame) {
         match gic::handle_irq(cpu) {
             gic::Handled::Injected => cell::count(cpu, TrapReason::Irq),
             gic::Handled::Maintenance => cell::count(cpu, TrapReason::Maintenance),
-            gic::Handled::Spurious => cell::count(cpu, TrapReason::Other),
-            gic::Handled::Stop => {
+            gic::Handled::Spurious | gic::Handled::Timer => cell::count(cpu, TrapReason::Other),
+            gic::Handled::Event => {
                 if cells::take_stop(cpu) {
                     cells::park(cpu, frame);
                 }

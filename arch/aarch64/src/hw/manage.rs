@@ -12,9 +12,10 @@ use cellvisor_abi::comm::{self, Platform};
 use cellvisor_abi::{mgmt, CellState, Command, CpuStats, Error, HypervisorInfo};
 use cellvisor_cell::{CellId, Registry};
 use cellvisor_config::CellConfigView;
+use cellvisor_sync::Mutex;
 use core::fmt::Write as _;
 use core::sync::atomic::Ordering;
-use spin::{Mutex, Once};
+use spin::Once;
 use zerocopy::IntoBytes;
 
 /// Where the interface is, in the root cell's (identity) address space.

@@ -12,8 +12,8 @@ use cellvisor_paging::{
     MAIR_EL2 as MAIR_VALUE,
 };
 use cellvisor_paging::{MapMode, Mapping, Stale, TlbInvalidate, VirtAddr};
+use cellvisor_sync::Mutex;
 use core::cell::UnsafeCell;
-use spin::Mutex;
 
 /// Frames for the EL2 tables: enough for the image, the devices of any board and the
 /// splits the per-section permissions cause (qemu-arm64 and zcu102 use 8 and 10).

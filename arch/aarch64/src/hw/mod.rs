@@ -14,10 +14,11 @@ mod manage;
 mod mmu;
 mod pmu;
 mod sysreg;
+mod wait;
 
 use crate::board::{device_tree_size, Board, CpuList, MPIDR_AFFINITY_MASK};
 use crate::memmap::{ImageLayout, StackArea};
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1, TPIDR_EL2};
+use aarch64_cpu::registers::{Readable, MPIDR_EL1, TPIDR_EL2};
 use cellvisor_paging::{PhysAddr, PAGE_SIZE};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -71,12 +72,13 @@ pub fn cpu_index() -> usize {
     TPIDR_EL2.get() as usize
 }
 
-/// Stops this CPU for good: interrupts masked, waiting for events forever.
+/// Stops this CPU for good: interrupts masked (in PSTATE, and at the GIC so that a pending
+/// one does not end every WFI), sleeping forever.
 pub fn park() -> ! {
-    loop {
-        // SAFETY: masking interrupts and waiting have no memory effects.
-        unsafe { core::arch::asm!("msr daifset, #0xf", "wfe", options(nomem, nostack)) };
-    }
+    // SAFETY: masking interrupts has no memory effects.
+    unsafe { core::arch::asm!("msr daifset, #0xf", options(nomem, nostack)) };
+    gic::mask_all(cpu_index());
+    idle()
 }
 
 /// Waits for an interrupt, forever: the idle loop of a CPU with nothing to do.
@@ -188,10 +190,15 @@ extern "C" fn cellvisor_primary_entry(x0: u64) -> ! {
             cpus.mpidrs().len()
         );
     }
-    // With a root cell to run: parse the configuration and map what it needs before any
-    // other CPU runs on the tables.
-    let system_config =
-        system_config.and_then(|bytes| boot::prepare(board, bytes, cpus.mpidrs().len()));
+    // With a root cell to run: parse the configuration, map what it needs and set up the GIC
+    // before any other CPU runs on the tables. From then on a CPU can sleep, and a waiter
+    // for a lock does.
+    let system_config = system_config.and_then(|bytes| boot::prepare(board, bytes, cpus.mpidrs()));
+    cellvisor_sync::install(cellvisor_sync::Waiting {
+        cpu: cpu_index,
+        sleep: wait::sleep_until_ready,
+        wake: wait::kick,
+    });
     let mut started = 1;
     for (index, &mpidr) in cpus.mpidrs().iter().enumerate().take(stacks).skip(1) {
         let entry = entry::cellvisor_secondary_entry as *const () as u64;
@@ -221,23 +228,19 @@ extern "C" fn cellvisor_primary_entry(x0: u64) -> ! {
                 "no system configuration at {:#x}: no root cell to run",
                 board.boot.config.as_u64()
             );
-            boot::no_root_cell();
             idle()
         }
     }
 }
 
-/// Waits until `expected` CPUs are online or `timeout_ms` passed; returns how many are.
+/// Waits until `expected` CPUs are online or `timeout_ms` passed; returns how many are. Each
+/// secondary kicks this (the boot) CPU when it is online; without a GIC (no system
+/// configuration) the wait spins.
 fn wait_for_cpus(expected: usize, timeout_ms: u64) -> usize {
-    let frequency = CNTFRQ_EL0.get().max(1);
-    let deadline = CNTPCT_EL0.get() + frequency * timeout_ms / 1000;
-    loop {
-        let online = ONLINE.load(Ordering::Acquire);
-        if online >= expected || CNTPCT_EL0.get() > deadline {
-            return online;
-        }
-        core::hint::spin_loop();
-    }
+    wait::until(Some(wait::deadline_in(timeout_ms)), || {
+        ONLINE.load(Ordering::Acquire) >= expected
+    });
+    ONLINE.load(Ordering::Acquire)
 }
 
 /// Rust entry of a secondary CPU, at EL2 with the MMU off, on its own stacks.
@@ -247,7 +250,8 @@ extern "C" fn cellvisor_secondary_entry_rust(index: u64) -> ! {
     // starting us, and does not write it again.
     let config = unsafe { (&raw const BOOT_PARAMS.mmu).read_volatile() };
     mmu::enable(&config);
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+    ONLINE.fetch_add(1, Ordering::SeqCst);
+    wait::kick(0);
     log::debug!("CPU {index} at EL2");
     boot::secondary(index as usize)
 }

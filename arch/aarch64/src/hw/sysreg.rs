@@ -1,5 +1,6 @@
 //! System registers `aarch64-cpu` does not name: the GICv3 CPU interface registers the
-//! hypervisor uses at EL2 (IHI 0069 §12.2, §12.4) and VPIDR_EL2. Accessed by their generic
+//! hypervisor uses at EL2 (IHI 0069 §12.2, §12.4), VPIDR_EL2, CNTHP_CVAL_EL2 and a few ID and
+//! trap registers. Accessed by their generic
 //! `S<op0>_<op1>_C<n>_C<m>_<op2>` names.
 
 macro_rules! sysreg {
@@ -119,6 +120,10 @@ sysreg!(
 sysreg!(
     /// `HFGWTR_EL2`: fine-grained write traps.
     _hfgwtr_el2, set_hfgwtr_el2, "S3_4_C1_C1_5"
+);
+sysreg!(
+    /// `CNTHP_CVAL_EL2`: compare value of the EL2 physical timer.
+    _cnthp_cval, set_cnthp_cval, "S3_4_C14_C2_2"
 );
 
 /// `ICH_LR<n>_EL2`, n < 16 (IHI 0069 §12.4.6: CRm = 12 + n / 8, op2 = n % 8).

@@ -84,12 +84,14 @@ macro_rules! entry {
     };
 }
 
-/// Stops this CPU for good: masks every exception, stops the virtual timer and waits for
-/// events forever. A hypervisor shutting the cell down finds it here.
+/// Stops this CPU for good: masks every exception, stops the virtual timer and sleeps in WFI
+/// forever (WFE would not sleep on every machine: QEMU's multi-threaded TCG treats it as a
+/// no-op, so the CPU would spin). A hypervisor shutting the cell down finds it here; its
+/// interrupts still reach the hypervisor, whatever the masks at EL1.
 pub fn park() -> ! {
     irq::disable();
     timer::stop();
     loop {
-        sysreg::wfe();
+        sysreg::wfi();
     }
 }

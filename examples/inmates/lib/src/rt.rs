@@ -123,7 +123,7 @@ _start:
     mov     x1, x20
     mov     x2, x21
     bl      cellvisor_inmate_start
-9:  wfe
+9:  wfi                         // nothing more to run: sleep
     b       9b
     .size _start, . - _start
 "#,
@@ -165,7 +165,7 @@ cellvisor_inmate_report_entry:
     add     x1, x1, :lo12:__exception_stack_top
     mov     sp, x1
     bl      cellvisor_inmate_exception
-1:  wfe
+1:  wfi
     b       1b
 
 cellvisor_inmate_irq_entry:

@@ -7,11 +7,13 @@
 //! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio,
 //!   with Debian's stock kernel as the root cell (`--no-linux`: the hypervisor alone,
 //!   `--bare`: the same Linux without the hypervisor; see `run.rs`).
-//! - `cargo xtask test [--fuzz-seconds N]` runs everything CI checks, failing at the first step
-//!   that fails: formatting, clippy, the host tests, a bare-metal build of every library crate
-//!   under `crates/` and `arch/`, `cargo package` of the publishable ones, a fuzz smoke run
-//!   of every target in `crates/*/fuzz` and `arch/*/fuzz`, then the system tests, which boot
-//!   the hypervisor images in QEMU (`--no-system` skips them, `--system-only` runs only them).
+//! - `cargo xtask test [--fuzz-seconds N]` runs everything CI checks: formatting, clippy, the
+//!   host tests, a bare-metal build of every library crate under `crates/` and `arch/`,
+//!   `cargo package` of the publishable ones and a fuzz smoke run of every target in
+//!   `crates/*/fuzz` and `arch/*/fuzz`, stopping at the first of these that fails; then the
+//!   system tests, which boot the hypervisor images in QEMU, all of them whatever fails, and
+//!   end with `N passed, N failed` (`--no-system` skips them, `--system-only` runs only them,
+//!   `--only PATTERN` only those whose name contains PATTERN).
 //! - `cargo xtask fuzz <crate-dir> <target> [--seconds N]` runs one fuzz target.
 //! - `cargo xtask bench [--board <board>]` measures the hypervisor in QEMU and writes
 //!   `target/bench/bench.{md,json}` (see `bench.rs`); `--crates` runs the bench targets of
@@ -109,6 +111,10 @@ enum Task {
         /// tool.
         #[arg(long)]
         no_cells: bool,
+        /// Run only the system tests whose name contains PATTERN (and the bare boots their
+        /// kernel-log check compares with); implies --system-only.
+        #[arg(long, value_name = "PATTERN", conflicts_with = "no_system")]
+        only: Option<String>,
     },
     /// Run one fuzz target, e.g. `cargo xtask fuzz paging <target>`.
     Fuzz {
@@ -144,7 +150,16 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.task) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Tests(summary)) => {
+            // The last line, whatever happened: people and CI logs look for it.
+            println!("{summary}");
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(error) => {
             eprintln!("xtask: error: {error:#}");
             ExitCode::FAILURE
@@ -152,7 +167,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(task: Task) -> Result<()> {
+/// How a task ended, if it did not fail outright.
+enum Outcome {
+    /// It did all it had to.
+    Done,
+    /// The system tests ran: they passed or failed as the summary says.
+    Tests(system_tests::Summary),
+}
+
+fn run(task: Task) -> Result<Outcome> {
     let workspace = Workspace::load()?;
     // File names on the command line are relative to where `cargo xtask` was started.
     let cwd = env::current_dir().context("cannot read the current directory")?;
@@ -172,37 +195,39 @@ fn run(task: Task) -> Result<()> {
             {
                 tool::prepare(&workspace, board)?;
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
-        Task::Run(args) => run::run(&workspace, &cwd, *args),
+        Task::Run(args) => run::run(&workspace, &cwd, *args).map(|()| Outcome::Done),
         Task::Test {
             fuzz_seconds,
             no_system,
             system_only,
             system_timeout,
             no_cells,
+            only,
         } => {
             let system_timeout = system_timeout.map(Duration::from_secs);
-            if system_only {
-                system_tests::run(&workspace, system_timeout, !no_cells)
-            } else {
+            if !system_only && only.is_none() {
                 test(&workspace, fuzz_seconds, !no_system)?;
-                if !no_system {
-                    system_tests::run(&workspace, system_timeout, !no_cells)?;
+                println!("==> host steps passed");
+                if no_system {
+                    return Ok(Outcome::Done);
                 }
-                println!("==> all steps passed");
-                Ok(())
             }
+            system_tests::run(&workspace, system_timeout, !no_cells, only.as_deref())
+                .map(Outcome::Tests)
         }
         Task::Fuzz {
             crate_dir,
             target,
             seconds,
-        } => fuzz(&workspace, &crate_dir, &target, seconds),
-        Task::Bench(args) if args.crates => crate_benches(&workspace),
-        Task::Bench(args) => bench::run(&workspace, &args),
-        Task::BootTime(args) => run::boot_time(&workspace, &args),
-        Task::Linux { arch, refresh } => linux::run(&workspace, arch, refresh),
+        } => fuzz(&workspace, &crate_dir, &target, seconds).map(|()| Outcome::Done),
+        Task::Bench(args) if args.crates => crate_benches(&workspace).map(|()| Outcome::Done),
+        Task::Bench(args) => bench::run(&workspace, &args).map(|()| Outcome::Done),
+        Task::BootTime(args) => run::boot_time(&workspace, &args).map(|()| Outcome::Done),
+        Task::Linux { arch, refresh } => {
+            linux::run(&workspace, arch, refresh).map(|()| Outcome::Done)
+        }
     }
 }
 

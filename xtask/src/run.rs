@@ -364,6 +364,11 @@ pub struct BootTimeArgs {
     /// boot, which differ a little between the two boots.
     #[arg(long, value_name = "SECS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub idle: u32,
+    /// Instead: boot each machine RUNS times bare and RUNS times as the root cell under QEMU's
+    /// default multi-threaded TCG (no icount) with `cellvisor.actions=poweroff`, and print the
+    /// host time from QEMU's start to `/init`: minimum, median and maximum.
+    #[arg(long, value_name = "RUNS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_time: Option<u32>,
 }
 
 /// What `guest-clock` prints, up to the seconds.
@@ -377,18 +382,10 @@ const GUEST_TIME: &str = "cellvisor-initramfs: guest time ";
 /// runs, over the difference of their times. Figures for notes, not a test.
 pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     let boards = board::linux_boards(&workspace.boards, args.board.as_deref())?;
-    let mut runs = Vec::new();
-    for board in &boards {
-        qemu::require(&board.qemu)?;
-        let gics = match args.gic {
-            Some(gic) => {
-                board.machine(gic)?;
-                vec![gic]
-            }
-            None => board.gic_versions.clone(),
-        };
-        runs.extend(gics.into_iter().map(|gic| (*board, gic)));
+    if let Some(runs) = args.host_time {
+        return host_boot_times(workspace, &boards, args, runs);
     }
+    let runs = machines(&boards, args.gic)?;
 
     let arch = Arch::Arm64;
     let (files, versions) = linux::prepare(workspace, arch, false)?;
@@ -521,6 +518,129 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The machines `boot-time` boots: each board with the GIC versions asked for.
+fn machines<'a>(boards: &[&'a Board], gic: Option<u32>) -> Result<Vec<(&'a Board, u32)>> {
+    let mut runs = Vec::new();
+    for &board in boards {
+        qemu::require(&board.qemu)?;
+        let gics = match gic {
+            Some(gic) => {
+                board.machine(gic)?;
+                vec![gic]
+            }
+            None => board.gic_versions.clone(),
+        };
+        runs.extend(gics.into_iter().map(|gic| (board, gic)));
+    }
+    Ok(runs)
+}
+
+/// `cargo xtask boot-time --host-time RUNS`: the host time from QEMU's start to `/init`,
+/// bare and as the root cell, under QEMU's default multi-threaded TCG, `runs` boots of each.
+fn host_boot_times(
+    workspace: &Workspace,
+    boards: &[&Board],
+    args: &BootTimeArgs,
+    runs: u32,
+) -> Result<()> {
+    let machines = machines(boards, args.gic)?;
+    let (files, versions) = linux::prepare(workspace, Arch::Arm64, false)?;
+    let logs = workspace.target_dir.join("boot-time");
+    fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let timeout = Duration::from_secs(args.timeout);
+    let actions = [Action::Poweroff];
+    let mut report = String::new();
+    let mut failures = 0;
+    for (board, gic) in machines {
+        let image = image::build(workspace, board, Kind::Normal)?;
+        let images = workspace.target_dir.join("images").join(&board.name);
+        let config = boot::board_config(board, gic, &images)?;
+        let linux = LinuxFiles {
+            kernel: shown(&files.image),
+            initrd: shown(&files.initramfs),
+            dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
+            append: append_with_actions(&board.linux()?.append, &actions),
+        };
+        let options = Options {
+            gic: Some(gic),
+            ..Options::default()
+        };
+        let kinds = [
+            ("bare", Boot::Bare(linux.clone())),
+            (
+                "root cell",
+                Boot::RootCell {
+                    image: shown(&image.bin),
+                    config: shown(&config),
+                    linux,
+                },
+            ),
+        ];
+        for (label, boot) in kinds {
+            let qemu = boot.qemu(board, &options)?;
+            println!("==> {} GICv{gic} {label}, {runs} boots: {qemu}", board.name);
+            let mut times = Vec::new();
+            for run in 1..=runs {
+                let name = format!(
+                    "{}-gicv{gic}-{}-host-{run}",
+                    board.name,
+                    label.replace(' ', "-")
+                );
+                let log = logs.join(format!("{name}.log"));
+                match measure_host(&qemu, timeout, &log) {
+                    Ok(time) => {
+                        println!("    boot {run}: /init after {:.2} s", time.as_secs_f64());
+                        times.push(time);
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        println!(
+                            "    boot {run} failed: {error:#} (console in {})",
+                            workspace.relative(&log).display()
+                        );
+                    }
+                }
+            }
+            times.sort();
+            let seconds = |t: &Duration| format!("{:.2} s", t.as_secs_f64());
+            let summary = match (times.first(), times.get(times.len() / 2), times.last()) {
+                (Some(min), Some(median), Some(max)) if times.len() == runs as usize => format!(
+                    "min {}  median {}  max {}",
+                    seconds(min),
+                    seconds(median),
+                    seconds(max)
+                ),
+                _ => format!("{} of {runs} boots failed", runs as usize - times.len()),
+            };
+            writeln!(
+                report,
+                "  {:<12} GICv{gic}  {label:<9}  {summary}",
+                board.name
+            )
+            .expect("writing to a String");
+        }
+    }
+    println!(
+        "host time from QEMU's start to /init, {runs} boots each, multi-threaded TCG, kernel \
+         {}, {} host CPUs:\n{report}",
+        versions.kernel_release,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    if failures > 0 {
+        bail!("{failures} boot(s) failed (see above)");
+    }
+    Ok(())
+}
+
+/// Boots `qemu` until it exits by itself with status 0 and returns the host time from its
+/// start to the first line with [`initramfs::MARKER`]; the console goes to `log`.
+fn measure_host(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Duration> {
+    let run = run_to_exit(qemu, timeout, log)?;
+    run.init
+        .with_context(|| format!("no line containing {:?}", initramfs::MARKER))
+}
+
 /// What a boot of `boot-time` printed.
 pub struct Measured {
     /// The guest time `guest-clock` printed.
@@ -532,18 +652,40 @@ pub struct Measured {
 /// Boots `qemu` until it exits and returns the guest time `guest-clock` printed, with the
 /// console's lines; they also go to `log`.
 pub fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
+    let run = run_to_exit(qemu, timeout, log)?;
+    match run.lines.iter().find_map(|line| guest_time(line)) {
+        Some(time) => Ok(Measured {
+            time,
+            lines: run.lines,
+        }),
+        None => bail!("no line containing {GUEST_TIME:?}"),
+    }
+}
+
+/// What a boot printed until QEMU exited by itself.
+struct Run {
+    /// The console's lines, QEMU's messages among them (as in the log).
+    lines: Vec<String>,
+    /// The host time from QEMU's start to the first line with [`initramfs::MARKER`].
+    init: Option<Duration>,
+}
+
+/// Boots `qemu` until it exits by itself, which it must do with status 0 (a console silent
+/// for [`LINUX_SILENCE`] or a boot longer than `timeout` fails); the console goes to `log`.
+fn run_to_exit(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Run> {
+    let start = Instant::now();
     let mut console = qemu.spawn_console()?;
-    let deadline = Instant::now() + timeout;
-    let mut last_output = Instant::now();
+    let deadline = start + timeout;
+    let mut last_output = start;
     let mut lines = Vec::new();
-    let mut time = None;
+    let mut init = None;
     let outcome = loop {
         match console.next_line(deadline.min(last_output + LINUX_SILENCE)) {
             Next::Line(Stream::Stderr, line) => lines.push(format!("[qemu] {line}")),
             Next::Line(Stream::Console, line) => {
                 last_output = Instant::now();
-                if time.is_none() {
-                    time = guest_time(&line);
+                if init.is_none() && line.contains(initramfs::MARKER) {
+                    init = Some(last_output - start);
                 }
                 lines.push(line);
             }
@@ -563,13 +705,12 @@ pub fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
     fs::write(log, lines.join("\n") + "\n")
         .with_context(|| format!("cannot write {}", log.display()))?;
     outcome?;
-    match (time, status) {
-        (Some(time), Some(status)) if status.success() => Ok(Measured { time, lines }),
-        (Some(_), status) => bail!(
+    match status {
+        Some(status) if status.success() => Ok(Run { lines, init }),
+        status => bail!(
             "QEMU exited with {}",
             status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string())
         ),
-        (None, _) => bail!("no line containing {GUEST_TIME:?}"),
     }
 }
 

@@ -131,6 +131,18 @@ const ROOT_CELL: &[Pattern] = &[
     Pattern::StartsWith("cellvisor: trap counters"),
 ];
 
+/// What `/init` runs in the cases that time the boot: nothing but power off.
+const INIT_TIME_ACTIONS: &str = "poweroff";
+
+/// A root cell that reaches `/init` and powers off (its host time to `/init` is checked).
+const INIT_TIME: &[Pattern] = &[BANNER, Pattern::Contains(&[MARKER])];
+
+/// The most host time a root cell may take from QEMU's start to `/init` under QEMU's default
+/// multi-threaded TCG. It takes about 5 s on a 2-core machine; CPUs of the hypervisor that
+/// spun at EL2 instead of sleeping made it 50 s and more (a broadcast TLB invalidation waits
+/// for every vCPU thread).
+const INIT_TIME_LIMIT: Duration = Duration::from_secs(30);
+
 /// What `/init` runs in the reboot case.
 const REBOOT_ACTIONS: &str = "reboot";
 
@@ -297,6 +309,8 @@ enum Check {
     /// The machine gets a second serial port (UART1, kept in
     /// `target/system-tests/<case>.uart1.log`), which must print a line containing this.
     SecondUart(&'static str),
+    /// `/init` was reached within this much host time from QEMU's start.
+    InitWithin(Duration),
 }
 
 /// One system test.
@@ -392,6 +406,18 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// A root cell timed from QEMU's start to `/init` on the host clock, under QEMU's default
+    /// multi-threaded TCG (as every case runs); `label` tells the runs of a machine apart.
+    const fn init_time(board: &'a str, gic: Option<u32>, label: &'static str) -> Self {
+        Self {
+            actions: Some(INIT_TIME_ACTIONS),
+            expect: INIT_TIME,
+            checks: &[Check::InitWithin(INIT_TIME_LIMIT)],
+            label: Some(label),
+            ..Self::root_cell(board, gic, 4, None)
+        }
+    }
+
     /// A root-cell case that manages cells with the `cellvisor` tool (`--cells`).
     const fn cells(
         board: &'a str,
@@ -443,6 +469,16 @@ const CASES: &[Case<'static>] = &[
     Case::bare("zcu102", None, 4, None),
     Case::root_cell("zcu102", None, 4, None),
     Case::reboot("qemu-arm64", Some(3), 4, Some("cortex-a57")),
+    // Three boots in a row of each machine, each within INIT_TIME_LIMIT to /init.
+    Case::init_time("qemu-arm64", Some(3), "init-time-1"),
+    Case::init_time("qemu-arm64", Some(3), "init-time-2"),
+    Case::init_time("qemu-arm64", Some(3), "init-time-3"),
+    Case::init_time("qemu-arm64", Some(2), "init-time-1"),
+    Case::init_time("qemu-arm64", Some(2), "init-time-2"),
+    Case::init_time("qemu-arm64", Some(2), "init-time-3"),
+    Case::init_time("zcu102", None, "init-time-1"),
+    Case::init_time("zcu102", None, "init-time-2"),
+    Case::init_time("zcu102", None, "init-time-3"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -793,12 +829,62 @@ struct Shared {
     baselines: HashMap<String, Vec<String>>,
 }
 
-/// Builds the images and runs every case, one after the other (with `cells`, the
-/// [`CELL_CASES`] too). Fails if any case failed. `timeout` bounds every case; by default
-/// hypervisor-only cases get 60 s, Linux boots 120 s, cell cases 240 s.
-pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Result<()> {
-    let cases = cases(&workspace.boards, cells)?;
+/// How many system tests passed and failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed.
+    pub failed: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
+    }
+}
+
+/// The bench's end-to-end case (it boots its own machines; with `cells`, on qemu-arm64).
+const BENCH_SMOKE: &str = "qemu-arm64-bench-smoke";
+
+/// The cases whose name contains `only` (all without it), each with the bare case its
+/// kernel-log check compares with, which runs first. Fails if none matches.
+fn select<'a>(cases: Vec<Resolved<'a>>, only: Option<&str>) -> Result<Vec<Resolved<'a>>> {
+    let Some(only) = only else {
+        return Ok(cases);
+    };
+    let wanted = |case: &Resolved<'_>| case.name.contains(only);
+    let baselines: Vec<String> = cases
+        .iter()
+        .filter(|case| wanted(case) && case.checks.contains(&Check::DmesgLikeBare))
+        .map(|case| case.baseline.clone())
+        .collect();
+    let selected: Vec<Resolved<'a>> = cases
+        .into_iter()
+        .filter(|case| wanted(case) || baselines.contains(&case.name))
+        .collect();
+    if selected.is_empty() && !BENCH_SMOKE.contains(only) {
+        bail!("no system test name contains {only:?}");
+    }
+    Ok(selected)
+}
+
+/// Builds the images and runs the cases (with `cells`, the [`CELL_CASES`] too; with `only`,
+/// those whose name contains it), one after the other, all of them even after a failure.
+/// `timeout` bounds every case; by default hypervisor-only cases get 60 s, Linux boots
+/// 120 s, cell cases 240 s. Returns how many passed and failed.
+pub fn run(
+    workspace: &Workspace,
+    timeout: Option<Duration>,
+    cells: bool,
+    only: Option<&str>,
+) -> Result<Summary> {
+    let cases = select(cases(&workspace.boards, cells)?, only)?;
     check_tools(workspace)?;
+    let bench_smoke = cells
+        && workspace.boards.iter().any(|b| b.name == "qemu-arm64")
+        && only.is_none_or(|only| BENCH_SMOKE.contains(only));
+    let total = cases.len() + usize::from(bench_smoke);
 
     // Each image once, built and copied before the next build overwrites cargo's output.
     let mut shared = Shared {
@@ -840,14 +926,10 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Res
 
     let logs = workspace.target_dir.join("system-tests");
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let (mut passed, mut failed) = (0, 0);
+    let mut summary = Summary::default();
+    let mut failures = Vec::new();
     for (number, case) in cases.iter().enumerate() {
-        println!(
-            "==> system test {}/{}: {}",
-            number + 1,
-            cases.len(),
-            case.name
-        );
+        println!("==> system test {}/{total}: {}", number + 1, case.name);
         let start = Instant::now();
         let mut log = Vec::new();
         let outcome = run_one(workspace, case, &shared, timeout, &logs, &mut log);
@@ -856,9 +938,12 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Res
         fs::write(&log_path, log.join("\n") + "\n")
             .with_context(|| format!("cannot write {}", log_path.display()))?;
         match outcome {
-            Ok(()) => {
-                passed += 1;
-                println!("PASS {} in {seconds:.1} s", case.name);
+            Ok(init) => {
+                summary.passed += 1;
+                let init = init.map_or_else(String::new, |init| {
+                    format!(" (/init after {:.1} s)", init.as_secs_f64())
+                });
+                println!("PASS {} in {seconds:.1} s{init}", case.name);
                 if case.boots == Boots::Bare {
                     shared
                         .baselines
@@ -866,7 +951,8 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Res
                 }
             }
             Err(error) => {
-                failed += 1;
+                summary.failed += 1;
+                failures.push(case.name.clone());
                 println!("FAIL {} in {seconds:.1} s: {error:#}", case.name);
                 let tail = &log[log.len().saturating_sub(TAIL_LINES)..];
                 println!(
@@ -881,38 +967,35 @@ pub fn run(workspace: &Workspace, timeout: Option<Duration>, cells: bool) -> Res
             }
         }
     }
-    if cells && cases.iter().any(|c| c.board.name == "qemu-arm64") {
+    if bench_smoke {
         // The bench machinery end to end (it boots its own machines).
-        let name = "qemu-arm64-bench-smoke";
-        println!(
-            "==> system test {}/{}: {name}",
-            cases.len() + 1,
-            cases.len() + 1
-        );
+        let name = BENCH_SMOKE;
+        println!("==> system test {total}/{total}: {name}");
         let start = Instant::now();
         let outcome = crate::bench::smoke(workspace);
         let seconds = start.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => {
-                passed += 1;
+                summary.passed += 1;
                 println!("PASS {name} in {seconds:.1} s");
             }
             Err(error) => {
-                failed += 1;
+                summary.failed += 1;
+                failures.push(name.to_owned());
                 println!(
                     "FAIL {name} in {seconds:.1} s: {error:#} (consoles in target/system-tests/bench/)"
                 );
             }
         }
     }
-    println!("system tests: {passed} passed, {failed} failed");
-    if failed > 0 {
-        bail!("{failed} system test(s) failed");
+    if !failures.is_empty() {
+        println!("failed system tests: {}", failures.join(" "));
     }
-    Ok(())
+    Ok(summary)
 }
 
-/// Sets up, boots and judges one case.
+/// Sets up, boots and judges one case; returns the host time from QEMU's start to `/init`
+/// of a Linux boot.
 fn run_one(
     workspace: &Workspace,
     case: &Resolved<'_>,
@@ -920,7 +1003,7 @@ fn run_one(
     timeout: Option<Duration>,
     logs: &Path,
     log: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let board = case.board;
     let shown = |path: &Path| workspace.relative(path).to_owned();
     let image = |kind: Kind| {
@@ -989,7 +1072,7 @@ fn run_one(
 
     let (timeout, silence) = case.limits(timeout);
     let expect = case.expected(facts.as_ref());
-    run_case(&qemu, case, &expect, timeout, silence, log)?;
+    let init = run_case(&qemu, case, &expect, timeout, silence, log)?;
     for check in case.checks {
         match check {
             Check::MemTotal => {
@@ -1013,9 +1096,18 @@ fn run_one(
                     )
                 })?;
             }
+            Check::InitWithin(limit) => match init {
+                Some(init) if init <= *limit => {}
+                Some(init) => bail!(
+                    "/init after {:.1} s of host time, more than {} s",
+                    init.as_secs_f64(),
+                    limit.as_secs()
+                ),
+                None => bail!("no line containing {MARKER:?}"),
+            },
         }
     }
-    Ok(())
+    Ok(init)
 }
 
 /// Fails unless the second UART's output has a line containing `text`.
@@ -1035,7 +1127,8 @@ fn check_second_uart(output: &str, text: &str) -> Result<()> {
 
 /// Boots one case and reads its console until the expected lines have appeared (and, for
 /// [`Until::Exit`], until QEMU exits). Every line read is appended to `log` (QEMU's own
-/// messages prefixed with `[qemu] `).
+/// messages prefixed with `[qemu] `). Returns the host time from QEMU's start to the first
+/// line with [`MARKER`] (`/init` of a Linux boot), if one came.
 fn run_case(
     qemu: &Qemu,
     case: &Resolved<'_>,
@@ -1043,9 +1136,11 @@ fn run_case(
     timeout: Duration,
     silence: Option<Duration>,
     log: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
+    let start = Instant::now();
     let mut console = qemu.spawn_console()?;
-    let deadline = Instant::now() + timeout;
+    let deadline = start + timeout;
+    let mut init = None;
     let mut seen = vec![false; expect.len()];
     let mut last_output = Instant::now();
     // What is still awaited, for messages.
@@ -1072,6 +1167,9 @@ fn run_case(
             Next::Line(Stream::Stderr, line) => log.push(format!("[qemu] {line}")),
             Next::Line(Stream::Console, line) => {
                 last_output = Instant::now();
+                if init.is_none() && line.contains(MARKER) {
+                    init = Some(last_output - start);
+                }
                 if let Some(text) = case.fails_on.iter().find(|text| line.contains(*text)) {
                     log.push(line);
                     break Err(anyhow::anyhow!(
@@ -1131,7 +1229,7 @@ fn run_case(
         }
     };
     console.kill();
-    outcome
+    outcome.map(|()| init)
 }
 
 /// The kernel-log problems the `dmesg` action reported, normalised (see [`normalise_dmesg`]).
@@ -1380,7 +1478,12 @@ mod tests {
     fn resolves_the_table_and_covers_every_board() {
         let boards = boards();
         let cases = cases(&boards, false).unwrap();
-        let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        // The init-time cases have a test of their own.
+        let names: Vec<&str> = cases
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|name| !name.contains("-init-time-"))
+            .collect();
         assert_eq!(
             names,
             [
@@ -1595,7 +1698,7 @@ mod tests {
         script: &str,
         timeout: Duration,
         silence: Option<Duration>,
-    ) -> (Result<()>, Vec<String>) {
+    ) -> (Result<Option<Duration>>, Vec<String>) {
         let boards = boards();
         let cases = cases(&boards, false).unwrap();
         let case = &cases[index];
@@ -1613,7 +1716,11 @@ mod tests {
     }
 
     /// Runs `script` as if it were QEMU for case `index` of [`boards`].
-    fn run_script(index: usize, script: &str, timeout: Duration) -> (Result<()>, Vec<String>) {
+    fn run_script(
+        index: usize,
+        script: &str,
+        timeout: Duration,
+    ) -> (Result<Option<Duration>>, Vec<String>) {
         run_script_silence(index, script, timeout, None)
     }
 
@@ -1660,6 +1767,96 @@ mod tests {
         assert_eq!(
             outcome.unwrap_err().to_string(),
             "timed out after 1 s waiting for QEMU to exit by itself"
+        );
+    }
+
+    #[test]
+    fn measures_the_host_time_to_init() {
+        let (outcome, _) = run_script(
+            7,
+            &format!("sleep 1; {ROOT_CELL_CONSOLE}; exit 0"),
+            Duration::from_secs(20),
+        );
+        let init = outcome.unwrap().expect("the marker came");
+        assert!(init >= Duration::from_secs(1), "{init:?}");
+        assert!(init < Duration::from_secs(10), "{init:?}");
+        // A hypervisor-only case has no /init.
+        let (outcome, _) = run_script(
+            0,
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; sleep 30",
+            Duration::from_secs(20),
+        );
+        assert_eq!(outcome.unwrap(), None);
+    }
+
+    #[test]
+    fn init_time_cases_boot_each_machine_three_times_within_the_limit() {
+        let boards = boards();
+        let all = cases(&boards, false).unwrap();
+        let timed: Vec<&Resolved<'_>> = all
+            .iter()
+            .filter(|case| case.checks.contains(&Check::InitWithin(INIT_TIME_LIMIT)))
+            .collect();
+        let names: Vec<&str> = timed.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "qemu-arm64-init-time-1-gicv3-smp4-cortex-a57",
+                "qemu-arm64-init-time-2-gicv3-smp4-cortex-a57",
+                "qemu-arm64-init-time-3-gicv3-smp4-cortex-a57",
+                "qemu-arm64-init-time-1-gicv2-smp4-cortex-a57",
+                "qemu-arm64-init-time-2-gicv2-smp4-cortex-a57",
+                "qemu-arm64-init-time-3-gicv2-smp4-cortex-a57",
+                "zcu102-init-time-1-gicv2-smp4",
+                "zcu102-init-time-2-gicv2-smp4",
+                "zcu102-init-time-3-gicv2-smp4",
+            ]
+        );
+        for case in &timed {
+            assert_eq!(case.boots, Boots::RootCell);
+            assert!(!case.options.icount, "{}: multi-threaded TCG", case.name);
+            assert!(
+                case.append
+                    .as_deref()
+                    .unwrap()
+                    .ends_with("cellvisor.actions=poweroff"),
+                "{}",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn only_selects_by_name_with_the_baselines_of_the_kernel_log_check() {
+        let boards = boards();
+        let names = |only| -> Vec<String> {
+            select(cases(&boards, true).unwrap(), Some(only))
+                .unwrap()
+                .into_iter()
+                .map(|case| case.name)
+                .collect()
+        };
+        assert_eq!(
+            names("zcu102-linux"),
+            ["zcu102-bare-gicv2-smp4", "zcu102-linux-gicv2-smp4"]
+        );
+        assert_eq!(
+            names("cells-wild-gicv3"),
+            [
+                "qemu-arm64-bare-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-wild-gicv3-smp4-cortex-a57",
+            ]
+        );
+        assert_eq!(names("init-time").len(), 9);
+        // The bench's case is not in the table, but is a name.
+        assert!(names("bench-smoke").is_empty());
+        let error = select(cases(&boards, true).unwrap(), Some("no-such-case"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "no system test name contains \"no-such-case\"");
+        assert_eq!(
+            select(cases(&boards, false).unwrap(), None).unwrap().len(),
+            cases(&boards, false).unwrap().len()
         );
     }
 

@@ -17,6 +17,9 @@
 //! system-config = "config/system-gicv{gic}.toml"  # default --config, from the crate directory
 //! linux-append = "console=ttyAMA0" # default kernel command line (--append)
 //! linux-dtb = "xilinx/zynqmp-zcu102-rev1.0.dtb"   # optional: -dtb, from target/linux/arm64/dtbs
+//! # optional, with linux-dtb: devices whose clocks come from firmware QEMU does not model get
+//! # a fixed clock instead in the tree QEMU passes (see qemu_dtb.rs)
+//! linux-dtb-fixed-clock = { frequency = 100_000_000, nodes = ["/axi/serial@ff000000"] }
 //! ```
 
 use anyhow::{bail, Context as _, Result};
@@ -79,6 +82,47 @@ pub struct LinuxBoot {
     /// The device tree QEMU passes, relative to the kernel's `dtbs/` (`linux-dtb`); `None`:
     /// the one QEMU generates.
     pub dtb: Option<String>,
+    /// Nodes of that tree that get a fixed clock in QEMU (`linux-dtb-fixed-clock`).
+    pub fixed_clock: Option<FixedClock>,
+}
+
+/// `linux-dtb-fixed-clock`: the devices of `linux-dtb` whose clocks (and power domains and
+/// pin control) come from firmware that QEMU does not model, and the clock they get instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedClock {
+    /// The fixed clock's rate in Hz.
+    pub frequency: u32,
+    /// Full paths of the nodes.
+    pub nodes: Vec<String>,
+}
+
+impl FixedClock {
+    fn parse(value: &Value) -> Result<Self> {
+        const WHAT: &str = "`linux-dtb-fixed-clock` must be a table { frequency = HZ, nodes = \
+                            [\"/path\", ...] }";
+        let frequency = value
+            .get("frequency")
+            .and_then(Value::as_u64)
+            .and_then(|hz| u32::try_from(hz).ok())
+            .filter(|&hz| hz > 0)
+            .context(WHAT)?;
+        let nodes: Vec<String> = value
+            .get("nodes")
+            .and_then(Value::as_array)
+            .context(WHAT)?
+            .iter()
+            .map(|node| {
+                node.as_str()
+                    .filter(|path| path.starts_with('/'))
+                    .map(str::to_owned)
+                    .with_context(|| format!("{WHAT}: {node} is no node path"))
+            })
+            .collect::<Result<_>>()?;
+        if nodes.is_empty() {
+            bail!("{WHAT}: no nodes");
+        }
+        Ok(Self { frequency, nodes })
+    }
 }
 
 impl LinuxBoot {
@@ -95,6 +139,9 @@ impl LinuxBoot {
                     "`linux-dtb` needs the other Linux keys: {}",
                     LINUX_KEYS.join(", ")
                 );
+            }
+            if table.get("linux-dtb-fixed-clock").is_some() {
+                bail!("`linux-dtb-fixed-clock` needs `linux-dtb`");
             }
             return Ok(None);
         }
@@ -135,7 +182,14 @@ impl LinuxBoot {
                 None => None,
                 Some(_) => Some(string("linux-dtb")?),
             },
+            fixed_clock: match table.get("linux-dtb-fixed-clock") {
+                None => None,
+                Some(value) => Some(FixedClock::parse(value)?),
+            },
         };
+        if linux.fixed_clock.is_some() && linux.dtb.is_none() {
+            bail!("`linux-dtb-fixed-clock` needs `linux-dtb`");
+        }
         if linux.config_address >= linux.kernel_address {
             bail!(
                 "`config-address` ({:#x}) must be below `kernel-address` ({:#x}): the \
@@ -408,6 +462,10 @@ mod tests {
 
         let mut table = with_linux(qemu_arm64());
         table["linux-dtb"] = "xilinx/zynqmp-zcu102-rev1.0.dtb".into();
+        table["linux-dtb-fixed-clock"] = serde_json::json!({
+            "frequency": 100_000_000,
+            "nodes": ["/axi/serial@ff000000", "/axi/serial@ff010000"],
+        });
         let mut package = package(table);
         package["manifest_path"] = "/w/platforms/test/Cargo.toml".into();
         let board = Board::from_package(&package).unwrap().unwrap();
@@ -420,6 +478,10 @@ mod tests {
                 system_config: "config/system-gicv{gic}.toml".into(),
                 append: "console=ttyAMA0 earlycon=pl011,0x9000000".into(),
                 dtb: Some("xilinx/zynqmp-zcu102-rev1.0.dtb".into()),
+                fixed_clock: Some(FixedClock {
+                    frequency: 100_000_000,
+                    nodes: vec!["/axi/serial@ff000000".into(), "/axi/serial@ff010000".into()],
+                }),
             }
         );
         assert_eq!(linux.config_room(), 0x4_0000);
@@ -453,6 +515,25 @@ mod tests {
         let mut table = qemu_arm64();
         table["linux-dtb"] = "a.dtb".into();
         assert!(error(table).contains("`linux-dtb` needs the other Linux keys"));
+        let mut table = with_linux(qemu_arm64());
+        table["linux-dtb-fixed-clock"] = serde_json::json!({ "frequency": 1, "nodes": ["/a"] });
+        assert!(error(table).contains("`linux-dtb-fixed-clock` needs `linux-dtb`"));
+        for bad in [
+            serde_json::json!({ "nodes": ["/a"] }),
+            serde_json::json!({ "frequency": 0, "nodes": ["/a"] }),
+            serde_json::json!({ "frequency": 1, "nodes": [] }),
+            serde_json::json!({ "frequency": 1, "nodes": ["a"] }),
+            serde_json::json!("/a"),
+        ] {
+            let mut table = with_linux(qemu_arm64());
+            table["linux-dtb"] = "a.dtb".into();
+            table["linux-dtb-fixed-clock"] = bad.clone();
+            let message = error(table);
+            assert!(
+                message.contains("`linux-dtb-fixed-clock` must be a table"),
+                "{bad}: {message}"
+            );
+        }
         let mut table = with_linux(qemu_arm64());
         table["kernel-address"] = "0x40a00000".into();
         assert!(error(table).contains("`kernel-address` must be an address"));

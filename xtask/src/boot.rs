@@ -127,10 +127,12 @@ pub fn check_dtb(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The device tree a board's Linux boots with by default (`linux-dtb`, from the kernel's
-/// device trees in `dtbs`); `None` if QEMU generates one.
+/// The device tree a board's Linux boots with by default in QEMU (`linux-dtb`, from the
+/// kernel's device trees in `dtbs`, with the board's `linux-dtb-fixed-clock` applied and
+/// written next to `dtbs` into `dtbs-qemu/`); `None` if QEMU generates one.
 pub fn board_dtb(board: &Board, dtbs: &Path) -> Result<Option<PathBuf>> {
-    let Some(relative) = board.linux()?.dtb.as_deref() else {
+    let linux = board.linux()?;
+    let Some(relative) = linux.dtb.as_deref() else {
         return Ok(None);
     };
     let dtb = dtbs.join(relative);
@@ -142,7 +144,25 @@ pub fn board_dtb(board: &Board, dtbs: &Path) -> Result<Option<PathBuf>> {
             dtbs.display()
         );
     }
-    Ok(Some(dtb))
+    let Some(clock) = &linux.fixed_clock else {
+        return Ok(Some(dtb));
+    };
+    let stock = fs::read(&dtb).with_context(|| format!("cannot read {}", dtb.display()))?;
+    let patched = crate::qemu_dtb::with_fixed_clock(&stock, clock).with_context(|| {
+        format!(
+            "board {}: linux-dtb-fixed-clock on {}",
+            board.name,
+            dtb.display()
+        )
+    })?;
+    let out = dtbs.with_file_name("dtbs-qemu").join(relative);
+    if fs::read(&out).ok().as_deref() != Some(patched.as_slice()) {
+        if let Some(dir) = out.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        fs::write(&out, patched).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(Some(out))
 }
 
 /// The compiled default system configuration of `board` for GIC version `gic`, as

@@ -42,6 +42,7 @@ mod initramfs;
 mod inmates;
 mod linux;
 mod qemu;
+mod qemu_dtb;
 mod run;
 mod scripts;
 mod system_tests;

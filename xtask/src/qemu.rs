@@ -3,9 +3,9 @@
 
 use std::env;
 use std::fmt;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -198,13 +198,23 @@ impl Qemu {
     /// Starts QEMU with the serial console on a pipe (no monitor, no display, stdin closed),
     /// in its own process group so that it and its children can be killed together.
     pub fn spawn_console(&self) -> Result<Console> {
+        self.spawn(false)
+    }
+
+    /// [`Qemu::spawn_console`] with the console's input on a pipe too, for
+    /// [`Console::type_text`].
+    pub fn spawn_console_with_input(&self) -> Result<Console> {
+        self.spawn(true)
+    }
+
+    fn spawn(&self, input: bool) -> Result<Console> {
         let mut command = self
             .clone()
             .args(self.serials("stdio"))
             .args(["-monitor", "none", "-display", "none"])
             .command();
         command
-            .stdin(Stdio::null())
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         #[cfg(unix)]
@@ -220,6 +230,7 @@ impl Qemu {
         );
         forward_lines(child.stderr.take().expect("piped"), Stream::Stderr, sender);
         Ok(Console {
+            input: child.stdin.take(),
             child,
             lines,
             status: None,
@@ -319,11 +330,25 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Console {
     child: Child,
+    /// The console's input, if it was spawned with one.
+    input: Option<ChildStdin>,
     lines: Receiver<(Stream, String)>,
     status: Option<ExitStatus>,
 }
 
 impl Console {
+    /// Types `text` on the guest's console (a serial line: end lines with `\r`).
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let input = self
+            .input
+            .as_mut()
+            .context("QEMU was started without console input")?;
+        input
+            .write_all(text.as_bytes())
+            .and_then(|()| input.flush())
+            .context("cannot type on the console")
+    }
+
     /// The next line QEMU prints, waiting until `deadline` at most.
     pub fn next_line(&self, deadline: Instant) -> Next {
         match self

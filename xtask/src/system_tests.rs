@@ -253,6 +253,32 @@ const CELLS_BAD_INPUT: &[Pattern] = &[
     Pattern::StartsWith("cellvisor: trap counters"),
 ];
 
+/// What `/init` runs in the `run-demo` cases: what `cargo xtask run --demo` runs, then the
+/// shell.
+const RUN_DEMO_ACTIONS: &str = "script:demo-start";
+
+/// The line after which `cargo xtask run --demo` hands the shell over.
+const DEMO_RUNS: &str = "cellvisor-demo: the demo cell runs";
+
+/// What the `run-demo` cases type at the shell: the demo cell must be listed as running (the
+/// result line is made by the shell, so the echo of the typed line does not match it), then
+/// leaving the shell powers off.
+const RUN_DEMO_TYPED: Typed = Typed {
+    after: DEMO_RUNS,
+    text: "cellvisor cell list | grep -q 'demo *running'; echo demo-$(echo listed) status=$?\r\
+           exit\r",
+};
+
+/// `cargo xtask run --demo`: the shell comes with the demo cell running, and takes commands.
+const RUN_DEMO: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-demo: start status=0"]),
+    Pattern::Contains(&[DEMO_RUNS]),
+    Pattern::Contains(&["demo-listed status=0"]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
 /// How long a cell case may take by default.
 const CELLS_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -311,6 +337,15 @@ enum Check {
     SecondUart(&'static str),
     /// `/init` was reached within this much host time from QEMU's start.
     InitWithin(Duration),
+    /// The case's [`Typed::after`] line came within this much host time from QEMU's start.
+    TypedWithin(Duration),
+}
+
+/// Text typed on the console once a line containing `after` appeared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Typed {
+    after: &'static str,
+    text: &'static str,
 }
 
 /// One system test.
@@ -335,6 +370,8 @@ struct Case<'a> {
     label: Option<&'static str>,
     /// How long it may take unless `--system-timeout` says; `None`: the default of its kind.
     timeout: Option<Duration>,
+    /// What is typed on the console, and when.
+    typed: Option<Typed>,
 }
 
 impl<'a> Case<'a> {
@@ -353,6 +390,7 @@ impl<'a> Case<'a> {
             fails_on: BOOT_FAILS_ON,
             label: None,
             timeout: None,
+            typed: None,
         }
     }
 
@@ -414,6 +452,24 @@ impl<'a> Case<'a> {
             expect: INIT_TIME,
             checks: &[Check::InitWithin(INIT_TIME_LIMIT)],
             label: Some(label),
+            ..Self::root_cell(board, gic, 4, None)
+        }
+    }
+
+    /// `cargo xtask run --demo` as a user runs it: the demo cell starts and the shell comes
+    /// within the time limit of the init-time cases, and takes commands.
+    const fn run_demo(board: &'a str, gic: Option<u32>) -> Self {
+        Self {
+            actions: Some(RUN_DEMO_ACTIONS),
+            expect: RUN_DEMO,
+            checks: &[
+                Check::SecondUart(TIMER_DEMO_LINE),
+                Check::TypedWithin(INIT_TIME_LIMIT),
+            ],
+            fails_on: CELLS_FAILS_ON,
+            label: Some("run-demo"),
+            timeout: Some(CELLS_TIMEOUT),
+            typed: Some(RUN_DEMO_TYPED),
             ..Self::root_cell(board, gic, 4, None)
         }
     }
@@ -583,6 +639,10 @@ const CELL_CASES: &[Case<'static>] = &[
             Check::SecondUart("stubborn-demo: shutdown denied"),
         ],
     ),
+    // `cargo xtask run --demo`, with commands typed at its shell.
+    Case::run_demo("qemu-arm64", Some(3)),
+    Case::run_demo("qemu-arm64", Some(2)),
+    Case::run_demo("zcu102", None),
 ];
 
 /// A case bound to its board, with the patterns filled in (but for the system
@@ -604,6 +664,8 @@ struct Resolved<'a> {
     baseline: String,
     /// The case's own default timeout.
     timeout: Option<Duration>,
+    /// What is typed on the console, and when.
+    typed: Option<Typed>,
 }
 
 impl Resolved<'_> {
@@ -807,6 +869,7 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
         checks: case.checks,
         fails_on: case.fails_on,
         timeout: case.timeout,
+        typed: case.typed,
     })
 }
 
@@ -938,12 +1001,9 @@ pub fn run(
         fs::write(&log_path, log.join("\n") + "\n")
             .with_context(|| format!("cannot write {}", log_path.display()))?;
         match outcome {
-            Ok(init) => {
+            Ok(timing) => {
                 summary.passed += 1;
-                let init = init.map_or_else(String::new, |init| {
-                    format!(" (/init after {:.1} s)", init.as_secs_f64())
-                });
-                println!("PASS {} in {seconds:.1} s{init}", case.name);
+                println!("PASS {} in {seconds:.1} s{timing}", case.name);
                 if case.boots == Boots::Bare {
                     shared
                         .baselines
@@ -994,8 +1054,46 @@ pub fn run(
     Ok(summary)
 }
 
-/// Sets up, boots and judges one case; returns the host time from QEMU's start to `/init`
-/// of a Linux boot.
+/// Host times from QEMU's start to what a case waits for, if it came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Timing {
+    /// `/init` ([`MARKER`]) of a Linux boot.
+    init: Option<Duration>,
+    /// The line after which the case typed ([`Typed::after`]).
+    typed: Option<Duration>,
+}
+
+impl std::fmt::Display for Timing {
+    /// ` (/init after 4.1 s, typed after 6.3 s)`, or nothing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [("/init", self.init), ("typed", self.typed)]
+            .into_iter()
+            .filter_map(|(what, time)| {
+                time.map(|time| format!("{what} after {:.1} s", time.as_secs_f64()))
+            })
+            .collect();
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " ({})", parts.join(", "))
+        }
+    }
+}
+
+/// Fails unless `time` (of `what`, `None` if it never came) is within `limit`.
+fn check_within(what: &str, time: Option<Duration>, limit: Duration) -> Result<()> {
+    match time {
+        Some(time) if time <= limit => Ok(()),
+        Some(time) => bail!(
+            "{what} after {:.1} s of host time, more than {} s",
+            time.as_secs_f64(),
+            limit.as_secs()
+        ),
+        None => bail!("{what} never came"),
+    }
+}
+
+/// Sets up, boots and judges one case; returns the host times of what it waited for.
 fn run_one(
     workspace: &Workspace,
     case: &Resolved<'_>,
@@ -1003,7 +1101,7 @@ fn run_one(
     timeout: Option<Duration>,
     logs: &Path,
     log: &mut Vec<String>,
-) -> Result<Option<Duration>> {
+) -> Result<Timing> {
     let board = case.board;
     let shown = |path: &Path| workspace.relative(path).to_owned();
     let image = |kind: Kind| {
@@ -1072,7 +1170,7 @@ fn run_one(
 
     let (timeout, silence) = case.limits(timeout);
     let expect = case.expected(facts.as_ref());
-    let init = run_case(&qemu, case, &expect, timeout, silence, log)?;
+    let timing = run_case(&qemu, case, &expect, timeout, silence, log)?;
     for check in case.checks {
         match check {
             Check::MemTotal => {
@@ -1096,18 +1194,14 @@ fn run_one(
                     )
                 })?;
             }
-            Check::InitWithin(limit) => match init {
-                Some(init) if init <= *limit => {}
-                Some(init) => bail!(
-                    "/init after {:.1} s of host time, more than {} s",
-                    init.as_secs_f64(),
-                    limit.as_secs()
-                ),
-                None => bail!("no line containing {MARKER:?}"),
-            },
+            Check::InitWithin(limit) => check_within("/init", timing.init, *limit)?,
+            Check::TypedWithin(limit) => {
+                let what = case.typed.map_or("the line to type after", |t| t.after);
+                check_within(&format!("{what:?}"), timing.typed, *limit)?;
+            }
         }
     }
-    Ok(init)
+    Ok(timing)
 }
 
 /// Fails unless the second UART's output has a line containing `text`.
@@ -1127,8 +1221,9 @@ fn check_second_uart(output: &str, text: &str) -> Result<()> {
 
 /// Boots one case and reads its console until the expected lines have appeared (and, for
 /// [`Until::Exit`], until QEMU exits). Every line read is appended to `log` (QEMU's own
-/// messages prefixed with `[qemu] `). Returns the host time from QEMU's start to the first
-/// line with [`MARKER`] (`/init` of a Linux boot), if one came.
+/// messages prefixed with `[qemu] `). Types the case's [`Typed`] text once its line came.
+/// Returns the host times from QEMU's start to the first line with [`MARKER`] (`/init` of a
+/// Linux boot) and to the typing.
 fn run_case(
     qemu: &Qemu,
     case: &Resolved<'_>,
@@ -1136,11 +1231,14 @@ fn run_case(
     timeout: Duration,
     silence: Option<Duration>,
     log: &mut Vec<String>,
-) -> Result<Option<Duration>> {
+) -> Result<Timing> {
     let start = Instant::now();
-    let mut console = qemu.spawn_console()?;
+    let mut console = match case.typed {
+        Some(_) => qemu.spawn_console_with_input()?,
+        None => qemu.spawn_console()?,
+    };
     let deadline = start + timeout;
-    let mut init = None;
+    let mut timing = Timing::default();
     let mut seen = vec![false; expect.len()];
     let mut last_output = Instant::now();
     // What is still awaited, for messages.
@@ -1167,8 +1265,17 @@ fn run_case(
             Next::Line(Stream::Stderr, line) => log.push(format!("[qemu] {line}")),
             Next::Line(Stream::Console, line) => {
                 last_output = Instant::now();
-                if init.is_none() && line.contains(MARKER) {
-                    init = Some(last_output - start);
+                if timing.init.is_none() && line.contains(MARKER) {
+                    timing.init = Some(last_output - start);
+                }
+                if let Some(typed) = case.typed {
+                    if timing.typed.is_none() && line.contains(typed.after) {
+                        timing.typed = Some(last_output - start);
+                        if let Err(error) = console.type_text(typed.text) {
+                            log.push(line);
+                            break Err(error);
+                        }
+                    }
                 }
                 if let Some(text) = case.fails_on.iter().find(|text| line.contains(*text)) {
                     log.push(line);
@@ -1229,7 +1336,7 @@ fn run_case(
         }
     };
     console.kill();
-    outcome.map(|()| init)
+    outcome.map(|()| timing)
 }
 
 /// The kernel-log problems the `dmesg` action reported, normalised (see [`normalise_dmesg`]).
@@ -1343,6 +1450,7 @@ mod tests {
                 system_config: "config/system-gicv{gic}.toml".to_owned(),
                 append: format!("console={name}"),
                 dtb: None,
+                fixed_clock: None,
             }),
         }
     }
@@ -1371,7 +1479,12 @@ mod tests {
         let all = cases(&boards, true).unwrap();
         assert!(plain.iter().all(|c| !c.name.contains("-cells-")));
         let cells: Vec<&Resolved<'_>> = all[plain.len()..].iter().collect();
-        let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+        // The run-demo cases have a test of their own.
+        let names: Vec<&str> = cells
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|name| !name.contains("-run-demo-"))
+            .collect();
         assert_eq!(
             names,
             [
@@ -1698,7 +1811,7 @@ mod tests {
         script: &str,
         timeout: Duration,
         silence: Option<Duration>,
-    ) -> (Result<Option<Duration>>, Vec<String>) {
+    ) -> (Result<Timing>, Vec<String>) {
         let boards = boards();
         let cases = cases(&boards, false).unwrap();
         let case = &cases[index];
@@ -1716,11 +1829,7 @@ mod tests {
     }
 
     /// Runs `script` as if it were QEMU for case `index` of [`boards`].
-    fn run_script(
-        index: usize,
-        script: &str,
-        timeout: Duration,
-    ) -> (Result<Option<Duration>>, Vec<String>) {
+    fn run_script(index: usize, script: &str, timeout: Duration) -> (Result<Timing>, Vec<String>) {
         run_script_silence(index, script, timeout, None)
     }
 
@@ -1777,16 +1886,114 @@ mod tests {
             &format!("sleep 1; {ROOT_CELL_CONSOLE}; exit 0"),
             Duration::from_secs(20),
         );
-        let init = outcome.unwrap().expect("the marker came");
+        let timing = outcome.unwrap();
+        let init = timing.init.expect("the marker came");
         assert!(init >= Duration::from_secs(1), "{init:?}");
         assert!(init < Duration::from_secs(10), "{init:?}");
+        assert_eq!(timing.typed, None);
+        assert!(
+            timing.to_string().starts_with(" (/init after 1."),
+            "{timing}"
+        );
         // A hypervisor-only case has no /init.
         let (outcome, _) = run_script(
             0,
             "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; sleep 30",
             Duration::from_secs(20),
         );
-        assert_eq!(outcome.unwrap(), None);
+        assert_eq!(outcome.unwrap(), Timing::default());
+        assert_eq!(Timing::default().to_string(), "");
+        check_within("/init", Some(Duration::from_secs(30)), INIT_TIME_LIMIT).unwrap();
+        let error = check_within(
+            "/init",
+            Some(Duration::from_millis(30_500)),
+            INIT_TIME_LIMIT,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(error, "/init after 30.5 s of host time, more than 30 s");
+        let error = check_within("/init", None, INIT_TIME_LIMIT).unwrap_err();
+        assert_eq!(error.to_string(), "/init never came");
+    }
+
+    /// The bytes of the first line the run-demo cases type, its `\r` included.
+    fn first_line() -> usize {
+        RUN_DEMO_TYPED.text.find('\r').unwrap() + 1
+    }
+
+    #[test]
+    fn the_run_demo_cases_type_at_the_shell_once_the_demo_runs() {
+        let boards = boards();
+        let all = cases(&boards, true).unwrap();
+        let demo: Vec<&Resolved<'_>> = all
+            .iter()
+            .filter(|case| case.name.contains("-run-demo-"))
+            .collect();
+        let names: Vec<&str> = demo.iter().map(|case| case.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "qemu-arm64-run-demo-gicv3-smp4-cortex-a57",
+                "qemu-arm64-run-demo-gicv2-smp4-cortex-a57",
+                "zcu102-run-demo-gicv2-smp4",
+            ]
+        );
+        let case = demo[0];
+        assert_eq!(
+            case.append.as_deref(),
+            Some("console=qemu-arm64 cellvisor.actions=script:demo-start")
+        );
+        // A guest that echoes what it is typed, as a shell's tty does, once the demo runs;
+        // the shell's answer and the power-off follow.
+        let console = format!(
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo 'cellvisor-initramfs: /init reached'; \
+             echo 'cellvisor-initramfs: script demo-start: cellvisor-demo: start status=0'; \
+             echo 'cellvisor-initramfs: script demo-start: {DEMO_RUNS} (its UART...)'; \
+             typed=$(head -c {line} | tr -d '\\r'); echo \"/ # $typed\"; \
+             case \"$typed\" in *'demo-$(echo listed) status=$?'*) \
+                 echo 'demo-listed status=0';; esac; \
+             echo 'cellvisor: trap counters of cell \"linux\"'; exit 0",
+            line = first_line()
+        );
+        let mut log = Vec::new();
+        let timing = run_case(
+            &Qemu::shell(&console),
+            case,
+            &case.expected(Some(&facts())),
+            Duration::from_secs(20),
+            None,
+            &mut log,
+        )
+        .unwrap();
+        assert!(
+            timing.typed.is_some() && timing.init.is_some(),
+            "{timing:?}"
+        );
+        // The echo of the typed line alone does not pass.
+        let echo_only = format!(
+            "echo 'cellvisor 0.1.0 on qemu-arm64: 4/4 CPUs at EL2'; \
+             echo 'cellvisor-initramfs: /init reached'; \
+             echo 'cellvisor-demo: start status=0'; echo 'cellvisor-demo: the demo cell runs'; \
+             typed=$(head -c {line} | tr -d '\\r'); echo \"/ # $typed\"; \
+             echo 'cellvisor: trap counters'; exit 0",
+            line = first_line()
+        );
+        let error = run_case(
+            &Qemu::shell(&echo_only),
+            case,
+            &case.expected(Some(&facts())),
+            Duration::from_secs(20),
+            None,
+            &mut log,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("before the line")
+                || error.contains("before a line containing \"demo-listed status=0\""),
+            "{error}"
+        );
     }
 
     #[test]

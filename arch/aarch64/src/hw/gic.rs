@@ -94,6 +94,8 @@ struct Gic {
     emulation: Emulation,
     mpidrs: [Mpidr; MAX_CPUS],
     cpu_count: usize,
+    /// The hypervisor's own SGI and PPIs, bit n for INTID n ([`own_interrupts`]).
+    own: u32,
 }
 
 static GIC: Once<Gic> = Once::new();
@@ -209,6 +211,7 @@ pub fn init(
         emulation,
         mpidrs: table,
         cpu_count: mpidrs.len().min(MAX_CPUS),
+        own: own_interrupts(&layout),
     });
     Ok(())
 }
@@ -526,21 +529,11 @@ pub fn handle_irq(cpu: usize) -> Handled {
     if (SPECIAL_INTIDS..1024).contains(&intid) {
         return Handled::Spurious;
     }
+    // One test for the hypervisor's own interrupts, off the path of a cell's.
+    if intid < 32 && gic.own & 1 << intid != 0 {
+        return handle_own(gic, cpu, iar, intid);
+    }
     let eoi = |deactivate: bool| end(v3, gicc, iar, deactivate);
-    if intid == gic.layout.maintenance {
-        eoi(true);
-        with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
-        return Handled::Maintenance;
-    }
-    if intid == EVENT_SGI {
-        eoi(true);
-        return Handled::Event;
-    }
-    if intid == gic.layout.timer {
-        super::wait::disarm_timer();
-        eoi(true);
-        return Handled::Timer;
-    }
     let software = intid < 16;
     eoi(software);
     let irq = VirtualIrq {
@@ -567,6 +560,30 @@ pub fn handle_irq(cpu: usize) -> Handled {
         }
     }
     Handled::Injected
+}
+
+/// One of the hypervisor's own interrupts, acknowledged (`iar`).
+#[inline(never)]
+fn handle_own(gic: &Gic, cpu: usize, iar: u64, intid: u32) -> Handled {
+    if intid == gic.layout.timer {
+        // Left armed by a wait: switched off before the deactivation, or its level
+        // interrupt would come straight back.
+        super::wait::disarm_timer();
+    }
+    end(
+        matches!(gic.emulation, Emulation::V3(..)),
+        gic.gicc,
+        iar,
+        true,
+    );
+    if intid == gic.layout.maintenance {
+        with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
+        Handled::Maintenance
+    } else if intid == EVENT_SGI {
+        Handled::Event
+    } else {
+        Handled::Timer
+    }
 }
 
 /// Acknowledges the highest-priority pending interrupt: the IAR value and its INTID.

@@ -391,7 +391,6 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     let (files, versions) = linux::prepare(workspace, arch, false)?;
     let logs = workspace.target_dir.join("boot-time");
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let shown = |path: &Path| workspace.relative(path).to_owned();
     let timeout = Duration::from_secs(args.timeout);
     let plain = [Action::Clock, Action::Poweroff];
     let idle = [Action::Clock, Action::Sleep(args.idle), Action::Poweroff];
@@ -400,24 +399,7 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
     let mut idle_report = String::new();
     let mut failures = 0;
     for (board, gic) in runs {
-        let image = image::build(workspace, board, Kind::Normal)?;
-        let images = workspace.target_dir.join("images").join(&board.name);
-        let config = boot::board_config(board, gic, &images)?;
-        let base = &board.linux()?.append;
-        let linux = LinuxFiles {
-            kernel: shown(&files.image),
-            initrd: shown(&files.initramfs),
-            dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
-            append: append_with_actions(base, &plain),
-        };
-        let root_cell = |actions: &[Action]| Boot::RootCell {
-            image: shown(&image.bin),
-            config: shown(&config),
-            linux: LinuxFiles {
-                append: append_with_actions(base, actions),
-                ..linux.clone()
-            },
-        };
+        let machine = Machine::new(workspace, board, gic, &files)?;
         let options = Options {
             gic: Some(gic),
             icount: true,
@@ -425,9 +407,9 @@ pub fn boot_time(workspace: &Workspace, args: &BootTimeArgs) -> Result<()> {
         };
         // The bare boot, the root cell (A) and the idle root cell (B), with what B must print.
         let boots = [
-            ("bare", Boot::Bare(linux.clone()), None),
-            ("root cell", root_cell(&plain), None),
-            ("root cell idle", root_cell(&idle), Some(&slept)),
+            ("bare", machine.bare(&plain), None),
+            ("root cell", machine.root_cell(&plain), None),
+            ("root cell idle", machine.root_cell(&idle), Some(&slept)),
         ];
         let mut times = Vec::new();
         let mut tables = Vec::new();
@@ -535,6 +517,54 @@ fn machines<'a>(boards: &[&'a Board], gic: Option<u32>) -> Result<Vec<(&'a Board
     Ok(runs)
 }
 
+/// What `boot-time` boots on one machine: the same kernel, initramfs, device tree and command
+/// line bare and as the root cell of the board's image with its default configuration.
+struct Machine {
+    image: PathBuf,
+    config: PathBuf,
+    linux: LinuxFiles,
+}
+
+impl Machine {
+    /// Builds the board's image (and its configurations) for GIC version `gic`.
+    fn new(workspace: &Workspace, board: &Board, gic: u32, files: &linux::Files) -> Result<Self> {
+        let shown = |path: &Path| workspace.relative(path).to_owned();
+        let image = image::build(workspace, board, Kind::Normal)?;
+        let images = workspace.target_dir.join("images").join(&board.name);
+        let config = boot::board_config(board, gic, &images)?;
+        Ok(Self {
+            image: shown(&image.bin),
+            config: shown(&config),
+            linux: LinuxFiles {
+                kernel: shown(&files.image),
+                initrd: shown(&files.initramfs),
+                dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
+                append: board.linux()?.append.clone(),
+            },
+        })
+    }
+
+    /// Its Linux with `/init` running `actions`.
+    fn linux(&self, actions: &[Action]) -> LinuxFiles {
+        LinuxFiles {
+            append: append_with_actions(&self.linux.append, actions),
+            ..self.linux.clone()
+        }
+    }
+
+    fn bare(&self, actions: &[Action]) -> Boot {
+        Boot::Bare(self.linux(actions))
+    }
+
+    fn root_cell(&self, actions: &[Action]) -> Boot {
+        Boot::RootCell {
+            image: self.image.clone(),
+            config: self.config.clone(),
+            linux: self.linux(actions),
+        }
+    }
+}
+
 /// `cargo xtask boot-time --host-time RUNS`: the host time from QEMU's start to `/init`,
 /// bare and as the root cell, under QEMU's default multi-threaded TCG, `runs` boots of each.
 fn host_boot_times(
@@ -547,35 +577,19 @@ fn host_boot_times(
     let (files, versions) = linux::prepare(workspace, Arch::Arm64, false)?;
     let logs = workspace.target_dir.join("boot-time");
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let shown = |path: &Path| workspace.relative(path).to_owned();
     let timeout = Duration::from_secs(args.timeout);
     let actions = [Action::Poweroff];
     let mut report = String::new();
     let mut failures = 0;
     for (board, gic) in machines {
-        let image = image::build(workspace, board, Kind::Normal)?;
-        let images = workspace.target_dir.join("images").join(&board.name);
-        let config = boot::board_config(board, gic, &images)?;
-        let linux = LinuxFiles {
-            kernel: shown(&files.image),
-            initrd: shown(&files.initramfs),
-            dtb: boot::board_dtb(board, &files.dtbs)?.map(|d| shown(&d)),
-            append: append_with_actions(&board.linux()?.append, &actions),
-        };
+        let machine = Machine::new(workspace, board, gic, &files)?;
         let options = Options {
             gic: Some(gic),
             ..Options::default()
         };
         let kinds = [
-            ("bare", Boot::Bare(linux.clone())),
-            (
-                "root cell",
-                Boot::RootCell {
-                    image: shown(&image.bin),
-                    config: shown(&config),
-                    linux,
-                },
-            ),
+            ("bare", machine.bare(&actions)),
+            ("root cell", machine.root_cell(&actions)),
         ];
         for (label, boot) in kinds {
             let qemu = boot.qemu(board, &options)?;

@@ -1956,16 +1956,13 @@ mod tests {
              echo 'cellvisor: trap counters of cell \"linux\"'; exit 0",
             line = first_line()
         );
-        let mut log = Vec::new();
-        let timing = run_case(
-            &Qemu::shell(&console),
-            case,
-            &case.expected(Some(&facts())),
-            Duration::from_secs(20),
-            None,
-            &mut log,
-        )
-        .unwrap();
+        let run = |script: &str| {
+            let mut log = Vec::new();
+            let expect = case.expected(Some(&facts()));
+            let timeout = Duration::from_secs(20);
+            run_case(&Qemu::shell(script), case, &expect, timeout, None, &mut log)
+        };
+        let timing = run(&console).unwrap();
         assert!(
             timing.typed.is_some() && timing.init.is_some(),
             "{timing:?}"
@@ -1979,16 +1976,7 @@ mod tests {
              echo 'cellvisor: trap counters'; exit 0",
             line = first_line()
         );
-        let error = run_case(
-            &Qemu::shell(&echo_only),
-            case,
-            &case.expected(Some(&facts())),
-            Duration::from_secs(20),
-            None,
-            &mut log,
-        )
-        .unwrap_err()
-        .to_string();
+        let error = run(&echo_only).unwrap_err().to_string();
         assert!(
             error.contains("before the line")
                 || error.contains("before a line containing \"demo-listed status=0\""),

@@ -2,8 +2,10 @@
 //! and `unpark` for the wake-up SGI (an `unpark` before the `park` makes it return at once,
 //! as a pending SGI ends the next WFI).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::{Mutex as StdMutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -77,26 +79,8 @@ fn install_takes_the_first_hooks() {
 #[test]
 fn contended_cpus_sleep_and_are_woken_without_losing_a_wakeup() {
     setup();
-    let counter = Arc::new(Mutex::new(0u64));
     let rounds = 2_000;
-    let handles: Vec<_> = (0..CPUS)
-        .map(|n| {
-            let counter = Arc::clone(&counter);
-            thread::spawn(move || {
-                as_cpu(n);
-                for _ in 0..rounds {
-                    let mut value = counter.lock();
-                    // Hold the lock across a yield so that others find it taken.
-                    let before = *value;
-                    thread::yield_now();
-                    *value = before + 1;
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let counter = common::count_under_contention(CPUS, rounds, as_cpu);
     assert_eq!(*counter.lock(), (CPUS * rounds) as u64);
     assert!(
         SLEEPS.load(Ordering::Relaxed) > 0,

@@ -11,10 +11,10 @@
 //!   inside a trap handler therefore loses no interrupt of the vCPU, and a parked CPU is not
 //!   woken by a level interrupt of a stopped cell again and again.
 //! - **No lost wake-up.** The condition is checked before every WFI; a kick sent after the
-//!   check leaves the SGI pending, and a pending SGI ends the WFI at once (Arm ARM D1.6.2
-//!   "Wait for Interrupt": a pending physical interrupt is a wake-up event whatever PSTATE's
-//!   masks say). Wake-up interrupts are only acknowledged after the WFI, then the condition
-//!   is checked again.
+//!   check leaves the SGI pending, and a pending SGI ends the WFI at once (Arm ARM, "Wait For
+//!   Interrupt", the WFI wake-up events: a physical IRQ the GIC signals wakes the PE whatever
+//!   PSTATE.I says). Wake-up interrupts are only acknowledged after the WFI, then the
+//!   condition is checked again.
 //!
 //! Before its GIC CPU interface is set up a CPU cannot be woken, so there it spins: only on the
 //! boot CPU while the secondaries come up without a system configuration (no GIC to use).

@@ -202,17 +202,20 @@ impl Console {
     }
 
     fn try_lock_as(&self, cpu: usize) -> Option<ConsoleGuard<'_>> {
-        let slot = self.uart.try_lock()?;
-        self.owner.store(cpu, Ordering::Relaxed);
-        Some(ConsoleGuard {
-            console: self,
-            slot,
-        })
+        Some(self.held_by(cpu, self.uart.try_lock()?))
     }
 
     /// Waits for the lock (sleeping, see [`cellvisor_sync`]) and takes it.
     fn lock_as(&self, cpu: usize) -> ConsoleGuard<'_> {
-        let slot = self.uart.lock();
+        self.held_by(cpu, self.uart.lock())
+    }
+
+    /// The guard of the lock `slot` that `cpu` took.
+    fn held_by<'a>(
+        &'a self,
+        cpu: usize,
+        slot: MutexGuard<'a, Option<ConsoleUart>>,
+    ) -> ConsoleGuard<'a> {
         self.owner.store(cpu, Ordering::Relaxed);
         ConsoleGuard {
             console: self,

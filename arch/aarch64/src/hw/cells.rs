@@ -217,6 +217,7 @@ pub fn park(cpu: usize, frame: &mut TrapFrame) {
         entry = take_entry(cpu);
         entry.is_some()
     });
+    // Without a deadline `until` returns only once `take_entry` gave an entry.
     let (cell, pc, x0) = entry.unwrap_or_default();
     STOP[cpu].store(false, Ordering::Release);
     super::cell::prepare_cpu_for(cell);

@@ -98,6 +98,12 @@ struct Gic {
     own: u32,
 }
 
+impl Gic {
+    fn is_v3(&self) -> bool {
+        matches!(self.emulation, Emulation::V3(..))
+    }
+}
+
 static GIC: Once<Gic> = Once::new();
 /// Serialises every access to the physical distributor (read-merge-write emulation) and
 /// guards who owns which interrupt.
@@ -570,12 +576,7 @@ fn handle_own(gic: &Gic, cpu: usize, iar: u64, intid: u32) -> Handled {
         // interrupt would come straight back.
         super::wait::disarm_timer();
     }
-    end(
-        matches!(gic.emulation, Emulation::V3(..)),
-        gic.gicc,
-        iar,
-        true,
-    );
+    end(gic.is_v3(), gic.gicc, iar, true);
     if intid == gic.layout.maintenance {
         with_list_registers(cpu, |lrs, queue| queue.maintenance(lrs));
         Handled::Maintenance
@@ -622,19 +623,25 @@ pub fn cpu_ready(cpu: usize) -> bool {
     cpu < 64 && CPU_READY.load(Ordering::Acquire) & 1 << cpu != 0
 }
 
-fn priority_mask(v3: bool, gicc: u64) -> u32 {
-    if v3 {
+/// The GIC, if CPU `cpu`'s interface is set up.
+fn ready_for(cpu: usize) -> Option<&'static Gic> {
+    GIC.get().filter(|_| cpu_ready(cpu))
+}
+
+/// This CPU's priority mask (`ICC_PMR_EL1`, `GICC_PMR`).
+fn priority_mask(gic: &Gic) -> u32 {
+    if gic.is_v3() {
         sysreg::icc_pmr() as u32
     } else {
-        region(gicc, 0x2000).read32(GICC_PMR)
+        region(gic.gicc, 0x2000).read32(GICC_PMR)
     }
 }
 
-fn set_priority_mask(v3: bool, gicc: u64, mask: u32) {
-    if v3 {
+fn set_priority_mask(gic: &Gic, mask: u32) {
+    if gic.is_v3() {
         sysreg::set_icc_pmr(u64::from(mask));
     } else {
-        region(gicc, 0x2000).write32(GICC_PMR, mask);
+        region(gic.gicc, 0x2000).write32(GICC_PMR, mask);
     }
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
@@ -643,28 +650,24 @@ fn set_priority_mask(v3: bool, gicc: u64, mask: u32) {
 /// (priorities above [`HIGHEST_CELL_PRIORITY`]); returns the mask to restore, or `None` if
 /// this CPU cannot take interrupts yet.
 pub fn mask_for_wait(cpu: usize) -> Option<u32> {
-    let gic = GIC.get()?;
-    if !cpu_ready(cpu) {
-        return None;
-    }
-    let v3 = matches!(gic.emulation, Emulation::V3(..));
-    let mask = priority_mask(v3, gic.gicc);
-    set_priority_mask(v3, gic.gicc, u32::from(HIGHEST_CELL_PRIORITY));
+    let gic = ready_for(cpu)?;
+    let mask = priority_mask(gic);
+    set_priority_mask(gic, u32::from(HIGHEST_CELL_PRIORITY));
     Some(mask)
 }
 
 /// After a wait: restores the priority mask [`mask_for_wait`] returned.
 pub fn unmask_after_wait(cpu: usize, mask: u32) {
-    if let (Some(gic), true) = (GIC.get(), cpu_ready(cpu)) {
-        set_priority_mask(matches!(gic.emulation, Emulation::V3(..)), gic.gicc, mask);
+    if let Some(gic) = ready_for(cpu) {
+        set_priority_mask(gic, mask);
     }
 }
 
 /// Masks every interrupt on this CPU for good (priority mask 0), if it can take any: a CPU
 /// that stops after a fatal error then sleeps in WFI instead of waking for each interrupt.
 pub fn mask_all(cpu: usize) {
-    if let (Some(gic), true) = (GIC.get(), cpu_ready(cpu)) {
-        set_priority_mask(matches!(gic.emulation, Emulation::V3(..)), gic.gicc, 0);
+    if let Some(gic) = ready_for(cpu) {
+        set_priority_mask(gic, 0);
     }
 }
 
@@ -673,7 +676,7 @@ pub fn mask_all(cpu: usize) {
 /// else be acknowledged.
 pub fn take_wakeups(cpu: usize) {
     let gic = gic();
-    let v3 = matches!(gic.emulation, Emulation::V3(..));
+    let v3 = gic.is_v3();
     // At most as many as there are hypervisor interrupts, plus a new event that came in
     // meanwhile: the caller looks at its condition between two rounds anyway.
     for _ in 0..4 {
@@ -706,7 +709,7 @@ fn eoi_deactivate_only(v3: bool, gicc: u64, iar: u64) {
 /// routed to now (a level-triggered one comes again by itself while its device asserts it).
 pub fn reset_cpu_interface(cpu: usize) {
     if let Some(gic) = GIC.get() {
-        let v3 = matches!(gic.emulation, Emulation::V3(..));
+        let v3 = gic.is_v3();
         let (base, size) = gic.layout.distributor;
         with_list_registers(cpu, |lrs, queue| {
             queue.clear(lrs, |pintid, state| {

@@ -16,8 +16,9 @@
 //!   PSTATE.I says). Wake-up interrupts are only acknowledged after the WFI, then the
 //!   condition is checked again.
 //!
-//! Before its GIC CPU interface is set up a CPU cannot be woken, so there it spins: only on the
-//! boot CPU while the secondaries come up without a system configuration (no GIC to use).
+//! Before its GIC CPU interface is set up a CPU cannot be woken, so there it spins: the boot
+//! CPU while the secondaries come up without a system configuration (no GIC to use), and a
+//! secondary waiting for the console lock with its first log line.
 
 use super::{cells, cpu_index, gic};
 use aarch64_cpu::registers::{Readable, Writeable, CNTHP_CTL_EL2, CNTPCT_EL0};
@@ -79,14 +80,13 @@ pub fn sleep_until_ready(ready: &dyn Fn() -> bool) {
     until(None, ready);
 }
 
-/// Counter ticks from now until `millis` milliseconds later.
+/// The counter value `millis` milliseconds from now.
 pub fn deadline_in(millis: u64) -> u64 {
-    let frequency = aarch64_cpu::registers::CNTFRQ_EL0.get().max(1);
-    CNTPCT_EL0.get() + frequency * millis / 1000
+    cells::ticks() + cells::frequency() * millis / 1000
 }
 
-/// Arms the EL2 physical timer (CNTHP) to fire at counter value `deadline` (Arm ARM D11.2.4:
-/// the timer condition is CNTPCT - CVAL >= 0; ENABLE set, IMASK clear).
+/// Arms the EL2 physical timer (CNTHP) to fire at counter value `deadline` (Arm ARM, "The
+/// Generic Timer": the timer condition is CNTPCT - CVAL >= 0; ENABLE set, IMASK clear).
 fn arm_timer(deadline: u64) {
     super::sysreg::set_cnthp_cval(deadline);
     CNTHP_CTL_EL2.write(CNTHP_CTL_EL2::ENABLE::SET + CNTHP_CTL_EL2::IMASK::CLEAR);

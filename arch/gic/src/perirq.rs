@@ -78,6 +78,14 @@ pub(crate) fn cell_priority(_: IntId, new: u32, _: u32) -> Result<u32, Reason> {
     Ok(new.max(u32::from(HIGHEST_CELL_PRIORITY)))
 }
 
+/// A write of a field the cell may read but never change: `GICD_IGROUPR`, `GICR_IGROUPR0` and
+/// `GICD_IGRPMODR`/`GICR_IGRPMODR0`. The hypervisor chose each line's group (all Group 1 on
+/// GICv3, as a Non-secure GIC user sees it: RAO/WI); a cell that changed it could make its
+/// interrupts vanish (a disabled group) or reach EL2 as FIQs.
+pub(crate) fn fixed(_: IntId, _: u32, current: u32) -> Result<u32, Reason> {
+    Ok(current)
+}
+
 /// All ones in the low `bits` bits (`bits` < 32).
 pub(crate) const fn field_mask(bits: u32) -> u32 {
     (1 << bits) - 1

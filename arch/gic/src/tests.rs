@@ -460,13 +460,24 @@ fn v2_config_and_group_registers() {
         dist.access(&mut gicd, &own, BY, read(0xC08, Width::Word)),
         Ok(Outcome::Read(0xCC))
     );
-    // IGROUPR1 = INTIDs 32..64.
-    dist.access(&mut gicd, &own, BY, write(0x084, Width::Word, u64::MAX))
+    // IGROUPR1 = INTIDs 32..64: the group is the hypervisor's. Reads show the cell's bits,
+    // writes change nothing, neither setting nor clearing.
+    gicd.set(0x084, 0xffff_fff5);
+    gicd.clear_log();
+    dist.access(&mut gicd, &own, BY, write(0x084, Width::Word, 0))
         .unwrap();
-    assert_eq!(gicd.get(0x084), 0b1010);
     dist.access(&mut gicd, &own, BY, write(0x088, Width::Word, 0x1ff))
         .unwrap();
-    assert_eq!(gicd.get(0x088), 0xff, "INTIDs 64..72 only");
+    assert!(gicd.writes().is_empty(), "{:?}", gicd.writes());
+    assert_eq!(
+        dist.access(&mut gicd, &own, BY, read(0x084, Width::Word)),
+        Ok(Outcome::Read(0b0000))
+    );
+    gicd.set(0x084, 0b1010);
+    assert_eq!(
+        dist.access(&mut gicd, &own, BY, read(0x084, Width::Word)),
+        Ok(Outcome::Read(0b1010))
+    );
 }
 
 #[test]
@@ -703,15 +714,25 @@ fn v3_typer_and_private_words() {
     )
     .unwrap();
     assert_eq!(gicd.get(0x104), 0b1010);
-    dist.access(
-        &mut gicd,
-        &own,
-        V3_BY,
-        &topology,
-        write(0xD04, Width::Word, u64::MAX),
-    )
-    .unwrap();
-    assert_eq!(gicd.get(0xD04), 0b1010, "GICD_IGRPMODR1");
+    // Group and group modifier are the hypervisor's: writes are ignored.
+    gicd.set(0x084, u32::MAX);
+    for (offset, value) in [(0xD04, u64::MAX), (0x084, 0)] {
+        dist.access(
+            &mut gicd,
+            &own,
+            V3_BY,
+            &topology,
+            write(offset, Width::Word, value),
+        )
+        .unwrap();
+    }
+    assert_eq!(gicd.get(0xD04), 0, "GICD_IGRPMODR1");
+    assert_eq!(gicd.get(0x084), u32::MAX, "GICD_IGROUPR1");
+    assert_eq!(
+        dist.access(&mut gicd, &own, V3_BY, &topology, read(0x084, Width::Word)),
+        Ok(Outcome::Read(0b1010)),
+        "reads show the cell's lines in Group 1"
+    );
 }
 
 #[test]
@@ -971,6 +992,27 @@ fn redistributors_of_own_cpus() {
     )
     .unwrap();
     assert_eq!(gicr.get(sgi + gicr::ICFGR0 + 4), !(0b11 << 18));
+    // GICR_IGROUPR0 and GICR_IGRPMODR0: the group is the hypervisor's (the timer PPI 27
+    // stays in Group 1 whatever the cell writes).
+    gicr.set(sgi + gicr::IGROUPR0, u32::MAX);
+    gicr.clear_log();
+    access(
+        &mut gicr,
+        write(sgi + gicr::IGROUPR0, Width::Word, 0xf5ff_7fff),
+    )
+    .unwrap();
+    access(
+        &mut gicr,
+        write(sgi + gicr::IGRPMODR0, Width::Word, u64::MAX),
+    )
+    .unwrap();
+    assert!(gicr.writes().is_empty(), "{:?}", gicr.writes());
+    assert_eq!(
+        access(&mut gicr, read(sgi + gicr::IGROUPR0, Width::Word)),
+        Ok(Outcome::Read(u64::from(
+            !(1u32 << HV_SGI | 1 << MAINTENANCE)
+        )))
+    );
     // GICR_WAKER: only ProcessorSleep.
     gicr.set(frame + gicr::WAKER, 0b110);
     access(&mut gicr, write(frame + gicr::WAKER, Width::Word, 0b001)).unwrap();

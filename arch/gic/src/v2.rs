@@ -69,7 +69,8 @@ pub struct Accessor {
 /// | registers | a cell can | foreign interrupts |
 /// |---|---|---|
 /// | `ISENABLER`, `ICENABLER`, `ISPENDR`, `ICPENDR`, `ISACTIVER`, `ICACTIVER` (words) | set/clear its interrupts | read 0, writes dropped |
-/// | `IGROUPR`, `ICFGR` (words) | change its fields | read 0, writes dropped |
+/// | `IGROUPR` (words) | read its fields; writes ignored (the group is the hypervisor's) | read 0, writes dropped |
+/// | `ICFGR` (words) | change its fields | read 0, writes dropped |
 /// | `IPRIORITYR` (words, bytes) | change its fields, at most up to [`HIGHEST_CELL_PRIORITY`](crate::HIGHEST_CELL_PRIORITY) | read 0, writes dropped |
 /// | `ITARGETSR` (words, bytes) | target its interrupts at its own CPUs only | read 0, writes dropped |
 /// | `CPENDSGIR`, `SPENDSGIR` (words, bytes) | change SGI state on its CPU | hypervisor SGIs read 0 |
@@ -170,7 +171,18 @@ impl DistributorV2 {
             GICD_CTLR => self.ctlr(regs, by.cell, access),
             GICD_TYPER => perirq::read_only(access, || self.typer),
             GICD_IIDR => perirq::read_only(access, || self.iidr),
-            0x080..0x100 => emulate(regs, bank(GICD_IGROUPR, 1, Class::Value)),
+            0x080..0x100 => {
+                let bank = bank(GICD_IGROUPR, 1, Class::Value);
+                perirq::emulate(
+                    regs,
+                    bank,
+                    access,
+                    ownership,
+                    by.cell,
+                    policy,
+                    perirq::fixed,
+                )
+            }
             0x100..0x180 => emulate(regs, bank(GICD_ISENABLER, 1, Class::SetClear)),
             0x180..0x200 => emulate(regs, bank(GICD_ICENABLER, 1, Class::SetClear)),
             0x200..0x280 => emulate(regs, bank(GICD_ISPENDR, 1, Class::SetClear)),

@@ -187,7 +187,8 @@ impl DistributorV3 {
                 }
                 Ok(Outcome::Written)
             }
-            0x0080..0x0100 => bank(regs, GICD_IGROUPR, 1, Class::Value),
+            // The group of a line is the hypervisor's: reads show it, writes are ignored.
+            0x0080..0x0100 => bank_with(regs, GICD_IGROUPR, 1, Class::Value, perirq::fixed),
             0x0100..0x0180 => bank(regs, GICD_ISENABLER, 1, Class::SetClear),
             0x0180..0x0200 => bank(regs, GICD_ICENABLER, 1, Class::SetClear),
             0x0200..0x0280 => bank(regs, GICD_ISPENDR, 1, Class::SetClear),
@@ -204,7 +205,7 @@ impl DistributorV3 {
             // GICD_ITARGETSR<n>: RES0 with affinity routing; byte-accessible.
             0x0800..0x0BFC => perirq::raz_wi(access, true),
             0x0C00..0x0D00 => bank(regs, GICD_ICFGR, 2, Class::Value),
-            0x0D00..0x0D80 => bank(regs, GICD_IGRPMODR, 1, Class::Value),
+            0x0D00..0x0D80 => bank_with(regs, GICD_IGRPMODR, 1, Class::Value, perirq::fixed),
             // GICD_NSACR<n> (Secure only), GICD_SGIR, GICD_[C|S]PENDSGIR<n> (legacy only).
             0x0E00..=0x0F00 => perirq::raz_wi(access, false),
             0x0F10..0x0F30 => perirq::raz_wi(access, true),
@@ -433,7 +434,7 @@ impl Redistributors {
                 };
                 let keep = perirq::keep;
                 match sgi - gicr::SGI_BASE {
-                    0x0080..0x0084 => bank(0x0080, 1, Class::Value, keep),
+                    0x0080..0x0084 => bank(0x0080, 1, Class::Value, perirq::fixed),
                     0x0100..0x0104 => bank(0x0100, 1, Class::SetClear, keep),
                     0x0180..0x0184 => bank(0x0180, 1, Class::SetClear, keep),
                     0x0200..0x0204 => bank(0x0200, 1, Class::SetClear, keep),
@@ -442,7 +443,7 @@ impl Redistributors {
                     0x0380..0x0384 => bank(0x0380, 1, Class::SetClear, keep),
                     0x0400..0x0420 => bank(0x0400, 8, Class::Value, perirq::cell_priority),
                     0x0C00..0x0C08 => bank(0x0C00, 2, Class::Value, keep),
-                    0x0D00..0x0D04 => bank(0x0D00, 1, Class::Value, keep),
+                    0x0D00..0x0D04 => bank(0x0D00, 1, Class::Value, perirq::fixed),
                     0x0E00 | 0x0F80 => perirq::raz_wi(access, false),
                     _ => Err(Reason::ReservedOffset),
                 }

@@ -202,7 +202,8 @@ pub fn ticks() -> u64 {
 /// the entry and returns; the caller's `eret` enters the cell.
 ///
 /// The vCPU it ran is gone, as after a power-off: its virtual interrupts are dropped and its
-/// EL1 timers switched off (they would keep their interrupt lines asserted).
+/// EL1 timers switched off (they would keep their interrupt lines asserted); the next vCPU
+/// finds the CPU's private interrupts reset ([`gic::reset_private`]).
 pub fn park(cpu: usize, frame: &mut TrapFrame) {
     gic::reset_cpu_interface(cpu);
     stop_el1_timers();
@@ -220,6 +221,9 @@ pub fn park(cpu: usize, frame: &mut TrapFrame) {
     // Without a deadline `until` returns only once `take_entry` gave an entry.
     let (cell, pc, x0) = entry.unwrap_or_default();
     STOP[cpu].store(false, Ordering::Release);
+    // The new vCPU starts as after reset: no private interrupt of the previous one (maybe
+    // of another cell) enabled, pending or active.
+    gic::reset_private(cpu);
     super::cell::prepare_cpu_for(cell);
     enter_frame(frame, pc, x0);
     PARKED[cpu].store(false, Ordering::Release);

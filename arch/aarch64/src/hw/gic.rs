@@ -19,6 +19,7 @@
 use super::sysreg;
 use crate::board::MAX_CPUS;
 use crate::trap::{AccessWidth, MmioTrap};
+use cellvisor_gic::line::{self, SpiState};
 use cellvisor_gic::lr::{
     GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, LrState, VirtualIrq,
 };
@@ -201,6 +202,16 @@ pub fn init(
             dist.write32(v2::GICD_CTLR, ctlr | 0b11);
         }
     }
+    // GICv3: every SPI in Group 1 (Non-secure Group 1 with DS = 1; with two Security
+    // states Non-secure writes are ignored and the firmware has done it). Cells cannot
+    // change it (their IGROUPR and IGRPMODR writes are ignored).
+    if let Emulation::V3(..) = &emulation {
+        for word in (32..implemented).step_by(32) {
+            let n = word as usize / 32 * 4;
+            dist.write32(v3::GICD_IGROUPR + n, u32::MAX);
+            dist.write32(v3::GICD_IGRPMODR + n, 0);
+        }
+    }
     // Priorities of SPIs (GICD_IPRIORITYR<n> is at the same offset on GICv2 and GICv3):
     // none above what a cell may set, whatever the reset value (QEMU resets them to 0).
     for word in (32..implemented).step_by(4) {
@@ -286,11 +297,12 @@ pub fn init_cpu(cpu: usize) {
                         }
                         core::hint::spin_loop();
                     }
-                    // The hypervisor's interrupts: Group 1, their priorities, enabled.
+                    // Every private line in Group 1 (cells cannot change it); the
+                    // hypervisor's interrupts: their priorities, enabled.
                     let sgi = frame + gicr::SGI_BASE;
                     private_priorities(&mut r, sgi + gicr::IPRIORITYR, &gic.layout);
-                    let group = r.read32(sgi + gicr::IGROUPR0);
-                    r.write32(sgi + gicr::IGROUPR0, group | own_interrupts(&gic.layout));
+                    r.write32(sgi + gicr::IGROUPR0, u32::MAX);
+                    r.write32(sgi + gicr::IGRPMODR0, 0);
                     r.write32(sgi + gicr::ISENABLER0, own_interrupts(&gic.layout));
                 }
                 None => log::error!("CPU {cpu}: no redistributor with affinity {mpidr:?}"),
@@ -909,10 +921,27 @@ pub fn send_event(cpu: usize) {
     }
 }
 
-/// Moves the SPIs `irqs` from cell `from` to cell `to`, disabling each on the way (its new
-/// owner enables and routes it). SGIs and PPIs are skipped. All or nothing.
+/// What the root cell had set for each SPI that another cell owns now (by INTID), to give
+/// back on [`transfer`]. Only touched with the [`DISTRIBUTOR`] lock held.
+static ROOT_SPIS: Mutex<[SpiState; 1020]> = Mutex::new(
+    [SpiState {
+        enabled: false,
+        priority: 0,
+        config: 0,
+        route: 0,
+    }; 1020],
+);
+
+/// Moves the SPIs `irqs` from cell `from` to cell `to`. SGIs and PPIs are skipped. All or
+/// nothing.
+///
+/// Nothing a cell did to a line reaches its next owner: each line is quiesced (disabled, not
+/// pending, not active, Group 1 on GICv3); one that leaves the root cell has the root cell's
+/// settings saved, and gets them back when it returns ([`cellvisor_gic::line`]). The new
+/// owner enables and routes it.
 pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
     let gic = gic();
+    let v3 = gic.is_v3();
     let mut ownership = distributor();
     let mut list = heapless::Vec::<IntId, 1024>::new();
     for &irq in irqs.iter().filter(|&&irq| irq >= 32) {
@@ -924,12 +953,44 @@ pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
         .map_err(|_| "an interrupt is not owned by the cell it is taken from")?;
     let (base, size) = gic.layout.distributor;
     let mut dist = region(base, size);
-    for irq in &list {
-        let n = irq.get() as usize;
-        // GICD_ICENABLER<n> is at the same offset on GICv2 and GICv3.
-        dist.write32(v2::GICD_ICENABLER + (n / 32) * 4, 1 << (n % 32));
+    let mut saved = ROOT_SPIS.lock();
+    for &irq in &list {
+        let slot = saved.get_mut(irq.get() as usize);
+        match slot {
+            Some(slot) if from == 0 => {
+                *slot = SpiState::capture(&mut dist, irq, v3);
+                line::quiesce_spi(&mut dist, irq, v3);
+            }
+            Some(slot) if to == 0 => slot.restore(&mut dist, irq, v3),
+            _ => line::quiesce_spi(&mut dist, irq, v3),
+        }
     }
     Ok(())
+}
+
+/// Resets this CPU's private interrupts (SGIs and PPIs) but the hypervisor's: it is about to
+/// run a vCPU of another cell than before, which must find nothing the previous one left
+/// (enabled, pending or active lines, priorities). Its kernel sets them up as after reset.
+pub fn reset_private(cpu: usize) {
+    let Some(gic) = GIC.get() else { return };
+    let reserved = gic.own;
+    match gic.emulation {
+        Emulation::V3(..) => {
+            let Some((base, size)) = gic.layout.redistributors else {
+                return;
+            };
+            if let Some(frame) = own_redistributor(gic, gic.mpidrs[cpu]) {
+                let mut r = region(base, size);
+                line::reset_private(&mut r, frame as usize + gicr::SGI_BASE, reserved, true);
+            }
+        }
+        Emulation::V2(_) => {
+            let (base, size) = gic.layout.distributor;
+            let _lock = distributor();
+            // Banked: this CPU's SGIs and PPIs.
+            line::reset_private(&mut region(base, size), 0, reserved, false);
+        }
+    }
 }
 
 /// The physical RD_base of hypervisor CPU `cpu`'s redistributor (GICv3).

@@ -21,6 +21,16 @@ impl Esr {
         (self.0 & 0x1ff_ffff) as u32
     }
 
+    /// The length of the trapped instruction in bytes, from IL (bit 25): 2 for a 16-bit
+    /// T32 instruction of a 32-bit process, else 4.
+    pub const fn instruction_length(self) -> u64 {
+        if self.0 & 1 << 25 != 0 {
+            4
+        } else {
+            2
+        }
+    }
+
     /// Whether the class is a data abort (from a lower or the current EL).
     pub const fn is_data_abort(self) -> bool {
         matches!(self.class(), 0x24 | 0x25)
@@ -130,6 +140,14 @@ mod tests {
     extern crate std;
     use super::*;
     use std::string::ToString;
+
+    #[test]
+    fn instruction_length_from_il() {
+        // A 32-bit load from a 32-bit process (IL 1) and a 16-bit Thumb one (IL 0), both
+        // data aborts from a lower EL with a valid syndrome.
+        assert_eq!(Esr(0x9300_0046).instruction_length(), 4);
+        assert_eq!(Esr(0x9100_0046).instruction_length(), 2);
+    }
 
     #[test]
     fn data_abort_at_el2() {

@@ -263,9 +263,115 @@ impl Default for VcpuPower {
     }
 }
 
+/// SMCCC function IDs of the Arm architecture service the policy knows (DEN 0028).
+pub mod arch_call {
+    /// SMCCC_VERSION.
+    pub const SMCCC_VERSION: u32 = 0x8000_0000;
+    /// SMCCC_ARCH_FEATURES.
+    pub const ARCH_FEATURES: u32 = 0x8000_0001;
+    /// SMCCC_ARCH_WORKAROUND_1 (branch predictor invalidation, CVE-2017-5715).
+    pub const WORKAROUND_1: u32 = 0x8000_8000;
+    /// SMCCC_ARCH_WORKAROUND_2 (speculative store bypass, CVE-2018-3639).
+    pub const WORKAROUND_2: u32 = 0x8000_7fff;
+    /// SMCCC_ARCH_WORKAROUND_3 (branch history, CVE-2022-23960).
+    pub const WORKAROUND_3: u32 = 0x8000_3fff;
+}
+
+/// What the hypervisor does with an SMCCC call that is not PSCI.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Route {
+    /// To the firmware with the caller's x1..x17.
+    Forward,
+    /// To the firmware with x1 = this value and every other argument 0.
+    ForwardOnly(u64),
+    /// Print the root cell's trap counters (the caller limits the rate).
+    Counters,
+    /// Answer x0 = this value without the firmware.
+    Return(i64),
+}
+
+/// The policy for SMCCC calls other than PSCI, by caller. `root`: the caller is the root
+/// cell; `firmware`: firmware implementing SMCCC 1.1 is present (else nothing could answer).
+///
+/// | call | root cell | other cells |
+/// |---|---|---|
+/// | Arm architecture service (SMCCC_VERSION, ARCH_FEATURES, workarounds) | firmware | SMCCC_VERSION and the workarounds only, without the caller's arguments; ARCH_FEATURES only of a workaround; WORKAROUND_2 always asks for the mitigation on |
+/// | SiP, OEM, Trusted Application and Trusted OS services | firmware | NOT_SUPPORTED |
+/// | the hypervisor's `0x8600_0000`/`0xC600_0000` (trap counters) | printed, rate limited | NOT_SUPPORTED |
+/// | everything else | NOT_SUPPORTED | NOT_SUPPORTED |
+///
+/// A cell that is not the root cell shares the firmware with every other cell: it gets the
+/// calls a stock kernel needs for its CPUs' errata workarounds, which act on the calling CPU
+/// only, and nothing that carries its data to the firmware or changes the machine.
+pub fn smccc_route(call: Call, root: bool, firmware: bool, x1: u64) -> Route {
+    use arch_call::*;
+    let workaround = |id: u64| matches!(id, 0x8000_8000 | 0x8000_7fff | 0x8000_3fff);
+    match call {
+        Call::Hypervisor(id) if root && id & 0xffff == 0 && (id >> 24) & 0x3f == 6 => {
+            Route::Counters
+        }
+        Call::Architecture(_) | Call::Firmware(_) if !firmware => {
+            Route::Return(status::NOT_SUPPORTED)
+        }
+        Call::Architecture(_) | Call::Firmware(_) if root => Route::Forward,
+        Call::Architecture(SMCCC_VERSION | WORKAROUND_1 | WORKAROUND_3) => Route::ForwardOnly(0),
+        Call::Architecture(ARCH_FEATURES) if workaround(x1) => Route::ForwardOnly(x1),
+        Call::Architecture(WORKAROUND_2) => Route::ForwardOnly(1),
+        _ => Route::Return(status::NOT_SUPPORTED),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smccc_calls_other_than_psci_have_a_policy_per_caller() {
+        use arch_call::*;
+        let route = |id: u32, root: bool, x1: u64| smccc_route(Call::classify(id), root, true, x1);
+        let unsupported = Route::Return(status::NOT_SUPPORTED);
+        // The trap counters: the root cell only.
+        for id in [0x8600_0000, 0xc600_0000] {
+            assert_eq!(route(id, true, 0), Route::Counters);
+            assert_eq!(route(id, false, 0), unsupported);
+        }
+        assert_eq!(route(0xc600_0001, true, 0), unsupported);
+        // Firmware services: the root cell only, with its arguments.
+        for id in [0xc200_0000, 0x8300_0001, 0xf200_0000, 0xb000_0000] {
+            assert_eq!(route(id, true, 7), Route::Forward, "{id:#x}");
+            assert_eq!(route(id, false, 7), unsupported, "{id:#x}");
+        }
+        assert_eq!(route(SMCCC_VERSION, true, 5), Route::Forward);
+        // Other cells: what a stock kernel needs for its errata, without their arguments.
+        assert_eq!(route(SMCCC_VERSION, false, 5), Route::ForwardOnly(0));
+        assert_eq!(route(WORKAROUND_1, false, 5), Route::ForwardOnly(0));
+        assert_eq!(route(WORKAROUND_3, false, 5), Route::ForwardOnly(0));
+        assert_eq!(
+            route(WORKAROUND_2, false, 0),
+            Route::ForwardOnly(1),
+            "mitigation stays on"
+        );
+        for id in [WORKAROUND_1, WORKAROUND_2, WORKAROUND_3] {
+            assert_eq!(
+                route(ARCH_FEATURES, false, u64::from(id)),
+                Route::ForwardOnly(u64::from(id))
+            );
+        }
+        assert_eq!(route(ARCH_FEATURES, false, 0xc200_0000), unsupported);
+        assert_eq!(
+            route(ARCH_FEATURES, false, 1 << 32 | 0x8000_8000),
+            unsupported
+        );
+        assert_eq!(route(0x8000_ff00, false, 0), unsupported);
+        // No firmware: nothing is forwarded.
+        assert_eq!(
+            smccc_route(Call::classify(WORKAROUND_1), true, false, 0),
+            unsupported
+        );
+        // Yielding calls and unknown owners.
+        assert_eq!(route(0x0400_0000, true, 0), unsupported);
+        assert_eq!(route(0x8700_0000, true, 0), unsupported);
+    }
 
     #[test]
     fn classifies_function_ids() {

@@ -253,6 +253,9 @@ const DAIF: u64 = 0b1111 << 6;
 const PAN: u64 = 1 << 22;
 /// `SPSR.M[4]`: the context was AArch32.
 const MODE_AARCH32: u64 = 1 << 4;
+/// `SPSR.M[4:0]` of AArch32 User mode (EL0), the only AArch32 context a cell has: EL1 is
+/// AArch64 (`HCR_EL2.RW` = 1), so 32-bit code runs at EL0 only.
+const MODE_AARCH32_USER: u64 = 0b1_0000;
 
 /// The PSTATE a cell's vCPU starts with at a PSCI CPU_ON or boot entry point: EL1 with
 /// SP_EL1, all of D, A, I and F masked (Linux `booting.rst`, PSCI 1.1 §6.4.3.3).
@@ -291,7 +294,8 @@ pub struct InjectedAbort {
 /// Why an abort cannot be injected.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NotInjectable {
-    /// The cell was running AArch32 code; cells are AArch64 only.
+    /// An AArch32 mode other than User: impossible while EL1 is AArch64 (`HCR_EL2.RW` = 1,
+    /// which the hypervisor always sets), so a sign of a hypervisor bug.
     Aarch32,
     /// A mode a cell cannot be in (EL2 or EL3, or reserved).
     BadMode(u64),
@@ -304,10 +308,13 @@ pub enum NotInjectable {
 /// - `set_pan`: the CPU has FEAT_PAN and `SCTLR_EL1.SPAN` = 0, so PSTATE.PAN is set on
 ///   exception entry to EL1.
 ///
-/// The vector offset is 0x000 from EL1t, 0x200 from EL1h, 0x400 from AArch64 EL0
-/// (D1.3.1). ESR_EL1: EC 0x24/0x25 (data abort from a lower/the same EL) or 0x20/0x21
-/// (instruction abort), IL = 1, fault status 0b010000 "synchronous external abort, not on
-/// a translation table walk", WnR for data aborts.
+/// The vector offset is 0x000 from EL1t, 0x200 from EL1h, 0x400 from AArch64 EL0 and
+/// 0x600 from AArch32 EL0 (User mode, a 32-bit process under a 64-bit kernel) (D1.3.1).
+/// ESR_EL1: EC 0x24/0x25 (data abort from a lower/the same EL) or 0x20/0x21 (instruction
+/// abort), IL = 1 (no valid instruction syndrome, whatever the instruction's length),
+/// fault status 0b010000 "synchronous external abort, not on a translation table walk", WnR
+/// for data aborts. From AArch32, SPSR_EL1 is the 32-bit CPSR as SPSR_EL2 holds it and
+/// FAR_EL1 the 32-bit address in its low half.
 pub fn external_abort(
     kind: AbortKind,
     spsr: u64,
@@ -316,14 +323,18 @@ pub fn external_abort(
     vbar: u64,
     set_pan: bool,
 ) -> Result<InjectedAbort, NotInjectable> {
-    if spsr & MODE_AARCH32 != 0 {
-        return Err(NotInjectable::Aarch32);
-    }
-    let (same_el, offset) = match spsr & 0xf {
+    let (same_el, offset) = match spsr & 0x1f {
+        MODE_AARCH32_USER => (false, 0x600),
+        _ if spsr & MODE_AARCH32 != 0 => return Err(NotInjectable::Aarch32),
         MODE_EL0T => (false, 0x400),
         MODE_EL1T => (true, 0x000),
         MODE_EL1H => (true, 0x200),
         mode => return Err(NotInjectable::BadMode(mode)),
+    };
+    let far = if spsr & MODE_AARCH32 != 0 {
+        far & 0xffff_ffff
+    } else {
+        far
     };
     let (class, iss) = match kind {
         AbortKind::Data { write } => (
@@ -685,12 +696,43 @@ mod tests {
     }
 
     #[test]
+    fn injects_into_a_32_bit_process() {
+        let vbar = 0xffff_8000_1000_0000;
+        // AArch32 User mode, Thumb (T, bit 5), flags set: a 32-bit process reading
+        // outside the cell (the root cell's `devmem` built for armhf).
+        let cpsr = 0x2000_0030;
+        let abort = external_abort(
+            AbortKind::Data { write: false },
+            cpsr,
+            0x2_0120,
+            0xf7f9_1000,
+            vbar,
+            false,
+        )
+        .unwrap();
+        assert_eq!(abort.vector, vbar + 0x600, "lower EL using AArch32");
+        assert_eq!(abort.esr, 0x24 << 26 | 1 << 25 | 0x10);
+        assert_eq!(
+            (abort.elr, abort.far, abort.spsr),
+            (0x2_0120, 0xf7f9_1000, cpsr)
+        );
+        assert_eq!(abort.pstate, SPSR_EL1H_MASKED);
+        let prefetch =
+            external_abort(AbortKind::Instruction, 0x10, 0x8000, 0x8000, vbar, true).unwrap();
+        assert_eq!(prefetch.esr >> 26, 0x20);
+        assert_eq!(prefetch.pstate, SPSR_EL1H_MASKED | PAN);
+    }
+
+    #[test]
     fn refuses_to_inject_into_impossible_modes() {
         let data = AbortKind::Data { write: false };
-        assert_eq!(
-            external_abort(data, 0x10, 0, 0, 0, false),
-            Err(NotInjectable::Aarch32)
-        );
+        // AArch32 Supervisor and Hyp: EL1 and EL2 are AArch64.
+        for mode in [0x13, 0x1a] {
+            assert_eq!(
+                external_abort(data, mode, 0, 0, 0, false),
+                Err(NotInjectable::Aarch32)
+            );
+        }
         assert_eq!(
             external_abort(data, 0x9, 0, 0, 0, false),
             Err(NotInjectable::BadMode(0x9))

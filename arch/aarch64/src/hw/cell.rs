@@ -3,7 +3,7 @@
 
 use crate::board::MAX_CPUS;
 use crate::frames::FramePool;
-use crate::psci::{status, Call, VcpuPower};
+use crate::psci::{status, Call, Route, VcpuPower};
 use crate::trap::{TrapCounters, TrapReason};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
@@ -15,7 +15,7 @@ use cellvisor_paging::{
     Access, Attributes, Cacheability, GuestPhysAddr, LinearMemory, MapMode, Mapping, MemoryType,
     NotLive, PaSize, PageTable, PhysAddr, Stage2, TableMemory,
 };
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Once;
 
 /// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
@@ -409,28 +409,55 @@ pub fn system_power(cpu: usize, reset: bool) -> i64 {
     status::DENIED
 }
 
-/// SMCCC calls other than PSCI: `Some(x0..x3)` to return, `None` for NOT_SUPPORTED.
-///
-/// Policy: Arm architecture calls (SMCCC_VERSION, ARCH_FEATURES, the CPU errata
-/// workarounds) and silicon-provider/OEM/Trusted OS calls of the root cell go to the
-/// firmware when it implements SMCCC 1.1 (otherwise nothing answers them on this machine);
-/// the hypervisor's own call 0x8600_0000/0xC600_0000 prints the trap counters; everything
-/// else is NOT_SUPPORTED.
-pub fn smccc_policy(call: Call, frame: &super::exception::TrapFrame) -> Option<[u64; 4]> {
-    match call {
-        Call::Architecture(id) | Call::Firmware(id) if firmware_smccc() => {
+/// SMCCC calls other than PSCI from the cell on `cpu`: `Some(x0..x3)` to return, `None` for
+/// NOT_SUPPORTED. The policy per caller is [`crate::psci::smccc_route`]'s; the root cell's
+/// counter dumps come at most once per [`COUNTERS_INTERVAL_MS`] (DENIED in between) and within
+/// its console budget ([`crate::budget`]).
+pub fn smccc_policy(
+    cpu: usize,
+    call: Call,
+    frame: &super::exception::TrapFrame,
+) -> Option<[u64; 4]> {
+    let root = super::cells::owner(cpu) == 0;
+    let forward = |id: u32, args: [u64; 17]| {
+        let result = smccc::smc64(id, args);
+        Some([result[0], result[1], result[2], result[3]])
+    };
+    let id = frame.x[0] as u32;
+    match crate::psci::smccc_route(call, root, firmware_smccc(), frame.x[1]) {
+        Route::Forward => {
             let mut args = [0u64; 17];
             args.copy_from_slice(&frame.x[1..18]);
-            let result = smccc::smc64(id, args);
-            Some([result[0], result[1], result[2], result[3]])
+            forward(id, args)
         }
-        Call::Hypervisor(id) if id & 0xffff == 0 && (id >> 24) & 0x3f == 6 => {
-            print_counters();
+        Route::ForwardOnly(x1) => {
+            let mut args = [0u64; 17];
+            args[0] = x1;
+            forward(id, args)
+        }
+        Route::Counters => {
+            let now = super::cells::ticks() / (super::cells::frequency() / 1000).max(1);
+            let last = LAST_COUNTERS.load(Ordering::Relaxed);
+            let due = last == 0 || now.saturating_sub(last) >= COUNTERS_INTERVAL_MS;
+            if !due
+                || LAST_COUNTERS
+                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return Some([status::DENIED as u64, 0, 0, 0]);
+            }
+            let lines = 2 + COUNTERS.len();
+            super::console::note_with(cpu, 0, name(), lines * 160, print_counters);
             Some([0, 0, 0, 0])
         }
-        _ => None,
+        Route::Return(value) => (value != status::NOT_SUPPORTED).then_some([value as u64, 0, 0, 0]),
     }
 }
+
+/// The shortest time between two counter dumps the root cell asks for, milliseconds.
+pub const COUNTERS_INTERVAL_MS: u64 = 1000;
+/// When the root cell last had the counters printed (milliseconds of the counter; 0: never).
+static LAST_COUNTERS: AtomicU64 = AtomicU64::new(0);
 
 /// Prints the trap counters of every CPU of the root cell.
 pub fn print_counters() {

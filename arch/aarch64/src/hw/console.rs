@@ -1,14 +1,17 @@
 //! The debug console on the board's UART, through `cellvisor-console`.
 
-use crate::board::UartKind;
+use super::cells::MAX_CELLS;
+use crate::board::{UartKind, MAX_CPUS};
+use crate::budget::{Decision, OutputBudget};
 use cellvisor_console::{
     emergency_write_fmt, CadenceUart, ConsoleUart, CrLfWriter, EmergencyWrite, MmioAddr,
     MmioRegion, Pl011, Uart,
 };
 use cellvisor_paging::PhysAddr;
+use cellvisor_sync::Mutex;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 /// The board's UART, for reports made before the console is installed: kind (0 none,
 /// 1 PL011, 2 Cadence) in bits [1:0], base address above.
@@ -43,6 +46,50 @@ static RING: Ring = Ring {
     bytes: [const { AtomicU8::new(0) }; RING_SIZE],
     head: AtomicU64::new(0),
 };
+
+/// Per CPU: this CPU's output under the console lock goes to the UART only, not into the
+/// ring (a note over its cell's share, see [`note`]).
+static RING_OFF: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Each cell slot's budget for notes.
+static BUDGETS: Mutex<[OutputBudget; MAX_CELLS]> = Mutex::new([OutputBudget::new(); MAX_CELLS]);
+
+/// Prints a note about something cell `cell` (named `name`) did while it goes on, within its
+/// output budget ([`crate::budget`]): over the rate the note is dropped and counted, over the
+/// cell's share of the ring it goes to the UART only.
+pub fn note(cpu: usize, cell: u16, name: &str, args: core::fmt::Arguments<'_>) {
+    let mut line = heapless::String::<320>::new();
+    let _ = line.write_fmt(args);
+    note_with(cpu, cell, name, line.len(), || {
+        print(format_args!("{line}"))
+    });
+}
+
+/// Like [`note`] for output `write` prints itself, about `len` bytes.
+pub fn note_with(cpu: usize, cell: u16, name: &str, len: usize, write: impl FnOnce()) {
+    let frequency = super::cells::frequency();
+    let now_ms = super::cells::ticks() / frequency * 1000
+        + super::cells::ticks() % frequency * 1000 / frequency;
+    let head = RING.head.load(Ordering::Relaxed);
+    let decision = BUDGETS
+        .lock()
+        .get_mut(usize::from(cell))
+        .map_or(Decision::Suppress, |budget| budget.admit(now_ms, head, len));
+    let Decision::Print { ring, suppressed } = decision else {
+        return;
+    };
+    let Some(off) = RING_OFF.get(cpu) else { return };
+    off.store(!ring, Ordering::Relaxed);
+    if suppressed > 0 {
+        print(format_args!(
+            "cellvisor: cell \"{name}\": {suppressed} more notes were suppressed (at most {} at once, then one per {} s)\n",
+            crate::budget::BURST,
+            crate::budget::REFILL_MS / 1000
+        ));
+    }
+    write();
+    off.store(false, Ordering::Relaxed);
+}
 
 fn ring_push(byte: u8) {
     let at = RING.head.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +130,12 @@ struct Tee(&'static mut DriverKind);
 impl Uart for Tee {
     fn write_byte(&mut self, byte: u8) {
         self.0.hardware().write_byte(byte);
-        ring_push(byte);
+        let off = RING_OFF
+            .get(super::cpu_index())
+            .is_some_and(|off| off.load(Ordering::Relaxed));
+        if !off {
+            ring_push(byte);
+        }
     }
 
     fn flush(&mut self) {

@@ -144,7 +144,7 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
                 fail_cell(cpu, frame);
                 return;
             }
-            print(format_args!(
+            note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: external abort injected\n",
                 cells::name_of(cpu),
                 frame.elr
@@ -160,7 +160,7 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
         class::SYSREG => sysreg(cpu, esr, frame),
         _ => {
             cell::count(cpu, TrapReason::Other);
-            print(format_args!(
+            note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled trap: {esr} at PC {:#x}: undefined instruction injected\n",
                 cells::name_of(cpu),
                 frame.elr
@@ -183,10 +183,10 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                 if let Some(value) = manage::access(cpu, ipa, &trap, value) {
                     trap.complete_load(&mut frame.x, value);
                 }
-                frame.elr += 4;
+                frame.elr += esr.instruction_length();
             }
             Err(why) => {
-                print(format_args!(
+                note(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): access to the management page at {ipa:#x}: {why}: external abort injected\n",
                     cells::name_of(cpu)
                 ));
@@ -214,7 +214,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                         } else {
                             "cell stopped (failed)"
                         };
-                        print(format_args!(
+                        tell(cpu, format_args!(
                             "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: {outcome}\n",
                             cells::name_of(cpu),
                             if trap.write { "write" } else { "read" },
@@ -231,11 +231,11 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                         return;
                     }
                 }
-                frame.elr += 4;
+                frame.elr += esr.instruction_length();
             }
             Err(why) => {
                 let root = cells::owner(cpu) == 0;
-                print(format_args!(
+                tell(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: {}\n",
                     cells::name_of(cpu),
                     frame.elr,
@@ -264,7 +264,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         fail_cell(cpu, frame);
         return;
     }
-    print(format_args!(
+    note(cpu, format_args!(
         "cellvisor: cell \"{}\" (CPU {cpu}): {what} of {size} bytes at {ipa:#x} (VA {far:#x}, PC {:#x}) is outside its configuration: external abort injected\n",
         cells::name_of(cpu),
         frame.elr,
@@ -313,7 +313,7 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
             cell::count(cpu, TrapReason::SgiRegister);
             if let Err(violation) = gic::send_sgi1r(cells::requester(cpu), value) {
                 let root = cells::owner(cpu) == 0;
-                print(format_args!(
+                tell(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}{}\n",
                     cells::name_of(cpu),
                     violation.reason,
@@ -333,7 +333,7 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         }
         register => {
             cell::count(cpu, TrapReason::OtherSysreg);
-            print(format_args!(
+            note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled system register {} {register} at PC {:#x}: undefined instruction injected\n",
                 cells::name_of(cpu),
                 if trap.read { "read of" } else { "write to" },
@@ -387,7 +387,7 @@ fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
         }
         _ => {
             cell::count(cpu, TrapReason::Smccc);
-            match cell::smccc_policy(call, frame) {
+            match cell::smccc_policy(cpu, call, frame) {
                 Some(result) => {
                     frame.x[..4].copy_from_slice(&result);
                     return;
@@ -407,6 +407,23 @@ fn cpu_off(cpu: usize, frame: &mut TrapFrame) -> i64 {
     cells::park(cpu, frame);
     // x0 of the frame is the new vCPU's first argument; keep it.
     frame.x[0] as i64
+}
+
+/// Prints a note about the cell on `cpu`, which goes on, within the cell's output budget
+/// ([`crate::budget`]).
+fn note(cpu: usize, args: core::fmt::Arguments<'_>) {
+    let cell = cells::owner(cpu);
+    super::console::note(cpu, cell, &cells::name_of(cpu), args);
+}
+
+/// A report about the cell on `cpu`: a note ([`note`]) for the root cell, which goes on
+/// (it gets an abort), printed in full for another cell, which is stopped.
+fn tell(cpu: usize, args: core::fmt::Arguments<'_>) {
+    if cells::owner(cpu) == 0 {
+        note(cpu, args);
+    } else {
+        print(args);
+    }
 }
 
 /// The cell on `cpu` broke its partition: its state becomes failed, its other CPUs stop,

@@ -185,14 +185,20 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
             let code = text
                 .data(endian, data)
                 .map_err(|_| anyhow::anyhow!(".text lies outside the file"))?;
-            let found = fp_simd_instructions(code);
+            let start = text.sh_addr(endian);
+            let allowed = symbol_range(data, FP_SIMD_SCRUB);
+            let found: Vec<u64> = fp_simd_instructions(code)
+                .into_iter()
+                .map(|offset| start + offset)
+                .filter(|address| !allowed.as_ref().is_some_and(|r| r.contains(address)))
+                .collect();
             if let Some(&first) = found.first() {
                 bail!(
-                    "{} FP/SIMD instruction(s) in .text, the first at {:#x}: the hypervisor must \
-                     not touch the FP/SIMD registers, which hold the cell's state during a trap \
-                     (build it for a soft-float target)",
+                    "{} FP/SIMD instruction(s) in .text, the first at {first:#x}: the hypervisor \
+                     must not touch the FP/SIMD registers, which hold the cell's state during a \
+                     trap (build it for a soft-float target; only `{FP_SIMD_SCRUB}`, which zeroes \
+                     them between two vCPUs, may)",
                     found.len(),
-                    text.sh_addr(endian) + first
                 );
             }
         }
@@ -211,6 +217,18 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
         stacks: section(".stacks"),
     };
     Ok(Flat { bytes, sizes })
+}
+
+/// The one function of the image allowed to use FP/SIMD registers: it zeroes them before a
+/// CPU enters a new vCPU (`arch/aarch64/src/hw/scrub.rs`).
+const FP_SIMD_SCRUB: &str = "cellvisor_scrub_fp_simd";
+
+/// The address range of the ELF symbol `name` (by its `st_size`), if the file has it.
+fn symbol_range(data: &[u8], name: &str) -> Option<std::ops::Range<u64>> {
+    use object::{Object as _, ObjectSymbol as _};
+    let file = object::File::parse(data).ok()?;
+    let symbol = file.symbols().find(|s| s.name() == Ok(name))?;
+    Some(symbol.address()..symbol.address() + symbol.size())
 }
 
 /// Offsets of the A64 instructions in `code` that use the FP/SIMD registers (Arm ARM C4.1,

@@ -225,6 +225,8 @@ pub fn park(cpu: usize, frame: &mut TrapFrame) {
     // of another cell) enabled, pending or active.
     gic::reset_private(cpu);
     super::cell::prepare_cpu_for(cell);
+    // Nor any of its EL1, FP/SIMD or key registers (with FP/SIMD untrapped by the line above).
+    super::scrub::el1_state();
     enter_frame(frame, pc, x0);
     PARKED[cpu].store(false, Ordering::Release);
 }

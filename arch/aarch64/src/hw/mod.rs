@@ -13,6 +13,7 @@ mod guest;
 mod manage;
 mod mmu;
 mod pmu;
+mod scrub;
 mod sysreg;
 mod wait;
 

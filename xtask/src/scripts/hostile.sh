@@ -146,8 +146,15 @@ hostile_case() {
     case $judge in
         stop)
             if [ "$state" = failed ]; then
-                report=$(cellvisor console | grep "cell \"$CELL\"" | tail -n 1)
+                # The report may still be on its way into the console ring.
+                waited=0
                 reports_after=$(reports)
+                while [ "$reports_after" -le "$reports_before" ] && [ $waited -lt 10 ]; do
+                    sleep 0.2
+                    waited=$((waited + 1))
+                    reports_after=$(reports)
+                done
+                report=$(cellvisor console | grep "cell \"$CELL\"" | grep "failed" | tail -n 1)
                 if [ "$reports_after" -le "$reports_before" ]; then
                     why="failed without a report naming the cell"
                 fi

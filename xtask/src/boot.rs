@@ -196,7 +196,8 @@ pub struct SystemFacts {
     pub hypervisor_start: u64,
     /// The root cell's name.
     pub root_cell: String,
-    /// Bytes of RAM the root cell owns: its memory regions that are not `io`.
+    /// Bytes of RAM the root cell's kernel gets: its memory regions that are neither `io` nor
+    /// `loadable` (RAM kept for cells, left out of the kernel's device tree).
     pub root_ram: u64,
 }
 
@@ -210,7 +211,11 @@ impl SystemFacts {
                 .root_cell
                 .memory_regions
                 .iter()
-                .filter(|region| !region.flags.contains(MemoryFlags::IO))
+                .filter(|region| {
+                    !region
+                        .flags
+                        .intersects(MemoryFlags::IO | MemoryFlags::LOADABLE)
+                })
                 .map(|region| region.size)
                 .sum(),
         }
@@ -325,6 +330,11 @@ size = 0x3f60_0000
 flags = ["read", "write", "execute", "dma"]
 
 [[root-cell.memory]]
+phys = 0x8000_0000
+size = 0x100_0000
+flags = ["read", "write", "execute", "dma", "loadable"]
+
+[[root-cell.memory]]
 phys = 0x900_0000
 size = 0x1000
 flags = ["read", "write", "io"]
@@ -337,6 +347,7 @@ flags = ["read", "write", "io"]
         let facts = SystemFacts::new(&config);
         assert_eq!(facts.hypervisor_start, 0x4020_0000);
         assert_eq!(facts.root_cell, "linux");
+        // The loadable region is the cells', not the kernel's.
         assert_eq!(facts.root_ram, 0x20_0000 + 0x3f60_0000);
 
         let bin = temporary("system.bin", &bytes);

@@ -31,12 +31,14 @@ use crate::workspace::Workspace;
 /// The package of the demo inmates.
 pub const PACKAGE: &str = "cellvisor-inmates";
 /// Its binaries, one inmate each.
-pub const INMATES: [&str; 5] = [
+pub const INMATES: [&str; 7] = [
     "timer-demo",
     "uart-demo",
     "stubborn-demo",
     "wild-demo",
     "gic-wild-demo",
+    "ticker-demo",
+    "hostile-demo",
 ];
 /// The inmates' Rust target.
 const TARGET: &str = "aarch64-unknown-none";

@@ -39,11 +39,14 @@ pub enum Script {
     /// `cargo xtask bench`: idle and busy trap counts, PSCI and management calls, the demo
     /// cell's start and counters.
     Bench,
+    /// Hostile cells: attacks of a cell on the partition, each stopped or refused, with a
+    /// second cell ticking throughout.
+    Hostile,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 7] = [
+    pub const ALL: [Script; 8] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -51,6 +54,7 @@ impl Script {
         Self::Wild,
         Self::BadInput,
         Self::Bench,
+        Self::Hostile,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -63,6 +67,7 @@ impl Script {
             Self::Wild => "wild",
             Self::BadInput => "bad-input",
             Self::Bench => "bench",
+            Self::Hostile => "hostile",
         }
     }
 
@@ -75,6 +80,7 @@ impl Script {
             Self::Wild => include_str!("scripts/wild.sh"),
             Self::BadInput => include_str!("scripts/bad-input.sh"),
             Self::Bench => include_str!("scripts/bench.sh"),
+            Self::Hostile => include_str!("scripts/hostile.sh"),
         }
     }
 
@@ -155,6 +161,8 @@ mod tests {
             "if",
             "then",
             "else",
+            "elif",
+            "break",
             "fi",
             "while",
             "do",
@@ -175,6 +183,12 @@ mod tests {
             "snapshot",
             "work",
             "wait",
+            "peek",
+            "state_of",
+            "dumps",
+            "reports",
+            "case_of",
+            "hostile_case",
             "cellvisor",
             "guest-clock",
             "busybox",
@@ -237,5 +251,35 @@ mod tests {
                 "{case}"
             );
         }
+    }
+    /// hostile.sh lists the cases of hostile-demo in the inmate's order, each with a kind
+    /// the script judges, and counts them all.
+    #[test]
+    fn the_hostile_cases_match_the_inmate() {
+        let inmate = include_str!("../../examples/inmates/demos/src/bin/hostile-demo.rs");
+        let table = &inmate[inmate.find("const CASES: &[Attack] = &[").unwrap()..];
+        let table = &table[..table.find("\n    ];").unwrap()];
+        let inmate_cases: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("(\""))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let script = include_str!("scripts/hostile.sh");
+        let kinds = [
+            "stop", "refused", "either", "storm", "off", "deaf", "cpu-off",
+        ];
+        let mut script_cases = Vec::new();
+        for line in script.lines().map(str::trim) {
+            let Some((number, rest)) = line.split_once(") echo ") else {
+                continue;
+            };
+            let words: Vec<&str> = rest.trim_end_matches(" ;;").split(' ').collect();
+            assert_eq!(number, (script_cases.len() + 1).to_string(), "{line}");
+            assert!(kinds.contains(&words[1]), "{line}");
+            script_cases.push(words[0]);
+        }
+        assert_eq!(script_cases, inmate_cases);
+        assert!(inmate_cases.len() >= 30);
+        assert!(script.contains(&format!("CASE_COUNT={}\n", inmate_cases.len())));
     }
 }

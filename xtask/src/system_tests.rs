@@ -154,6 +154,7 @@ const CELLS_DEMO_ACTIONS: &str = "script:demo,dmesg,poweroff";
 const CELLS_CYCLES_ACTIONS: &str = "script:cycles,dmesg,poweroff";
 const CELLS_WILD_ACTIONS: &str = "script:wild,dmesg,poweroff";
 const CELLS_BAD_INPUT_ACTIONS: &str = "script:bad-input,dmesg,poweroff";
+const CELLS_HOSTILE_ACTIONS: &str = "script:hostile,dmesg,poweroff";
 
 /// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.
 const CELLS_DEMO: &[Pattern] = &[
@@ -253,6 +254,38 @@ const CELLS_BAD_INPUT: &[Pattern] = &[
     Pattern::StartsWith("cellvisor: trap counters"),
 ];
 
+/// Hostile cells (`hostile.sh`): every attack of hostile-demo stopped or refused while
+/// ticker-demo ticks in a second cell; no memory lost, every CPU back. The counts differ by
+/// GIC version: some attacks exist for one version only (`skipped`).
+const CELLS_HOSTILE_V3: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: ticker-start status=0"]),
+    Pattern::Contains(&["cellvisor-demo: hostile ticker ticks="]),
+    Pattern::Contains(&["cellvisor-demo: ticker-destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: hostile memory kept"]),
+    Pattern::Contains(&["cellvisor-demo: hostile cpus online=0-{last} after"]),
+    Pattern::Contains(&["cellvisor-demo: hostile cases=44 ran=42 skipped=2 failed=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script hostile done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+const CELLS_HOSTILE_V2: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: ticker-start status=0"]),
+    Pattern::Contains(&["cellvisor-demo: hostile ticker ticks="]),
+    Pattern::Contains(&["cellvisor-demo: ticker-destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: hostile memory kept"]),
+    Pattern::Contains(&["cellvisor-demo: hostile cpus online=0-{last} after"]),
+    Pattern::Contains(&["cellvisor-demo: hostile cases=44 ran=36 skipped=8 failed=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script hostile done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+/// What the hostile cell prints on its UART (the machine's second one) for each case.
+const HOSTILE_DEMO_LINE: &str = "hostile-demo: case 44 psci-cpu-off";
+/// The hostile suite runs about 45 cells one after the other.
+const CELLS_HOSTILE_TIMEOUT: Duration = Duration::from_secs(480);
+
 /// What `/init` runs in the `run-demo` cases: what `cargo xtask run --demo` runs, then the
 /// shell.
 const RUN_DEMO_ACTIONS: &str = "script:demo-start";
@@ -293,6 +326,7 @@ const CELLS_FAILS_ON: &[&str] = &[
     "FATAL",
     "Kernel panic",
     "cellvisor-demo: cycles memory leaked",
+    "cellvisor-demo: hostile memory leaked",
 ];
 
 /// What a case boots.
@@ -639,6 +673,30 @@ const CELL_CASES: &[Case<'static>] = &[
             Check::SecondUart("stubborn-demo: shutdown denied"),
         ],
     ),
+    Case {
+        timeout: Some(CELLS_HOSTILE_TIMEOUT),
+        ..Case::cells(
+            "qemu-arm64",
+            Some(3),
+            Some("cortex-a57"),
+            "cells-hostile",
+            CELLS_HOSTILE_ACTIONS,
+            CELLS_HOSTILE_V3,
+            &[Check::DmesgLikeBare, Check::SecondUart(HOSTILE_DEMO_LINE)],
+        )
+    },
+    Case {
+        timeout: Some(CELLS_HOSTILE_TIMEOUT),
+        ..Case::cells(
+            "qemu-arm64",
+            Some(2),
+            Some("cortex-a57"),
+            "cells-hostile",
+            CELLS_HOSTILE_ACTIONS,
+            CELLS_HOSTILE_V2,
+            &[Check::DmesgLikeBare, Check::SecondUart(HOSTILE_DEMO_LINE)],
+        )
+    },
     // `cargo xtask run --demo`, with commands typed at its shell.
     Case::run_demo("qemu-arm64", Some(3)),
     Case::run_demo("qemu-arm64", Some(2)),
@@ -1419,8 +1477,8 @@ fn check_memtotal(log: &[String], facts: &SystemFacts) -> Result<()> {
     if !(low..=ram).contains(&kib) {
         bail!(
             "MemTotal {kib} kB is not within {low}..={ram} kB: the root cell owns {ram} kB of \
-             RAM (its memory regions that are not `io`), of which the kernel may keep up to \
-             {reserve} kB"
+             RAM (its memory regions that are neither `io` nor `loadable`), of which the \
+             kernel may keep up to {reserve} kB"
         );
     }
     Ok(())
@@ -1497,6 +1555,8 @@ mod tests {
                 "qemu-arm64-cells-bad-input-gicv3-smp4-cortex-a57",
                 "zcu102-cells-cycles-gicv2-smp4",
                 "zcu102-cells-bad-input-gicv2-smp4",
+                "qemu-arm64-cells-hostile-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-hostile-gicv2-smp4-cortex-a57",
             ]
         );
         for case in &cells {
@@ -1505,7 +1565,12 @@ mod tests {
             let append = fill_facts(case.append.as_deref().unwrap(), &facts());
             let word = append.split_whitespace().last().unwrap();
             initramfs::parse_actions_word(word).unwrap().unwrap();
-            assert_eq!(case.limits(None).0, CELLS_TIMEOUT);
+            let timeout = if case.name.contains("-cells-hostile-") {
+                CELLS_HOSTILE_TIMEOUT
+            } else {
+                CELLS_TIMEOUT
+            };
+            assert_eq!(case.limits(None).0, timeout);
             assert_eq!(
                 case.limits(Some(Duration::from_secs(9))).0,
                 Duration::from_secs(9)

@@ -18,7 +18,8 @@
 //! - the shutdown vote of the communication region ([`comm::Mailbox`]).
 //!
 //! Every exception other than an IRQ prints its syndrome (ESR_EL1, ELR_EL1, FAR_EL1) on the
-//! console and parks the CPU; so does a panic.
+//! console and parks the CPU; so does a panic. A program that provokes one on purpose runs
+//! the access under [`fault::catch`], which records it and resumes after the instruction.
 //!
 //! The runtime supports one CPU: it never starts others, and bare builds park every CPU but
 //! the first.
@@ -53,6 +54,7 @@ extern crate std;
 pub mod comm;
 pub mod console;
 pub mod esr;
+pub mod fault;
 pub mod gic;
 pub mod irq;
 pub mod mmio;

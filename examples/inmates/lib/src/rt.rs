@@ -133,18 +133,44 @@ _start:
 
 // Exception vectors (Arm ARM D1.3.1): 16 entries of 0x80 bytes; per origin (EL1 on SP_EL0,
 // EL1 on SP_EL1, EL0 AArch64, EL0 AArch32) synchronous, IRQ, FIQ, SError. The inmate runs on
-// SP_EL1, so entry 5 is its IRQ; every other entry reports and parks.
+// SP_EL1, so entry 5 is its IRQ and entry 4 its synchronous exceptions: those are recorded
+// and skipped while `fault::catch` has armed the vector (the record's layout is
+// `fault::Caught`), else reported like every other entry, which parks.
 core::arch::global_asm!(
     r#"
     .section .text.vectors, "ax"
     .balign 0x800
     .global cellvisor_inmate_vectors
 cellvisor_inmate_vectors:
-    .irp kind, 0,1,2,3,4
+    .irp kind, 0,1,2,3
     .balign 0x80
     mov     x0, #\kind
     b       cellvisor_inmate_report_entry
     .endr
+
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    adrp    x0, CELLVISOR_INMATE_CAUGHT
+    add     x0, x0, :lo12:CELLVISOR_INMATE_CAUGHT
+    ldr     x1, [x0]                    // armed?
+    cbz     x1, 1f
+    str     xzr, [x0]                   // one exception per `catch`
+    mrs     x1, esr_el1
+    str     x1, [x0, #16]
+    mrs     x1, far_el1
+    str     x1, [x0, #24]
+    mrs     x1, elr_el1
+    str     x1, [x0, #32]
+    add     x1, x1, #4                  // resume after the faulting instruction
+    msr     elr_el1, x1
+    ldr     x1, [x0, #8]
+    add     x1, x1, #1
+    str     x1, [x0, #8]
+    ldp     x0, x1, [sp], #16
+    eret
+1:  ldp     x0, x1, [sp], #16
+    mov     x0, #4
+    b       cellvisor_inmate_report_entry
 
     .balign 0x80
     sub     sp, sp, #{frame}

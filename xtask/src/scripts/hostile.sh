@@ -23,6 +23,7 @@ TICKER_MAGIC=$((0x7469636b))
 #   off      the cell's PSCI SYSTEM_OFF/SYSTEM_RESET ends the cell only (shut down);
 #   deaf     the cell never answers: shutdown stops it when the timeout expires;
 #   cpu-off  PSCI CPU_OFF of its only CPU: never returns (or DENIED), the cell is not failed.
+# The last case reads what the vCPU before it on the CPU (the root cell's) left: nothing.
 case_of() {
     case $1 in
         1) echo mem-root-ram-write stop ;;
@@ -69,9 +70,10 @@ case_of() {
         42) echo psci-system-reset off ;;
         43) echo never-answers deaf ;;
         44) echo psci-cpu-off cpu-off ;;
+        45) echo inherit-state refused ;;
     esac
 }
-CASE_COUNT=44
+CASE_COUNT=45
 
 # peek ADDRESS: the 32-bit word at a physical address, in decimal.
 peek() {

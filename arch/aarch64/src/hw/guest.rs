@@ -154,9 +154,9 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
         class::SMC64 => {
             // SMC is trapped before it executes (HCR_EL2.TSC): ELR points at it.
             frame.elr += 4;
-            firmware_call(cpu, frame);
+            firmware_call(cpu, esr, frame);
         }
-        class::HVC64 => firmware_call(cpu, frame),
+        class::HVC64 => firmware_call(cpu, esr, frame),
         class::SYSREG => sysreg(cpu, esr, frame),
         _ => {
             cell::count(cpu, TrapReason::Other);
@@ -344,8 +344,15 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     }
 }
 
-/// An SMC or HVC of the cell: PSCI emulated, the rest by [`cell::smccc_policy`].
-fn firmware_call(cpu: usize, frame: &mut TrapFrame) {
+/// An SMC or HVC of the cell: PSCI emulated, the rest by [`cell::smccc_policy`]. SMCCC
+/// calls use the immediate 0 (DEN 0028 §2.9); any other immediate is not a call the
+/// hypervisor knows: NOT_SUPPORTED, whatever x0 holds.
+fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
+    if esr.iss() & 0xffff != 0 {
+        cell::count(cpu, TrapReason::Smccc);
+        frame.x[0] = status::NOT_SUPPORTED as u64;
+        return;
+    }
     let id = frame.x[0] as u32;
     let call = Call::classify(id);
     let result: i64 = match call {

@@ -39,11 +39,14 @@ pub enum Script {
     /// `cargo xtask bench`: idle and busy trap counts, PSCI and management calls, the demo
     /// cell's start and counters.
     Bench,
+    /// `cargo xtask soak`: `SOAK_CYCLES` create/load/start/stop/destroy cycles of four
+    /// inmates in turn; memory, cells, CPUs and interrupt lines must come back as they were.
+    Soak,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 7] = [
+    pub const ALL: [Script; 8] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -51,6 +54,7 @@ impl Script {
         Self::Wild,
         Self::BadInput,
         Self::Bench,
+        Self::Soak,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -63,6 +67,7 @@ impl Script {
             Self::Wild => "wild",
             Self::BadInput => "bad-input",
             Self::Bench => "bench",
+            Self::Soak => "soak",
         }
     }
 
@@ -75,6 +80,7 @@ impl Script {
             Self::Wild => include_str!("scripts/wild.sh"),
             Self::BadInput => include_str!("scripts/bad-input.sh"),
             Self::Bench => include_str!("scripts/bench.sh"),
+            Self::Soak => include_str!("scripts/soak.sh"),
         }
     }
 
@@ -172,6 +178,12 @@ mod tests {
             "step",
             "memory_free",
             "wait_for_failed",
+            "cell_state",
+            "now",
+            "soak_cycle",
+            "wait_stopped",
+            "exit",
+            ":",
             "snapshot",
             "work",
             "wait",

@@ -154,6 +154,7 @@ const CELLS_DEMO_ACTIONS: &str = "script:demo,dmesg,poweroff";
 const CELLS_CYCLES_ACTIONS: &str = "script:cycles,dmesg,poweroff";
 const CELLS_WILD_ACTIONS: &str = "script:wild,dmesg,poweroff";
 const CELLS_BAD_INPUT_ACTIONS: &str = "script:bad-input,dmesg,poweroff";
+const CELLS_SOAK_ACTIONS: &str = "script:soak,dmesg,poweroff";
 
 /// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.
 const CELLS_DEMO: &[Pattern] = &[
@@ -253,6 +254,24 @@ const CELLS_BAD_INPUT: &[Pattern] = &[
     Pattern::StartsWith("cellvisor: trap counters"),
 ];
 
+/// A short soak (`soak.sh`, its default 12 cycles: each of the four inmates three times):
+/// every cycle as it must be, and memory, cells, CPUs and interrupt lines as before.
+const CELLS_SOAK: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: soak begin cycles=12 "]),
+    Pattern::Contains(&["cellvisor-demo: soak cycle 12 gic-wild-demo ok"]),
+    Pattern::Contains(&["cellvisor-demo: soak recreate status=0 destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: soak memory kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak cpus kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak cells kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak interrupts kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak summary cycles=12 failed=0 "]),
+    Pattern::Contains(&["cellvisor-demo: soak passed"]),
+    Pattern::Contains(&["cellvisor-initramfs: script soak done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
 /// What `/init` runs in the `run-demo` cases: what `cargo xtask run --demo` runs, then the
 /// shell.
 const RUN_DEMO_ACTIONS: &str = "script:demo-start";
@@ -293,6 +312,7 @@ const CELLS_FAILS_ON: &[&str] = &[
     "FATAL",
     "Kernel panic",
     "cellvisor-demo: cycles memory leaked",
+    "cellvisor-demo: soak failed",
 ];
 
 /// What a case boots.
@@ -634,6 +654,18 @@ const CELL_CASES: &[Case<'static>] = &[
         "cells-bad-input",
         CELLS_BAD_INPUT_ACTIONS,
         CELLS_BAD_INPUT,
+        &[
+            Check::DmesgLikeBare,
+            Check::SecondUart("stubborn-demo: shutdown denied"),
+        ],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-soak",
+        CELLS_SOAK_ACTIONS,
+        CELLS_SOAK,
         &[
             Check::DmesgLikeBare,
             Check::SecondUart("stubborn-demo: shutdown denied"),
@@ -1497,6 +1529,7 @@ mod tests {
                 "qemu-arm64-cells-bad-input-gicv3-smp4-cortex-a57",
                 "zcu102-cells-cycles-gicv2-smp4",
                 "zcu102-cells-bad-input-gicv2-smp4",
+                "qemu-arm64-cells-soak-gicv3-smp4-cortex-a57",
             ]
         );
         for case in &cells {

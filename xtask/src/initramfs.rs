@@ -231,7 +231,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(path: impl Into<String>, node: Node) -> Self {
+    /// An entry at `path`.
+    pub fn new(path: impl Into<String>, node: Node) -> Self {
         Self {
             path: path.into(),
             node,

@@ -296,6 +296,11 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     Cargo::new(["clippy", "-p", linux::GUEST_CLOCK_PACKAGE, "--target"])
         .args([arch.guest_target(), "--", "-D", "warnings"])
         .run()?;
+    if let Some(target) = arch.compat_target() {
+        Cargo::new(["clippy", "-p", linux::DEVMEM32_PACKAGE, "--target"])
+            .args([target, "--", "-D", "warnings"])
+            .run()?;
+    }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 
     if workspace.libraries.is_empty() {

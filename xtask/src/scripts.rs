@@ -42,11 +42,14 @@ pub enum Script {
     /// `cargo xtask soak`: `SOAK_CYCLES` create/load/start/stop/destroy cycles of four
     /// inmates in turn; memory, cells, CPUs and interrupt lines must come back as they were.
     Soak,
+    /// The root cell as an adversary: concurrent tools, management commands with fields out
+    /// of range, a 32-bit process reading outside the root cell on every CPU.
+    HostileRoot,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 8] = [
+    pub const ALL: [Script; 9] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -55,6 +58,7 @@ impl Script {
         Self::BadInput,
         Self::Bench,
         Self::Soak,
+        Self::HostileRoot,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -68,6 +72,7 @@ impl Script {
             Self::BadInput => "bad-input",
             Self::Bench => "bench",
             Self::Soak => "soak",
+            Self::HostileRoot => "hostile-root",
         }
     }
 
@@ -81,6 +86,7 @@ impl Script {
             Self::BadInput => include_str!("scripts/bad-input.sh"),
             Self::Bench => include_str!("scripts/bench.sh"),
             Self::Soak => include_str!("scripts/soak.sh"),
+            Self::HostileRoot => include_str!("scripts/hostile-root.sh"),
         }
     }
 
@@ -184,6 +190,11 @@ mod tests {
             "wait_stopped",
             "exit",
             ":",
+            "state_file",
+            "same_state",
+            "count",
+            "raw",
+            "devmem32",
             "snapshot",
             "work",
             "wait",

@@ -19,7 +19,7 @@
 //! tool follow ([`CELL_CASES`]): `/init` runs one of the scripts of `scripts.rs` (a cell's
 //! life with the timer demo, whose output is looked for on the machine's second UART; 20
 //! create/destroy cycles that must not leak hypervisor memory; a wild cell that is stopped
-//! and reported; wrong input), judged by the scripts' `cellvisor-demo: ...` lines and the
+//! and reported; wrong input; a short soak; the root cell as an adversary), judged by the scripts' `cellvisor-demo: ...` lines and the
 //! tool's messages. They need the hypervisor's management interface.
 //!
 //! A case fails at once when a forbidden text appears, when QEMU exits first, when the time

@@ -179,9 +179,9 @@ pub fn parse_actions_word(word: &str) -> Option<Result<Vec<Action>>> {
 pub const APPLETS: &[&str] = &[
     "[", "ash", "cat", "chmod", "cmp", "cp", "cttyhack", "date", "dd", "devmem", "df", "diff",
     "dmesg", "echo", "env", "false", "find", "free", "grep", "halt", "head", "hexdump", "kill",
-    "less", "ln", "ls", "mkdir", "mknod", "more", "mount", "mv", "poweroff", "printf", "ps",
-    "reboot", "rm", "sed", "setsid", "sh", "sleep", "stty", "sync", "tail", "test", "top", "true",
-    "umount", "uname", "uptime", "vi", "wc", "xargs",
+    "less", "ln", "ls", "mkdir", "mknod", "more", "mount", "mv", "nproc", "poweroff", "printf",
+    "ps", "reboot", "rm", "sed", "seq", "setsid", "sh", "sleep", "stty", "sync", "tail", "taskset",
+    "test", "top", "true", "umount", "uname", "uptime", "vi", "wc", "xargs",
 ];
 
 /// Empty directories at the root: mount points and scratch space.
@@ -231,7 +231,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(path: impl Into<String>, node: Node) -> Self {
+    /// An entry at `path`.
+    pub fn new(path: impl Into<String>, node: Node) -> Self {
         Self {
             path: path.into(),
             node,

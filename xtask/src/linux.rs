@@ -48,6 +48,15 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 pub const GUEST_CLOCK_PACKAGE: &str = "cellvisor-guest-clock";
 /// Its binary.
 const GUEST_CLOCK_BIN: &str = "guest-clock";
+/// The package of the 32-bit program that reads physical memory (`/bin/devmem32` of a board's
+/// initramfs on arm64, whose kernels run 32-bit processes).
+pub const DEVMEM32_PACKAGE: &str = "cellvisor-devmem32";
+/// Its binary.
+const DEVMEM32_BIN: &str = "devmem32";
+/// Where it goes in the initramfs.
+pub const DEVMEM32_PATH: &str = "bin/devmem32";
+/// `e_machine` of 32-bit Arm ELF files.
+const EM_ARM: u16 = 40;
 
 /// A Debian architecture the root-cell guests can be taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,6 +96,14 @@ impl Arch {
     pub fn guest_target(self) -> &'static str {
         match self {
             Self::Arm64 => "aarch64-unknown-none",
+        }
+    }
+
+    /// The Rust target of the 32-bit programs built for the initramfs, if the architecture's
+    /// kernels run 32-bit processes (Debian's arm64 kernels have `CONFIG_COMPAT`).
+    pub fn compat_target(self) -> Option<&'static str> {
+        match self {
+            Self::Arm64 => Some("armv7a-none-eabi"),
         }
     }
 
@@ -237,6 +254,16 @@ pub fn prepare_board(
     let (mut files, versions, mut entries) = prepare_base(workspace, arch, refresh)?;
     let root_cell = tool::prepare(workspace, board)?;
     entries.extend(initramfs::root_cell_entries(&root_cell));
+    if let Some(target) = arch.compat_target() {
+        let devmem32 = build_program(workspace, target, DEVMEM32_PACKAGE, DEVMEM32_BIN, EM_ARM)?;
+        entries.push(initramfs::Entry::new(
+            DEVMEM32_PATH,
+            initramfs::Node::File {
+                mode: 0o755,
+                data: devmem32,
+            },
+        ));
+    }
     let archive = initramfs::newc(&entries)?;
     let dir = files
         .initramfs
@@ -310,28 +337,32 @@ fn prepare_base(
 
 /// Builds the guest-clock program for the initramfs and returns the executable.
 fn build_guest_clock(workspace: &Workspace, arch: Arch) -> Result<Vec<u8>> {
-    let target = arch.guest_target();
-    crate::require_target(target)?;
-    Cargo::new([
-        "build",
-        "--release",
-        "-p",
+    build_program(
+        workspace,
+        arch.guest_target(),
         GUEST_CLOCK_PACKAGE,
-        "--target",
-        target,
-    ])
-    .run()?;
-    let built = workspace
-        .target_dir
-        .join(target)
-        .join("release")
-        .join(GUEST_CLOCK_BIN);
+        GUEST_CLOCK_BIN,
+        arch.elf_machine(),
+    )
+}
+
+/// Builds the binary `bin` of `package` for `target` and returns the executable, which must be
+/// an ELF file for `machine`.
+fn build_program(
+    workspace: &Workspace,
+    target: &str,
+    package: &str,
+    bin: &str,
+    machine: u16,
+) -> Result<Vec<u8>> {
+    crate::require_target(target)?;
+    Cargo::new(["build", "--release", "-p", package, "--target", target]).run()?;
+    let built = workspace.target_dir.join(target).join("release").join(bin);
     let data = fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
-    if elf_machine(&data) != Some(arch.elf_machine()) {
+    if elf_machine(&data) != Some(machine) {
         bail!(
-            "{} is no {} ELF executable",
-            workspace.relative(&built).display(),
-            arch.debian()
+            "{} is no ELF executable for machine {machine} ({target})",
+            workspace.relative(&built).display()
         );
     }
     Ok(data)

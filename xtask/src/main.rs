@@ -21,6 +21,10 @@
 //! - `cargo xtask boot-time [--board <board>] [--gic N]` measures the guest time at which the
 //!   root cell's `/init` starts, bare and under the hypervisor, and the traps per second of an
 //!   idle root cell, with `-icount shift=0,sleep=off -seed 0`.
+//! - `cargo xtask soak [--cycles N] [--board <board>] [--gic N]` boots the root cell once and
+//!   runs N create/load/start/stop/destroy cycles of four inmates in turn; the hypervisor's
+//!   free memory, the cells, the root cell's CPUs and interrupt lines must be as before (see
+//!   `soak.rs`).
 //! - `cargo xtask linux [--arch arm64] [--refresh]` fetches Debian's stock kernel and
 //!   busybox-static through a private apt state and builds the root cell's initramfs, cached
 //!   in `target/linux/<arch>/` (see `linux.rs`).
@@ -45,6 +49,7 @@ mod qemu;
 mod qemu_dtb;
 mod run;
 mod scripts;
+mod soak;
 mod system_tests;
 mod tool;
 mod traps;
@@ -136,6 +141,11 @@ enum Task {
     /// hypervisor (`-icount shift=0,sleep=off -seed 0`), their ratio, and the traps per second of an
     /// idle root cell.
     BootTime(run::BootTimeArgs),
+    /// Boot the root cell once and run N create/load/start/stop/destroy cycles of cells
+    /// (timer-demo, stubborn-demo, wild-demo, gic-wild-demo in turn); fails unless every
+    /// cycle went as it must and the hypervisor's free memory, the cells, the root cell's CPUs
+    /// and its interrupt lines are as before. Console in target/soak/.
+    Soak(soak::SoakArgs),
     /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
     /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).
     Linux {
@@ -226,6 +236,7 @@ fn run(task: Task) -> Result<Outcome> {
         Task::Bench(args) if args.crates => crate_benches(&workspace).map(|()| Outcome::Done),
         Task::Bench(args) => bench::run(&workspace, &args).map(|()| Outcome::Done),
         Task::BootTime(args) => run::boot_time(&workspace, &args).map(|()| Outcome::Done),
+        Task::Soak(args) => soak::run(&workspace, &args).map(|()| Outcome::Done),
         Task::Linux { arch, refresh } => {
             linux::run(&workspace, arch, refresh).map(|()| Outcome::Done)
         }
@@ -285,6 +296,11 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     Cargo::new(["clippy", "-p", linux::GUEST_CLOCK_PACKAGE, "--target"])
         .args([arch.guest_target(), "--", "-D", "warnings"])
         .run()?;
+    if let Some(target) = arch.compat_target() {
+        Cargo::new(["clippy", "-p", linux::DEVMEM32_PACKAGE, "--target"])
+            .args([target, "--", "-D", "warnings"])
+            .run()?;
+    }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 
     if workspace.libraries.is_empty() {

@@ -42,11 +42,17 @@ pub enum Script {
     /// Hostile cells: attacks of a cell on the partition, each stopped or refused, with a
     /// second cell ticking throughout.
     Hostile,
+    /// `cargo xtask soak`: `SOAK_CYCLES` create/load/start/stop/destroy cycles of four
+    /// inmates in turn; memory, cells, CPUs and interrupt lines must come back as they were.
+    Soak,
+    /// The root cell as an adversary: concurrent tools, management commands with fields out
+    /// of range, a 32-bit process reading outside the root cell on every CPU.
+    HostileRoot,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 8] = [
+    pub const ALL: [Script; 10] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -55,6 +61,8 @@ impl Script {
         Self::BadInput,
         Self::Bench,
         Self::Hostile,
+        Self::Soak,
+        Self::HostileRoot,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -68,6 +76,8 @@ impl Script {
             Self::BadInput => "bad-input",
             Self::Bench => "bench",
             Self::Hostile => "hostile",
+            Self::Soak => "soak",
+            Self::HostileRoot => "hostile-root",
         }
     }
 
@@ -81,6 +91,8 @@ impl Script {
             Self::BadInput => include_str!("scripts/bad-input.sh"),
             Self::Bench => include_str!("scripts/bench.sh"),
             Self::Hostile => include_str!("scripts/hostile.sh"),
+            Self::Soak => include_str!("scripts/soak.sh"),
+            Self::HostileRoot => include_str!("scripts/hostile-root.sh"),
         }
     }
 
@@ -180,6 +192,17 @@ mod tests {
             "step",
             "memory_free",
             "wait_for_failed",
+            "cell_state",
+            "now",
+            "soak_cycle",
+            "wait_stopped",
+            "exit",
+            ":",
+            "state_file",
+            "same_state",
+            "count",
+            "raw",
+            "devmem32",
             "snapshot",
             "work",
             "wait",

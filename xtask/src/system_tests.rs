@@ -19,7 +19,7 @@
 //! tool follow ([`CELL_CASES`]): `/init` runs one of the scripts of `scripts.rs` (a cell's
 //! life with the timer demo, whose output is looked for on the machine's second UART; 20
 //! create/destroy cycles that must not leak hypervisor memory; a wild cell that is stopped
-//! and reported; wrong input), judged by the scripts' `cellvisor-demo: ...` lines and the
+//! and reported; wrong input; a short soak; the root cell as an adversary), judged by the scripts' `cellvisor-demo: ...` lines and the
 //! tool's messages. They need the hypervisor's management interface.
 //!
 //! A case fails at once when a forbidden text appears, when QEMU exits first, when the time
@@ -155,6 +155,8 @@ const CELLS_CYCLES_ACTIONS: &str = "script:cycles,dmesg,poweroff";
 const CELLS_WILD_ACTIONS: &str = "script:wild,dmesg,poweroff";
 const CELLS_BAD_INPUT_ACTIONS: &str = "script:bad-input,dmesg,poweroff";
 const CELLS_HOSTILE_ACTIONS: &str = "script:hostile,dmesg,poweroff";
+const CELLS_SOAK_ACTIONS: &str = "script:soak,dmesg,poweroff";
+const CELLS_HOSTILE_ROOT_ACTIONS: &str = "script:hostile-root,dmesg,poweroff";
 
 /// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.
 const CELLS_DEMO: &[Pattern] = &[
@@ -285,6 +287,95 @@ const CELLS_HOSTILE_V2: &[Pattern] = &[
 const HOSTILE_DEMO_LINE: &str = "hostile-demo: case 44 psci-cpu-off";
 /// The hostile suite runs about 45 cells one after the other.
 const CELLS_HOSTILE_TIMEOUT: Duration = Duration::from_secs(480);
+/// A short soak (`soak.sh`, its default 12 cycles: each of the four inmates three times):
+/// every cycle as it must be, and memory, cells, CPUs and interrupt lines as before.
+const CELLS_SOAK: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: soak begin cycles=12 "]),
+    Pattern::Contains(&["cellvisor-demo: soak cycle 12 gic-wild-demo ok"]),
+    Pattern::Contains(&["cellvisor-demo: soak recreate status=0 destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: soak memory kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak cpus kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak cells kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak interrupts kept"]),
+    Pattern::Contains(&["cellvisor-demo: soak summary cycles=12 failed=0 "]),
+    Pattern::Contains(&["cellvisor-demo: soak passed"]),
+    Pattern::Contains(&["cellvisor-initramfs: script soak done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// The root cell as an adversary (`hostile-root.sh`): concurrent tools, out-of-range
+/// management commands, a 32-bit process reading outside the root cell on every CPU; each a
+/// clear error (or SIGBUS), nothing changed, the CPUs go on.
+const CELLS_HOSTILE_ROOT: &[Pattern] = &[
+    BANNER,
+    // One tool at a time: one create and one destroy win, the others get clear errors.
+    Pattern::Contains(&["cellvisor-demo: concurrent-same created=1 exists=3 lists=11"]),
+    Pattern::Contains(&["cellvisor-demo: concurrent-destroy destroyed=1 gone=2"]),
+    Pattern::Contains(&["cellvisor-demo: concurrent-same state unchanged"]),
+    Pattern::Contains(&["cellvisor-demo: concurrent-different created=1 refused=2 "]),
+    Pattern::Contains(&["cellvisor-demo: concurrent-different state unchanged"]),
+    // Every field of every command out of range.
+    Pattern::Contains(&["cellvisor: raw command 0: unknown command"]),
+    Pattern::Contains(&["cellvisor-demo: command-zero status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 10: unknown command"]),
+    Pattern::Contains(&["cellvisor-demo: command-next status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 4294967295: unknown command"]),
+    Pattern::Contains(&["cellvisor-demo: command-max status=1"]),
+    Pattern::Contains(&["cellvisor-demo: info-junk status=0"]),
+    Pattern::Contains(&["cellvisor-demo: list-junk status=0"]),
+    Pattern::Contains(&["cellvisor: raw command 2: invalid argument: "]),
+    Pattern::Contains(&["cellvisor-demo: create-empty status=1"]),
+    Pattern::Contains(&["cellvisor-demo: create-4g status=1"]),
+    Pattern::Contains(&["cellvisor-demo: create-max status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 2: bad configuration"]),
+    Pattern::Contains(&["cellvisor-demo: create-junk status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 3: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: load-no-cell status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 4: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: start-no-cell status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 5: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: shutdown-no-cell status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 6: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-no-cell status=1"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-id-wraps status=1"]),
+    Pattern::Contains(&["cellvisor: raw command 8: no such cell"]),
+    Pattern::Contains(&["cellvisor-demo: stats-no-cell status=1"]),
+    Pattern::Contains(&["cellvisor-demo: hostile-create status=0"]),
+    Pattern::Contains(&["cellvisor-demo: load-address-max status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-address-outside status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-length-max status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-length-4g status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-offset-max status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-offset-4g status=1"]),
+    Pattern::Contains(&["cellvisor-demo: load-root status=1"]),
+    Pattern::Contains(&["cellvisor-demo: after-loads state=created"]),
+    Pattern::Contains(&["cellvisor-demo: silent-start status=0"]),
+    // A timeout too large to count in timer ticks must not wrap to a short one.
+    Pattern::Contains(&["cellvisor: raw command 5: invalid argument"]),
+    Pattern::Contains(&["cellvisor-demo: shutdown-timeout-huge status=1"]),
+    Pattern::Contains(&["cellvisor-demo: shutdown-timeout-huge-again status=1"]),
+    Pattern::Contains(&["cellvisor-demo: after-huge-timeout state=running"]),
+    Pattern::Contains(&["cellvisor-demo: hostile-destroy status=0"]),
+    Pattern::Contains(&["cellvisor: raw command 9: invalid argument"]),
+    Pattern::Contains(&["cellvisor-demo: console-beyond status=1"]),
+    Pattern::Contains(&["cellvisor-demo: raw-commands state unchanged"]),
+    // A 32-bit process outside the root cell: SIGBUS on every CPU, the CPUs go on.
+    Pattern::Contains(&["devmem32: 0x7f000000 = 0x"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32-inside status=0"]),
+    Pattern::Contains(&["cellvisor-demo: devmem64-outside status=135"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32-outside cpu=0 status=135"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32-outside cpu=1 status=135"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32-outside cpu=2 status=135"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32-outside cpu={last} status=135"]),
+    Pattern::Contains(&["cellvisor-demo: cpus online=0-{last} after devmem32"]),
+    Pattern::Contains(&["cellvisor-demo: root responsive"]),
+    Pattern::Contains(&["cellvisor-demo: devmem32 state unchanged"]),
+    Pattern::Contains(&["cellvisor-initramfs: script hostile-root done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
 
 /// What `/init` runs in the `run-demo` cases: what `cargo xtask run --demo` runs, then the
 /// shell.
@@ -327,6 +418,7 @@ const CELLS_FAILS_ON: &[&str] = &[
     "Kernel panic",
     "cellvisor-demo: cycles memory leaked",
     "cellvisor-demo: hostile memory leaked",
+    "cellvisor-demo: soak failed",
 ];
 
 /// What a case boots.
@@ -697,6 +789,27 @@ const CELL_CASES: &[Case<'static>] = &[
             &[Check::DmesgLikeBare, Check::SecondUart(HOSTILE_DEMO_LINE)],
         )
     },
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-soak",
+        CELLS_SOAK_ACTIONS,
+        CELLS_SOAK,
+        &[
+            Check::DmesgLikeBare,
+            Check::SecondUart("stubborn-demo: shutdown denied"),
+        ],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-hostile-root",
+        CELLS_HOSTILE_ROOT_ACTIONS,
+        CELLS_HOSTILE_ROOT,
+        &[Check::DmesgLikeBare],
+    ),
     // `cargo xtask run --demo`, with commands typed at its shell.
     Case::run_demo("qemu-arm64", Some(3)),
     Case::run_demo("qemu-arm64", Some(2)),
@@ -1436,10 +1549,10 @@ fn normalise_dmesg(line: &str) -> String {
     normal
 }
 
-/// The kernel's report of the `devmem` action's bus error (a user-space fault, e.g.
-/// `devmem[93]: unhandled exception: ...`): expected in a root cell.
+/// The kernel's report of the bus error of the `devmem` action or of `/bin/devmem32` (a
+/// user-space fault, e.g. `devmem[93]: unhandled exception: ...`): expected in a root cell.
 fn is_devmem_report(line: &str) -> bool {
-    line.contains("devmem[") && line.contains("unhandled")
+    (line.contains("devmem[") || line.contains("devmem32[")) && line.contains("unhandled")
 }
 
 /// Fails if the root cell's kernel logged problems that the bare boot did not.
@@ -1557,6 +1670,8 @@ mod tests {
                 "zcu102-cells-bad-input-gicv2-smp4",
                 "qemu-arm64-cells-hostile-gicv3-smp4-cortex-a57",
                 "qemu-arm64-cells-hostile-gicv2-smp4-cortex-a57",
+                "qemu-arm64-cells-soak-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-hostile-root-gicv3-smp4-cortex-a57",
             ]
         );
         for case in &cells {
@@ -1565,7 +1680,7 @@ mod tests {
             let append = fill_facts(case.append.as_deref().unwrap(), &facts());
             let word = append.split_whitespace().last().unwrap();
             initramfs::parse_actions_word(word).unwrap().unwrap();
-            let timeout = if case.name.contains("-cells-hostile-") {
+            let timeout = if case.name.contains("-cells-hostile-gic") {
                 CELLS_HOSTILE_TIMEOUT
             } else {
                 CELLS_TIMEOUT

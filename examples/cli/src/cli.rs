@@ -44,6 +44,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one management command with raw register values, unchecked: for tests of the
+    /// hypervisor's own checks of hostile input (hidden from the help). Prints
+    /// `raw command N: status S`; a refusal is an error as for every command.
+    #[command(hide = true)]
+    Raw {
+        /// The value written to the command register (`cellvisor_abi::Command`).
+        #[arg(value_parser = parse_command)]
+        command: u32,
+        /// ARG0 to ARG3 (decimal or 0x hexadecimal); missing ones are 0.
+        #[arg(value_parser = parse_address, num_args = 0..=4)]
+        args: Vec<u64>,
+        /// A file whose bytes go into the data window first (cut at the window's size).
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+    },
 }
 
 /// `cellvisor cell ...`.
@@ -131,6 +146,12 @@ pub fn parse_address(text: &str) -> Result<u64, String> {
     parsed.map_err(|_| format!("{text:?} is no address (decimal or 0x hexadecimal)"))
 }
 
+/// A command register value: 32 bits, decimal or `0x` hexadecimal.
+fn parse_command(text: &str) -> Result<u32, String> {
+    let value = parse_address(text)?;
+    u32::try_from(value).map_err(|_| format!("{text:?} does not fit the 32-bit command register"))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -172,7 +193,19 @@ mod tests {
             panic!("{cli:?}");
         };
         assert_eq!(timeout_ms, 2000);
+        let cli = Cli::try_parse_from(["cellvisor", "raw", "0x3", "1", "0xffff", "8"]).unwrap();
+        let Command::Raw {
+            command,
+            args,
+            data,
+        } = cli.command
+        else {
+            panic!("{cli:?}");
+        };
+        assert_eq!((command, &args[..], data), (3, &[1, 0xffff, 8][..], None));
         for bad in [
+            &["cellvisor", "raw", "0x1_0000_0000"][..],
+            &["cellvisor", "raw", "1", "1", "2", "3", "4", "5"],
             &["cellvisor", "cell", "start"][..],
             &["cellvisor", "cell", "load", "demo", "x", "--address", "zz"],
             &["cellvisor", "cell", "frobnicate"],

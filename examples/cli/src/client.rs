@@ -103,13 +103,18 @@ impl<D: Device> Client<D> {
 
     /// Runs one command: the arguments, then the command number, then the status.
     pub fn call(&mut self, command: Command, args: [u64; 4]) -> Result<u64, Refusal> {
+        self.call_raw(command as u32, args)
+    }
+
+    /// [`Client::call`] with any command register value, known or not (`cellvisor raw`).
+    pub fn call_raw(&mut self, command: u32, args: [u64; 4]) -> Result<u64, Refusal> {
         for (register, value) in [mgmt::ARG0, mgmt::ARG1, mgmt::ARG2, mgmt::ARG3]
             .into_iter()
             .zip(args)
         {
             self.device.write64(register, value);
         }
-        self.device.write32(mgmt::COMMAND, command as u32);
+        self.device.write32(mgmt::COMMAND, command);
         let status = self.device.read64(mgmt::STATUS) as i64;
         match Error::from_status(status) {
             None => Ok(status as u64),

@@ -79,6 +79,11 @@ pub fn run(cli: Cli, host: &mut dyn Host, out: &mut dyn Write, err: &mut dyn Wri
         }
         Command::Info { json } => info(&mut open(host)?, json, out),
         Command::Console { follow } => console(host, follow, out, err),
+        Command::Raw {
+            command,
+            args,
+            data,
+        } => raw(&mut open(host)?, command, &args, data.as_deref(), out),
         Command::Cell(command) => match command {
             CellCommand::Create { config } => create(host, &config, out),
             CellCommand::Load {
@@ -739,6 +744,30 @@ fn info(client: &mut Mgmt, json: bool, out: &mut dyn Write) -> Result<()> {
         "root cell stage 2: {} table pages",
         info.root_table_pages.get()
     )?;
+    Ok(())
+}
+
+/// `raw`: one command with the register values as given; the data file, if any, goes into
+/// the window first.
+fn raw(
+    client: &mut Mgmt,
+    command: u32,
+    args: &[u64],
+    data: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let what = format!("raw command {command}");
+    if let Some(path) = data {
+        let bytes = fs::read(path)
+            .map_err(|e| anyhow!("{what}: cannot read {}: {}", path.display(), reason(&e)))?;
+        client.put(&bytes);
+    }
+    let mut registers = [0; 4];
+    registers[..args.len()].copy_from_slice(args);
+    let status = client
+        .call_raw(command, registers)
+        .map_err(|r| anyhow!("{what}: {r}"))?;
+    writeln!(out, "{what}: status {status}")?;
     Ok(())
 }
 

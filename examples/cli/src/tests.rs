@@ -875,3 +875,36 @@ fn talks_to_the_device_with_aligned_single_accesses_only() {
     device.write32(mgmt::COMMAND, 99);
     assert_eq!(device.read64(mgmt::STATUS) as i64, -1);
 }
+
+#[test]
+fn raw_commands_pass_the_registers_unchecked() {
+    let mut host = FakeHost::new(4096);
+    let out = run(&mut host, &["raw", "1", "0xffffffffffffffff"]).ok();
+    assert_eq!(out, "raw command 1: status 40\n");
+    let error = run(&mut host, &["raw", "0xffffffff"]).fails();
+    assert_eq!(
+        error,
+        "cellvisor: raw command 4294967295: unknown command: command 4294967295"
+    );
+    let error = run(&mut host, &["raw", "2", "0x100000"]).fails();
+    assert!(
+        error.starts_with("cellvisor: raw command 2: invalid argument: "),
+        "{error}"
+    );
+    // The data file goes into the window before the command: a configuration of its length.
+    let dir = scratch("raw");
+    let config = crate::config::load_cell(std::path::Path::new(&file(&dir, "demo.toml", DEMO)))
+        .unwrap()
+        .bytes;
+    let bin = file(&dir, "demo.bin", &config);
+    let length = config.len().to_string();
+    let error = run(&mut host, &["raw", "2", &length, "--data", &bin]).fails();
+    // The raw path takes no CPU offline: the fake hypervisor refuses CPU 3, still online.
+    assert!(error.contains("CPU not offline"), "{error}");
+    let missing = dir.join("missing.bin").display().to_string();
+    let error = run(&mut host, &["raw", "2", "8", "--data", &missing]).fails();
+    assert!(
+        error.starts_with("cellvisor: raw command 2: cannot read "),
+        "{error}"
+    );
+}

@@ -23,6 +23,16 @@ step() {
     return $step_status
 }
 
+# memory_free: the hypervisor's free memory in bytes (`cellvisor info --json`).
+memory_free() {
+    cellvisor info --json | sed -n 's/.*"memory_free": *\([0-9]*\).*/\1/p'
+}
+
+# cell_state: the state of $CELL in `cellvisor cell list --json` (empty if there is none).
+cell_state() {
+    cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
+        sed -n 's/.*"state": "\(.*\)".*/\1/p'
+}
 
 # wait_for_failed LABEL: polls `cellvisor cell list` once a second, up to 30 s, until the cell
 # is failed (the hypervisor stopped it; TCG on a loaded host may need a while), marking each
@@ -33,8 +43,7 @@ wait_for_failed() {
     while [ "$state" != failed ] && [ $tries -lt 30 ]; do
         sleep 1
         tries=$((tries + 1))
-        state=$(cellvisor cell list --json | grep -A 3 "\"name\": \"$CELL\"" |
-            sed -n 's/.*"state": "\(.*\)".*/\1/p')
+        state=$(cell_state)
         mark "$1 waited $tries s: state=$state"
     done
 }

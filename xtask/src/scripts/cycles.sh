@@ -1,8 +1,5 @@
 # 20 cycles of create, load, start, destroy: the hypervisor's free memory must be the same
 # before and after (no table frame or cell slot lost).
-memory_free() {
-    cellvisor info --json | sed -n 's/.*"memory_free": *\([0-9]*\).*/\1/p'
-}
 before=$(memory_free)
 failed=0
 cycle=1

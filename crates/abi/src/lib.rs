@@ -73,8 +73,8 @@ pub enum Command {
     CellStart = 4,
     /// Asks cell `ARG0` to shut down: posts the request in its communication region and
     /// returns 0 once the cell is stopped (approved, or no answer within `ARG1`
-    /// milliseconds of the first request), 1 while the vote is pending; a refusal is
-    /// [`Error::ShutdownRefused`].
+    /// milliseconds of the first request, at most [`MAX_SHUTDOWN_TIMEOUT_MS`]), 1 while the
+    /// vote is pending; a refusal is [`Error::ShutdownRefused`].
     CellShutdown = 5,
     /// Destroys cell `ARG0` (stopped or not): every CPU, memory region, interrupt and device
     /// goes back to the root cell.
@@ -85,9 +85,14 @@ pub enum Command {
     CellStats = 8,
     /// Copies hypervisor console output from position `ARG0` into the data window; returns
     /// the number of bytes copied; the new position is `ARG0` + that (`ARG1` receives the
-    /// oldest position still in the ring when `ARG0` fell behind).
+    /// oldest position still in the ring when `ARG0` fell behind). A position beyond the
+    /// output so far is [`Error::InvalidArgument`].
     ConsoleRead = 9,
 }
+
+/// The longest shutdown timeout [`Command::CellShutdown`] takes, in milliseconds (a day);
+/// longer is [`Error::InvalidArgument`].
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 
 impl Command {
     /// Every command.

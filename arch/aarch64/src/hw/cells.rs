@@ -428,7 +428,23 @@ impl cellvisor_cell::Partition for Machine {
                 GuestPhysAddr::new(region.virt),
                 region.size,
             )
-        })
+        })?;
+        if region.flags.contains(MemoryFlags::LOADABLE)
+            && !region
+                .flags
+                .intersects(MemoryFlags::IO | MemoryFlags::ROOTSHARED | MemoryFlags::COMM_REGION)
+        {
+            // What the cell left in its RAM goes neither to the root cell nor, through it,
+            // to the next cell that gets this memory.
+            // SAFETY: a loadable region is RAM inside the root cell's configuration, mapped
+            // at EL2 (the load command writes it the same way); no cell maps it any more
+            // (just unmapped from this one, not yet mapped back into the root cell) and no
+            // Rust reference points into it.
+            unsafe { core::ptr::write_bytes(region.phys as *mut u8, 0, region.size as usize) };
+            // Cells may read it with their MMU off (non-cacheable): push the zeros to memory.
+            cache::clean_invalidate(region.phys as usize, region.size as usize);
+        }
+        Ok(())
     }
 
     fn move_irq(

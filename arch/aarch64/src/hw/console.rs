@@ -96,6 +96,11 @@ fn ring_push(byte: u8) {
     RING.bytes[(at % RING_SIZE as u64) as usize].store(byte, Ordering::Relaxed);
 }
 
+/// Bytes of console output so far (the position after the last one).
+pub fn ring_head() -> u64 {
+    RING.head.load(Ordering::Acquire)
+}
+
 /// Copies console output from position `from` into `out`; returns the bytes copied and the
 /// oldest position still in the ring (a reader behind it lost output).
 pub fn ring_read(from: u64, out: &mut [u8]) -> (usize, u64) {

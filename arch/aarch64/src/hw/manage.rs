@@ -377,6 +377,16 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             // SAFETY: the data window is hypervisor memory mapped at EL2, not aliased by any
             // Rust reference.
             let out = unsafe { core::slice::from_raw_parts_mut(data as *mut u8, size as usize) };
+            let head = super::console::ring_head();
+            if args[0] > head {
+                return Err(fail(
+                    Error::InvalidArgument,
+                    format_args!(
+                        "console position {} is beyond the end of the output ({head} bytes so far)",
+                        args[0]
+                    ),
+                ));
+            }
             let (copied, oldest) = super::console::ring_read(args[0], out);
             state.args[1] = oldest;
             Ok(copied as i64)
@@ -490,6 +500,15 @@ fn shutdown(
             format_args!("the root cell shuts down with the machine"),
         ));
     }
+    if timeout_ms > cellvisor_abi::MAX_SHUTDOWN_TIMEOUT_MS {
+        return Err(fail(
+            Error::InvalidArgument,
+            format_args!(
+                "cell \"{name}\": shutdown timeout {timeout_ms} ms is longer than the longest, {} ms (a day)",
+                cellvisor_abi::MAX_SHUTDOWN_TIMEOUT_MS
+            ),
+        ));
+    }
     let cell_id = id.0 as u16;
     let runtime = &RUNTIME[usize::from(cell_id)];
     if runtime.state.load(Ordering::Acquire) != CellState::Running as u32 {
@@ -541,7 +560,10 @@ fn shutdown(
                 format_args!("cell \"{name}\": the cell denied the shutdown request"),
             ))
         }
-        _ if cells::ticks().saturating_sub(since) > timeout_ms * cells::frequency() / 1000 => {
+        // At most a day in ms times a counter frequency below 2^37 Hz: no overflow.
+        _ if cells::ticks().saturating_sub(since)
+            > timeout_ms.saturating_mul(cells::frequency()) / 1000 =>
+        {
             stop(registry)
         }
         _ => Ok(1),

@@ -70,6 +70,21 @@ mod rt;
 pub use cellvisor_abi::comm::Platform;
 pub use timer::start_counter;
 
+/// The FP/SIMD registers V0..V31 and FPSR as the inmate found them at its first
+/// instruction, ORed together: 0 if whoever ran on the CPU before (another vCPU, another cell)
+/// left nothing behind. 0 in host builds.
+pub fn entry_fp_residue() -> u64 {
+    ENTRY_FP.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+static ENTRY_FP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Keeps what `_start` found in the FP/SIMD registers, for [`entry_fp_residue`].
+#[cfg_attr(not(inmate_hw), allow(dead_code))]
+pub(crate) fn set_entry_fp_residue(value: u64) {
+    ENTRY_FP.store(value, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Defines the inmate's main function: `entry!(main)` with `fn main(platform: &Platform) -> !`.
 ///
 /// The runtime calls it once the stack, `.bss`, the exception vectors and the console (if the

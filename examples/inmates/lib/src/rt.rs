@@ -28,7 +28,7 @@ const R_AARCH64_RELATIVE: u64 = 1027;
 //
 // Registers kept until the call into Rust: x19 = the virtual count at the first instruction,
 // x20/x21 = `r_info`/`r_offset` of the first relocation that is not R_AARCH64_RELATIVE (or
-// x20 = 0).
+// x20 = 0), x22 = the FP/SIMD registers at entry ORed together.
 core::arch::global_asm!(
     r#"
     .section .text.entry, "ax"
@@ -89,6 +89,45 @@ _start:
     mov     x9, #(3 << 20)
     msr     cpacr_el1, x9
     isb
+    // What the FP/SIMD registers held at entry, for `entry_fp_residue()`: the OR of V0..V31
+    // (both halves) and FPSR into x22. A hypervisor must leave them zero (nothing of the vCPU
+    // that ran on this CPU before).
+    orr     v0.16b, v0.16b, v1.16b
+    orr     v2.16b, v2.16b, v3.16b
+    orr     v4.16b, v4.16b, v5.16b
+    orr     v6.16b, v6.16b, v7.16b
+    orr     v8.16b, v8.16b, v9.16b
+    orr     v10.16b, v10.16b, v11.16b
+    orr     v12.16b, v12.16b, v13.16b
+    orr     v14.16b, v14.16b, v15.16b
+    orr     v16.16b, v16.16b, v17.16b
+    orr     v18.16b, v18.16b, v19.16b
+    orr     v20.16b, v20.16b, v21.16b
+    orr     v22.16b, v22.16b, v23.16b
+    orr     v24.16b, v24.16b, v25.16b
+    orr     v26.16b, v26.16b, v27.16b
+    orr     v28.16b, v28.16b, v29.16b
+    orr     v30.16b, v30.16b, v31.16b
+    orr     v0.16b, v0.16b, v2.16b
+    orr     v4.16b, v4.16b, v6.16b
+    orr     v8.16b, v8.16b, v10.16b
+    orr     v12.16b, v12.16b, v14.16b
+    orr     v16.16b, v16.16b, v18.16b
+    orr     v20.16b, v20.16b, v22.16b
+    orr     v24.16b, v24.16b, v26.16b
+    orr     v28.16b, v28.16b, v30.16b
+    orr     v0.16b, v0.16b, v4.16b
+    orr     v8.16b, v8.16b, v12.16b
+    orr     v16.16b, v16.16b, v20.16b
+    orr     v24.16b, v24.16b, v28.16b
+    orr     v0.16b, v0.16b, v8.16b
+    orr     v16.16b, v16.16b, v24.16b
+    orr     v0.16b, v0.16b, v16.16b
+    umov    x22, v0.d[0]
+    umov    x9, v0.d[1]
+    orr     x22, x22, x9
+    mrs     x9, fpsr
+    orr     x22, x22, x9
     // With the MMU off, instruction fetches are cacheable only with SCTLR_EL1.I set (Arm ARM
     // D8.2.11); invalidate whatever the instruction cache holds for this memory first. Data
     // accesses stay Device-nGnRnE, which also rules out unaligned accesses (the target has
@@ -122,6 +161,7 @@ _start:
     mov     x0, x19
     mov     x1, x20
     mov     x2, x21
+    mov     x3, x22
     bl      cellvisor_inmate_start
 9:  wfi                         // nothing more to run: sleep
     b       9b
@@ -279,8 +319,14 @@ unsafe extern "Rust" {
 /// `r_offset` of the first relocation `_start` could not apply (`r_info` 0: none, all-ones: an
 /// `r_info` of 0).
 #[unsafe(no_mangle)]
-extern "C" fn cellvisor_inmate_start(start_counter: u64, bad_info: u64, bad_offset: u64) -> ! {
+extern "C" fn cellvisor_inmate_start(
+    start_counter: u64,
+    bad_info: u64,
+    bad_offset: u64,
+    entry_fp: u64,
+) -> ! {
     timer::set_start_counter(start_counter);
+    crate::set_entry_fp_residue(entry_fp);
     // Without a platform there is not even a console to complain on; the hypervisor sees a
     // cell that never answers.
     let Some(platform) = platform::discover() else {

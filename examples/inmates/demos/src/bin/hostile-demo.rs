@@ -365,7 +365,8 @@ mod demo {
     /// two cases: its per-CPU offset in TPIDR_EL1, its FP/SIMD registers, its enabled PPIs):
     /// refused if all of it reads as zero. `a` = which register was not (1 TPIDR_EL0,
     /// 2 TPIDRRO_EL0, 3 TPIDR_EL1, 4 CONTEXTIDR_EL1, 5 TTBR0_EL1, 6 TTBR1_EL1, 7 CNTV_CVAL_EL0,
-    /// 8 the V registers, 9 FPSR, 10 the GIC's enabled or pending private interrupts),
+    /// 8 the V registers and FPSR at entry, 9 the GIC's enabled or pending private
+    /// interrupts),
     /// `b` = its low half.
     fn inherit_state(env: &Env) -> Outcome {
         let (tpidr0, tpidrro0, tpidr1, contextidr, ttbr0, ttbr1, cval): (
@@ -397,59 +398,9 @@ mod demo {
                 options(nomem, nostack, preserves_flags)
             );
         }
-        let (vector_low, vector_high, fpsr): (u64, u64, u64);
-        // SAFETY: CPACR_EL1.FPEN = 0b11 lets EL1 use FP/SIMD; the ORs then combine every V
-        // register into V0 (overwriting it) and read it out. This program is built for a
-        // soft-float target: no Rust code keeps values in FP/SIMD registers.
-        unsafe {
-            asm!(
-                "mrs {t}, cpacr_el1",
-                "orr {t}, {t}, #(3 << 20)",
-                "msr cpacr_el1, {t}",
-                "isb",
-                ".arch_extension fp",
-                ".arch_extension simd",
-                "orr v0.16b, v0.16b, v1.16b",
-                "orr v2.16b, v2.16b, v3.16b",
-                "orr v4.16b, v4.16b, v5.16b",
-                "orr v6.16b, v6.16b, v7.16b",
-                "orr v8.16b, v8.16b, v9.16b",
-                "orr v10.16b, v10.16b, v11.16b",
-                "orr v12.16b, v12.16b, v13.16b",
-                "orr v14.16b, v14.16b, v15.16b",
-                "orr v16.16b, v16.16b, v17.16b",
-                "orr v18.16b, v18.16b, v19.16b",
-                "orr v20.16b, v20.16b, v21.16b",
-                "orr v22.16b, v22.16b, v23.16b",
-                "orr v24.16b, v24.16b, v25.16b",
-                "orr v26.16b, v26.16b, v27.16b",
-                "orr v28.16b, v28.16b, v29.16b",
-                "orr v30.16b, v30.16b, v31.16b",
-                "orr v0.16b, v0.16b, v2.16b",
-                "orr v4.16b, v4.16b, v6.16b",
-                "orr v8.16b, v8.16b, v10.16b",
-                "orr v12.16b, v12.16b, v14.16b",
-                "orr v16.16b, v16.16b, v18.16b",
-                "orr v20.16b, v20.16b, v22.16b",
-                "orr v24.16b, v24.16b, v26.16b",
-                "orr v28.16b, v28.16b, v30.16b",
-                "orr v0.16b, v0.16b, v4.16b",
-                "orr v8.16b, v8.16b, v12.16b",
-                "orr v16.16b, v16.16b, v20.16b",
-                "orr v24.16b, v24.16b, v28.16b",
-                "orr v0.16b, v0.16b, v8.16b",
-                "orr v16.16b, v16.16b, v24.16b",
-                "orr v0.16b, v0.16b, v16.16b",
-                "umov {lo}, v0.d[0]",
-                "umov {hi}, v0.d[1]",
-                "mrs {fpsr}, fpsr",
-                t = out(reg) _,
-                lo = out(reg) vector_low,
-                hi = out(reg) vector_high,
-                fpsr = out(reg) fpsr,
-                options(nomem, nostack)
-            );
-        }
+        // What the V registers and FPSR held at the inmate's first instruction (the inmate's
+        // own code uses them since).
+        let fp = cellvisor_inmate::entry_fp_residue();
         // The private interrupts enabled or pending on this CPU (the cell's view: the
         // hypervisor's own read as zero). GICv3: the redistributor's SGI frame; GICv2: the
         // banked first distributor word.
@@ -468,8 +419,7 @@ mod demo {
             ttbr0,
             ttbr1,
             cval,
-            vector_low | vector_high,
-            fpsr,
+            fp,
             u64::from(private),
         ];
         match leftovers.iter().position(|&value| value != 0) {

@@ -162,6 +162,7 @@ hostile_case() {
                 report=$(cellvisor console | grep "cell \"$CELL\"" | grep "failed" | tail -n 1)
                 if [ "$reports_after" -le "$reports_before" ]; then
                     why="failed without a report naming the cell"
+                    cellvisor console | tail -n 6 | sed 's/^/hostile ring: /'
                 fi
                 mark "hostile $name report: $report"
             elif [ "$kind" = either ] && [ $status -eq 2 ]; then

@@ -81,7 +81,7 @@ fn write_blob(root: &Tree, reservations: &[(u64, u64)]) -> Vec<u8> {
         out.extend_from_slice(&value.to_be_bytes());
     }
     fn pad(out: &mut Vec<u8>) {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }

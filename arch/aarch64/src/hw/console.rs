@@ -117,8 +117,10 @@ pub fn ring_read(from: u64, out: &mut [u8]) -> (usize, u64) {
 
 /// Writes a line into the console ring only, not to the UART: routine events (a cell created,
 /// started, shut down, destroyed) that `cellvisor console` shows, without cutting into the
-/// root cell's output on the UART both share.
+/// root cell's output on the UART both share. Under the console lock, so that it does not
+/// interleave with another CPU's output in the ring.
 pub fn record(args: core::fmt::Arguments<'_>) {
+    let _guard = cellvisor_console::console().lock();
     struct RingWriter;
     impl Write for RingWriter {
         fn write_str(&mut self, text: &str) -> core::fmt::Result {

@@ -43,6 +43,10 @@ struct State {
 
 static STATE: Once<Mutex<State>> = Once::new();
 
+/// The system configuration (in the image, read-only after boot), for the checks of a new
+/// cell's configuration against it.
+static SYSTEM: Once<cellvisor_config::SystemConfigView<'static>> = Once::new();
+
 /// A copy of a cell configuration from the data window: the root cell cannot change it
 /// while the hypervisor checks and uses it.
 struct ConfigCopy([u8; 64 << 10]);
@@ -52,9 +56,10 @@ static CONFIG_COPY: Mutex<ConfigCopy> = Mutex::new(ConfigCopy([0; 64 << 10]));
 /// configuration (the registry is tens of KiB: no copies on the stack).
 pub fn init(
     interface: Interface,
-    config: &cellvisor_config::SystemConfigView<'_>,
+    config: &cellvisor_config::SystemConfigView<'static>,
 ) -> Result<(), cellvisor_cell::RootError> {
     INTERFACE.call_once(|| interface);
+    SYSTEM.call_once(|| *config);
     let mut result = Ok(());
     STATE.call_once(|| {
         let registry = Registry::from_system(config).unwrap_or_else(|error| {
@@ -296,10 +301,11 @@ fn execute(cpu: usize, state: &mut State, command: Command) -> Result<i64, Failu
             runtime
                 .state
                 .store(CellState::Running as u32, Ordering::Release);
+            // Recorded first: what the cell makes the hypervisor print comes after.
+            record(format_args!("cellvisor: cell \"{name}\" started\n"));
             for cpu in (0..64).filter(|c| cpus & 1 << c != 0) {
                 cells::start_cpu(cpu);
             }
-            record(format_args!("cellvisor: cell \"{name}\" started\n"));
             Ok(0)
         }
         Command::CellShutdown => shutdown(registry, args[0], args[1]),
@@ -447,6 +453,13 @@ fn create(registry: &mut Registry<{ cells::MAX_CELLS }>, len: u64) -> Result<i64
     unsafe { core::ptr::copy_nonoverlapping(data as *const u8, copy.0.as_mut_ptr(), len) };
     let config = CellConfigView::parse(&copy.0[..len])
         .map_err(|e| fail(Error::BadConfig, format_args!("cell configuration: {e}")))?;
+    // Against the system: architecture, the hypervisor's memory and the GIC's frames, lines
+    // the interrupt controller has, CPUs the machine has. Against the other cells and the
+    // root cell's resources: the registry, which knows who owns what now.
+    if let Some(system) = SYSTEM.get() {
+        cellvisor_config::check_new_cell(system, &[], &config)
+            .map_err(|e| fail(Error::BadConfig, format_args!("cell configuration: {e}")))?;
+    }
     let name = config.cell().name();
     // CPUs the root cell has switched off through PSCI CPU_OFF (parked, root-owned).
     let mut offline = 0u64;

@@ -20,9 +20,12 @@
 pub const BURST: u32 = 16;
 /// Milliseconds per line refilled.
 pub const REFILL_MS: u64 = 2000;
-/// The ring output over which a cell's share is counted, in bytes.
+/// The ring output over which a cell's share is counted, in bytes: the size of the console
+/// ring.
 pub const RING_WINDOW: u64 = 64 << 10;
-/// A cell's share of each window, in bytes.
+/// A cell's share of each window, in bytes. With at most 8 cells (the root cell included),
+/// their notes hold at most `8 * 2 * RING_SHARE` = half of the ring; the hypervisor's own
+/// output always has the other half.
 pub const RING_SHARE: u64 = 2 << 10;
 
 /// What to do with one note.

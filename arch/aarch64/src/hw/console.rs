@@ -31,8 +31,9 @@ unsafe impl Sync for Driver {}
 
 static DRIVER: Driver = Driver(UnsafeCell::new(None));
 
-/// Bytes of console output the root cell can read back (`cellvisor console`).
-pub const RING_SIZE: usize = 16 << 10;
+/// Bytes of console output the root cell can read back (`cellvisor console`): the window
+/// over which a cell's share of it is counted ([`crate::budget`]).
+pub const RING_SIZE: usize = crate::budget::RING_WINDOW as usize;
 
 /// Everything the console wrote, last [`RING_SIZE`] bytes. Bytes are written lock free (the
 /// console lock orders ordinary output; fatal reports may interleave).

@@ -409,7 +409,11 @@ mod demo {
                 read32(env.gicr + GICR_SGI_BASE + GICD_ISENABLER)
                     | read32(env.gicr + GICR_SGI_BASE + GICD_ISPENDR)
             }
-            Version::V2 => read32(env.gicd + GICD_ISENABLER) | read32(env.gicd + GICD_ISPENDR),
+            // SGIs may be enabled for good on GICv2 (IHI 0048B §4.3.5: their enable bits can
+            // be RAO/WI; QEMU's are): only their pending state counts there.
+            Version::V2 => {
+                read32(env.gicd + GICD_ISENABLER) & !0xffff | read32(env.gicd + GICD_ISPENDR)
+            }
         };
         let leftovers = [
             tpidr0,

@@ -190,7 +190,14 @@ fn demo_round_trip_moves_everything_and_gives_it_back() {
     assert_eq!(cell.state, CellState::Created);
     assert_eq!(cell.cpus, 1 << 3);
     assert_eq!(cell.irqs.to_string(), "40");
-    let ram = Region::new(0x7f00_0000, 0, 0x100_0000, RAM | MemoryFlags::LOADABLE);
+    let ram = Region::new(0x7f00_0000, 0, 0xff_f000, RAM | MemoryFlags::LOADABLE);
+    // The last page of the root cell's loadable region, shared (it stays the root cell's).
+    let shared = Region::new(
+        0x7fff_f000,
+        0x9000_0000,
+        0x1000,
+        MemoryFlags::READ | MemoryFlags::WRITE | MemoryFlags::ROOTSHARED,
+    );
     let uart = Region::new(0x904_0000, 0x904_0000, 0x1000, IO);
     let comm = Region::new(
         0,
@@ -198,7 +205,7 @@ fn demo_round_trip_moves_everything_and_gives_it_back() {
         0x1000,
         MemoryFlags::READ | MemoryFlags::WRITE | MemoryFlags::COMM_REGION,
     );
-    assert_eq!(cell.regions.as_slice(), &[ram, uart, comm]);
+    assert_eq!(cell.regions.as_slice(), &[ram, shared, uart, comm]);
     assert_eq!(registry.comm_region(id), Some(comm));
     assert_eq!(registry.by_name("demo"), Some(id));
 
@@ -207,20 +214,23 @@ fn demo_round_trip_moves_everything_and_gives_it_back() {
     let mut expected: Vec<Region> = before.root().regions.to_vec();
     expected[1].size = 0x7f00_0000 - 0x40a0_0000;
     expected.retain(|r| r.phys != 0x904_0000);
+    // It keeps the page it shares with the demo cell.
+    expected.insert(2, Region::new(0x7fff_f000, 0x7fff_f000, 0x1000, RAM));
     assert_eq!(root.regions.as_slice(), expected.as_slice());
     assert_eq!(root.cpus, 0b0111);
     assert_eq!(root.irqs.to_string(), "32-39, 41-287");
     assert_eq!(
         registry.record(CellId::ROOT).unwrap().memory.get(),
-        0x20_0000 + 0x3f60_0000 - 0x100_0000
+        0x20_0000 + 0x3f60_0000 - 0x100_0000 + 0x1000
     );
     assert_eq!(registry.record(id).unwrap().memory.get(), 0x100_0000);
 
     // What the partition was asked to do, in order.
     let create_calls = vec![
         Call::CreateTables(1),
-        Call::UnmapFromRoot(0x7f00_0000, 0x7f00_0000, 0x100_0000),
+        Call::UnmapFromRoot(0x7f00_0000, 0x7f00_0000, 0xff_f000),
         Call::MapIntoCell(1, ram),
+        Call::MapIntoCell(1, shared),
         Call::UnmapFromRoot(0x904_0000, 0x904_0000, 0x1000),
         Call::MapIntoCell(1, uart),
         Call::MapIntoCell(1, comm),
@@ -247,12 +257,9 @@ fn demo_round_trip_moves_everything_and_gives_it_back() {
         assert!(got.same(*want), "{got:?} != {want:?}");
     }
     // Memory goes back with the root region's flags.
-    assert!(fake.calls.contains(&Call::MapIntoRoot(
-        0x7f00_0000,
-        0x7f00_0000,
-        0x100_0000,
-        RAM
-    )));
+    assert!(fake
+        .calls
+        .contains(&Call::MapIntoRoot(0x7f00_0000, 0x7f00_0000, 0xff_f000, RAM)));
 }
 
 #[test]
@@ -469,7 +476,7 @@ fn every_problem_is_named() {
         &mut short,
         &demo,
         1 << 3,
-        "cell \"demo\": memory region 0 [0x7f000000, 0x80000000): not owned by the root cell",
+        "cell \"demo\": memory region 0 [0x7f000000, 0x7ffff000): not owned by the root cell",
         Code::NotOwned,
     );
     rejected(
@@ -512,7 +519,7 @@ fn every_problem_is_named() {
         &cell("x", "[1]", "[]", &[(0x904_0000, 0x1000, io)]),
         2,
         "cell \"x\": memory region 0 [0x9040000, 0x9041000): belongs to cell \"demo\" (its \
-         memory region 1)",
+         memory region 2)",
         Code::NotOwned,
     );
 
@@ -884,21 +891,21 @@ fn images_go_into_one_loadable_region() {
         .create(view(&demo).cell(), 1 << 3, &mut Fake::new(&registry))
         .unwrap();
     assert_eq!(registry.loadable(id, 0, 0x1000), Ok(0x7f00_0000));
-    assert_eq!(registry.loadable(id, 0x20_0000, 0xe0_0000), Ok(0x7f20_0000));
-    assert_eq!(registry.loadable(id, 0xff_ffff, 1), Ok(0x7fff_ffff));
+    assert_eq!(registry.loadable(id, 0x20_0000, 0xdf_f000), Ok(0x7f20_0000));
+    assert_eq!(registry.loadable(id, 0xff_efff, 1), Ok(0x7fff_efff));
     assert_eq!(registry.loadable(id, 0x10, 0), Ok(0x7f00_0010));
 
-    let error = registry.loadable(id, 0xff_f000, 0x2000).unwrap_err();
+    let error = registry.loadable(id, 0xff_e000, 0x2000).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "cell \"demo\": 0x2000 bytes at guest address 0xfff000 do not fit: 0x1000 bytes fit in \
-         memory region 0 [0x0, 0x1000000)"
+        "cell \"demo\": 0x2000 bytes at guest address 0xffe000 do not fit: 0x1000 bytes fit in \
+         memory region 0 [0x0, 0xfff000)"
     );
     assert_eq!(error.code(), Code::ImageTooLarge);
     assert!(matches!(
         registry.loadable(id, 0x10, u64::MAX),
         Err(LoadError::TooLarge {
-            fits: 0xff_fff0,
+            fits: 0xff_eff0,
             ..
         })
     ));
@@ -968,7 +975,7 @@ fn records_describe_every_cell() {
                 "linux",
                 CellState::Running as u32,
                 0b0001,
-                0x20_0000 + 0x3f60_0000 - 0x100_0000 - 0x80_0000
+                0x20_0000 + 0x3f60_0000 - 0x100_0000 - 0x80_0000 + 0x1000
             ),
             (1, "demo", CellState::Created as u32, 0b1000, 0x100_0000),
             (2, "big", CellState::Loaded as u32, 0b0110, 0x90_0000),

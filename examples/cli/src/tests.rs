@@ -196,7 +196,7 @@ fn a_malformed_configuration_is_refused_before_anything_happens() {
     let bad = file(
         &dir,
         "bad.toml",
-        DEMO.replace("size = 0x100_0000", "size = 0x100_0800"),
+        DEMO.replace("size = 0xff_f000", "size = 0xff_e800"),
     );
     let mut host = FakeHost::new(0x1000);
     host.device = false;
@@ -208,7 +208,7 @@ fn a_malformed_configuration_is_refused_before_anything_happens() {
         "{error}"
     );
     assert!(
-        error.ends_with("memory region 0: size 0x1000800 is not page aligned"),
+        error.ends_with("memory region 0: size 0xffe800 is not page aligned"),
         "{error}"
     );
     assert_eq!(
@@ -476,7 +476,7 @@ fn load_errors() {
             "--config",
             &demo,
             "--address",
-            "0xffffe0",
+            "0xffefe0",
         ],
     )
     .fails();
@@ -484,18 +484,18 @@ fn load_errors() {
         error,
         format!(
             "cellvisor: cell \"demo\": load: image larger than its loadable region: {small} is \
-             64 bytes, but only 32 fit at 0xffffe0 in [0x0, 0x1000000) of {demo}"
+             64 bytes, but only 32 fit at 0xffefe0 in [0x0, 0xfff000) of {demo}"
         )
     );
     let error = run(
         &mut host,
-        &["cell", "load", "demo", &small, "--address", "0xffffe0"],
+        &["cell", "load", "demo", &small, "--address", "0xffefe0"],
     )
     .fails();
     assert_eq!(
         error,
         "cellvisor: cell \"demo\": load: image larger than its loadable region: cell \"demo\": \
-         64 bytes at 0xffffe0 end beyond the region at 0x0 of 0x1000000 bytes"
+         64 bytes at 0xffefe0 end beyond the region at 0x0 of 0xfff000 bytes"
     );
     let error = run(
         &mut host,
@@ -513,7 +513,7 @@ fn load_errors() {
     .fails();
     assert!(
         error.contains("address 0x80000000 is in no loadable memory region of")
-            && error.ends_with("(loadable: [0x0, 0x1000000))"),
+            && error.ends_with("(loadable: [0x0, 0xfff000))"),
         "{error}"
     );
     let error = run(&mut host, &["cell", "load", "demo", &empty]).fails();
@@ -539,11 +539,11 @@ fn load_errors() {
     let image = file(&dir, "big.bin", vec![0; 0x1800]);
     let error = run(
         &mut host,
-        &["cell", "load", "demo", &image, "--address", "0xfff000"],
+        &["cell", "load", "demo", &image, "--address", "0xffe000"],
     )
     .fails();
     assert!(
-        error.ends_with("(after 4096 of 6144 bytes, at 0x1000000)"),
+        error.ends_with("(after 4096 of 6144 bytes, at 0xfff000)"),
         "{error}"
     );
 
@@ -806,22 +806,30 @@ fn checks_configurations_offline() {
     run(&mut host, &["config", "check", &system_bin, &demo_bin]).ok();
 
     // Every problem of every file: a broken file, a cell that takes memory the root cell
-    // does not have, and two cells on one CPU.
+    // does not have, and two cells on one CPU. Copies of the demo cell without the page it
+    // shares with the root cell (each would conflict with the demo's).
+    let shared = "[[memory]]  # shared with the root cell, which sees it at physical 0x7fff_f000\n\
+                  phys = 0x7fff_f000\nvirt = 0x9000_0000\nsize = 0x1000\n\
+                  flags = [\"read\", \"write\", \"root-shared\"]\n\n";
+    let plain = DEMO.replace(shared, "");
+    assert_ne!(plain, DEMO);
     let bad = file(
         &dir,
         "bad.toml",
-        DEMO.replace("size = 0x100_0000", "size = 0x100_0800"),
+        plain.replace("size = 0xff_f000", "size = 0xff_f800"),
     );
     let foreign = file(
         &dir,
         "foreign.toml",
-        DEMO.replace("\"demo\"", "\"foreign\"")
+        plain
+            .replace("\"demo\"", "\"foreign\"")
             .replace("phys = 0x7f00_0000", "phys = 0x1_0000_0000"),
     );
     let twin = file(
         &dir,
         "twin.toml",
-        DEMO.replace("\"demo\"", "\"twin\"")
+        plain
+            .replace("\"demo\"", "\"twin\"")
             .replace("0x7f00_0000", "0x7e00_0000"),
     );
     let error = run(
@@ -836,7 +844,7 @@ fn checks_configurations_offline() {
             .iter()
             .any(|l| l.starts_with(&format!("  {file}:")) && l.contains(text))
     };
-    assert!(at(&bad, "size 0x1000800 is not page aligned"), "{error}");
+    assert!(at(&bad, "size 0xfff800 is not page aligned"), "{error}");
     assert!(at(&foreign, "is not owned by the root cell"), "{error}");
     assert!(at(&twin, "CPU 3 is also owned by cell \"demo\""), "{error}");
     assert!(

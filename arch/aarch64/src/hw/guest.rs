@@ -368,8 +368,10 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                 Psci::AffinityInfo => {
                     match (cell::cpu_of(cells::owner(cpu), frame.x[1]), frame.x[2]) {
                         (Some(target), 0) => match cell::power(target).state() {
-                            PowerState::On => 0,
-                            PowerState::Off => 1,
+                            // Off once the CPU waits in the park loop, not before: a CPU the
+                            // root cell saw off can be given to a cell at once.
+                            PowerState::Off if cells::is_parked(target) => 1,
+                            PowerState::On | PowerState::Off => 0,
                             PowerState::OnPending => 2,
                         },
                         _ => status::INVALID_PARAMETERS,

@@ -77,7 +77,7 @@ fn compile_and_decompile() {
         bin.to_str().unwrap(),
     ]);
     assert_eq!(code, 0);
-    assert_eq!(out, format!("{}: 224 bytes\n", bin.display()));
+    assert_eq!(out, format!("{}: 256 bytes\n", bin.display()));
     let (code, out, _) = run(&["decompile", bin.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(out.starts_with("# cellvisor cell configuration\narchitecture = \"aarch64\"\nname = \"demo\"\ncpus = \"3\"\n"), "{out}");

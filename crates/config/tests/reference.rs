@@ -45,7 +45,7 @@ fn check_board(name: &str, systems: usize, cells: usize) -> Vec<(PathBuf, Config
 
 #[test]
 fn qemu_arm64() {
-    let files = check_board("qemu-arm64", 2, 1);
+    let files = check_board("qemu-arm64", 2, 2);
     let system = files
         .iter()
         .find(|f| f.0.ends_with("system-gicv3.toml"))
@@ -81,7 +81,15 @@ fn binaries_are_written() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["system-gicv2.bin", "system-gicv3.bin", "demo.bin"]);
+    assert_eq!(
+        names,
+        [
+            "system-gicv2.bin",
+            "system-gicv3.bin",
+            "demo.bin",
+            "ticker.bin"
+        ]
+    );
     for path in &written {
         assert!(decompile(&std::fs::read(path).unwrap()).is_ok());
     }

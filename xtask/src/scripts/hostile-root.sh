@@ -152,3 +152,30 @@ done
 mark "cpus online=$(cat /sys/devices/system/cpu/online) after devmem32"
 mark "root responsive uptime=$(sed 's/ .*//' /proc/uptime)"
 same_state devmem32
+
+# ---- A flood of notes: 60 reads outside the root cell in a row. The hypervisor notes each
+# abort it injects within the root cell's budget (16 at once, then one per 2 s, and at most
+# 2 KiB of each 64 KiB of the console ring): the ring gets at most a few more than 16 of them
+# (fewer once the cell's share is spent: the rest go to the UART only), and on the UART the
+# next note that passes says how many were suppressed (the system test looks for that line).
+notes() {
+    cellvisor console | grep -c "outside its configuration: external abort injected"
+}
+notes_before=$(notes)
+flood=0
+while [ $flood -lt 60 ]; do
+    devmem "$OUTSIDE" 32 >/dev/null 2>&1
+    flood=$((flood + 1))
+done
+sleep 2.5
+devmem "$OUTSIDE" 32 >/dev/null 2>&1
+sleep 0.5
+noted=$(($(notes) - notes_before))
+suppressed=$(cellvisor console | grep -c "more notes were suppressed")
+mark "note-flood reads=61 noted=$noted suppressed-lines=$suppressed"
+if [ $noted -le 20 ]; then
+    mark "note-flood bounded"
+else
+    mark "note-flood not bounded"
+fi
+mark "root responsive after the flood uptime=$(sed 's/ .*//' /proc/uptime)"

@@ -400,8 +400,27 @@ fn cargo_fuzz<'a>(dir: &Path, args: impl IntoIterator<Item = &'a str>) -> Cargo 
 }
 
 fn fuzz_run(dir: &Path, target: &str, seconds: u64) -> Cargo {
+    seed_corpus(dir, target);
     let max_time = format!("-max_total_time={seconds}");
     cargo_fuzz(dir, ["run", target, "--", &max_time])
+}
+
+/// Runs the fuzz crate's `seeds.sh` (if it has one) when `target`'s corpus is empty: seeds
+/// that are generated rather than checked in (e.g. stock device trees for `derive`). Best
+/// effort: without seeds the fuzzer starts from nothing, as it would anyway.
+fn seed_corpus(dir: &Path, target: &str) {
+    let script = dir.join("seeds.sh");
+    let corpus = dir.join("corpus").join(target);
+    let empty = std::fs::read_dir(&corpus).map_or(true, |mut entries| entries.next().is_none());
+    if !script.is_file() || !empty {
+        return;
+    }
+    println!("==> sh {} (seeds for {target})", script.display());
+    match std::process::Command::new("sh").arg(&script).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("xtask: {} failed ({status}): no seeds", script.display()),
+        Err(error) => eprintln!("xtask: cannot run {}: {error}: no seeds", script.display()),
+    }
 }
 
 fn fuzz_targets(dir: &Path) -> Result<Vec<String>> {

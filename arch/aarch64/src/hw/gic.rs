@@ -980,6 +980,9 @@ pub fn reset_private(cpu: usize) {
                 return;
             };
             if let Some(frame) = own_redistributor(gic, gic.mpidrs[cpu]) {
+                // The lock of every emulated access: another CPU of the cell this one left
+                // may still write this redistributor (read-merge-write of the same words).
+                let _lock = distributor();
                 let mut r = region(base, size);
                 line::reset_private(&mut r, frame as usize + gicr::SGI_BASE, reserved, true);
             }

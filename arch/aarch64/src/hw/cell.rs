@@ -7,8 +7,8 @@ use crate::psci::{status, Call, Route, VcpuPower};
 use crate::trap::{TrapCounters, TrapReason};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    Readable, Writeable, CNTFRQ_EL0, CNTHCTL_EL2, CNTPCT_EL0, CNTVOFF_EL2, CPTR_EL2, HCR_EL2,
-    MIDR_EL1, MPIDR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, MIDR_EL1, MPIDR_EL1,
+    VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use cellvisor_config::{MemoryFlags, SystemConfigView};
 use cellvisor_paging::{
@@ -436,7 +436,7 @@ pub fn smccc_policy(
             forward(id, args)
         }
         Route::Counters => {
-            let now = super::cells::ticks() / (super::cells::frequency() / 1000).max(1);
+            let now = super::cells::millis();
             let last = LAST_COUNTERS.load(Ordering::Relaxed);
             let due = last == 0 || now.saturating_sub(last) >= COUNTERS_INTERVAL_MS;
             if !due
@@ -461,9 +461,7 @@ static LAST_COUNTERS: AtomicU64 = AtomicU64::new(0);
 
 /// Prints the trap counters of every CPU of the root cell.
 pub fn print_counters() {
-    let frequency = CNTFRQ_EL0.get().max(1);
-    let ticks = CNTPCT_EL0.get();
-    let millis = ticks * 1000 / frequency;
+    let millis = super::cells::millis();
     super::print(format_args!(
         "cellvisor: trap counters of cell \"{}\" at {}.{:03} s:\n",
         name(),

@@ -197,6 +197,12 @@ pub fn ticks() -> u64 {
     now()
 }
 
+/// Guest time now, in milliseconds (without overflow for any uptime).
+pub fn millis() -> u64 {
+    let (ticks, frequency) = (now(), frequency());
+    ticks / frequency * 1000 + ticks % frequency * 1000 / frequency
+}
+
 /// The park loop: `cpu` runs no vCPU and sleeps until its cell gives it one: the root cell
 /// through PSCI CPU_ON, another cell through its start (both kick it). Rewrites `frame` for
 /// the entry and returns; the caller's `eret` enters the cell.

@@ -68,10 +68,7 @@ pub fn note(cpu: usize, cell: u16, name: &str, args: core::fmt::Arguments<'_>) {
 
 /// Like [`note`] for output `write` prints itself, about `len` bytes.
 pub fn note_with(cpu: usize, cell: u16, name: &str, len: usize, write: impl FnOnce()) {
-    let frequency = super::cells::frequency();
-    let now_ms = super::cells::ticks() / frequency * 1000
-        + super::cells::ticks() % frequency * 1000 / frequency;
-    let head = RING.head.load(Ordering::Relaxed);
+    let (now_ms, head) = (super::cells::millis(), ring_head());
     let decision = BUDGETS
         .lock()
         .get_mut(usize::from(cell))

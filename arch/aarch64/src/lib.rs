@@ -8,17 +8,15 @@
 //! A board crate describes the board with [`board::Board`], registers it with [`board!`]
 //! and links with the `cellvisor-aarch64.ld` script this crate provides (see its README).
 //!
-//! The logic that needs no CPU ([`esr`], [`frames`], [`memmap`], [`board`], [`budget`]) builds and is
+//! The logic that needs no CPU ([`esr`], [`memmap`], [`board`]) builds and is
 //! tested on any host; the code that runs on the CPU lives in `hw`, built for AArch64 only.
 
 #![no_std]
 #![deny(missing_docs)]
 
 pub mod board;
-pub mod budget;
 pub mod devicetree;
 pub mod esr;
-pub mod frames;
 pub mod memmap;
 pub mod psci;
 pub mod trap;

@@ -5,9 +5,10 @@
 //! owning entity bits [29:24], function number [15:0]): Arm DEN 0028 (SMCCC) §2.5.
 //!
 //! A cell's vCPUs are powered on and off only through the hypervisor: each has a
-//! [`VcpuPower`] that CPU_ON, CPU_OFF and AFFINITY_INFO act on, lock free, from any CPU.
+//! [`cellvisor_core::VcpuPower`] that CPU_ON, CPU_OFF and AFFINITY_INFO act on, lock free,
+//! from any CPU.
 
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use cellvisor_core::CpuOnError;
 
 /// PSCI function IDs (the SMC32 form; the SMC64 form sets bit 30).
 pub mod function {
@@ -149,120 +150,6 @@ pub fn features(queried: u32, smccc_version_supported: bool) -> i64 {
     }
 }
 
-/// The power state of one vCPU, as AFFINITY_INFO reports it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum PowerState {
-    /// Running.
-    On,
-    /// Off: the physical CPU waits in the hypervisor.
-    Off,
-    /// CPU_ON accepted, the CPU has not entered the cell yet.
-    OnPending,
-}
-
-const OFF: u8 = 0;
-/// CPU_ON is writing the entry point.
-const CLAIMED: u8 = 1;
-const PENDING: u8 = 2;
-const ON: u8 = 3;
-
-/// A vCPU's power state and the entry point a CPU_ON gave it.
-#[derive(Debug)]
-pub struct VcpuPower {
-    state: AtomicU8,
-    entry: AtomicU64,
-    context: AtomicU64,
-}
-
-/// Why CPU_ON refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CpuOnError {
-    /// The vCPU runs (ALREADY_ON).
-    AlreadyOn,
-    /// A CPU_ON for it is under way (ON_PENDING).
-    OnPending,
-}
-
-impl CpuOnError {
-    /// The PSCI return code.
-    pub const fn status(self) -> i64 {
-        match self {
-            Self::AlreadyOn => status::ALREADY_ON,
-            Self::OnPending => status::ON_PENDING,
-        }
-    }
-}
-
-impl VcpuPower {
-    /// A vCPU that is off.
-    pub const fn new() -> Self {
-        Self {
-            state: AtomicU8::new(OFF),
-            entry: AtomicU64::new(0),
-            context: AtomicU64::new(0),
-        }
-    }
-
-    /// The state AFFINITY_INFO reports.
-    pub fn state(&self) -> PowerState {
-        match self.state.load(Ordering::Acquire) {
-            ON => PowerState::On,
-            OFF => PowerState::Off,
-            _ => PowerState::OnPending,
-        }
-    }
-
-    /// CPU_ON: records the entry point and context of an off vCPU and makes it pending.
-    /// The caller then wakes the physical CPU.
-    pub fn power_on(&self, entry: u64, context: u64) -> Result<(), CpuOnError> {
-        match self
-            .state
-            .compare_exchange(OFF, CLAIMED, Ordering::Acquire, Ordering::Acquire)
-        {
-            Ok(_) => {
-                self.entry.store(entry, Ordering::Relaxed);
-                self.context.store(context, Ordering::Relaxed);
-                self.state.store(PENDING, Ordering::Release);
-                Ok(())
-            }
-            Err(ON) => Err(CpuOnError::AlreadyOn),
-            Err(_) => Err(CpuOnError::OnPending),
-        }
-    }
-
-    /// On the vCPU's own physical CPU: takes a pending start, marking the vCPU on; returns
-    /// its entry point and context.
-    pub fn take_start(&self) -> Option<(u64, u64)> {
-        if self.state.load(Ordering::Acquire) != PENDING {
-            return None;
-        }
-        let start = (
-            self.entry.load(Ordering::Relaxed),
-            self.context.load(Ordering::Relaxed),
-        );
-        self.state
-            .compare_exchange(PENDING, ON, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| start)
-    }
-
-    /// Marks the vCPU on without a CPU_ON (the boot CPU of a cell).
-    pub fn set_on(&self) {
-        self.state.store(ON, Ordering::Release);
-    }
-
-    /// CPU_OFF, on the vCPU's own physical CPU.
-    pub fn power_off(&self) {
-        self.state.store(OFF, Ordering::Release);
-    }
-}
-
-impl Default for VcpuPower {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// SMCCC function IDs of the Arm architecture service the policy knows (DEN 0028).
 pub mod arch_call {
     /// SMCCC_VERSION.
@@ -288,6 +175,14 @@ pub enum Route {
     Counters,
     /// Answer x0 = this value without the firmware.
     Return(i64),
+}
+
+/// The PSCI return code of a refused CPU_ON.
+pub const fn cpu_on_status(error: CpuOnError) -> i64 {
+    match error {
+        CpuOnError::AlreadyOn => status::ALREADY_ON,
+        CpuOnError::OnPending => status::ON_PENDING,
+    }
 }
 
 /// The policy for SMCCC calls other than PSCI, by caller. `root`: the caller is the root
@@ -420,47 +315,5 @@ mod tests {
             status::NOT_SUPPORTED
         );
         assert_eq!(features(function::SMCCC_VERSION, true), status::SUCCESS);
-    }
-
-    #[test]
-    fn cpu_on_off_state_machine() {
-        let vcpu = VcpuPower::new();
-        assert_eq!(vcpu.state(), PowerState::Off);
-        assert_eq!(vcpu.take_start(), None);
-        vcpu.power_on(0x4000_1000, 7).unwrap();
-        assert_eq!(vcpu.state(), PowerState::OnPending);
-        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::OnPending));
-        assert_eq!(vcpu.take_start(), Some((0x4000_1000, 7)));
-        assert_eq!(vcpu.state(), PowerState::On);
-        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::AlreadyOn));
-        assert_eq!(CpuOnError::AlreadyOn.status(), -4);
-        vcpu.power_off();
-        assert_eq!(vcpu.state(), PowerState::Off);
-        vcpu.power_on(0x5000, 8).unwrap();
-        assert_eq!(vcpu.take_start(), Some((0x5000, 8)));
-    }
-
-    #[test]
-    fn concurrent_cpu_on_admits_exactly_one() {
-        extern crate std;
-        use std::sync::Arc;
-        let vcpu = Arc::new(VcpuPower::new());
-        let handles: std::vec::Vec<_> = (0..8)
-            .map(|i| {
-                let vcpu = Arc::clone(&vcpu);
-                std::thread::spawn(move || vcpu.power_on(i, i).is_ok())
-            })
-            .collect();
-        let winners = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|&ok| ok)
-            .count();
-        assert_eq!(winners, 1);
-        let (entry, context) = vcpu.take_start().unwrap();
-        assert_eq!(
-            entry, context,
-            "entry and context come from the same CPU_ON"
-        );
     }
 }

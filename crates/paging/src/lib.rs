@@ -54,6 +54,7 @@ mod attr;
 mod error;
 pub mod format;
 mod memory;
+mod pool;
 mod table;
 mod tlb;
 
@@ -77,5 +78,6 @@ pub use format::{Entry, Format, LargePages, Level};
 pub use memory::{
     Descriptor, FrameAllocator, LinearMemory, PhysMemory, TableMemory, ENTRIES_PER_TABLE,
 };
+pub use pool::FramePool;
 pub use table::{MapMode, Mapping, Mappings, PageTable, Stats, Translation};
 pub use tlb::{NotLive, Stale, TlbInvalidate};

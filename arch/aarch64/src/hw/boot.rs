@@ -3,7 +3,8 @@
 //! start, so that they can sleep), the root cell's stage 2 and device tree, and the entry
 //! into its kernel.
 
-use super::{cache, cell, cells, gic, guest, idle, layout, manage, park, print, report};
+use super::arm::HV;
+use super::{cache, cell, cells, gic, guest, idle, layout, park, print, report};
 use crate::board::Board;
 use crate::devicetree::{self, RootResources};
 use cellvisor_config::{GicVersion, InterruptController, MemoryFlags, SystemConfigView};
@@ -65,7 +66,7 @@ pub struct Prepared {
     frames: (PhysAddr, usize),
     gic: gic::Layout,
     gicv: Option<(u64, u64, u64)>,
-    management: manage::Interface,
+    management: cellvisor_core::Interface,
 }
 
 /// Normal non-cacheable, read-write: the management data window.
@@ -207,12 +208,13 @@ pub fn prepare(board: &Board, bytes: &'static [u8], mpidrs: &[u64]) -> Option<Pr
         frames: (PhysAddr::new(frames_start), frame_count),
         gic: layout,
         gicv,
-        management: manage::Interface {
+        management: cellvisor_core::Interface {
             control,
             data,
             data_size: top - data,
             memory_total: hypervisor.size,
             image: frames_start - image.start.as_u64(),
+            cpus: 0,
         },
     })
 }
@@ -363,12 +365,16 @@ pub fn root_cell(
     cache::clean_invalidate(out_base as usize, derived.size);
 
     // The registry of cells, with everything in the root cell.
-    if let Err(error) = manage::init(prepared.management, config) {
+    let interface = cellvisor_core::Interface {
+        cpus: super::online_cpus() as u32,
+        ..prepared.management
+    };
+    if let Err(error) = HV.init_management(interface, config) {
         fatal(format_args!("root cell \"{}\": {error}", root.name()));
     }
 
     cell::prepare_cpu();
-    cell::power(0).set_on();
+    HV.cpu(0).power.set_on();
 
     let ram_mib: u64 = ram.iter().map(|&(_, size)| size).sum::<u64>() >> 20;
     print(format_args!(

@@ -1,21 +1,19 @@
 //! The root cell: built from the system configuration at boot (stage 2, GIC partition,
 //! device tree), then entered on the boot CPU; its other vCPUs start through PSCI CPU_ON.
 
+use super::arm::HV;
 use crate::board::MAX_CPUS;
-use crate::frames::FramePool;
-use crate::psci::{status, Call, Route, VcpuPower};
-use crate::trap::{TrapCounters, TrapReason};
+use crate::psci::{status, Call, Route};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
     Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, MIDR_EL1, MPIDR_EL1,
     VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
+use cellvisor_cell::CellId;
 use cellvisor_config::{MemoryFlags, SystemConfigView};
-use cellvisor_paging::{
-    Access, Attributes, Cacheability, GuestPhysAddr, LinearMemory, MapMode, Mapping, MemoryType,
-    NotLive, PaSize, PageTable, PhysAddr, Stage2, TableMemory,
-};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use cellvisor_core::TrapReason;
+use cellvisor_paging::{PaSize, PhysAddr, Stage2};
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
 /// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
@@ -23,7 +21,6 @@ const MAX_REGIONS: usize = 64;
 
 /// What the hypervisor remembers of the root cell.
 pub struct RootCell {
-    name: heapless::String<32>,
     /// (IPA, size, flags) of each memory region.
     regions: heapless::Vec<(u64, u64, MemoryFlags), MAX_REGIONS>,
     mpidrs: heapless::Vec<u64, MAX_CPUS>,
@@ -35,26 +32,12 @@ pub struct RootCell {
 }
 
 static ROOT: Once<RootCell> = Once::new();
-static POWER: [VcpuPower; MAX_CPUS] = [const { VcpuPower::new() }; MAX_CPUS];
-static COUNTERS: [TrapCounters; MAX_CPUS] = [const { TrapCounters::new() }; MAX_CPUS];
 /// The firmware implements SMCCC 1.1 (PSCI_FEATURES(SMCCC_VERSION) succeeded).
 static FIRMWARE_SMCCC: AtomicBool = AtomicBool::new(false);
 
 /// The root cell's name, for reports.
-pub fn name() -> &'static str {
-    ROOT.get().map_or("?", |root| root.name.as_str())
-}
-
-/// Counts a trap of `cpu`.
-pub fn count(cpu: usize, reason: TrapReason) {
-    if let Some(counters) = COUNTERS.get(cpu) {
-        counters.count(reason);
-    }
-}
-
-/// The vCPU power state of hypervisor CPU `cpu`.
-pub fn power(cpu: usize) -> &'static VcpuPower {
-    &POWER[cpu.min(MAX_CPUS - 1)]
+pub fn name() -> heapless::String<32> {
+    HV.cell(CellId(0)).name()
 }
 
 /// Whether the firmware takes SMCCC calls beyond PSCI.
@@ -66,9 +49,7 @@ pub fn firmware_smccc() -> bool {
 pub fn cpu_of(cell: u16, mpidr: u64) -> Option<usize> {
     let root = ROOT.get()?;
     let mpidr = mpidr & crate::board::MPIDR_AFFINITY_MASK;
-    let cpus = super::cells::RUNTIME[usize::from(cell)]
-        .cpus
-        .load(Ordering::Acquire);
+    let cpus = HV.cell(CellId(u32::from(cell))).cpus();
     root.mpidrs
         .iter()
         .position(|&m| m == mpidr)
@@ -78,10 +59,10 @@ pub fn cpu_of(cell: u16, mpidr: u64) -> Option<usize> {
 /// Why the root cell cannot be built.
 #[derive(Debug)]
 pub enum BuildError {
-    /// Stage-2 tables.
-    Paging(cellvisor_paging::Error),
     /// Stage-2 registers.
     Stage2(cellvisor_paging::ConfigError),
+    /// The root cell's tables.
+    Machine(cellvisor_core::MachineError),
     /// Something else, described.
     Other(&'static str),
 }
@@ -89,8 +70,8 @@ pub enum BuildError {
 impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Paging(e) => write!(f, "stage-2 tables: {e}"),
             Self::Stage2(e) => write!(f, "stage-2 registers: {e:?}"),
+            Self::Machine(e) => write!(f, "{e}"),
             Self::Other(s) => f.write_str(s),
         }
     }
@@ -126,114 +107,39 @@ pub fn build(
         ));
     }
     let format = Stage2::new(ipa_bits).map_err(BuildError::Stage2)?;
-    let mut frames = FramePool::<{ super::cells::TABLE_FRAMES }>::with_frames(frames, frame_count);
-    let mut memory = TableMemory {
-        frames: &mut frames,
-        // SAFETY: EL2 runs identity mapped (offset 0) and the frame pool hands out frames of
-        // hypervisor memory that nothing else uses and the EL2 map covers read-write.
-        memory: unsafe { LinearMemory::new(0) },
-    };
-    let mut table = PageTable::new(format, &mut memory).map_err(BuildError::Paging)?;
-    let mut map = |ipa: u64, pa: u64, size: u64, attributes| {
-        table
-            .map(
-                &mut memory,
-                &mut NotLive,
-                Mapping {
-                    input: GuestPhysAddr::new(ipa),
-                    output: PhysAddr::new(pa),
-                    size,
-                    attributes,
-                },
-                MapMode::New,
-            )
-            .map_err(BuildError::Paging)
-    };
-    for region in root.memory_regions() {
-        map(
-            region.virt_start,
-            region.phys_start,
-            region.size,
-            super::cells::attributes(region.flags),
-        )?;
-    }
-    // GICv2: the cell's CPU interface is the virtual CPU interface.
-    if let Some((gicc, gicv, size)) = gicv {
-        map(
-            gicc,
-            gicv,
-            size,
-            Attributes::new(Access::RW, MemoryType::Device),
-        )?;
-    }
-    // The management data window, shared with the root cell at its own address.
-    if let Some((base, size)) = data_window {
-        // Non-cacheable, as the hypervisor maps it (see boot::prepare).
-        map(
-            base,
-            base,
-            size,
-            Attributes::new(Access::RW, MemoryType::Normal(Cacheability::NonCacheable)),
-        )?;
-    }
-    let stats = table.stats(&memory.memory);
-    let root_tree = table;
-    let vtcr = format
-        .vtcr(pa_size, false)
-        .map_err(BuildError::Stage2)?
-        .bits();
-    let vttbr = format
-        .vttbr(root_tree.root(), 1, false)
-        .map_err(BuildError::Stage2)?
-        .bits();
     let mut cpus = 0u64;
     for cpu in root.cpus().iter() {
         if (cpu as usize) < mpidrs.len().min(64) {
             cpus |= 1 << cpu;
         }
     }
-    let mut name = heapless::String::new();
-    for c in root.name().chars() {
-        let _ = name.push(c);
-    }
+    let tables = HV
+        .install_root(config, format, frames, frame_count, cpus, data_window)
+        .map_err(BuildError::Machine)?;
+    let vtcr = format
+        .vtcr(pa_size, false)
+        .map_err(BuildError::Stage2)?
+        .bits();
     let mut list = heapless::Vec::new();
     for &mpidr in mpidrs.iter().take(MAX_CPUS) {
         let _ = list.push(mpidr);
     }
-    let mut trees = [const { None }; super::cells::MAX_CELLS];
-    trees[0] = Some(root_tree);
-    super::cells::install_tables(super::cells::Tables {
-        frames,
-        format,
-        trees,
-        frame_count,
-    });
-    let runtime = &super::cells::RUNTIME[0];
-    runtime.vttbr.store(vttbr, Ordering::Release);
-    runtime.cpus.store(cpus, Ordering::Release);
-    runtime
-        .state
-        .store(cellvisor_abi::CellState::Running as u32, Ordering::Release);
-    *runtime.name.lock() = name.clone();
     FIRMWARE_SMCCC.store(
         smccc::psci::psci_features::<smccc::Smc>(crate::psci::function::SMCCC_VERSION).is_ok(),
         Ordering::Relaxed,
     );
     Ok(ROOT.call_once(|| RootCell {
-        name,
         regions,
         mpidrs: list,
         vtcr,
-        table_frames: stats.frames,
+        table_frames: tables.frames,
         ipa_bits,
     }))
 }
 
 /// Whether hypervisor CPU `cpu` belongs to the root cell.
 pub fn owns_cpu(cpu: usize) -> bool {
-    cpu < 64
-        && super::cells::owner(cpu) == 0
-        && super::cells::RUNTIME[0].cpus.load(Ordering::Acquire) & 1 << cpu != 0
+    HV.root_owns(cpu)
 }
 
 /// GICv2: (GICC address, GICV address, size) that cells see as their CPU interface.
@@ -243,29 +149,17 @@ pub fn gicv() -> Option<(u64, u64, u64)> {
 
 static GICV: Once<Option<(u64, u64, u64)>> = Once::new();
 
-/// Zeroes the trap counters of `cpu` (it changes cells).
-pub fn reset_counters(cpu: usize) {
-    if let Some(counters) = COUNTERS.get(cpu) {
-        counters.reset();
-    }
-}
-
-/// The trap counters of `cpu`.
-pub fn counters(cpu: usize) -> Option<&'static TrapCounters> {
-    COUNTERS.get(cpu)
-}
-
 /// Loads the EL2 registers that run the root cell's vCPU on this CPU.
 pub fn prepare_cpu() {
-    prepare_cpu_for(0);
+    prepare_cpu_for(CellId(0), PhysAddr::new(HV.cell(CellId(0)).tables()));
 }
 
-/// Loads the EL2 registers that run a vCPU of cell `cell` on this CPU.
-pub fn prepare_cpu_for(cell: u16) {
+/// Loads the EL2 registers that run a vCPU of cell `cell`, whose stage-2 tables start at
+/// `tables`, on this CPU. The cell's VMID is its slot number plus one.
+pub fn prepare_cpu_for(cell: CellId, tables: PhysAddr) {
     let Some(root) = ROOT.get() else { return };
-    let vttbr = super::cells::RUNTIME[usize::from(cell)]
-        .vttbr
-        .load(Ordering::Acquire);
+    // VTTBR_EL2 (Arm ARM D23): BADDR, VMID in [55:48].
+    let vttbr = tables.as_u64() | (u64::from(cell.0) + 1) << 48;
     // HCR_EL2 (Arm ARM D23): VM (stage 2), SWIO, FMO and IMO (interrupts to EL2, virtual
     // interrupts and ICV registers for EL1), TSC (SMC traps), RW (EL1 is AArch64).
     const VM: u64 = 1 << 0;
@@ -382,12 +276,12 @@ pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -
     if !executable || entry % 4 != 0 {
         return status::INVALID_ADDRESS;
     }
-    match POWER[cpu].power_on(entry, context) {
+    match HV.cpu(cpu).power.power_on(entry, context) {
         Ok(()) => {
             super::wait::kick(cpu);
             status::SUCCESS
         }
-        Err(error) => error.status(),
+        Err(error) => crate::psci::cpu_on_status(error),
     }
 }
 
@@ -418,7 +312,7 @@ pub fn smccc_policy(
     call: Call,
     frame: &super::exception::TrapFrame,
 ) -> Option<[u64; 4]> {
-    let root = super::cells::owner(cpu) == 0;
+    let root = HV.owner(cpu).0 == 0;
     let forward = |id: u32, args: [u64; 17]| {
         let result = smccc::smc64(id, args);
         Some([result[0], result[1], result[2], result[3]])
@@ -436,18 +330,11 @@ pub fn smccc_policy(
             forward(id, args)
         }
         Route::Counters => {
-            let now = super::cells::millis();
-            let last = LAST_COUNTERS.load(Ordering::Relaxed);
-            let due = last == 0 || now.saturating_sub(last) >= COUNTERS_INTERVAL_MS;
-            if !due
-                || LAST_COUNTERS
-                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
+            if !HV.counters_due(COUNTERS_INTERVAL_MS) {
                 return Some([status::DENIED as u64, 0, 0, 0]);
             }
-            let lines = 2 + COUNTERS.len();
-            super::console::note_with(cpu, 0, name(), lines * 160, print_counters);
+            let lines = 2 + ROOT.get().map_or(0, |root| root.mpidrs.len());
+            HV.note_with(cpu, CellId(0), lines * 160, print_counters);
             Some([0, 0, 0, 0])
         }
         Route::Return(value) => (value != status::NOT_SUPPORTED).then_some([value as u64, 0, 0, 0]),
@@ -456,12 +343,10 @@ pub fn smccc_policy(
 
 /// The shortest time between two counter dumps the root cell asks for, milliseconds.
 pub const COUNTERS_INTERVAL_MS: u64 = 1000;
-/// When the root cell last had the counters printed (milliseconds of the counter; 0: never).
-static LAST_COUNTERS: AtomicU64 = AtomicU64::new(0);
 
 /// Prints the trap counters of every CPU of the root cell.
 pub fn print_counters() {
-    let millis = super::cells::millis();
+    let millis = HV.millis();
     super::print(format_args!(
         "cellvisor: trap counters of cell \"{}\" at {}.{:03} s:\n",
         name(),
@@ -475,7 +360,8 @@ pub fn print_counters() {
     }
     super::print(format_args!("{header}\n"));
     let Some(root) = ROOT.get() else { return };
-    for (cpu, counters) in COUNTERS.iter().enumerate().take(root.mpidrs.len()) {
+    for cpu in 0..root.mpidrs.len() {
+        let counters = &HV.cpu(cpu).counters;
         if !owns_cpu(cpu) {
             continue;
         }

@@ -699,9 +699,12 @@ pub fn take_wakeups(cpu: usize) {
         if intid != EVENT_SGI && intid != gic.layout.timer {
             // Cannot happen: no other interrupt has a wake-up's priority. Recorded in the
             // console ring (lock free: this runs inside waits for the console lock).
-            super::console::record(format_args!(
-                "cellvisor: CPU {cpu}: interrupt {intid} got through a wait's priority mask\n"
-            ));
+            let _ = core::fmt::Write::write_fmt(
+                &mut super::arm::HV.ring(),
+                format_args!(
+                    "cellvisor: CPU {cpu}: interrupt {intid} got through a wait's priority mask\n"
+                ),
+            );
         }
         end(v3, gic.gicc, iar, true);
     }

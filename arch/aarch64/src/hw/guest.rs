@@ -5,17 +5,19 @@
 //! each trap (the [`TrapFrame`]) and restored by `eret`. Traps are dispatched by exception
 //! class, like Jailhouse's trap tables.
 
+use super::arm::HV;
 use super::exception::TrapFrame;
-use super::{cell, cells, cpu_index, gic, manage, park, print, report};
+use super::{cell, cells, cpu_index, gic, park, print, report};
 use crate::esr::Esr;
-use crate::psci::{self, status, Call, PowerState, Psci};
+use crate::psci::{self, status, Call, Psci};
 use crate::trap::{
-    class, external_abort, AbortKind, MmioTrap, NotInjectable, SysregId, SysregTrap, TrapReason,
+    class, external_abort, AbortKind, MmioTrap, NotInjectable, SysregId, SysregTrap,
 };
 use aarch64_cpu::registers::{
     Readable, Writeable, ELR_EL1, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HPFAR_EL2, ID_AA64MMFR1_EL1,
     SCTLR_EL1, SPSR_EL1, VBAR_EL1,
 };
+use cellvisor_core::{PowerState, TrapReason, Verdict};
 use cellvisor_gic::Outcome;
 
 core::arch::global_asm!(
@@ -94,11 +96,11 @@ pub(super) fn trap(kind: u64, frame: &mut TrapFrame) {
     if kind == 9 {
         // Interrupts are the hot path: kept apart from the large synchronous handler.
         match gic::handle_irq(cpu) {
-            gic::Handled::Injected => cell::count(cpu, TrapReason::Irq),
-            gic::Handled::Maintenance => cell::count(cpu, TrapReason::Maintenance),
-            gic::Handled::Spurious | gic::Handled::Timer => cell::count(cpu, TrapReason::Other),
+            gic::Handled::Injected => HV.count(cpu, TrapReason::Irq),
+            gic::Handled::Maintenance => HV.count(cpu, TrapReason::Maintenance),
+            gic::Handled::Spurious | gic::Handled::Timer => HV.count(cpu, TrapReason::Other),
             gic::Handled::Event => {
-                if cells::take_stop(cpu) {
+                if HV.take_stop(cpu) {
                     cells::park(cpu, frame);
                 }
             }
@@ -134,11 +136,11 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
         class::INSTRUCTION_ABORT_LOWER => {
             let far = FAR_EL2.get();
             let ipa = crate::trap::fault_ipa(HPFAR_EL2.get(), far);
-            cell::count(cpu, TrapReason::OutsideConfig);
-            if cells::owner(cpu) != 0 {
+            HV.count(cpu, TrapReason::OutsideConfig);
+            if HV.owner(cpu).0 != 0 {
                 print(format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: cell stopped (failed)\n",
-                    cells::name_of(cpu),
+                    HV.name_of(cpu),
                     frame.elr
                 ));
                 fail_cell(cpu, frame);
@@ -146,7 +148,7 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
             }
             note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): instruction fetch at {ipa:#x} (PC {:#x}) is outside its configuration: external abort injected\n",
-                cells::name_of(cpu),
+                HV.name_of(cpu),
                 frame.elr
             ));
             inject(cpu, frame, AbortKind::Instruction, far);
@@ -159,10 +161,10 @@ fn synchronous(cpu: usize, frame: &mut TrapFrame) {
         class::HVC64 => firmware_call(cpu, esr, frame),
         class::SYSREG => sysreg(cpu, esr, frame),
         _ => {
-            cell::count(cpu, TrapReason::Other);
+            HV.count(cpu, TrapReason::Other);
             note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled trap: {esr} at PC {:#x}: undefined instruction injected\n",
-                cells::name_of(cpu),
+                HV.name_of(cpu),
                 frame.elr
             ));
             inject_undefined(cpu, frame);
@@ -175,12 +177,12 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let hpfar = HPFAR_EL2.get();
     let ipa = crate::trap::fault_ipa(hpfar, far);
     let write = esr.is_write().unwrap_or(false);
-    if cells::owner(cpu) == 0 && manage::contains(ipa) {
-        cell::count(cpu, TrapReason::Management);
+    if HV.owner(cpu).0 == 0 && HV.mgmt_contains(ipa) {
+        HV.count(cpu, TrapReason::Management);
         match MmioTrap::decode(esr, hpfar, far) {
             Ok(trap) => {
                 let value = trap.store_value(&frame.x);
-                if let Some(value) = manage::access(cpu, ipa, &trap, value) {
+                if let Some(value) = HV.mgmt_access(cpu, ipa, trap.write, value) {
                     trap.complete_load(&mut frame.x, value);
                 }
                 frame.elr += esr.instruction_length();
@@ -188,7 +190,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
             Err(why) => {
                 note(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): access to the management page at {ipa:#x}: {why}: external abort injected\n",
-                    cells::name_of(cpu)
+                    HV.name_of(cpu)
                 ));
                 inject(cpu, frame, AbortKind::Data { write }, far);
             }
@@ -200,7 +202,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
             gic::Block::Distributor(_) => TrapReason::Distributor,
             gic::Block::Redistributors(_) => TrapReason::Redistributor,
         };
-        cell::count(cpu, reason);
+        HV.count(cpu, reason);
         match MmioTrap::decode(esr, hpfar, far) {
             Ok(trap) => {
                 let value = trap.store_value(&frame.x);
@@ -209,21 +211,21 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                     Ok(Outcome::Written) => {}
                     Err(violation) => {
                         // The root cell gets an abort; any other cell broke its partition.
-                        let outcome = if cells::owner(cpu) == 0 {
+                        let outcome = if HV.owner(cpu).0 == 0 {
                             "external abort injected"
                         } else {
                             "cell stopped (failed)"
                         };
                         tell(cpu, format_args!(
                             "cellvisor: cell \"{}\" (CPU {cpu}): {} of {} bytes at {ipa:#x} (GIC {:?} offset {:#x}) refused: {:?}: {outcome}\n",
-                            cells::name_of(cpu),
+                            HV.name_of(cpu),
                             if trap.write { "write" } else { "read" },
                             trap.width.bytes(),
                             violation.block,
                             violation.offset(),
                             violation.reason,
                         ));
-                        if cells::owner(cpu) == 0 {
+                        if HV.owner(cpu).0 == 0 {
                             inject(cpu, frame, AbortKind::Data { write }, far);
                         } else {
                             fail_cell(cpu, frame);
@@ -234,10 +236,10 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                 frame.elr += esr.instruction_length();
             }
             Err(why) => {
-                let root = cells::owner(cpu) == 0;
+                let root = HV.owner(cpu).0 == 0;
                 tell(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): access to the GIC at {ipa:#x} (PC {:#x}): {why}: {}\n",
-                    cells::name_of(cpu),
+                    HV.name_of(cpu),
                     frame.elr,
                     if root { "external abort injected" } else { "cell stopped (failed)" }
                 ));
@@ -250,15 +252,15 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         }
         return;
     }
-    cell::count(cpu, TrapReason::OutsideConfig);
+    HV.count(cpu, TrapReason::OutsideConfig);
     let size = MmioTrap::decode(esr, hpfar, far)
         .map(|t| t.width.bytes())
         .unwrap_or(0);
     let what = if write { "write" } else { "read" };
-    if cells::owner(cpu) != 0 {
+    if HV.owner(cpu).0 != 0 {
         print(format_args!(
             "cellvisor: cell \"{}\" (CPU {cpu}): {what} of {size} bytes at {ipa:#x} (PC {:#x}) is outside its configuration: cell stopped (failed)\n",
-            cells::name_of(cpu),
+            HV.name_of(cpu),
             frame.elr,
         ));
         fail_cell(cpu, frame);
@@ -266,7 +268,7 @@ fn data_abort(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     }
     note(cpu, format_args!(
         "cellvisor: cell \"{}\" (CPU {cpu}): {what} of {size} bytes at {ipa:#x} (VA {far:#x}, PC {:#x}) is outside its configuration: external abort injected\n",
-        cells::name_of(cpu),
+        HV.name_of(cpu),
         frame.elr,
     ));
     inject(cpu, frame, AbortKind::Data { write }, far);
@@ -310,12 +312,12 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let value = frame.x.get(usize::from(trap.gpr)).copied().unwrap_or(0);
     match trap.register {
         SysregId::ICC_SGI1R_EL1 if !trap.read => {
-            cell::count(cpu, TrapReason::SgiRegister);
+            HV.count(cpu, TrapReason::SgiRegister);
             if let Err(violation) = gic::send_sgi1r(cells::requester(cpu), value) {
-                let root = cells::owner(cpu) == 0;
+                let root = HV.owner(cpu).0 == 0;
                 tell(cpu, format_args!(
                     "cellvisor: cell \"{}\" (CPU {cpu}): ICC_SGI1R_EL1 write {value:#x} refused: {:?}{}\n",
-                    cells::name_of(cpu),
+                    HV.name_of(cpu),
                     violation.reason,
                     if root { "" } else { ": cell stopped (failed)" }
                 ));
@@ -328,14 +330,14 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         }
         // Group 0 and other-Security-state SGIs: a cell has neither; ignored.
         SysregId::ICC_SGI0R_EL1 | SysregId::ICC_ASGI1R_EL1 if !trap.read => {
-            cell::count(cpu, TrapReason::SgiRegister);
+            HV.count(cpu, TrapReason::SgiRegister);
             frame.elr += 4;
         }
         register => {
-            cell::count(cpu, TrapReason::OtherSysreg);
+            HV.count(cpu, TrapReason::OtherSysreg);
             note(cpu, format_args!(
                 "cellvisor: cell \"{}\" (CPU {cpu}): unhandled system register {} {register} at PC {:#x}: undefined instruction injected\n",
-                cells::name_of(cpu),
+                HV.name_of(cpu),
                 if trap.read { "read of" } else { "write to" },
                 frame.elr
             ));
@@ -349,7 +351,7 @@ fn sysreg(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
 /// hypervisor knows: NOT_SUPPORTED, whatever x0 holds.
 fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     if esr.iss() & 0xffff != 0 {
-        cell::count(cpu, TrapReason::Smccc);
+        HV.count(cpu, TrapReason::Smccc);
         frame.x[0] = status::NOT_SUPPORTED as u64;
         return;
     }
@@ -357,20 +359,24 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
     let call = Call::classify(id);
     let result: i64 = match call {
         Call::Psci(function) => {
-            cell::count(cpu, TrapReason::Psci);
+            HV.count(cpu, TrapReason::Psci);
             match function {
                 Psci::Version => psci::VERSION_1_1 as i64,
                 Psci::Features => psci::features(frame.x[1] as u32, cell::firmware_smccc()),
                 Psci::MigrateInfoType => psci::MIGRATE_NOT_REQUIRED as i64,
-                Psci::CpuOn => {
-                    cell::cpu_on(cells::owner(cpu), frame.x[1], frame.x[2], frame.x[3], id)
-                }
+                Psci::CpuOn => cell::cpu_on(
+                    HV.owner(cpu).0 as u16,
+                    frame.x[1],
+                    frame.x[2],
+                    frame.x[3],
+                    id,
+                ),
                 Psci::AffinityInfo => {
-                    match (cell::cpu_of(cells::owner(cpu), frame.x[1]), frame.x[2]) {
-                        (Some(target), 0) => match cell::power(target).state() {
+                    match (cell::cpu_of(HV.owner(cpu).0 as u16, frame.x[1]), frame.x[2]) {
+                        (Some(target), 0) => match HV.cpu(target).power.state() {
                             // Off once the CPU waits in the park loop, not before: a CPU the
                             // root cell saw off can be given to a cell at once.
-                            PowerState::Off if cells::is_parked(target) => 1,
+                            PowerState::Off if HV.is_parked(target) => 1,
                             PowerState::On | PowerState::Off => 0,
                             PowerState::OnPending => 2,
                         },
@@ -378,13 +384,13 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                     }
                 }
                 Psci::CpuOff => cpu_off(cpu, frame),
-                Psci::SystemOff | Psci::SystemReset if cells::owner(cpu) != 0 => {
+                Psci::SystemOff | Psci::SystemReset if HV.owner(cpu).0 != 0 => {
                     // A cell's power-off or reset ends the cell, not the machine.
                     print(format_args!(
                         "cellvisor: cell \"{}\" (CPU {cpu}) powered itself off: cell shut down\n",
-                        cells::name_of(cpu)
+                        HV.name_of(cpu)
                     ));
-                    manage::stop_cell_from_inside(cpu, cellvisor_abi::CellState::ShutDown);
+                    HV.stop_cell_from_inside(cpu, cellvisor_abi::CellState::ShutDown);
                     cells::park(cpu, frame);
                     return;
                 }
@@ -395,7 +401,7 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
             }
         }
         _ => {
-            cell::count(cpu, TrapReason::Smccc);
+            HV.count(cpu, TrapReason::Smccc);
             match cell::smccc_policy(cpu, call, frame) {
                 Some(result) => {
                     frame.x[..4].copy_from_slice(&result);
@@ -411,7 +417,7 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
 /// CPU_OFF: the vCPU stops; the physical CPU waits in the park loop for its cell to give it
 /// a vCPU again (the root cell's CPU_ON, or another cell's start) and enters it from there.
 fn cpu_off(cpu: usize, frame: &mut TrapFrame) -> i64 {
-    cell::power(cpu).power_off();
+    HV.cpu(cpu).power.power_off();
     log::debug!("CPU {cpu}: vCPU off");
     cells::park(cpu, frame);
     // x0 of the frame is the new vCPU's first argument; keep it.
@@ -419,16 +425,15 @@ fn cpu_off(cpu: usize, frame: &mut TrapFrame) -> i64 {
 }
 
 /// Prints a note about the cell on `cpu`, which goes on, within the cell's output budget
-/// ([`crate::budget`]).
+/// ([`cellvisor_core::budget`]).
 fn note(cpu: usize, args: core::fmt::Arguments<'_>) {
-    let cell = cells::owner(cpu);
-    super::console::note(cpu, cell, &cells::name_of(cpu), args);
+    HV.note(cpu, HV.owner(cpu), args);
 }
 
 /// A report about the cell on `cpu`: a note ([`note`]) for the root cell, which goes on
 /// (it gets an abort), printed in full for another cell, which is stopped.
 fn tell(cpu: usize, args: core::fmt::Arguments<'_>) {
-    if cells::owner(cpu) == 0 {
+    if HV.owner(cpu).0 == 0 {
         note(cpu, args);
     } else {
         print(args);
@@ -438,6 +443,8 @@ fn tell(cpu: usize, args: core::fmt::Arguments<'_>) {
 /// The cell on `cpu` broke its partition: its state becomes failed, its other CPUs stop,
 /// this one parks. The root cell and other cells go on.
 fn fail_cell(cpu: usize, frame: &mut TrapFrame) {
-    manage::stop_cell_from_inside(cpu, cellvisor_abi::CellState::Failed);
-    cells::park(cpu, frame);
+    // The core's policy: another cell than the root cell is stopped.
+    if HV.violation(cpu) == Verdict::StopCell {
+        cells::park(cpu, frame);
+    }
 }

@@ -1,12 +1,12 @@
 //! The hypervisor's own EL2 stage-1 map: built once by the primary CPU into a frame pool
 //! inside the image, then switched on by every CPU.
 
-use crate::frames::FramePool;
 use crate::memmap::{self, ImageLayout};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
     ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2,
 };
+use cellvisor_paging::FramePool;
 use cellvisor_paging::{
     Error, LinearMemory, PaSize, PageTable, PhysAddr, Stage1El2, TableMemory,
     MAIR_EL2 as MAIR_VALUE,

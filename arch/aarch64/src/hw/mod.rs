@@ -1,6 +1,7 @@
 //! The parts that run on the CPU: entry, exception vectors, MMU, PSCI, timers. Only built
 //! for AArch64 targets; everything above this module is plain logic tested on the host.
 
+mod arm;
 mod boot;
 mod cache;
 mod cell;
@@ -10,7 +11,6 @@ mod entry;
 mod exception;
 mod gic;
 mod guest;
-mod manage;
 mod mmu;
 mod pmu;
 mod scrub;

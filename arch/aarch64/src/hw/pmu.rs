@@ -16,8 +16,6 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{Readable, Writeable, ID_AA64DFR0_EL1, MDCR_EL2};
 
-use super::cell;
-
 /// INST_RETIRED: instruction architecturally executed.
 const INST_RETIRED: u64 = 0x08;
 /// PMEVTYPER<n>_EL0 filter: P (no EL1), U (no EL0), NSH (count EL2). NSK, NSU and M stay 0,
@@ -168,9 +166,10 @@ pub fn start(cpu: usize) {
     if counter == NONE {
         return;
     }
-    if let Some(counters) = cell::counters(cpu) {
-        counters.start(read_counter(counter));
-    }
+    super::arm::HV
+        .cpu(cpu)
+        .counters
+        .start(read_counter(counter));
 }
 
 /// The trap of `cpu` is handled: charges its instructions to the reason counted.
@@ -180,9 +179,7 @@ pub fn measure(cpu: usize) {
     if counter == NONE {
         return;
     }
-    let Some(counters) = cell::counters(cpu) else {
-        return;
-    };
+    let counters = &super::arm::HV.cpu(cpu).counters;
     let now = read_counter(counter);
     if !counters.measure(now, COUNTER_BITS) && enabled_counters() & 1 << counter == 0 {
         // Nothing counted since the last trap: the cell disabled the counter (through

@@ -20,7 +20,8 @@
 //! CPU while the secondaries come up without a system configuration (no GIC to use), and a
 //! secondary waiting for the console lock with its first log line.
 
-use super::{cells, cpu_index, gic};
+use super::arm::HV;
+use super::{cpu_index, gic};
 use aarch64_cpu::registers::{Readable, Writeable, CNTHP_CTL_EL2, CNTPCT_EL0};
 
 /// Wakes `cpu` from a wait (or makes its next wait check its condition at once).
@@ -56,7 +57,7 @@ pub fn until(deadline: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
         gic::take_wakeups(cpu);
     };
     gic::unmask_after_wait(cpu, mask);
-    if !cells::is_parked(cpu) && cells::stop_requested(cpu) {
+    if !HV.is_parked(cpu) && HV.stop_requested(cpu) {
         gic::send_event(cpu);
     }
     result
@@ -82,7 +83,7 @@ pub fn sleep_until_ready(ready: &dyn Fn() -> bool) {
 
 /// The counter value `millis` milliseconds from now.
 pub fn deadline_in(millis: u64) -> u64 {
-    cells::ticks() + cells::frequency() * millis / 1000
+    HV.deadline_in(millis)
 }
 
 /// Arms the EL2 physical timer (CNTHP) to fire at counter value `deadline` (Arm ARM, "The

@@ -46,7 +46,9 @@ pub enum Decision {
 /// One cell's output budget; see the [module documentation](self).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct OutputBudget {
-    tokens: u32,
+    /// Lines taken from the bucket (`BURST - spent` are left): all zero is a full budget,
+    /// so that budgets can live in `.bss`.
+    spent: u32,
     /// Time of the last refill, milliseconds.
     refilled: u64,
     suppressed: u32,
@@ -60,7 +62,7 @@ impl OutputBudget {
     /// A full budget.
     pub const fn new() -> Self {
         Self {
-            tokens: BURST,
+            spent: 0,
             refilled: 0,
             suppressed: 0,
             window: 0,
@@ -73,14 +75,14 @@ impl OutputBudget {
     pub fn admit(&mut self, now_ms: u64, ring_head: u64, len: usize) -> Decision {
         let refill = now_ms.saturating_sub(self.refilled) / REFILL_MS;
         if refill > 0 {
-            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(BURST)) as u32;
+            self.spent = u64::from(self.spent).saturating_sub(refill) as u32;
             self.refilled += refill * REFILL_MS;
         }
-        if self.tokens == 0 {
+        if self.spent >= BURST {
             self.suppressed = self.suppressed.saturating_add(1);
             return Decision::Suppress;
         }
-        self.tokens -= 1;
+        self.spent += 1;
         if ring_head.saturating_sub(self.window) >= RING_WINDOW {
             self.window = ring_head;
             self.used = 0;

@@ -1,11 +1,15 @@
-//! A fixed pool of 4 KiB frames for the hypervisor's own translation tables.
+//! A fixed pool of 4 KiB frames for translation tables: the [`FrameAllocator`] a hypervisor
+//! uses before (or instead of) any heap.
 //!
-//! The hypervisor needs a handful of frames before any allocator exists (its own EL2 map);
-//! they come from a statically reserved, page-aligned array in the image. The pool only
-//! tracks which frames are in use; the memory itself is reached through
-//! [`cellvisor_paging::LinearMemory`].
+//! A hypervisor needs table frames before any allocator exists (its own map, the first
+//! cell's tables); they come from a statically reserved, page-aligned range. The pool only
+//! tracks which frames are in use; the memory itself is reached through a [`PhysMemory`]
+//! such as [`LinearMemory`].
+//!
+//! [`PhysMemory`]: crate::PhysMemory
+//! [`LinearMemory`]: crate::LinearMemory
 
-use cellvisor_paging::{FrameAllocator, PhysAddr, PAGE_SIZE};
+use crate::{FrameAllocator, PhysAddr, PAGE_SIZE};
 
 /// `N` consecutive frames starting at `base`, allocated first-fit with natural alignment.
 #[derive(Debug)]

@@ -1,0 +1,193 @@
+//! Cells at run time: which cell each CPU runs, stop requests, the park loop where a CPU
+//! without a vCPU sleeps, starting a cell's CPUs, and what happens when a cell breaks the
+//! rules.
+
+use crate::arch::Arch;
+use crate::{Hypervisor, MAX_CELLS, MAX_CPUS};
+use cellvisor_abi::CellState;
+use cellvisor_cell::CellId;
+use cellvisor_paging::PhysAddr;
+use core::sync::atomic::Ordering;
+
+/// What a parked CPU enters: its cell, the entry point and the first argument register
+/// (x0 on Arm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The cell the vCPU belongs to.
+    pub cell: CellId,
+    /// Where it starts.
+    pub pc: u64,
+    /// Its first argument register.
+    pub arg: u64,
+}
+
+/// What to do with a cell that accessed something outside its configuration or otherwise
+/// broke the rules ([`Hypervisor::violation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The root cell: it gets an abort (or the architecture's equivalent) and goes on; its
+    /// kernel reports the fault.
+    InjectAbort,
+    /// Another cell: it is stopped (failed) and its CPUs park; the root cell may destroy it.
+    StopCell,
+}
+
+impl<A: Arch> Hypervisor<A> {
+    /// The cell `cpu` belongs to.
+    #[inline]
+    pub fn owner(&self, cpu: usize) -> CellId {
+        CellId(u32::from(self.cpu(cpu).owner.load(Ordering::Acquire)))
+    }
+
+    /// The name of `cpu`'s cell, for reports.
+    pub fn name_of(&self, cpu: usize) -> heapless::String<32> {
+        self.cell(self.owner(cpu)).name()
+    }
+
+    /// Whether `cpu` belongs to the root cell and is one of its CPUs.
+    pub fn root_owns(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.owner(cpu).0 == 0 && self.cells[0].cpus() & 1 << cpu != 0
+    }
+
+    /// Whether `cpu` waits in the park loop.
+    pub fn is_parked(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.cpu(cpu).parked.load(Ordering::Acquire)
+    }
+
+    /// Takes the stop request of `cpu`, if any.
+    #[inline]
+    pub fn take_stop(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.cpu(cpu).stop.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a stop request for `cpu` waits to be taken.
+    #[inline]
+    pub fn stop_requested(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.cpu(cpu).stop.load(Ordering::Acquire)
+    }
+
+    /// Asks `cpu` to stop running its vCPU and waits, asleep, until it is parked (it wakes
+    /// this CPU then) or about 100 ms passed. Returns whether it is parked.
+    pub fn stop_cpu(&self, cpu: usize) -> bool {
+        if cpu >= MAX_CPUS {
+            return false;
+        }
+        if self.is_parked(cpu) {
+            return true;
+        }
+        let me = 1u64 << self.arch.cpu_index().min(63);
+        self.park_watchers.fetch_or(me, Ordering::SeqCst);
+        self.cpu(cpu).stop.store(true, Ordering::SeqCst);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.arch.kick(cpu);
+        // `park` marks the CPU parked, then looks at the watchers (both SeqCst): it wakes
+        // this CPU, or this CPU sees it parked before sleeping.
+        let deadline = self.deadline_in(100);
+        let parked = self
+            .arch
+            .wait_until(Some(deadline), &mut || self.is_parked(cpu));
+        self.park_watchers.fetch_and(!me, Ordering::SeqCst);
+        parked
+    }
+
+    /// Marks `cpu` to enter its cell at the next chance and wakes it.
+    pub fn start_cpu(&self, cpu: usize) {
+        if cpu < MAX_CPUS {
+            self.cpu(cpu).start.store(true, Ordering::Release);
+            self.arch.kick(cpu);
+        }
+    }
+
+    /// The park loop of `cpu` (the running CPU): it runs no vCPU and sleeps until its cell
+    /// gives it one: the root cell through a CPU_ON, another cell through its start (both
+    /// kick it). The vCPU it ran is gone ([`crate::arch::Vcpus::retire`]); the new one
+    /// finds the CPU reset ([`crate::arch::Vcpus::activate`]). Returns what to enter;
+    /// `None` only if the architecture's wait gave up (a host fake whose test ends).
+    pub fn park(&self, cpu: usize) -> Option<Entry> {
+        let state = self.cpus.get(cpu)?;
+        self.arch.retire(cpu);
+        state.parked.store(true, Ordering::SeqCst);
+        let mut watchers = self.park_watchers.load(Ordering::SeqCst);
+        while watchers != 0 {
+            self.arch.kick(watchers.trailing_zeros() as usize);
+            watchers &= watchers - 1;
+        }
+        let mut entry = None;
+        self.arch.wait_until(None, &mut || {
+            entry = self.take_entry(cpu);
+            entry.is_some()
+        });
+        let entry = entry?;
+        state.stop.store(false, Ordering::Release);
+        let tables = self.cell(entry.cell).tables();
+        self.arch.activate(cpu, entry.cell, PhysAddr::new(tables));
+        state.parked.store(false, Ordering::Release);
+        Some(entry)
+    }
+
+    /// What a parked `cpu` is to enter, if anything.
+    fn take_entry(&self, cpu: usize) -> Option<Entry> {
+        let cell = self.owner(cpu);
+        let state = self.cpu(cpu);
+        if cell.0 == 0 {
+            let (pc, arg) = state.power.take_start()?;
+            return Some(Entry { cell, pc, arg });
+        }
+        if !state.start.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let runtime = self.cell(cell);
+        (runtime.state() == CellState::Running as u32).then(|| Entry {
+            cell,
+            pc: runtime.reset.load(Ordering::Acquire),
+            arg: 0,
+        })
+    }
+
+    /// Gives `cpu` to `cell` (the CPU is parked).
+    pub(crate) fn set_owner(&self, cpu: usize, cell: CellId) {
+        if cpu < MAX_CPUS && (cell.0 as usize) < MAX_CELLS {
+            self.cpu(cpu).owner.store(cell.0 as u16, Ordering::Release);
+            for (id, runtime) in self.cells.iter().enumerate() {
+                if id == cell.0 as usize {
+                    runtime.cpus.fetch_or(1 << cpu, Ordering::AcqRel);
+                } else {
+                    runtime.cpus.fetch_and(!(1 << cpu), Ordering::AcqRel);
+                }
+            }
+            self.cpu(cpu).counters.reset();
+        }
+    }
+
+    /// Whether hypervisor CPU `cpu` is one of cell `cell`'s CPUs.
+    pub fn cell_has_cpu(&self, cell: CellId, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.cell(cell).cpus() & 1 << cpu != 0
+    }
+
+    /// The policy for a cell on `cpu` that broke the rules: the root cell gets an abort,
+    /// another cell is stopped ([`stop_cell_from_inside`](Self::stop_cell_from_inside) with
+    /// [`CellState::Failed`]); the caller parks the CPU next.
+    pub fn violation(&self, cpu: usize) -> Verdict {
+        if self.owner(cpu).0 == 0 {
+            Verdict::InjectAbort
+        } else {
+            self.stop_cell_from_inside(cpu, CellState::Failed);
+            Verdict::StopCell
+        }
+    }
+
+    /// On a CPU of a non-root cell: the cell stops itself (failure or its own power-off). Its
+    /// other CPUs are told to stop; this CPU parks next.
+    pub fn stop_cell_from_inside(&self, cpu: usize, state: CellState) {
+        let cell = self.owner(cpu);
+        if cell.0 == 0 {
+            return;
+        }
+        let runtime = self.cell(cell);
+        runtime.state.store(state as u32, Ordering::Release);
+        let cpus = runtime.cpus();
+        for other in (0..MAX_CPUS).filter(|&c| c != cpu && cpus & 1 << c != 0) {
+            self.stop_cpu(other);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The management interface end to end on the fake architecture: create, load, start,
+//! shutdown (approved, refused, timed out), destroy; a failure at every step, rolled back; a
+//! cell stopped for a violation; a CPU that does not answer a stop.
+
+mod common;
+
+use cellvisor_abi::comm::{self, offset};
+use cellvisor_abi::{CellState, Command, Error};
+use cellvisor_cell::CellId;
+use cellvisor_core::fake::Event;
+use cellvisor_core::{PowerState, Verdict};
+use common::*;
+
+const FRAMES_PLENTY: usize = 256;
+
+#[test]
+fn a_cell_lives_and_dies_and_the_machine_is_as_before() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let arch = m.hv.arch();
+        arch.take_events();
+
+        let id = m.create(DEMO).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(m.hv.owner(3), CellId(1), "CPU 3 went to the cell");
+        assert_eq!(m.hv.cell(CellId(1)).cpus(), 1 << 3);
+        assert_eq!(m.hv.cell(CellId(0)).cpus(), 0b0111);
+        assert!(arch.take_events().contains(&Event::MoveIrqs {
+            from: 0,
+            to: 1,
+            irqs: vec![40]
+        }));
+        assert!(m.hv.cell(CellId(1)).tables() != 0);
+        assert!(arch.root_flushes() > 0, "the live root cell lost memory");
+        let created = m.snapshot();
+        assert!(created.memory_free < before.memory_free);
+        assert_eq!(created.root_memory, before.root_memory - 0xff_f000);
+
+        // Load: the image lands in the cell's RAM (physical 0x7f00_0000 + offset).
+        let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(m.load(id, 0x100, &image), Ok(0));
+        let mut back = vec![0u8; image.len()];
+        arch.phys().read(0x7f00_0100, &mut back);
+        assert_eq!(back, image);
+        assert_eq!(m.list()[1].state.get(), CellState::Loaded as u32);
+
+        // Start: CPU 3 enters the cell at its reset address with its tables.
+        assert_eq!(m.command(Command::CellStart, [1, 0, 0, 0]), Ok(0));
+        assert!(m.wait_running(3));
+        let tables = m.hv.cell(CellId(1)).tables();
+        assert!(arch.take_events().contains(&Event::Activate {
+            cpu: 3,
+            cell: 1,
+            tables
+        }));
+        assert_eq!(
+            m.hv.comm_read(CellId(1), offset::CELL_STATE),
+            Some(CellState::Running as u32)
+        );
+        let signature = [
+            m.hv.comm_read(CellId(1), 0).unwrap().to_le_bytes(),
+            m.hv.comm_read(CellId(1), 4).unwrap().to_le_bytes(),
+        ];
+        assert_eq!(signature.concat(), comm::SIGNATURE);
+        assert!(
+            arch.output().is_empty(),
+            "nothing printed: {}",
+            arch.output()
+        );
+
+        // Shutdown: the request goes to the cell, which approves.
+        assert_eq!(m.command(Command::CellShutdown, [1, 1000, 0, 0]), Ok(1));
+        assert_eq!(
+            m.hv.comm_read(CellId(1), offset::MSG_TO_CELL),
+            Some(comm::MSG_SHUTDOWN_REQUEST)
+        );
+        assert_eq!(
+            m.command(Command::CellShutdown, [1, 1000, 0, 0]),
+            Ok(1),
+            "no answer yet"
+        );
+        m.hv.comm_write(CellId(1), offset::REPLY_FROM_CELL, comm::REPLY_APPROVED);
+        assert_eq!(m.command(Command::CellShutdown, [1, 1000, 0, 0]), Ok(0));
+        assert!(m.hv.is_parked(3));
+        assert_eq!(m.list()[1].state.get(), CellState::ShutDown as u32);
+
+        // Destroy: everything back, the cell's RAM zeroed, its tag flushed.
+        arch.phys().write(0x7f00_0000, b"secret");
+        assert_eq!(m.command(Command::CellDestroy, [1, 0, 0, 0]), Ok(0));
+        assert!(arch.phys().is_zero(0x7f00_0000, 0xff_f000));
+        assert!(arch.take_events().contains(&Event::FlushCell(1)));
+        assert_eq!(m.snapshot(), before);
+        assert_eq!(m.hv.cell(CellId(1)).tables(), 0);
+
+        // The ring tells the story.
+        let ring = ring_text(m);
+        for line in [
+            "cell \"demo\" created (id 1, CPUs 0x8)",
+            "cell \"demo\" started",
+            "cell \"demo\" shut down",
+            "cell \"demo\" destroyed",
+        ] {
+            assert!(ring.contains(line), "{line:?} not in {ring:?}");
+        }
+    });
+}
+
+fn ring_text(m: &Machine<'_>) -> String {
+    let copied = m.command(Command::ConsoleRead, [0; 4]).unwrap() as usize;
+    let mut bytes = vec![0u8; copied];
+    m.hv.arch().phys().read(DATA, &mut bytes);
+    String::from_utf8(bytes).unwrap()
+}
+
+fn started(m: &Machine<'_>, toml: &str) -> i64 {
+    let id = m.create(toml).unwrap();
+    m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+    assert_eq!(m.command(Command::CellStart, [id as u64, 0, 0, 0]), Ok(0));
+    id
+}
+
+#[test]
+fn shutdown_refused_by_the_cell_or_its_lock_and_timed_out() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = started(m, DEMO);
+        let cell = CellId(id as u32);
+        assert!(m.wait_running(3));
+        // Refused by a vote.
+        assert_eq!(
+            m.command(Command::CellShutdown, [id as u64, 1000, 0, 0]),
+            Ok(1)
+        );
+        m.hv.comm_write(cell, offset::REPLY_FROM_CELL, comm::REPLY_DENIED);
+        let (error, message) = m
+            .command(Command::CellShutdown, [id as u64, 1000, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::ShutdownRefused);
+        assert_eq!(
+            message,
+            "cell \"demo\": the cell denied the shutdown request"
+        );
+        assert_eq!(
+            m.hv.comm_read(cell, offset::MSG_TO_CELL),
+            Some(comm::MSG_NONE)
+        );
+        assert!(
+            !m.hv.is_parked(3),
+            "a refused shutdown leaves the cell running"
+        );
+        // Refused by the lock.
+        m.hv.comm_write(cell, offset::LOCK, 1);
+        let (error, message) = m
+            .command(Command::CellShutdown, [id as u64, 1000, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::ShutdownRefused);
+        assert!(message.contains("holds its lock"), "{message}");
+        m.hv.comm_write(cell, offset::LOCK, 0);
+        // Too long a timeout.
+        let (error, message) = m
+            .command(Command::CellShutdown, [id as u64, u64::MAX, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::InvalidArgument);
+        assert!(message.contains("longer than the longest"), "{message}");
+        // Timed out: no answer within 20 ms, then stopped.
+        assert_eq!(
+            m.command(Command::CellShutdown, [id as u64, 20, 0, 0]),
+            Ok(1)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(
+            m.command(Command::CellShutdown, [id as u64, 20, 0, 0]),
+            Ok(0)
+        );
+        assert!(m.hv.is_parked(3));
+        assert_eq!(m.list()[1].state.get(), CellState::ShutDown as u32);
+        // Shut down twice: nothing to do.
+        assert_eq!(
+            m.command(Command::CellShutdown, [id as u64, 20, 0, 0]),
+            Ok(0)
+        );
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}
+
+#[test]
+fn a_cell_that_breaks_the_rules_is_stopped_and_the_root_cell_gets_an_abort() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let id = started(m, DEMO);
+        assert!(m.wait_running(3));
+        m.hv.arch().set_violation(3);
+        assert!(m.wait_parked(3));
+        assert_eq!(m.hv.cell(CellId(1)).state(), CellState::Failed as u32);
+        assert_eq!(m.list()[1].state.get(), CellState::Failed as u32);
+        // Failed cells do not start again without a reload.
+        let (error, _) = m
+            .command(Command::CellStart, [id as u64, 0, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::WrongState);
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        assert_eq!(m.snapshot(), before);
+        // The root cell is not stopped: it gets an abort.
+        assert_eq!(m.hv.violation(0), Verdict::InjectAbort);
+        assert_eq!(m.hv.cell(CellId(0)).state(), CellState::Running as u32);
+    });
+}
+
+#[test]
+fn a_cpu_that_does_not_stop_keeps_its_cell_until_it_does() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let id = started(m, DEMO);
+        assert!(m.wait_running(3));
+        m.hv.arch().set_deaf(3, true);
+        let (error, message) = m
+            .command(Command::CellDestroy, [id as u64, 0, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::Denied);
+        assert_eq!(message, "cell \"demo\": CPU 3 does not stop");
+        assert_eq!(m.list().len(), 2, "the cell is still there");
+        assert_eq!(m.hv.owner(3), CellId(1));
+        m.hv.arch().set_deaf(3, false);
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        assert_eq!(m.snapshot(), before);
+    });
+}
+
+#[test]
+fn bad_commands_change_nothing() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let fails = |result: Result<i64, (Error, String)>, expected: Error, text: &str| {
+            let (error, message) = result.unwrap_err();
+            assert_eq!(error, expected, "{message}");
+            assert!(message.contains(text), "{message:?} lacks {text:?}");
+        };
+        let unknown = {
+            m.hv.mgmt_access(0, CONTROL + cellvisor_abi::mgmt::COMMAND as u64, true, 99);
+            m.hv.mgmt_access(0, CONTROL + cellvisor_abi::mgmt::STATUS as u64, false, 0)
+                .unwrap() as i64
+        };
+        assert_eq!(unknown, Error::UnknownCommand.status());
+        // Configurations: empty, too long, garbage, a CPU the root cell runs.
+        fails(
+            m.command(Command::CellCreate, [0, 0, 0, 0]),
+            Error::InvalidArgument,
+            "0 bytes",
+        );
+        fails(
+            m.command(Command::CellCreate, [DATA_SIZE + 1, 0, 0, 0]),
+            Error::InvalidArgument,
+            "at most",
+        );
+        m.put(0, &[0xff; 512]);
+        fails(
+            m.command(Command::CellCreate, [512, 0, 0, 0]),
+            Error::BadConfig,
+            "cell configuration",
+        );
+        fails(
+            m.create(&DEMO.replace("cpus = [3]", "cpus = [0]")),
+            Error::CpuBusy,
+            "CPU 0",
+        );
+        // Commands on cells that do not exist or the root cell.
+        fails(
+            m.command(Command::CellStart, [7, 0, 0, 0]),
+            Error::NoSuchCell,
+            "no cell with id 7",
+        );
+        fails(
+            m.command(Command::CellLoad, [u64::MAX, 0, 0, 0]),
+            Error::NoSuchCell,
+            "no cell",
+        );
+        fails(
+            m.command(Command::CellStart, [0, 0, 0, 0]),
+            Error::Denied,
+            "runs already",
+        );
+        fails(
+            m.command(Command::CellDestroy, [0, 0, 0, 0]),
+            Error::Denied,
+            "cannot be destroyed",
+        );
+        fails(
+            m.command(Command::CellShutdown, [0, 0, 0, 0]),
+            Error::Denied,
+            "with the machine",
+        );
+        fails(
+            m.command(Command::ConsoleRead, [u64::MAX, 0, 0, 0]),
+            Error::InvalidArgument,
+            "beyond the end",
+        );
+        assert_eq!(m.snapshot(), before);
+        // A created cell: start before load, loads outside its memory or the window.
+        let id = m.create(DEMO).unwrap() as u64;
+        let created = m.snapshot();
+        fails(
+            m.command(Command::CellStart, [id, 0, 0, 0]),
+            Error::WrongState,
+            "start needs a loaded cell",
+        );
+        fails(
+            m.load(id as i64, 0x100_0000, &[1; 16]),
+            Error::InvalidArgument,
+            "not in a loadable memory region",
+        );
+        fails(
+            m.load(id as i64, 0xff_eff8, &[1; 16]),
+            Error::ImageTooLarge,
+            "",
+        );
+        fails(
+            m.command(Command::CellLoad, [id, 0, 16, DATA_SIZE - 8]),
+            Error::InvalidArgument,
+            "exceed",
+        );
+        fails(
+            m.command(Command::CellLoad, [id, 0, u64::MAX, 1]),
+            Error::InvalidArgument,
+            "exceed",
+        );
+        fails(m.create(DEMO), Error::CellExists, "demo");
+        assert_eq!(m.snapshot(), created);
+        assert_eq!(m.list()[1].state.get(), CellState::Created as u32);
+        assert_eq!(m.command(Command::CellDestroy, [id, 0, 0, 0]), Ok(0));
+        assert_eq!(m.snapshot(), before);
+        // The root cell's CPU 2 online: the ticker cannot have it.
+        m.hv.cpu(2).power.power_on(0x4000_0000, 0).unwrap();
+        assert!(m.wait_running(2));
+        assert_eq!(m.hv.cpu(2).power.state(), PowerState::On);
+        fails(m.create(TICKER), Error::CpuBusy, "CPU 2");
+        assert_eq!(m.snapshot(), before);
+    });
+}
+
+#[test]
+fn a_failure_at_every_step_of_create_is_rolled_back() {
+    // Table frames: each limit from the root cell's own up to what the cell needs makes a
+    // different step of create fail (tables, a region, the communication page).
+    let (root_frames, enough) = with_machine(FRAMES_PLENTY, |m| {
+        let free = m.snapshot().memory_free / 4096;
+        m.create(DEMO).unwrap();
+        let used = free - m.snapshot().memory_free / 4096;
+        (FRAMES_PLENTY - free as usize, used as usize)
+    });
+    let mut failures = 0;
+    for extra in 0..=enough {
+        with_machine(root_frames + extra, |m| {
+            let before = m.snapshot();
+            match m.create(DEMO) {
+                Ok(id) => {
+                    assert_eq!(extra, enough, "created with {extra} of {enough} frames");
+                    assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+                }
+                Err((error, message)) => {
+                    failures += 1;
+                    assert_eq!(error, Error::OutOfMemory, "{message}");
+                    assert!(message.contains("demo"), "{message}");
+                }
+            }
+            assert_eq!(m.snapshot(), before, "with {extra} spare frames");
+            assert!(m.hv.is_parked(3));
+        });
+    }
+    assert_eq!(failures, enough, "every limit below the need fails");
+    // The interrupt controller refuses the line: rolled back too.
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        m.hv.arch().fail_irq_moves(40);
+        let (error, message) = m.create(DEMO).unwrap_err();
+        assert!(
+            message.contains("interrupt controller"),
+            "{error:?}: {message}"
+        );
+        assert_eq!(m.snapshot(), before);
+        m.hv.arch().fail_irq_moves(u32::MAX);
+        assert_eq!(m.create(DEMO), Ok(1));
+    });
+}
+
+#[test]
+fn two_cells_at_once_and_their_statistics() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let demo = started(m, DEMO);
+        let ticker = started(m, TICKER);
+        assert_eq!((demo, ticker), (1, 2));
+        assert!(m.wait_running(2) && m.wait_running(3));
+        let names: Vec<String> = m.list().iter().map(|r| r.name().to_string()).collect();
+        assert_eq!(names, ["linux", "demo", "ticker"]);
+        m.hv.count(3, cellvisor_core::TrapReason::Psci);
+        let count = m
+            .command(Command::CellStats, [demo as u64, 0, 0, 0])
+            .unwrap();
+        assert_eq!(count, 1, "one CPU");
+        for id in [demo, ticker] {
+            // No communication-region answer: the timeout stops them.
+            assert_eq!(
+                m.command(Command::CellShutdown, [id as u64, 0, 0, 0]),
+                Ok(1)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        for id in [demo, ticker] {
+            assert_eq!(
+                m.command(Command::CellShutdown, [id as u64, 0, 0, 0]),
+                Ok(0)
+            );
+            assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        }
+        assert_eq!(m.snapshot(), before);
+    });
+}

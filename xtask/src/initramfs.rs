@@ -20,7 +20,7 @@ use anyhow::{bail, Context as _, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::scripts::{self, Script};
+use crate::scripts::{self, Script, APPLETS};
 use crate::tool::RootCellFiles;
 
 /// What every line `/init` prints starts with.
@@ -174,15 +174,6 @@ pub fn parse_actions_word(word: &str) -> Option<Result<Vec<Action>>> {
             .collect(),
     )
 }
-
-/// The busybox applets linked into `/bin`: what `/init` and a person at the shell need.
-pub const APPLETS: &[&str] = &[
-    "[", "ash", "cat", "chmod", "cmp", "cp", "cttyhack", "date", "dd", "devmem", "df", "diff",
-    "dmesg", "echo", "env", "false", "find", "free", "grep", "halt", "head", "hexdump", "kill",
-    "less", "ln", "ls", "mkdir", "mknod", "more", "mount", "mv", "nproc", "poweroff", "printf",
-    "ps", "reboot", "rm", "sed", "seq", "setsid", "sh", "sleep", "stty", "sync", "tail", "taskset",
-    "test", "top", "true", "umount", "uname", "uptime", "vi", "wc", "xargs",
-];
 
 /// Empty directories at the root: mount points and scratch space.
 const DIRECTORIES: [&str; 4] = ["dev", "proc", "sys", "tmp"];
@@ -554,7 +545,7 @@ pub fn check_applets(busybox: &[u8]) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "the busybox binary has no applet {}: drop them from APPLETS in xtask/src/initramfs.rs",
+            "the busybox binary has no applet {}: drop them from APPLETS in xtask/src/scripts.rs",
             missing.join(", ")
         );
     }

@@ -41,6 +41,7 @@ mod bench;
 mod board;
 mod boot;
 mod cargo;
+mod cycles;
 mod image;
 mod initramfs;
 mod inmates;
@@ -146,6 +147,8 @@ enum Task {
     /// cycle went as it must and the hypervisor's free memory, the cells, the root cell's CPUs
     /// and its interrupt lines are as before. Console in target/soak/.
     Soak(soak::SoakArgs),
+    /// Check that no module of a workspace crate uses another in a circle (part of `test`).
+    Cycles,
     /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
     /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).
     Linux {
@@ -237,6 +240,7 @@ fn run(task: Task) -> Result<Outcome> {
         Task::Bench(args) => bench::run(&workspace, &args).map(|()| Outcome::Done),
         Task::BootTime(args) => run::boot_time(&workspace, &args).map(|()| Outcome::Done),
         Task::Soak(args) => soak::run(&workspace, &args).map(|()| Outcome::Done),
+        Task::Cycles => cycles::check(&workspace.root).map(|()| Outcome::Done),
         Task::Linux { arch, refresh } => {
             linux::run(&workspace, arch, refresh).map(|()| Outcome::Done)
         }
@@ -280,6 +284,7 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     }
 
     Cargo::new(["fmt", "--all", "--check"]).run()?;
+    cycles::check(&workspace.root)?;
     Cargo::new(["clippy", "--workspace", "--all-targets", "--all-features"])
         .args(["--", "-D", "warnings"])
         .run()?;

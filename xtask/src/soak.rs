@@ -26,8 +26,8 @@ use crate::initramfs::{Action, DMESG_LINE};
 use crate::linux;
 use crate::qemu::{self, Next, Options, Stream};
 use crate::run::append_with_actions;
+use crate::run::LINUX_SILENCE;
 use crate::scripts::Script;
-use crate::system_tests::LINUX_SILENCE;
 use crate::workspace::Workspace;
 
 /// `cargo xtask soak`.

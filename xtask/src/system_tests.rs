@@ -42,6 +42,7 @@ use crate::image::{self, Image, Kind};
 use crate::initramfs::{self, DMESG_DONE, DMESG_LINE, MARKER};
 use crate::linux::{self, Arch};
 use crate::qemu::{self, Next, Options, Qemu, Stream};
+use crate::run::LINUX_SILENCE;
 use crate::workspace::Workspace;
 
 /// Console lines shown when a case fails.
@@ -50,10 +51,6 @@ const TAIL_LINES: usize = 60;
 /// How long a case may take by default: the hypervisor alone, and a Linux boot.
 const HYPERVISOR_TIMEOUT: Duration = Duration::from_secs(60);
 const LINUX_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A Linux boot that prints nothing for this long has hung: TCG boots of the stock kernel
-/// print a line at least every second or so.
-pub const LINUX_SILENCE: Duration = Duration::from_secs(30);
 
 /// What the kernel may keep of the root cell's RAM for itself, beyond the `struct page` array
 /// (64 bytes per 4 KiB page, 1/64 of the RAM): the kernel image, page tables, the device

@@ -6,9 +6,9 @@ use core::fmt;
 use cellvisor_abi::{CellState, Error as Code};
 use cellvisor_config::{AddressRange, CellName, IrqRange};
 
+use crate::id::CellId;
 use crate::partition::Failure;
 use crate::region::MAX_REGIONS;
-use crate::registry::CellId;
 use crate::IrqSet;
 
 /// Why a cell configuration cannot be created; found before anything was changed.

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod id;
 mod irq;
 mod partition;
 mod region;
@@ -35,7 +36,8 @@ mod registry;
 struct ReadmeDoctests;
 
 pub use error::{CreateError, DestroyError, LoadError, Problem, RootError, StateError};
+pub use id::CellId;
 pub use irq::IrqSet;
 pub use partition::{Failure, Partition, Step};
 pub use region::{Region, Regions, MAX_REGIONS};
-pub use registry::{first_shared_irq, Cell, CellId, Registry};
+pub use registry::{first_shared_irq, Cell, Registry};

@@ -5,8 +5,8 @@ use core::fmt;
 
 use cellvisor_config::MemoryFlags;
 
+use crate::id::CellId;
 use crate::region::Region;
-use crate::registry::CellId;
 
 /// What the hypervisor does to the machine: stage-2 tables, interrupt routing, CPUs.
 ///

@@ -1,37 +1,15 @@
 //! The registry of cells: who owns which CPU, memory range and interrupt line.
 
-use core::fmt;
-
 use cellvisor_abi::{CellRecord, CellState};
 use cellvisor_config::{
     AddressRange, Architecture, CellName, CellView, IrqRange, MemoryFlags, SystemConfigView,
 };
 
 use crate::error::{CreateError, DestroyError, LoadError, Problem, RootError, StateError};
+use crate::id::CellId;
 use crate::partition::{Failure, Partition, Step};
 use crate::region::{self, Region, Regions, MAX_REGIONS};
 use crate::IrqSet;
-
-/// A cell's id: its slot in the registry. The root cell is 0; a new cell gets the lowest
-/// free id, so ids of destroyed cells are used again.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct CellId(pub u32);
-
-impl CellId {
-    /// The root cell.
-    pub const ROOT: CellId = CellId(0);
-
-    /// Whether this is the root cell.
-    pub const fn is_root(self) -> bool {
-        self.0 == 0
-    }
-}
-
-impl fmt::Display for CellId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// A cell and what it owns.
 #[derive(Clone, PartialEq, Eq, Debug)]

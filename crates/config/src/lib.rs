@@ -63,6 +63,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod check;
+mod cover;
 mod error;
 #[cfg(feature = "std")]
 pub mod host;

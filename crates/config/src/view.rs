@@ -7,7 +7,7 @@ use core::ops::ControlFlow;
 use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
-use crate::check;
+use crate::cover::first_uncovered;
 use crate::error::{Element, Error, Field, FrameKind, List, Problem, Scope, Sensitive, Space};
 use crate::layout::{self, CellDescriptor, Header, SystemDescriptor};
 use crate::limits;
@@ -697,7 +697,7 @@ impl<'a> CellView<'a> {
             let ranges = self
                 .port_ranges()
                 .map(|r| (u64::from(r.base), u64::from(r.base) + u64::from(r.size)));
-            if check::first_uncovered(start, end, ranges).is_some() {
+            if first_uncovered(start, end, ranges).is_some() {
                 report(
                     Element::Console,
                     Problem::ConsolePortsNotGranted { address: start },
@@ -708,7 +708,7 @@ impl<'a> CellView<'a> {
             let ranges = self
                 .memory_regions()
                 .map(|r| (r.virt_start, r.virt().end().min(u64::MAX.into()) as u64));
-            if check::first_uncovered(range.start, range.end() as u64, ranges).is_some() {
+            if first_uncovered(range.start, range.end() as u64, ranges).is_some() {
                 report(
                     Element::Console,
                     Problem::ConsoleNotMapped {
@@ -1128,7 +1128,7 @@ impl<'a> SystemConfigView<'a> {
         }
 
         self.root.validate(arch, Scope::RootCell, true, report)?;
-        check::check_cell_hardware(self, &self.root, Scope::RootCell, report)
+        check_cell_hardware(self, &self.root, Scope::RootCell, report)
     }
 
     fn validate_interrupt_controller(
@@ -1370,4 +1370,136 @@ impl<'a> SystemConfigView<'a> {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Checks a cell (the root cell or another) against the hardware the system describes: no
+/// mapping of hypervisor memory or of registers only the hypervisor may touch, interrupt
+/// lines the interrupt controller has, PCI devices the host bridge reaches, stream IDs the
+/// SMMUs can match.
+pub(crate) fn check_cell_hardware(
+    system: &SystemConfigView<'_>,
+    cell: &CellView<'_>,
+    scope: Scope,
+    report: Report<'_>,
+) -> ControlFlow<()> {
+    let mut report = |element, problem| report(Error::new(element, problem).in_scope(scope));
+    let hypervisor = system.hypervisor_memory().range();
+    for (i, region) in cell.memory_regions().enumerate() {
+        if region.flags.contains(MemoryFlags::COMM_REGION) || region.size == 0 {
+            continue;
+        }
+        let element = Element::MemoryRegion(i as u32);
+        let range = region.phys();
+        if range.overlaps(&hypervisor) {
+            report(element, Problem::OverlapsHypervisor { range, hypervisor })?;
+        }
+        for (what, frame) in system.sensitive_ranges() {
+            if range.overlaps(&frame) {
+                report(element, Problem::MapsSensitive { range, what, frame })?;
+            }
+        }
+    }
+
+    // Interrupt lines are checked against a controller of the right architecture only (the
+    // system's own validation reports a wrong one).
+    match system.interrupt_controller() {
+        InterruptController::Gic(_) | InterruptController::Apic { .. }
+            if !controller_fits(system) => {}
+        InterruptController::Gic(gic) => {
+            if gic.version == GicVersion::V2 {
+                for (i, range) in cell.irq_ranges().enumerate() {
+                    if range.last() >= 4096 {
+                        report(
+                            Element::IrqRange(i as u32),
+                            Problem::ExtendedSpiNeedsGicv3 {
+                                line: range.first.max(4096),
+                            },
+                        )?;
+                    }
+                }
+            }
+        }
+        InterruptController::Apic { .. } => {
+            let wired = system.ioapics().map(|io| {
+                (
+                    u64::from(io.gsi_base),
+                    u64::from(io.gsi_base) + u64::from(io.pins),
+                )
+            });
+            for (i, range) in cell.irq_ranges().enumerate() {
+                let end = u64::from(range.first) + u64::from(range.count);
+                if let Some(line) = first_uncovered(range.first.into(), end, wired.clone()) {
+                    report(
+                        Element::IrqRange(i as u32),
+                        Problem::IrqNotWired { line: line as u32 },
+                    )?;
+                }
+            }
+        }
+    }
+
+    let iommu_count = system.iommu_units().len() as u32;
+    for (i, device) in cell.pci_devices().enumerate() {
+        let element = Element::PciDevice(i as u32);
+        let address = device.address();
+        match system.pci_host() {
+            None => report(element, Problem::PciNoHost { address })?,
+            Some(host) => {
+                if device.domain != host.domain {
+                    report(
+                        element,
+                        Problem::PciDomainMismatch {
+                            address,
+                            domain: host.domain,
+                        },
+                    )?;
+                }
+                if device.bdf.bus() > host.end_bus {
+                    report(
+                        element,
+                        Problem::PciBusBeyondEnd {
+                            address,
+                            end_bus: host.end_bus,
+                        },
+                    )?;
+                }
+            }
+        }
+        if let Some(index) = device.iommu {
+            if u32::from(index) >= iommu_count {
+                report(
+                    element,
+                    Problem::NoSuchIommu {
+                        index,
+                        count: iommu_count,
+                    },
+                )?;
+            }
+        }
+    }
+
+    let has = |kind| system.iommu_units().any(|u| u.kind == kind);
+    let (v2, v3) = (has(IommuKind::SmmuV2), has(IommuKind::SmmuV3));
+    for (i, id) in cell.stream_ids().enumerate() {
+        let element = Element::StreamId(i as u32);
+        if !v2 && !v3 {
+            report(element, Problem::NoSmmu { id })?;
+            continue;
+        }
+        if id.mask != 0 && !v2 {
+            report(element, Problem::StreamMaskNeedsSmmuV2 { id })?;
+        }
+        if (id.id | id.mask) > 0xffff && !v3 {
+            report(element, Problem::StreamIdTooWide { id })?;
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+fn controller_fits(system: &SystemConfigView<'_>) -> bool {
+    matches!(
+        (system.interrupt_controller(), system.architecture()),
+        (InterruptController::Gic(_), Architecture::Aarch64)
+            | (InterruptController::Apic { .. }, Architecture::X86_64)
+    )
 }

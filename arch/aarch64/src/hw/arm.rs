@@ -1,24 +1,17 @@
-//! The AArch64 implementation of `cellvisor-core`'s architecture traits, and the one
-//! hypervisor value [`HV`] that holds the architecture-neutral state.
+//! The AArch64 implementation of `cellvisor-core`'s architecture traits for [`Aarch64`]
+//! (defined, with the one hypervisor value `HV`, in the parent module, so that the modules
+//! these implementations use can reach `HV` without a circle).
 
-use super::{cache, cell, gic, scrub, wait};
+use super::{cache, cell, gic, scrub, wait, Aarch64};
 use aarch64_cpu::registers::{
     Readable, Writeable, CNTFRQ_EL0, CNTPCT_EL0, CNTP_CTL_EL0, CNTV_CTL_EL0,
 };
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
 use cellvisor_core::arch::{Cpus, InterruptChip, Memory, Output, Translation, Vcpus};
-use cellvisor_core::Hypervisor;
 use cellvisor_paging::{
     Access, Attributes, GuestPhysAddr, LinearMemory, Mapping, MemoryType, PhysAddr, Stage2,
 };
-
-/// The architecture: AArch64 at EL2, the GIC, identity-mapped physical memory.
-#[derive(Debug)]
-pub struct Aarch64;
-
-/// The hypervisor.
-pub static HV: Hypervisor<Aarch64> = Hypervisor::new(Aarch64);
 
 impl Cpus for Aarch64 {
     fn cpu_index(&self) -> usize {

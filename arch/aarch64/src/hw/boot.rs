@@ -3,7 +3,7 @@
 //! start, so that they can sleep), the root cell's stage 2 and device tree, and the entry
 //! into its kernel.
 
-use super::arm::HV;
+use super::HV;
 use super::{cache, cell, cells, gic, guest, idle, layout, park, print, report};
 use crate::board::Board;
 use crate::devicetree::{self, RootResources};
@@ -401,7 +401,7 @@ pub fn secondary(cpu: usize) -> ! {
         idle()
     }
     gic::init_cpu(cpu);
-    let mut frame = super::exception::TrapFrame {
+    let mut frame = super::frame::TrapFrame {
         x: [0; 31],
         sp: 0,
         elr: 0,

@@ -1,7 +1,7 @@
 //! The root cell: built from the system configuration at boot (stage 2, GIC partition,
 //! device tree), then entered on the boot CPU; its other vCPUs start through PSCI CPU_ON.
 
-use super::arm::HV;
+use super::HV;
 use crate::board::MAX_CPUS;
 use crate::psci::{status, Call, Route};
 use aarch64_cpu::asm::barrier;
@@ -307,11 +307,7 @@ pub fn system_power(cpu: usize, reset: bool) -> i64 {
 /// NOT_SUPPORTED. The policy per caller is [`crate::psci::smccc_route`]'s; the root cell's
 /// counter dumps come at most once per [`COUNTERS_INTERVAL_MS`] (DENIED in between) and within
 /// its console budget ([`crate::budget`]).
-pub fn smccc_policy(
-    cpu: usize,
-    call: Call,
-    frame: &super::exception::TrapFrame,
-) -> Option<[u64; 4]> {
+pub fn smccc_policy(cpu: usize, call: Call, frame: &super::frame::TrapFrame) -> Option<[u64; 4]> {
     let root = HV.owner(cpu).0 == 0;
     let forward = |id: u32, args: [u64; 17]| {
         let result = smccc::smc64(id, args);

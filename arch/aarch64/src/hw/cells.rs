@@ -1,10 +1,10 @@
 //! Cells at run time, the Arm side: the park loop with a trap frame to rewrite, and the
 //! requester the GIC emulation checks. The bookkeeping (owners, stop requests, parking,
-//! starting) is `cellvisor-core`'s, in [`super::arm::HV`].
+//! starting) is `cellvisor-core`'s, in [`super::HV`].
 
-use super::arm::HV;
-use super::exception::TrapFrame;
+use super::frame::TrapFrame;
 use super::gic;
+use super::HV;
 
 /// The requester for GIC emulation: the cell of `cpu` and its CPUs.
 pub fn requester(cpu: usize) -> gic::Requester {

@@ -1,6 +1,6 @@
 //! The debug console on the board's UART, through `cellvisor-console`.
 
-use super::arm::HV;
+use super::HV;
 use crate::board::UartKind;
 use cellvisor_console::{
     emergency_write_fmt, CadenceUart, ConsoleUart, CrLfWriter, EmergencyWrite, MmioAddr,

@@ -3,23 +3,10 @@
 //! syndrome, the addresses and the registers, then parks the CPU. Both run on the CPU's
 //! exception stack (SP_EL2).
 
+use super::frame::TrapFrame;
 use crate::esr::Esr;
 use crate::hw::{cpu_index, park, report};
 use aarch64_cpu::registers::{Readable, ESR_EL2, FAR_EL2};
-
-/// The registers saved by the vector entry, in the order they are pushed.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct TrapFrame {
-    /// x0 to x30.
-    pub x: [u64; 31],
-    /// The interrupted stack pointer (SP_EL0 for the hypervisor's own code).
-    pub sp: u64,
-    /// ELR_EL2: where the exception was taken.
-    pub elr: u64,
-    /// SPSR_EL2: the interrupted PSTATE.
-    pub spsr: u64,
-}
 
 // 16 vectors of 128 bytes (Arm ARM D1.3.1 "Exception vectors"): current EL with SP_EL0,
 // current EL with SP_ELx, lower EL AArch64, lower EL AArch32; each sync, IRQ, FIQ, SError.

@@ -586,7 +586,7 @@ fn handle_own(gic: &Gic, cpu: usize, iar: u64, intid: u32) -> Handled {
     if intid == gic.layout.timer {
         // Left armed by a wait: switched off before the deactivation, or its level
         // interrupt would come straight back.
-        super::wait::disarm_timer();
+        super::timer::disarm();
     }
     end(gic.is_v3(), gic.gicc, iar, true);
     if intid == gic.layout.maintenance {
@@ -700,7 +700,7 @@ pub fn take_wakeups(cpu: usize) {
             // Cannot happen: no other interrupt has a wake-up's priority. Recorded in the
             // console ring (lock free: this runs inside waits for the console lock).
             let _ = core::fmt::Write::write_fmt(
-                &mut super::arm::HV.ring(),
+                &mut super::HV.ring(),
                 format_args!(
                     "cellvisor: CPU {cpu}: interrupt {intid} got through a wait's priority mask\n"
                 ),

@@ -5,8 +5,8 @@
 //! each trap (the [`TrapFrame`]) and restored by `eret`. Traps are dispatched by exception
 //! class, like Jailhouse's trap tables.
 
-use super::arm::HV;
-use super::exception::TrapFrame;
+use super::frame::TrapFrame;
+use super::HV;
 use super::{cell, cells, cpu_index, gic, park, print, report};
 use crate::esr::Esr;
 use crate::psci::{self, status, Call, Psci};

@@ -9,12 +9,14 @@ mod cells;
 mod console;
 mod entry;
 mod exception;
+mod frame;
 mod gic;
 mod guest;
 mod mmu;
 mod pmu;
 mod scrub;
 mod sysreg;
+mod timer;
 mod wait;
 
 use crate::board::{device_tree_size, Board, CpuList, MPIDR_AFFINITY_MASK};
@@ -24,6 +26,14 @@ use cellvisor_paging::{PhysAddr, PAGE_SIZE};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 pub use console::{print, report};
+
+/// The architecture: AArch64 at EL2, the GIC, identity-mapped physical memory. Its
+/// implementations of `cellvisor-core`'s traits are in `arm.rs`.
+#[derive(Debug)]
+pub struct Aarch64;
+
+/// The hypervisor: all architecture-neutral state, in `.bss` until boot.
+pub static HV: cellvisor_core::Hypervisor<Aarch64> = cellvisor_core::Hypervisor::new(Aarch64);
 
 unsafe extern "Rust" {
     /// The board description, defined by the board crate with [`crate::board!`].

@@ -166,10 +166,7 @@ pub fn start(cpu: usize) {
     if counter == NONE {
         return;
     }
-    super::arm::HV
-        .cpu(cpu)
-        .counters
-        .start(read_counter(counter));
+    super::HV.cpu(cpu).counters.start(read_counter(counter));
 }
 
 /// The trap of `cpu` is handled: charges its instructions to the reason counted.
@@ -179,7 +176,7 @@ pub fn measure(cpu: usize) {
     if counter == NONE {
         return;
     }
-    let counters = &super::arm::HV.cpu(cpu).counters;
+    let counters = &super::HV.cpu(cpu).counters;
     let now = read_counter(counter);
     if !counters.measure(now, COUNTER_BITS) && enabled_counters() & 1 << counter == 0 {
         // Nothing counted since the last trap: the cell disabled the counter (through

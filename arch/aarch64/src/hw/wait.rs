@@ -20,9 +20,9 @@
 //! CPU while the secondaries come up without a system configuration (no GIC to use), and a
 //! secondary waiting for the console lock with its first log line.
 
-use super::arm::HV;
-use super::{cpu_index, gic};
-use aarch64_cpu::registers::{Readable, Writeable, CNTHP_CTL_EL2, CNTPCT_EL0};
+use super::HV;
+use super::{cpu_index, gic, timer};
+use aarch64_cpu::registers::{Readable, CNTPCT_EL0};
 
 /// Wakes `cpu` from a wait (or makes its next wait check its condition at once).
 pub fn kick(cpu: usize) {
@@ -48,11 +48,11 @@ pub fn until(deadline: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
             if CNTPCT_EL0.get() >= deadline {
                 break false;
             }
-            arm_timer(deadline);
+            timer::arm(deadline);
         }
         aarch64_cpu::asm::wfi();
         if deadline.is_some() {
-            disarm_timer();
+            timer::disarm();
         }
         gic::take_wakeups(cpu);
     };
@@ -84,18 +84,4 @@ pub fn sleep_until_ready(ready: &dyn Fn() -> bool) {
 /// The counter value `millis` milliseconds from now.
 pub fn deadline_in(millis: u64) -> u64 {
     HV.deadline_in(millis)
-}
-
-/// Arms the EL2 physical timer (CNTHP) to fire at counter value `deadline` (Arm ARM, "The
-/// Generic Timer": the timer condition is CNTPCT - CVAL >= 0; ENABLE set, IMASK clear).
-fn arm_timer(deadline: u64) {
-    super::sysreg::set_cnthp_cval(deadline);
-    CNTHP_CTL_EL2.write(CNTHP_CTL_EL2::ENABLE::SET + CNTHP_CTL_EL2::IMASK::CLEAR);
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-}
-
-/// Switches the EL2 timer off, which also takes its level-sensitive interrupt away.
-pub fn disarm_timer() {
-    CNTHP_CTL_EL2.set(0);
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }

@@ -16,7 +16,6 @@
 
 pub mod board;
 pub mod budget;
-pub mod devicetree;
 pub mod esr;
 pub mod frames;
 pub mod memmap;

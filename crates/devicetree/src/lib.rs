@@ -4,9 +4,9 @@
 //!
 //! A partitioning hypervisor boots Linux as the root cell with the tree the boot loader (or
 //! QEMU) gave it, edited so that Linux sees exactly what the root cell's configuration gives
-//! it and nothing else. [`derive()`] copies the stock tree into a caller's buffer and edits it in
-//! place with `dtoolkit`'s allocation-free [`FdtMut`] over a
-//! [`SliceBuffer`](dtoolkit::fdt_mut::SliceBuffer):
+//! it and nothing else. [`derive()`] copies the stock tree into a caller's buffer and edits
+//! it in place with `dtoolkit`'s allocation-free [`FdtMut`] over a
+//! [`SliceBuffer`](dtoolkit::fdt_mut::SliceBuffer) (an example is in the README):
 //!
 //! 1. **Memory.** The first memory node (a child of `/` with `device_type = "memory"` or the
 //!    node name `memory`, Devicetree Specification v0.4 §3.4) gets a `reg` that lists exactly
@@ -52,11 +52,18 @@
 
 use core::fmt::{self, Write as _};
 
-use cellvisor_paging::PhysAddr;
 use dtoolkit::error::{BufferError, FdtMutError};
 use dtoolkit::fdt::{Fdt, FdtNode};
 use dtoolkit::fdt_mut::{FdtBuffer, FdtMut, FdtNodeMut};
 use dtoolkit::{Node, Property, ToPropertyValue};
+
+/// The physical addresses of [`RootResources`].
+pub use cellvisor_paging::PhysAddr;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Deepest node nesting (the root at depth 0) the derivation handles. Real trees stay
 /// below 10 levels; the bound keeps the recursion and the node positions fixed in size.

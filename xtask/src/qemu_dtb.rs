@@ -22,7 +22,7 @@ const CLOCK_NODE: &str = "cellvisor-qemu-clock";
 /// `dtb` with the fixed clock of `clock` given to its nodes.
 pub fn with_fixed_clock(dtb: &[u8], clock: &FixedClock) -> Result<Vec<u8>> {
     // The hypervisor's check: Linux's trees have names longer than `Fdt::new` accepts.
-    let fdt = cellvisor_aarch64::devicetree::validate(dtb)
+    let fdt = cellvisor_devicetree::validate(dtb)
         .map_err(|e| anyhow::anyhow!("not a device tree blob: {e}"))?;
     let mut tree = DeviceTree::from_fdt(&fdt);
     let phandle = highest_phandle(&tree.root)
@@ -167,12 +167,11 @@ mod tests {
 
     #[test]
     fn debians_zcu102_tree_keeps_everything_else() {
-        let stock = include_bytes!("../../arch/aarch64/tests/data/zynqmp-zcu102-rev1.0.dtb");
+        let stock = include_bytes!("../../crates/devicetree/tests/data/zynqmp-zcu102-rev1.0.dtb");
         let uarts = ["/axi/serial@ff000000", "/axi/serial@ff010000"];
         let patched = with_fixed_clock(stock, &clock(&uarts)).unwrap();
-        let before = DeviceTree::from_fdt(&cellvisor_aarch64::devicetree::validate(stock).unwrap());
-        let after =
-            DeviceTree::from_fdt(&cellvisor_aarch64::devicetree::validate(&patched).unwrap());
+        let before = DeviceTree::from_fdt(&cellvisor_devicetree::validate(stock).unwrap());
+        let after = DeviceTree::from_fdt(&cellvisor_devicetree::validate(&patched).unwrap());
         for uart in uarts {
             let node = after.find_node(uart).unwrap();
             assert!(node.property("power-domains").is_none(), "{uart}");

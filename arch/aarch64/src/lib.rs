@@ -10,12 +10,13 @@
 //!
 //! The logic that needs no CPU ([`esr`], [`memmap`], [`board`]) builds and is
 //! tested on any host; the code that runs on the CPU lives in `hw`, built for AArch64 only.
+//! The root cell's device tree is derived from the stock one by `cellvisor-devicetree`, with
+//! the root cell's CPUs given by MPIDR affinity ([`board::MPIDR_AFFINITY_MASK`]).
 
 #![no_std]
 #![deny(missing_docs)]
 
 pub mod board;
-pub mod devicetree;
 pub mod esr;
 pub mod memmap;
 pub mod psci;

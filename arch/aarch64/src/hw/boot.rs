@@ -5,9 +5,9 @@
 
 use super::HV;
 use super::{cache, cell, cells, gic, guest, idle, layout, park, print, report};
-use crate::board::Board;
-use crate::devicetree::{self, RootResources};
+use crate::board::{Board, MPIDR_AFFINITY_MASK};
 use cellvisor_config::{GicVersion, InterruptController, MemoryFlags, SystemConfigView};
+use cellvisor_devicetree::{self as devicetree, RootResources};
 use cellvisor_paging::{Attributes, PhysAddr, PAGE_SIZE};
 use core::cell::UnsafeCell;
 
@@ -351,6 +351,7 @@ pub fn root_cell(
         devices: &devices,
         emulated: &emulated,
         cpus: &cpus,
+        cpu_id_mask: MPIDR_AFFINITY_MASK,
         management: Some([
             prepared.management.control,
             mgmt_page_size(),

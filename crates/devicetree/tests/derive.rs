@@ -2,7 +2,7 @@
 //! and on the real ones (`tests/data`: QEMU 10's generated tree, Debian's
 //! `zynqmp-zcu102-rev1.0.dtb`).
 
-use cellvisor_aarch64::devicetree::{
+use cellvisor_devicetree::{
     derive, validate, CellsProblem, Derived, DeviceTreeError, RootResources,
 };
 use cellvisor_paging::PhysAddr;
@@ -15,6 +15,10 @@ use vm_fdt::{FdtReserveEntry, FdtWriter};
 const QEMU_VIRT_GICV3: &[u8] = include_bytes!("data/qemu-virt-gicv3.dtb");
 /// Debian's `zynqmp-zcu102-rev1.0.dtb`.
 const ZCU102: &[u8] = include_bytes!("data/zynqmp-zcu102-rev1.0.dtb");
+
+/// The CPU ids of the trees here are Arm MPIDR affinities: Aff3 (bits 39:32), Aff2..Aff0
+/// (bits 23:0).
+const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
 
 fn w(base: u64, size: u64) -> (PhysAddr, u64) {
     (PhysAddr::new(base), size)
@@ -326,6 +330,7 @@ impl Root {
             devices: &self.devices,
             emulated: &self.emulated,
             cpus: &self.cpus,
+            cpu_id_mask: MPIDR_AFFINITY,
         }
     }
 }

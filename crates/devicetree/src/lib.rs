@@ -1,10 +1,12 @@
+//! # cellvisor-devicetree
+//!
 //! The root cell's device tree, derived from the board's stock one.
 //!
-//! The hypervisor boots Linux as the root cell with the tree the boot loader (or QEMU) gave
-//! it, edited so that Linux sees exactly what the root cell's configuration gives it and
-//! nothing else. [`derive()`] copies the stock tree into a caller's buffer and edits it in
-//! place with `dtoolkit`'s allocation-free [`FdtMut`] over a
-//! [`SliceBuffer`](dtoolkit::fdt_mut::SliceBuffer):
+//! A partitioning hypervisor boots Linux as the root cell with the tree the boot loader (or
+//! QEMU) gave it, edited so that Linux sees exactly what the root cell's configuration gives
+//! it and nothing else. [`derive()`] copies the stock tree into a caller's buffer and edits
+//! it in place with `dtoolkit`'s allocation-free [`FdtMut`] over a
+//! [`SliceBuffer`](dtoolkit::fdt_mut::SliceBuffer) (an example is in the README):
 //!
 //! 1. **Memory.** The first memory node (a child of `/` with `device_type = "memory"` or the
 //!    node name `memory`, Devicetree Specification v0.4 §3.4) gets a `reg` that lists exactly
@@ -14,13 +16,14 @@
 //!    must not appear. Per-node properties of the removed nodes (`numa-node-id`,
 //!    `hotpluggable`) go with them.
 //! 2. **CPUs.** `/cpus/cpu*` nodes (§3.8: `device_type = "cpu"`, `reg` = the CPU id, which on
-//!    Arm is the MPIDR affinity, see [`MPIDR_AFFINITY_MASK`]) whose id is not one of the root
-//!    cell's CPUs are removed. When any CPU is removed, the whole `/cpus/cpu-map` node goes
-//!    too: the cpu-map binding (Linux `Documentation/devicetree/bindings/cpu/
-//!    cpu-topology.txt`) numbers the `clusterN` / `coreN` children from 0 and readers such
-//!    as Linux stop at the first missing number, so removing single `coreN` nodes would
-//!    hide the CPUs after the gap, and the in-place editor cannot rename nodes. Without a
-//!    cpu-map Linux derives the topology from MPIDR.
+//!    Arm is the MPIDR affinity and on RISC-V the hart id; ids are compared under
+//!    [`RootResources::cpu_id_mask`]) whose id is not one of the root cell's CPUs are
+//!    removed. When any CPU is removed, the whole `/cpus/cpu-map` node goes too: the
+//!    cpu-map binding (Linux `Documentation/devicetree/bindings/cpu/cpu-topology.txt`)
+//!    numbers the `clusterN` / `coreN` children from 0 and readers such as Linux stop at
+//!    the first missing number, so removing single `coreN` nodes would hide the CPUs after
+//!    the gap, and the in-place editor cannot rename nodes. Without a cpu-map Linux derives
+//!    the topology from MPIDR on Arm.
 //! 3. **Devices.** A node with a `reg` in the CPU's physical address space (its parent is
 //!    `/`, or every ancestor below `/` has an empty `ranges`, which §2.3.8 defines as an
 //!    identity mapping) is disabled (`status = "disabled"`, §2.3.4) when none of its `reg`
@@ -44,15 +47,23 @@
 //! still appear in an `interrupt-affinity` or `cooling-device` list, and a disabled MSI
 //! controller stays in its users' `msi-map` / `msi-parent` (they get no MSIs from it).
 
+#![no_std]
+#![deny(missing_docs)]
+
 use core::fmt::{self, Write as _};
 
-use cellvisor_paging::PhysAddr;
 use dtoolkit::error::{BufferError, FdtMutError};
 use dtoolkit::fdt::{Fdt, FdtNode};
 use dtoolkit::fdt_mut::{FdtBuffer, FdtMut, FdtNodeMut};
 use dtoolkit::{Node, Property, ToPropertyValue};
 
-use crate::board::MPIDR_AFFINITY_MASK;
+/// The physical addresses of [`RootResources`].
+pub use cellvisor_paging::PhysAddr;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Deepest node nesting (the root at depth 0) the derivation handles. Real trees stay
 /// below 10 levels; the bound keeps the recursion and the node positions fixed in size.
@@ -72,8 +83,14 @@ pub struct RootResources<'a> {
     /// Register windows the hypervisor emulates for the root cell (GIC distributor,
     /// redistributors, CPU interface): nodes there stay as they are.
     pub emulated: &'a [(PhysAddr, u64)],
-    /// MPIDR affinities (Aff3 in bits 39:32, Aff2..Aff0 in 23:0) of the root cell's CPUs.
+    /// CPU ids of the root cell's CPUs, as the `reg` of `/cpus/cpu*` nodes gives them: on
+    /// Arm MPIDR affinities (Aff3 in bits 39:32, Aff2..Aff0 in 23:0), on RISC-V hart ids.
     pub cpus: &'a [u64],
+    /// The bits of a CPU id that tell CPUs apart: an id in [`cpus`](Self::cpus) and one in
+    /// the tree are the same CPU when they agree in these bits. On Arm the MPIDR affinity
+    /// fields, `0xff_00ff_ffff` (so that MPIDR_EL1's RES1 bit 31 and its U and MT bits do
+    /// not count); on RISC-V `u64::MAX`.
+    pub cpu_id_mask: u64,
     /// The hypervisor's management interface (control page base and size, data window base
     /// and size), published as `/chosen/cellvisor,management` (four big-endian 64-bit
     /// values) for the root cell's management tool. `None`: no such property.
@@ -329,7 +346,7 @@ impl fmt::Display for DeviceTreeError {
 
 impl core::error::Error for DeviceTreeError {}
 
-/// Copies `stock` into `out` and edits it into the root cell's device tree (see the module
+/// Copies `stock` into `out` and edits it into the root cell's device tree (see the crate
 /// documentation for the rules).
 ///
 /// `stock` may be longer than the tree (its header's `totalsize` counts), and the tree may
@@ -934,7 +951,7 @@ impl<'a> Scan<'a, '_> {
 }
 
 /// Whether any `/cpus/cpu*` node is not the root cell's (then `cpu-map` goes, see the
-/// module documentation). Malformed CPU nodes count as kept here; the scan reports them.
+/// crate documentation). Malformed CPU nodes count as kept here; the scan reports them.
 fn any_cpu_removed(fdt: Fdt<'_>, root: &RootResources<'_>) -> bool {
     let Some(cpus) = fdt.root().children().find(|n| n.name() == "cpus") else {
         return false;
@@ -947,12 +964,11 @@ fn any_cpu_removed(fdt: Fdt<'_>, root: &RootResources<'_>) -> bool {
         .any(|cpu| matches!(cpu_id(cpu, cells), Ok(Some(id)) if !owns_cpu(root, id)))
 }
 
-/// Whether the root cell has the CPU with MPIDR affinity `id` (bits outside the affinity
-/// fields, such as the RES1 bit 31 of MPIDR_EL1, do not count).
+/// Whether the root cell has the CPU with id `id` (bits outside
+/// [`RootResources::cpu_id_mask`], such as the RES1 bit 31 of MPIDR_EL1, do not count).
 fn owns_cpu(root: &RootResources<'_>, id: u64) -> bool {
-    root.cpus
-        .iter()
-        .any(|&mpidr| mpidr & MPIDR_AFFINITY_MASK == id & MPIDR_AFFINITY_MASK)
+    let mask = root.cpu_id_mask;
+    root.cpus.iter().any(|&cpu| cpu & mask == id & mask)
 }
 
 /// `#address-cells` / `#size-cells` of `node`, 2 and 1 when absent (§2.3.5).

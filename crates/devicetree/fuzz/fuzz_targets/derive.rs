@@ -17,7 +17,7 @@
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
-use cellvisor_aarch64::devicetree::{self, Derived, RootResources};
+use cellvisor_devicetree::{self as devicetree, Derived, RootResources};
 use cellvisor_paging::PhysAddr;
 use dtoolkit::fdt::FdtNode;
 use dtoolkit::{Node as _, Property as _};
@@ -310,6 +310,9 @@ struct Resources {
     spare: usize,
 }
 
+/// The trees' CPU ids are Arm MPIDR affinities: Aff3 (bits 39:32), Aff2..Aff0 (bits 23:0).
+const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
+
 /// MPIDRs of the stock trees' CPUs (QEMU virt, ZynqMP, big.LITTLE, Aff3, with bit 31).
 const MPIDRS: [u64; 8] = [0, 1, 2, 3, 0x100, 0x101, 0x1_0000_0000, 0x8000_0000];
 const BASES: [u64; 8] = [
@@ -452,7 +455,7 @@ fn check_output(tree: &[u8], derived: &Derived, root: &RootResources<'_>) {
             let Some(id) = reg.value().get(..cells * 4).map(be) else {
                 continue;
             };
-            let mask = 0xff_00ff_ffff;
+            let mask = root.cpu_id_mask;
             assert!(
                 root.cpus.iter().any(|&m| m & mask == id & mask),
                 "CPU node {} ({id:#x}) is not the root cell's",
@@ -468,6 +471,7 @@ fn derive_and_check(blob: &[u8], r: &Resources) {
         devices: &r.devices,
         emulated: &r.emulated,
         cpus: &r.cpus,
+        cpu_id_mask: MPIDR_AFFINITY,
         management: r.management,
     };
     let mut out = vec![0u8; blob.len().min(1 << 20) + r.spare];

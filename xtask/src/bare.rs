@@ -11,7 +11,7 @@
 //!
 //! At the inmates' communication-region address (0x8000_0000, inside `-m 3G`) a loader device
 //! puts the page the hypervisor writes for a cell about to start (`CommRegion::new` in state
-//! running, as `arch/aarch64/src/hw/cells.rs` does), describing bare `virt`: its GIC (the
+//! running, as `cellvisor-core`'s park loop does), describing bare `virt`: its GIC (the
 //! distributor, and the CPU interface or the first CPU's redistributor), PL011 UART0 as the
 //! console and one CPU. So the inmate takes the same path as in a cell. The one field that
 //! differs is the timer frequency: the hypervisor writes the CNTFRQ_EL0 it reads, which QEMU

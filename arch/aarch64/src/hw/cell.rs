@@ -306,7 +306,7 @@ pub fn system_power(cpu: usize, reset: bool) -> i64 {
 /// SMCCC calls other than PSCI from the cell on `cpu`: `Some(x0..x3)` to return, `None` for
 /// NOT_SUPPORTED. The policy per caller is [`crate::psci::smccc_route`]'s; the root cell's
 /// counter dumps come at most once per [`COUNTERS_INTERVAL_MS`] (DENIED in between) and within
-/// its console budget ([`crate::budget`]).
+/// its console budget ([`cellvisor_core::budget`]).
 pub fn smccc_policy(cpu: usize, call: Call, frame: &super::frame::TrapFrame) -> Option<[u64; 4]> {
     let root = HV.owner(cpu).0 == 0;
     let forward = |id: u32, args: [u64; 17]| {

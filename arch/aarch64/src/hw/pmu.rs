@@ -1,7 +1,7 @@
 //! The hypervisor's own instruction counter: the last PMU event counter, reserved for EL2
 //! with MDCR_EL2.HPMN and set to count INST_RETIRED (event 0x08) at EL2 only (Arm ARM D13,
 //! "The Performance Monitors Extension"). Each trap is charged the instructions from the end
-//! of the previous trap's handler to the end of its own (`trap::TrapCounters::measure`).
+//! of the previous trap's handler to the end of its own (`cellvisor_core::TrapCounters::measure`).
 //!
 //! Cells keep the other counters: they see PMCR_EL0.N = HPMN. A cell can still stop or reset
 //! the reserved counter through PMCNTENCLR_EL0 or PMCR_EL0.P on some implementations (QEMU

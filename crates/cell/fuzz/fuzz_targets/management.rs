@@ -1,7 +1,7 @@
 //! The host-testable half of the management interface: what the hypervisor does with the
 //! command words, arguments and data-window bytes the root cell supplies, as far as it is
 //! not hardware. A sequence of commands (raw command words through `Command::from_raw`)
-//! drives a `Registry` the way `arch/aarch64/src/hw/manage.rs` does:
+//! drives a `Registry` the way `cellvisor-core`'s management does:
 //!
 //! - `cell create`: the data window holds a cell configuration (generated from the
 //!   fuzzer's choices, arbitrary bytes behind a repaired header, or a generated one with

@@ -56,7 +56,7 @@ pub use machine::{attributes, MachineError, RootTables};
 pub use manage::Interface;
 pub use power::{CpuOnError, PowerState, VcpuPower};
 pub use ring::{Ring, RING_SIZE};
-pub use runtime::{Entry, Verdict};
+pub use runtime::{Entry, PowerOnError, Verdict};
 
 use budget::OutputBudget;
 use cellvisor_cell::{CellId, Registry};

@@ -21,6 +21,19 @@ pub struct Entry {
     pub arg: u64,
 }
 
+/// Why [`Hypervisor::power_on`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerOnError {
+    /// The caller is not the root cell (other cells start their CPUs together at their reset
+    /// address), or the CPU is not the caller's.
+    Denied,
+    /// The entry point is not in executable RAM of the root cell's configuration, or not
+    /// aligned.
+    InvalidAddress,
+    /// The vCPU runs or is being started.
+    Busy(crate::CpuOnError),
+}
+
 /// What to do with a cell that accessed something outside its configuration or otherwise
 /// broke the rules ([`Hypervisor::violation`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +155,41 @@ impl<A: Arch> Hypervisor<A> {
             pc: runtime.reset.load(Ordering::Acquire),
             arg: 0,
         })
+    }
+
+    /// The root cell's CPU_ON (Arm PSCI) or INIT/SIPI (x86) from a CPU of `caller` for its
+    /// CPU `cpu`: the vCPU starts at `entry` with `context` in its first argument register.
+    /// `entry` must lie in executable RAM (not I/O) of the root cell's configured memory and
+    /// be a multiple of `align`. The CPU is woken; it enters from its park loop.
+    pub fn power_on(
+        &self,
+        caller: CellId,
+        cpu: usize,
+        entry: u64,
+        context: u64,
+        align: u64,
+    ) -> Result<(), PowerOnError> {
+        if caller.0 != 0 || !self.cell_has_cpu(caller, cpu) {
+            return Err(PowerOnError::Denied);
+        }
+        let system = self.system.get().ok_or(PowerOnError::Denied)?;
+        let executable = system.root_cell().memory_regions().any(|region| {
+            region
+                .flags
+                .contains(cellvisor_config::MemoryFlags::EXECUTE)
+                && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
+                && (region.virt_start..region.virt_start.saturating_add(region.size))
+                    .contains(&entry)
+        });
+        if !executable || !entry.is_multiple_of(align.max(1)) {
+            return Err(PowerOnError::InvalidAddress);
+        }
+        self.cpu(cpu)
+            .power
+            .power_on(entry, context)
+            .map_err(PowerOnError::Busy)?;
+        self.arch.kick(cpu);
+        Ok(())
     }
 
     /// Gives `cpu` to `cell` (the CPU is parked).

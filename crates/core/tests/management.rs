@@ -414,3 +414,46 @@ fn two_cells_at_once_and_their_statistics() {
         assert_eq!(m.snapshot(), before);
     });
 }
+
+#[test]
+fn the_root_cell_powers_its_cpus_on_within_its_executable_ram() {
+    use cellvisor_core::{CpuOnError, PowerOnError};
+    with_machine(FRAMES_PLENTY, |m| {
+        let root = CellId(0);
+        // Not executable RAM: the UART, an unmapped address; misaligned.
+        for entry in [0x900_0000, 0x1000, 0x4000_0002] {
+            assert_eq!(
+                m.hv.power_on(root, 1, entry, 0, 4),
+                Err(PowerOnError::InvalidAddress),
+                "{entry:#x}"
+            );
+        }
+        assert_eq!(m.hv.cpu(1).power.state(), PowerState::Off);
+        assert_eq!(m.hv.power_on(root, 1, 0x4000_1000, 7, 4), Ok(()));
+        assert!(m.wait_running(1));
+        assert!(m.hv.arch().take_events().contains(&Event::Activate {
+            cpu: 1,
+            cell: 0,
+            tables: m.hv.cell(root).tables()
+        }));
+        assert_eq!(m.hv.cpu(1).power.state(), PowerState::On);
+        assert_eq!(
+            m.hv.power_on(root, 1, 0x4000_1000, 7, 4),
+            Err(PowerOnError::Busy(CpuOnError::AlreadyOn))
+        );
+        // A cell's CPU is not the root cell's to start, nor may a cell start one.
+        let id = started(m, DEMO);
+        assert_eq!(
+            m.hv.power_on(root, 3, 0x4000_1000, 0, 4),
+            Err(PowerOnError::Denied)
+        );
+        assert_eq!(
+            m.hv.power_on(CellId(id as u32), 3, 0, 0, 4),
+            Err(PowerOnError::Denied)
+        );
+        assert_eq!(
+            m.hv.power_on(root, 99, 0x4000_1000, 0, 4),
+            Err(PowerOnError::Denied)
+        );
+    });
+}

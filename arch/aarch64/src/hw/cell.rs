@@ -10,19 +10,14 @@ use aarch64_cpu::registers::{
     VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use cellvisor_cell::CellId;
-use cellvisor_config::{MemoryFlags, SystemConfigView};
-use cellvisor_core::TrapReason;
+use cellvisor_config::SystemConfigView;
+use cellvisor_core::{PowerOnError, TrapReason};
 use cellvisor_paging::{PaSize, PhysAddr, Stage2};
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
-/// Memory regions of a cell the hypervisor keeps for checks (CPU_ON entry points).
-const MAX_REGIONS: usize = 64;
-
 /// What the hypervisor remembers of the root cell.
 pub struct RootCell {
-    /// (IPA, size, flags) of each memory region.
-    regions: heapless::Vec<(u64, u64, MemoryFlags), MAX_REGIONS>,
     mpidrs: heapless::Vec<u64, MAX_CPUS>,
     vtcr: u64,
     /// Stage-2 table frames in use.
@@ -89,12 +84,8 @@ pub fn build(
 ) -> Result<&'static RootCell, BuildError> {
     GICV.call_once(|| gicv);
     let root = config.root_cell();
-    let mut regions = heapless::Vec::new();
     let mut max_end = 1u64 << 32;
     for region in root.memory_regions() {
-        regions
-            .push((region.virt_start, region.size, region.flags))
-            .map_err(|_| BuildError::Other("the root cell has more than 64 memory regions"))?;
         max_end = max_end.max(region.virt_start + region.size);
     }
     let parange = (aarch64_cpu::registers::ID_AA64MMFR0_EL1.get() & 0xf) as u8;
@@ -129,7 +120,6 @@ pub fn build(
         Ordering::Relaxed,
     );
     Ok(ROOT.call_once(|| RootCell {
-        regions,
         mpidrs: list,
         vtcr,
         table_frames: tables.frames,
@@ -252,36 +242,20 @@ fn configure_extensions() {
 
 /// PSCI CPU_ON from the cell: `target` MPIDR, `entry` IPA, `context` for x0.
 pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -> i64 {
-    let Some(root) = ROOT.get() else {
-        return status::DENIED;
-    };
     let Some(cpu) = cpu_of(cell, target) else {
         return status::INVALID_PARAMETERS;
     };
-    if cell != 0 {
-        // Cells other than the root start their CPUs together at their reset address.
-        return status::DENIED;
-    }
     // SMC32 CPU_ON passes 32-bit arguments.
     let entry = if function & crate::psci::function::SMC64 == 0 {
         entry & 0xffff_ffff
     } else {
         entry
     };
-    let executable = root.regions.iter().any(|&(ipa, size, flags)| {
-        flags.contains(MemoryFlags::EXECUTE)
-            && !flags.contains(MemoryFlags::IO)
-            && (ipa..ipa + size).contains(&entry)
-    });
-    if !executable || entry % 4 != 0 {
-        return status::INVALID_ADDRESS;
-    }
-    match HV.cpu(cpu).power.power_on(entry, context) {
-        Ok(()) => {
-            super::wait::kick(cpu);
-            status::SUCCESS
-        }
-        Err(error) => crate::psci::cpu_on_status(error),
+    match HV.power_on(CellId(u32::from(cell)), cpu, entry, context, 4) {
+        Ok(()) => status::SUCCESS,
+        Err(PowerOnError::Denied) => status::DENIED,
+        Err(PowerOnError::InvalidAddress) => status::INVALID_ADDRESS,
+        Err(PowerOnError::Busy(error)) => crate::psci::cpu_on_status(error),
     }
 }
 

@@ -114,14 +114,6 @@ sysreg!(
     _smcr_el2, set_smcr_el2, "S3_4_C1_C2_6"
 );
 sysreg!(
-    /// `HFGRTR_EL2`: fine-grained read traps.
-    _hfgrtr_el2, set_hfgrtr_el2, "S3_4_C1_C1_4"
-);
-sysreg!(
-    /// `HFGWTR_EL2`: fine-grained write traps.
-    _hfgwtr_el2, set_hfgwtr_el2, "S3_4_C1_C1_5"
-);
-sysreg!(
     /// `CNTHP_CVAL_EL2`: compare value of the EL2 physical timer.
     _cnthp_cval, set_cnthp_cval, "S3_4_C14_C2_2"
 );

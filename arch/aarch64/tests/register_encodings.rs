@@ -6,7 +6,7 @@
 //! The expressions restate those of `src/hw`; the bits `aarch64-cpu` does not name are
 //! defined as there.
 
-use aarch64_cpu::registers::{CNTHCTL_EL2, CPTR_EL2, HCR_EL2, HFGRTR_EL2, HFGWTR_EL2};
+use aarch64_cpu::registers::{CNTHCTL_EL2, CPTR_EL2, HCR_EL2, HFGRTR_EL2, HFGWTR_EL2, SCTLR_EL1};
 use tock_registers::fields::{Field, FieldValue};
 
 /// The four combinations of two features.
@@ -108,4 +108,18 @@ fn hfgrtr_hfgwtr_el2() {
         assert_eq!(read.value, old, "features {features:#b}");
         assert_eq!(write.value, old, "features {features:#b}");
     }
+}
+
+/// `hw::cells::enter_frame`: SCTLR_EL1.
+#[test]
+fn sctlr_el1() {
+    const RES1: u64 = 1 << 29 | 1 << 28 | 1 << 23 | 1 << 22 | 1 << 20 | 1 << 11;
+    const RES1_BITS: FieldValue<u64, SCTLR_EL1::Register> =
+        FieldValue::<u64, _>::new(RES1, 0, RES1);
+    let value = RES1_BITS
+        + SCTLR_EL1::M::Disable
+        + SCTLR_EL1::A::Disable
+        + SCTLR_EL1::C::NonCacheable
+        + SCTLR_EL1::I::NonCacheable;
+    assert_eq!(value.value, 0x30d0_0800);
 }

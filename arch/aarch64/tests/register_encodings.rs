@@ -6,7 +6,10 @@
 //! The expressions restate those of `src/hw`; the bits `aarch64-cpu` does not name are
 //! defined as there.
 
-use aarch64_cpu::registers::{CNTHCTL_EL2, CPTR_EL2, HCR_EL2, HFGRTR_EL2, HFGWTR_EL2, SCTLR_EL1};
+use aarch64_cpu::registers::{
+    CNTHCTL_EL2, CPTR_EL2, HCR_EL2, HFGRTR_EL2, HFGWTR_EL2, ICC_SRE_EL2, ICH_HCR_EL2, ICH_VTR_EL2,
+    SCTLR_EL1,
+};
 use tock_registers::fields::{Field, FieldValue};
 
 /// The four combinations of two features.
@@ -122,4 +125,44 @@ fn sctlr_el1() {
         + SCTLR_EL1::C::NonCacheable
         + SCTLR_EL1::I::NonCacheable;
     assert_eq!(value.value, 0x30d0_0800);
+}
+
+/// `hw::gic::init_cpu`: ICC_SRE_EL2 (SRE and Enable set in the value read) and ICH_HCR_EL2.
+#[test]
+fn gic_cpu_interface() {
+    let sre = ICC_SRE_EL2::SRE::SET + ICC_SRE_EL2::ENABLE::SET;
+    for read in [0, 0b0110, 0b1001, 0xf, 0xffff_fff0] {
+        assert_eq!(
+            sre.modify(read),
+            read | 0b1001,
+            "ICC_SRE_EL2 read {read:#x}"
+        );
+    }
+    assert_eq!(ICH_HCR_EL2::En::SET.value, 1);
+}
+
+/// `hw::gic`: the list register count (ICH_VTR_EL2.ListRegs, bits [4:0], plus one).
+#[test]
+fn ich_vtr_list_regs() {
+    for vtr in [0, 3, 0x1f, 0x9000_0003, u64::MAX] {
+        assert_eq!(
+            ICH_VTR_EL2::ListRegs.read(vtr),
+            vtr & 0x1f,
+            "ICH_VTR_EL2 {vtr:#x}"
+        );
+    }
+}
+
+/// `hw::gic::IchListRegisters::set_underflow_interrupt`: ICH_HCR_EL2.UIE (bit 1) set or
+/// cleared in the value read, the rest kept.
+#[test]
+fn ich_hcr_underflow() {
+    for hcr in [0, 1, 0b10, 0b11, 0xf800_c0ff, u64::MAX] {
+        assert_eq!(ICH_HCR_EL2::UIE::SET.modify(hcr), hcr | 1 << 1, "{hcr:#x}");
+        assert_eq!(
+            ICH_HCR_EL2::UIE::CLEAR.modify(hcr),
+            hcr & !(1 << 1),
+            "{hcr:#x}"
+        );
+    }
 }

@@ -6,8 +6,8 @@ use crate::board::MAX_CPUS;
 use crate::psci::{status, Call, Route};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, MIDR_EL1, MPIDR_EL1,
-    VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, HFGRTR_EL2, HFGWTR_EL2,
+    MIDR_EL1, MPIDR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use cellvisor_cell::CellId;
 use cellvisor_config::SystemConfigView;
@@ -15,6 +15,7 @@ use cellvisor_core::{PowerOnError, TrapReason};
 use cellvisor_paging::{PaSize, PhysAddr, Stage2};
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
+use tock_registers::fields::{Field, FieldValue};
 
 /// What the hypervisor remembers of the root cell.
 pub struct RootCell {
@@ -150,20 +151,23 @@ pub fn prepare_cpu_for(cell: CellId, tables: PhysAddr) {
     let Some(root) = ROOT.get() else { return };
     // VTTBR_EL2 (Arm ARM D23): BADDR, VMID in [55:48].
     let vttbr = tables.as_u64() | (u64::from(cell.0) + 1) << 48;
-    // HCR_EL2 (Arm ARM D23): VM (stage 2), SWIO, FMO and IMO (interrupts to EL2, virtual
-    // interrupts and ICV registers for EL1), TSC (SMC traps), RW (EL1 is AArch64).
-    const VM: u64 = 1 << 0;
-    const SWIO: u64 = 1 << 1;
-    const FMO: u64 = 1 << 3;
-    const IMO: u64 = 1 << 4;
-    const TSC: u64 = 1 << 19;
-    const RW: u64 = 1 << 31;
     VTCR_EL2.set(root.vtcr);
     VTTBR_EL2.set(vttbr);
-    HCR_EL2.set(VM | SWIO | FMO | IMO | TSC | RW | feature_enables());
-    // EL1 may read the physical counter and use the physical timer; virtual counter offset 0
-    // so that all CPUs and cells agree on time.
-    CNTHCTL_EL2.set(0b11);
+    // HCR_EL2 (Arm ARM D23): VM (stage 2), SWIO, FMO and IMO (interrupts to EL2, virtual
+    // interrupts and ICV registers for EL1), TSC (SMC traps), RW (EL1 is AArch64); every other
+    // bit 0.
+    HCR_EL2.write(
+        HCR_EL2::VM::Enable
+            + HCR_EL2::SWIO::SET
+            + HCR_EL2::FMO::EnableVirtualFIQ
+            + HCR_EL2::IMO::EnableVirtualIRQ
+            + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
+            + HCR_EL2::RW::EL1IsAarch64
+            + feature_enables(),
+    );
+    // EL1 may read the physical counter and use the physical timer (HCR_EL2.E2H = 0 layout);
+    // virtual counter offset 0 so that all CPUs and cells agree on time.
+    CNTHCTL_EL2.write(CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET);
     CNTVOFF_EL2.set(0);
     super::sysreg::set_vpidr(MIDR_EL1.get());
     VMPIDR_EL2.set(MPIDR_EL1.get());
@@ -180,21 +184,14 @@ pub fn prepare_cpu_for(cell: CellId, tables: PhysAddr) {
 /// HCR_EL2 bits that stop trapping features EL1 owns outright on this CPU: APK and API
 /// (pointer authentication keys and instructions, FEAT_PAuth) and ATA (allocation tags,
 /// FEAT_MTE2). Arm ARM D23 "HCR_EL2".
-fn feature_enables() -> u64 {
+fn feature_enables() -> FieldValue<u64, HCR_EL2::Register> {
     use aarch64_cpu::registers::{ID_AA64ISAR1_EL1, ID_AA64PFR1_EL1};
     let isar1 = ID_AA64ISAR1_EL1.get();
     let isar2 = super::sysreg::id_aa64isar2();
     // APA [7:4], API [11:8], GPA [27:24], GPI [31:28]; ISAR2 GPA3 [11:8], APA3 [15:12].
-    let pauth = isar1 & 0xff00_00ff0 != 0 || isar2 & 0xff00 != 0;
-    let mte2 = (ID_AA64PFR1_EL1.get() >> 8) & 0xf >= 2;
-    let mut bits = 0;
-    if pauth {
-        bits |= 1 << 40 | 1 << 41;
-    }
-    if mte2 {
-        bits |= 1 << 56;
-    }
-    bits
+    let pauth = u64::from(isar1 & 0xff00_00ff0 != 0 || isar2 & 0xff00 != 0);
+    let mte2 = u64::from(ID_AA64PFR1_EL1.read(ID_AA64PFR1_EL1::MTE) >= 2);
+    HCR_EL2::APK.val(pauth) + HCR_EL2::API.val(pauth) + HCR_EL2::ATA.val(mte2)
 }
 
 /// Lets EL1 use the CPU's FP/SIMD, SVE and SME as on bare metal, and switches off the
@@ -210,9 +207,21 @@ fn configure_extensions() {
     let fgt = field(ID_AA64MMFR0_EL1.get(), 56);
     let mmfr3 = super::sysreg::id_aa64mmfr3();
     let (s1pie, s1poe) = (field(mmfr3, 8), field(mmfr3, 16));
-    // CPTR_EL2: RES1 bits 13, 9 and [7:0]; TSM (12) and TZ (8) are RES1 without SME/SVE and
-    // clear (no trap) with them; TFP (10) clear: no FP/SIMD trap.
-    CPTR_EL2.set(0x22ff | u64::from(!sme) << 12 | u64::from(!sve) << 8);
+    // CPTR_EL2 (HCR_EL2.E2H = 0 layout): RES1 bits 13, 9 and [7:0]; TSM (12) and TZ (8) are
+    // RES1 without SME/SVE and clear (no trap) with them; TFP (10) clear: no FP/SIMD trap;
+    // TTA, TAM and TCPAC clear too. aarch64-cpu 11 names only TAM: the others are defined here.
+    const RES1: u64 = 1 << 13 | 1 << 9 | 0xff;
+    const RES1_BITS: FieldValue<u64, CPTR_EL2::Register> = FieldValue::<u64, _>::new(RES1, 0, RES1);
+    const TZ: Field<u64, CPTR_EL2::Register> = Field::<u64, _>::new(1, 8);
+    const TFP: Field<u64, CPTR_EL2::Register> = Field::<u64, _>::new(1, 10);
+    const TSM: Field<u64, CPTR_EL2::Register> = Field::<u64, _>::new(1, 12);
+    CPTR_EL2.write(
+        RES1_BITS
+            + TSM.val(u64::from(!sme))
+            + TZ.val(u64::from(!sve))
+            + TFP.val(0)
+            + CPTR_EL2::TAM::CLEAR,
+    );
     barrier::isb(barrier::SY);
     if sve {
         // ZCR_EL2.LEN = all ones: EL1 may use the longest vector the CPU implements.
@@ -222,21 +231,33 @@ fn configure_extensions() {
         super::sysreg::set_smcr_el2(0x1ff);
     }
     if fgt {
-        let mut negative = 0u64;
-        if sme {
-            negative |= 1 << 55 | 1 << 54; // nTPIDR2_EL0, nSMPRI_EL1
-        }
-        if s1pie {
-            negative |= 1 << 58 | 1 << 57; // nPIR_EL1, nPIRE0_EL1
-        }
-        if s1poe {
-            negative |= 1 << 60 | 1 << 59; // nPOR_EL1, nPOR_EL0
-        }
-        if gcs {
-            negative |= 1 << 53 | 1 << 52; // nGCS_EL1, nGCS_EL0
-        }
-        super::sysreg::set_hfgrtr_el2(negative);
-        super::sysreg::set_hfgwtr_el2(negative);
+        // Each "n" bit set (no trap) if the CPU has the feature; every other bit 0.
+        let (sme, s1pie, s1poe, gcs) = (
+            u64::from(sme),
+            u64::from(s1pie),
+            u64::from(s1poe),
+            u64::from(gcs),
+        );
+        HFGRTR_EL2.write(
+            HFGRTR_EL2::nTPIDR2_EL0.val(sme)
+                + HFGRTR_EL2::nSMPRI_EL1.val(sme)
+                + HFGRTR_EL2::nPIR_EL1.val(s1pie)
+                + HFGRTR_EL2::nPIRE0_EL1.val(s1pie)
+                + HFGRTR_EL2::nPOR_EL1.val(s1poe)
+                + HFGRTR_EL2::nPOR_EL0.val(s1poe)
+                + HFGRTR_EL2::nGCS_EL1.val(gcs)
+                + HFGRTR_EL2::nGCS_EL0.val(gcs),
+        );
+        HFGWTR_EL2.write(
+            HFGWTR_EL2::nTPIDR2_EL0.val(sme)
+                + HFGWTR_EL2::nSMPRI_EL1.val(sme)
+                + HFGWTR_EL2::nPIR_EL1.val(s1pie)
+                + HFGWTR_EL2::nPIRE0_EL1.val(s1pie)
+                + HFGWTR_EL2::nPOR_EL1.val(s1poe)
+                + HFGWTR_EL2::nPOR_EL0.val(s1poe)
+                + HFGWTR_EL2::nGCS_EL1.val(gcs)
+                + HFGWTR_EL2::nGCS_EL0.val(gcs),
+        );
     }
 }
 

@@ -34,9 +34,21 @@ pub fn park(cpu: usize, frame: &mut TrapFrame) {
 /// D, A, I, F masked, and EL1's MMU and caches off (the state of a CPU after reset).
 pub fn enter_frame(frame: &mut TrapFrame, entry: u64, x0: u64) {
     use aarch64_cpu::registers::{Writeable, SCTLR_EL1};
-    // SCTLR_EL1: RES1 bits only (MMU, caches and alignment checks off): bits 29, 28, 23,
-    // 22, 20 and 11 of the ARMv8.0 layout.
-    SCTLR_EL1.set(0x30d0_0800);
+    use tock_registers::fields::FieldValue;
+    // SCTLR_EL1: the RES1 bits of the Armv8.0 layout set, everything else clear (MMU, caches
+    // and alignment checks off). Later versions name those bits (Arm ARM D23 "SCTLR_EL1"):
+    // LSMAOE (29), nTLSMD (28), SPAN (23), EIS (22), TSCXT (20), EOS (11), 1 being the Armv8.0
+    // behaviour for each; aarch64-cpu 11 names none of them.
+    const RES1: u64 = 1 << 29 | 1 << 28 | 1 << 23 | 1 << 22 | 1 << 20 | 1 << 11;
+    const RES1_BITS: FieldValue<u64, SCTLR_EL1::Register> =
+        FieldValue::<u64, _>::new(RES1, 0, RES1);
+    SCTLR_EL1.write(
+        RES1_BITS
+            + SCTLR_EL1::M::Disable
+            + SCTLR_EL1::A::Disable
+            + SCTLR_EL1::C::NonCacheable
+            + SCTLR_EL1::I::NonCacheable,
+    );
     frame.x = [0; 31];
     frame.x[0] = x0;
     frame.sp = 0;

@@ -19,6 +19,10 @@
 use super::sysreg;
 use crate::board::MAX_CPUS;
 use crate::trap::{AccessWidth, MmioTrap};
+use aarch64_cpu::registers::{
+    ReadWriteable, Readable, Writeable, ICC_SRE_EL2, ICH_AP0R0_EL2, ICH_AP1R0_EL2, ICH_HCR_EL2,
+    ICH_VMCR_EL2, ICH_VTR_EL2,
+};
 use cellvisor_gic::line::{self, SpiState};
 use cellvisor_gic::lr::{
     GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, LrState, VirtualIrq,
@@ -309,20 +313,20 @@ pub fn init_cpu(cpu: usize) {
             }
             // SRE and Enable (lower ELs use the system registers too), then the physical
             // CPU interface: all priorities, EOImode = 1 (split drop and deactivation).
-            sysreg::set_icc_sre_el2(sysreg::icc_sre_el2() | 0b1001);
+            ICC_SRE_EL2.modify(ICC_SRE_EL2::SRE::SET + ICC_SRE_EL2::ENABLE::SET);
             aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
             sysreg::set_icc_pmr(u64::from(PMR_OPEN));
             sysreg::set_icc_bpr1(0);
             sysreg::set_icc_ctlr(sysreg::icc_ctlr() | 1 << 1);
             sysreg::set_icc_igrpen1(1);
-            sysreg::set_ich_vmcr(0);
-            sysreg::set_ich_ap0r0(0);
-            sysreg::set_ich_ap1r0(0);
-            let count = (sysreg::ich_vtr() & 0x1f) as usize + 1;
+            ICH_VMCR_EL2.set(0);
+            ICH_AP0R0_EL2.set(0);
+            ICH_AP1R0_EL2.set(0);
+            let count = ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) as usize + 1;
             for n in 0..count.min(16) {
                 sysreg::set_ich_lr(n, 0);
             }
-            sysreg::set_ich_hcr(1);
+            ICH_HCR_EL2.write(ICH_HCR_EL2::En::SET);
             LrFormat::V3
         }
         Emulation::V2(_) => {
@@ -429,14 +433,16 @@ impl ListRegisterFile for IchListRegisters {
     }
 
     fn set_underflow_interrupt(&mut self, enabled: bool) {
-        let hcr = sysreg::ich_hcr();
-        let new = if enabled {
-            hcr | 1 << 1
+        // Not `modify`: the register is only written when UIE changes.
+        let hcr = ICH_HCR_EL2.get();
+        let uie = if enabled {
+            ICH_HCR_EL2::UIE::SET
         } else {
-            hcr & !(1 << 1)
+            ICH_HCR_EL2::UIE::CLEAR
         };
+        let new = uie.modify(hcr);
         if new != hcr {
-            sysreg::set_ich_hcr(new);
+            ICH_HCR_EL2.set(new);
         }
     }
 }
@@ -514,7 +520,7 @@ fn with_list_registers_of<T>(
     let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).assume_init_mut() };
     let mut lrs = match gic.emulation {
         Emulation::V3(..) => CpuListRegisters::V3(IchListRegisters {
-            count: (sysreg::ich_vtr() & 0x1f) as usize + 1,
+            count: ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) as usize + 1,
         }),
         Emulation::V2(_) => {
             let gich = gic.layout.hypervisor_interface?;
@@ -741,9 +747,9 @@ pub fn reset_cpu_interface(cpu: usize) {
             });
         });
         if matches!(gic.emulation, Emulation::V3(..)) {
-            sysreg::set_ich_vmcr(0);
-            sysreg::set_ich_ap0r0(0);
-            sysreg::set_ich_ap1r0(0);
+            ICH_VMCR_EL2.set(0);
+            ICH_AP0R0_EL2.set(0);
+            ICH_AP1R0_EL2.set(0);
         } else if let Some(gich) = gic.layout.hypervisor_interface {
             region(gich, 0x1000).write32(GICH_VMCR, 0);
         }

@@ -29,6 +29,8 @@ const NONE: u8 = u8::MAX;
 /// The reserved counter's index, the same on every CPU (set by the first CPU that checks).
 static COUNTER: AtomicU8 = AtomicU8::new(NONE);
 
+// The PMU registers are accessed raw here: aarch64-cpu 11 has none of them (PMCR_EL0,
+// PMCNTENSET_EL0, PMCEID0_EL0, PMEVCNTR<n>_EL0, PMEVTYPER<n>_EL0), only MDCR_EL2.
 macro_rules! counter_registers {
     ($($n:literal => $cnt:literal, $typer:literal;)*) => {
         /// Reads PMEVCNTR<n>_EL0.

@@ -18,40 +18,40 @@ use aarch64_cpu::registers::{Readable, ID_AA64ISAR1_EL1, ID_AA64PFR0_EL1, ID_AA6
 /// Called at EL2 on the CPU about to enter a new vCPU, with `CPTR_EL2` not trapping FP/SIMD,
 /// SVE or SME (as [`super::cell::prepare_cpu_for`] leaves it).
 pub fn el1_state() {
-    // SAFETY: these writes change only EL1/EL0 system registers and the FP/SIMD registers,
-    // none of which EL2 uses (the hypervisor is built for a soft-float target and runs on its
-    // own EL2 registers); no memory is touched.
-    unsafe {
-        core::arch::asm!(
-            "msr ttbr0_el1, xzr",
-            "msr ttbr1_el1, xzr",
-            "msr tcr_el1, xzr",
-            "msr mair_el1, xzr",
-            "msr amair_el1, xzr",
-            "msr vbar_el1, xzr",
-            "msr contextidr_el1, xzr",
-            "msr tpidr_el0, xzr",
-            "msr tpidrro_el0, xzr",
-            "msr tpidr_el1, xzr",
-            "msr sp_el1, xzr",
-            "msr elr_el1, xzr",
-            "msr spsr_el1, xzr",
-            "msr esr_el1, xzr",
-            "msr far_el1, xzr",
-            "msr par_el1, xzr",
-            "msr afsr0_el1, xzr",
-            "msr afsr1_el1, xzr",
-            "msr cntkctl_el1, xzr",
-            "msr cntv_cval_el0, xzr",
-            "msr cntp_cval_el0, xzr",
-            "msr mdscr_el1, xzr",
-            "msr csselr_el1, xzr",
-            // CPACR_EL1 = 0: the new kernel's FP/SIMD use traps to it until it enables it.
-            "msr cpacr_el1, xzr",
-            "isb",
-            options(nomem, nostack, preserves_flags)
-        );
-    }
+    use aarch64_cpu::registers::{
+        Writeable, AFSR0_EL1, AFSR1_EL1, AMAIR_EL1, CNTKCTL_EL1, CNTP_CVAL_EL0, CNTV_CVAL_EL0,
+        CONTEXTIDR_EL1, CPACR_EL1, CSSELR_EL1, ELR_EL1, ESR_EL1, FAR_EL1, MAIR_EL1, MDSCR_EL1,
+        PAR_EL1, SPSR_EL1, SP_EL1, TCR_EL1, TPIDRRO_EL0, TPIDR_EL0, TPIDR_EL1, TTBR0_EL1,
+        TTBR1_EL1, VBAR_EL1,
+    };
+    // EL1 and EL0 registers only: EL2 runs on its own (and is built soft-float, so the
+    // FP/SIMD registers zeroed below are not its either).
+    TTBR0_EL1.set(0);
+    TTBR1_EL1.set(0);
+    TCR_EL1.set(0);
+    MAIR_EL1.set(0);
+    AMAIR_EL1.set(0);
+    VBAR_EL1.set(0);
+    CONTEXTIDR_EL1.set(0);
+    TPIDR_EL0.set(0);
+    TPIDRRO_EL0.set(0);
+    TPIDR_EL1.set(0);
+    SP_EL1.set(0);
+    ELR_EL1.set(0);
+    SPSR_EL1.set(0);
+    ESR_EL1.set(0);
+    FAR_EL1.set(0);
+    PAR_EL1.set(0);
+    AFSR0_EL1.set(0);
+    AFSR1_EL1.set(0);
+    CNTKCTL_EL1.set(0);
+    CNTV_CVAL_EL0.set(0);
+    CNTP_CVAL_EL0.set(0);
+    MDSCR_EL1.set(0);
+    CSSELR_EL1.set(0);
+    // CPACR_EL1 = 0: the new kernel's FP/SIMD use traps to it until it enables it.
+    CPACR_EL1.set(0);
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
     // Streaming mode off first: leaving it zeroes the SVE registers, which come next.
     if ID_AA64PFR1_EL1.get() >> 24 & 0xf != 0 {
         sme_off();
@@ -143,8 +143,8 @@ unsafe extern "C" {
 /// Leaves streaming mode and switches ZA off (SVCR = 0; ZA reads as zero when it is switched
 /// on again), and TPIDR2_EL0.
 fn sme_off() {
-    // SAFETY: as in `el1_state`: SME state only. SVCR is S3_3_C4_C2_2, TPIDR2_EL0
-    // S3_3_C13_C0_5.
+    // aarch64-cpu 11 has neither register. SVCR is S3_3_C4_C2_2, TPIDR2_EL0 S3_3_C13_C0_5.
+    // SAFETY: EL0/EL1 SME state only, which EL2 does not use; no memory is touched.
     unsafe {
         core::arch::asm!(
             "msr S3_3_C4_C2_2, xzr",
@@ -156,8 +156,10 @@ fn sme_off() {
 
 /// The five pointer-authentication keys (APIA, APIB, APDA, APDB, APGA), low and high halves.
 fn pointer_authentication_keys() {
-    // SAFETY: as in `el1_state`: EL1 key registers only (generic names: op0 3, op1 0, CRn 2,
-    // CRm 1..3).
+    // Raw, by their generic names (op0 3, op1 0, CRn 2, CRm 1..3): aarch64-cpu's APIAKEYLO_EL1
+    // and the others write them by name, which the assembler only accepts when the target has
+    // the `pauth` feature, and the image is built for plain Armv8.0.
+    // SAFETY: EL1 key registers only, which EL2 does not use; no memory is touched.
     unsafe {
         core::arch::asm!(
             "msr S3_0_C2_C1_0, xzr",

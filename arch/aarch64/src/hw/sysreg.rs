@@ -1,7 +1,20 @@
-//! System registers `aarch64-cpu` does not name: the GICv3 CPU interface registers the
-//! hypervisor uses at EL2 (IHI 0069 §12.2, §12.4), VPIDR_EL2, CNTHP_CVAL_EL2 and a few ID and
-//! trap registers. Accessed by their generic
-//! `S<op0>_<op1>_C<n>_C<m>_<op2>` names.
+//! System registers `aarch64-cpu` 11 does not provide, accessed by their generic
+//! `S<op0>_<op1>_C<n>_C<m>_<op2>` names:
+//!
+//! - GICv3 CPU interface (IHI 0069 §12.2): `ICC_IAR1_EL1`, `ICC_EOIR1_EL1`, `ICC_DIR_EL1`,
+//!   `ICC_PMR_EL1`, `ICC_BPR1_EL1`, `ICC_IGRPEN1_EL1`, `ICC_SGI1R_EL1`, and `ICC_CTLR_EL1`,
+//!   which `aarch64-cpu` has read-only (with ExtRange alone: no EOImode, no write);
+//! - GICv3 virtual interface (IHI 0069 §12.4): `ICH_ELRSR_EL2`;
+//! - `VPIDR_EL2`, `CNTHP_CVAL_EL2`, `ZCR_EL2`, `SMCR_EL2`;
+//! - the ID registers `ID_AA64MMFR3_EL1` and `ID_AA64ISAR2_EL1`.
+//!
+//! `aarch64-cpu` does have the other ICH registers the hypervisor uses (`ICH_HCR_EL2`,
+//! `ICH_VTR_EL2`, `ICH_VMCR_EL2`, `ICH_AP0R<n>_EL2`, `ICH_AP1R<n>_EL2`, `ICH_LR<n>_EL2`) and
+//! `ICC_SRE_EL2`: the code uses those directly. [`ich_lr`] only picks `aarch64-cpu`'s
+//! `ICH_LR<n>_EL2` for an index known at run time; [`set_ich_lr`] writes the list registers
+//! raw, to keep the injection path's instruction count (see there).
+
+use aarch64_cpu::registers::Readable;
 
 macro_rules! sysreg {
     ($(#[$doc:meta])* $read:ident, $write:ident, $name:literal) => {
@@ -65,32 +78,8 @@ sysreg!(
     _icc_sgi1r_r, icc_sgi1r, "S3_0_C12_C11_5"
 );
 sysreg!(
-    /// `ICC_SRE_EL2`.
-    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5"
-);
-sysreg!(
-    /// `ICH_HCR_EL2`.
-    ich_hcr, set_ich_hcr, "S3_4_C12_C11_0"
-);
-sysreg!(
-    /// `ICH_VTR_EL2`.
-    ich_vtr, _ich_vtr_w, "S3_4_C12_C11_1"
-);
-sysreg!(
     /// `ICH_ELRSR_EL2`: empty list registers.
     ich_elrsr, _ich_elrsr_w, "S3_4_C12_C11_5"
-);
-sysreg!(
-    /// `ICH_VMCR_EL2`.
-    ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7"
-);
-sysreg!(
-    /// `ICH_AP0R0_EL2`.
-    _ich_ap0r0, set_ich_ap0r0, "S3_4_C12_C8_0"
-);
-sysreg!(
-    /// `ICH_AP1R0_EL2`.
-    _ich_ap1r0, set_ich_ap1r0, "S3_4_C12_C9_0"
 );
 sysreg!(
     /// `VPIDR_EL2`: the MIDR_EL1 value EL1 reads.
@@ -114,41 +103,33 @@ sysreg!(
     _smcr_el2, set_smcr_el2, "S3_4_C1_C2_6"
 );
 sysreg!(
-    /// `HFGRTR_EL2`: fine-grained read traps.
-    _hfgrtr_el2, set_hfgrtr_el2, "S3_4_C1_C1_4"
-);
-sysreg!(
-    /// `HFGWTR_EL2`: fine-grained write traps.
-    _hfgwtr_el2, set_hfgwtr_el2, "S3_4_C1_C1_5"
-);
-sysreg!(
     /// `CNTHP_CVAL_EL2`: compare value of the EL2 physical timer.
     _cnthp_cval, set_cnthp_cval, "S3_4_C14_C2_2"
 );
 
-/// `ICH_LR<n>_EL2`, n < 16 (IHI 0069 §12.4.6: CRm = 12 + n / 8, op2 = n % 8).
+/// `ICH_LR<n>_EL2`, n < 16 (0 for other indices): `aarch64-cpu`'s register of that index.
 #[inline]
 pub fn ich_lr(n: usize) -> u64 {
     macro_rules! read {
-        ($($n:literal => $name:literal),*) => {
+        ($($n:literal => $reg:ident),*) => {
             match n {
-                $($n => {
-                    let value: u64;
-                    // SAFETY: reading a list register has no side effect.
-                    unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
-                    value
-                })*
+                $($n => aarch64_cpu::registers::$reg.get(),)*
                 _ => 0,
             }
         };
     }
-    read!(0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
-          4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
-          8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
-          12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7")
+    read!(0 => ICH_LR0_EL2, 1 => ICH_LR1_EL2, 2 => ICH_LR2_EL2, 3 => ICH_LR3_EL2,
+          4 => ICH_LR4_EL2, 5 => ICH_LR5_EL2, 6 => ICH_LR6_EL2, 7 => ICH_LR7_EL2,
+          8 => ICH_LR8_EL2, 9 => ICH_LR9_EL2, 10 => ICH_LR10_EL2, 11 => ICH_LR11_EL2,
+          12 => ICH_LR12_EL2, 13 => ICH_LR13_EL2, 14 => ICH_LR14_EL2, 15 => ICH_LR15_EL2)
 }
 
 /// Writes `ICH_LR<n>_EL2`, n < 16; other indices are ignored.
+///
+/// Raw, not `aarch64-cpu`'s `ICH_LR<n>_EL2.set`: that one is `nomem`, which lets the compiler
+/// move the queue's stack stores across the write, and the maintenance interrupt's refill
+/// loop (`ListRegisters::maintenance`, inlined into `gic::handle_own`) then takes one more
+/// instruction per list register it fills. The injection path must not grow.
 #[inline]
 pub fn set_ich_lr(n: usize, value: u64) {
     macro_rules! write {

@@ -247,9 +247,11 @@ impl<A: Arch> Hypervisor<A> {
         &self.cpus[cpu.min(MAX_CPUS - 1)]
     }
 
-    /// Cell slot `cell`'s run-time state (slot 0, the root cell, for an index out of range).
+    /// Cell slot `cell`'s run-time state; for an id beyond the slots, an empty one (no CPUs,
+    /// no tables, no state), so that a bad id never panics nor reaches another cell.
     pub fn cell(&self, cell: CellId) -> &CellRuntime {
-        self.cells.get(cell.0 as usize).unwrap_or(&self.cells[0])
+        static NO_CELL: CellRuntime = CellRuntime::new();
+        self.cells.get(cell.0 as usize).unwrap_or(&NO_CELL)
     }
 
     /// The console ring.

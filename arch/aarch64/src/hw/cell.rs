@@ -184,12 +184,18 @@ pub fn prepare_cpu_for(cell: CellId, tables: PhysAddr) {
 /// HCR_EL2 bits that stop trapping features EL1 owns outright on this CPU: APK and API
 /// (pointer authentication keys and instructions, FEAT_PAuth) and ATA (allocation tags,
 /// FEAT_MTE2). Arm ARM D23 "HCR_EL2".
+/// ID_AA64ISAR1_EL1 fields that say the CPU has pointer authentication: APA, API, GPA, GPI.
+pub const PAUTH_ISAR1: u64 = 0xff00_0ff0;
+/// ID_AA64ISAR2_EL1 fields that say so: GPA3, APA3.
+pub const PAUTH_ISAR2: u64 = 0xff00;
+
 fn feature_enables() -> FieldValue<u64, HCR_EL2::Register> {
     use aarch64_cpu::registers::{ID_AA64ISAR1_EL1, ID_AA64PFR1_EL1};
     let isar1 = ID_AA64ISAR1_EL1.get();
     let isar2 = super::sysreg::id_aa64isar2();
-    // APA [7:4], API [11:8], GPA [27:24], GPI [31:28]; ISAR2 GPA3 [11:8], APA3 [15:12].
-    let pauth = u64::from(isar1 & 0xff00_00ff0 != 0 || isar2 & 0xff00 != 0);
+    // APA [7:4], API [11:8], GPA [27:24], GPI [31:28]; ISAR2 GPA3 [11:8], APA3 [15:12]. (The
+    // mask was 0xff00_00ff0 before, which took FRINTTS [35:32] for pointer authentication.)
+    let pauth = u64::from(isar1 & PAUTH_ISAR1 != 0 || isar2 & PAUTH_ISAR2 != 0);
     let mte2 = u64::from(ID_AA64PFR1_EL1.read(ID_AA64PFR1_EL1::MTE) >= 2);
     HCR_EL2::APK.val(pauth) + HCR_EL2::API.val(pauth) + HCR_EL2::ATA.val(mte2)
 }

@@ -62,7 +62,9 @@ pub fn el1_state() {
     unsafe { cellvisor_scrub_fp_simd(u64::from(sve)) };
     // APA [7:4], API [11:8], GPA [27:24], GPI [31:28] (and ISAR2's APA3/GPA3, which imply
     // one of these on every CPU that has them).
-    if ID_AA64ISAR1_EL1.get() & 0xff00_0ff0 != 0 || super::sysreg::id_aa64isar2() & 0xff00 != 0 {
+    if ID_AA64ISAR1_EL1.get() & super::cell::PAUTH_ISAR1 != 0
+        || super::sysreg::id_aa64isar2() & super::cell::PAUTH_ISAR2 != 0
+    {
         pointer_authentication_keys();
     }
 }

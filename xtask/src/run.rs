@@ -653,7 +653,7 @@ fn host_boot_times(
 /// Boots `qemu` until it exits by itself with status 0 and returns the host time from its
 /// start to the first line with [`initramfs::MARKER`]; the console goes to `log`.
 fn measure_host(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Duration> {
-    let run = run_to_exit(qemu, timeout, log)?;
+    let run = run_to_exit(qemu, timeout, LINUX_SILENCE, log)?;
     run.init
         .with_context(|| format!("no line containing {:?}", initramfs::MARKER))
 }
@@ -669,7 +669,17 @@ pub struct Measured {
 /// Boots `qemu` until it exits and returns the guest time `guest-clock` printed, with the
 /// console's lines; they also go to `log`.
 pub fn measure(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Measured> {
-    let run = run_to_exit(qemu, timeout, log)?;
+    measure_with_silence(qemu, timeout, LINUX_SILENCE, log)
+}
+
+/// [`measure`] for a boot that may print nothing for up to `silence` (a silent workload).
+pub fn measure_with_silence(
+    qemu: &Qemu,
+    timeout: Duration,
+    silence: Duration,
+    log: &Path,
+) -> Result<Measured> {
+    let run = run_to_exit(qemu, timeout, silence, log)?;
     match run.lines.iter().find_map(|line| guest_time(line)) {
         Some(time) => Ok(Measured {
             time,
@@ -688,8 +698,8 @@ struct Run {
 }
 
 /// Boots `qemu` until it exits by itself, which it must do with status 0 (a console silent
-/// for [`LINUX_SILENCE`] or a boot longer than `timeout` fails); the console goes to `log`.
-fn run_to_exit(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Run> {
+/// for `silence` or a boot longer than `timeout` fails); the console goes to `log`.
+fn run_to_exit(qemu: &Qemu, timeout: Duration, silence: Duration, log: &Path) -> Result<Run> {
     let start = Instant::now();
     let mut console = qemu.spawn_console()?;
     let deadline = start + timeout;
@@ -697,7 +707,7 @@ fn run_to_exit(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Run> {
     let mut lines = Vec::new();
     let mut init = None;
     let outcome = loop {
-        match console.next_line(deadline.min(last_output + LINUX_SILENCE)) {
+        match console.next_line(deadline.min(last_output + silence)) {
             Next::Line(Stream::Stderr, line) => lines.push(format!("[qemu] {line}")),
             Next::Line(Stream::Console, line) => {
                 last_output = Instant::now();
@@ -712,7 +722,7 @@ fn run_to_exit(qemu: &Qemu, timeout: Duration, log: &Path) -> Result<Run> {
             Next::Timeout => {
                 break Err(anyhow::anyhow!(
                     "no console output for {} s (hung?)",
-                    LINUX_SILENCE.as_secs()
+                    silence.as_secs()
                 ))
             }
             Next::Closed => break Ok(()),

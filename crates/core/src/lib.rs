@@ -205,7 +205,13 @@ pub struct Hypervisor<A: Arch> {
     budgets: Mutex<[OutputBudget; MAX_CELLS]>,
     /// When the root cell last had the counters printed (milliseconds; 0: never).
     last_counters: AtomicU64,
+    /// The root cell's executable RAM, `[start, end)` (for its CPU power-on); `None` when
+    /// it has more regions than the list holds.
+    root_executable: Once<Option<heapless::Vec<(u64, u64), ROOT_EXECUTABLE>>>,
 }
+
+/// Executable RAM regions of the root cell kept for its CPU power-on checks.
+const ROOT_EXECUTABLE: usize = 32;
 
 impl<A: Arch> core::fmt::Debug for Hypervisor<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -232,6 +238,7 @@ impl<A: Arch> Hypervisor<A> {
             ring: Ring::new(),
             budgets: Mutex::new([OutputBudget::new(); MAX_CELLS]),
             last_counters: AtomicU64::new(0),
+            root_executable: Once::new(),
         }
     }
 

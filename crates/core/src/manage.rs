@@ -59,6 +59,26 @@ impl<A: Arch> Hypervisor<A> {
         })?;
         self.interface.call_once(|| interface);
         self.system.call_once(|| *config);
+        self.root_executable.call_once(|| {
+            let mut ranges = heapless::Vec::new();
+            for region in config.root_cell().memory_regions() {
+                if region
+                    .flags
+                    .contains(cellvisor_config::MemoryFlags::EXECUTE)
+                    && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
+                    && ranges
+                        .push((
+                            region.virt_start,
+                            region.virt_start.saturating_add(region.size),
+                        ))
+                        .is_err()
+                {
+                    // More than the list holds: the configuration is searched instead.
+                    return None;
+                }
+            }
+            Some(ranges)
+        });
         Ok(())
     }
 
@@ -138,6 +158,11 @@ impl<A: Arch> Hypervisor<A> {
         Ok(())
     }
 
+    /// One command. Kept out of line: the register accesses of [`mgmt_access`] are the common
+    /// trap, and the commands' stack frame (messages, copies) would cost them every time.
+    ///
+    /// [`mgmt_access`]: Self::mgmt_access
+    #[inline(never)]
     fn run(&self, cpu: usize, state: &mut Management, raw: u32) -> i64 {
         let Some(command) = Command::from_raw(raw) else {
             return self

@@ -172,15 +172,22 @@ impl<A: Arch> Hypervisor<A> {
         if caller.0 != 0 || !self.cell_has_cpu(caller, cpu) {
             return Err(PowerOnError::Denied);
         }
-        let system = self.system.get().ok_or(PowerOnError::Denied)?;
-        let executable = system.root_cell().memory_regions().any(|region| {
-            region
-                .flags
-                .contains(cellvisor_config::MemoryFlags::EXECUTE)
-                && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
-                && (region.virt_start..region.virt_start.saturating_add(region.size))
-                    .contains(&entry)
-        });
+        let executable = match self.root_executable.get() {
+            Some(Some(ranges)) => ranges
+                .iter()
+                .any(|(start, end)| (*start..*end).contains(&entry)),
+            _ => {
+                let system = self.system.get().ok_or(PowerOnError::Denied)?;
+                system.root_cell().memory_regions().any(|region| {
+                    region
+                        .flags
+                        .contains(cellvisor_config::MemoryFlags::EXECUTE)
+                        && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
+                        && (region.virt_start..region.virt_start.saturating_add(region.size))
+                            .contains(&entry)
+                })
+            }
+        };
         if !executable || !entry.is_multiple_of(align.max(1)) {
             return Err(PowerOnError::InvalidAddress);
         }

@@ -67,6 +67,24 @@ impl FakePhys {
         });
     }
 
+    /// Sets `[at, at + len)` to zero without creating pages: untouched pages read as zero,
+    /// whole pages are dropped (zeroing a cell's gigabyte of RAM costs no gigabyte here).
+    pub fn zero(&self, at: u64, len: u64) {
+        let mut pages = self.pages.lock().unwrap();
+        let end = at.saturating_add(len);
+        let mut address = at;
+        while address < end {
+            let (page, offset) = (address / PAGE, (address % PAGE) as usize);
+            let n = (PAGE - offset as u64).min(end - address);
+            if n == PAGE {
+                pages.remove(&page);
+            } else if let Some(frame) = pages.get_mut(&page) {
+                frame[offset..offset + n as usize].fill(0);
+            }
+            address += n;
+        }
+    }
+
     /// Whether every byte of `[at, at + len)` is zero (untouched pages are).
     pub fn is_zero(&self, at: u64, len: u64) -> bool {
         let pages = self.pages.lock().unwrap();
@@ -308,6 +326,9 @@ impl Memory for FakeArch {
     }
 
     fn fill(&self, to: PhysAddr, byte: u8, len: u64) {
+        if byte == 0 {
+            return self.phys.zero(to.as_u64(), len);
+        }
         let chunk = [byte; PAGE as usize];
         let mut done = 0;
         while done < len {

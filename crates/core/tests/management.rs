@@ -414,3 +414,29 @@ fn two_cells_at_once_and_their_statistics() {
         assert_eq!(m.snapshot(), before);
     });
 }
+
+#[test]
+fn a_destroy_with_a_failed_step_still_forgets_the_cell() {
+    // Regression (found by tests/sequences.rs): the registry forgets a cell whose destroy
+    // fails at a step, but the cell's run-time state stayed, so the slot had a state and no
+    // cell in the books.
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let id = started(m, DEMO);
+        assert!(m.wait_running(3));
+        m.hv.arch().fail_irq_moves(40);
+        let (error, message) = m
+            .command(Command::CellDestroy, [id as u64, 0, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::OutOfMemory);
+        assert!(message.contains("destroyed, but"), "{message}");
+        assert_eq!(m.list().len(), 1, "the cell is gone from the books");
+        assert_eq!(m.hv.cell(CellId(1)).state(), 0, "and from the runtime");
+        assert_eq!(m.hv.cell(CellId(1)).name(), "");
+        assert!(ring_text(m).contains("cell \"demo\" destroyed"));
+        assert_eq!(m.snapshot(), before);
+        m.hv.arch().fail_irq_moves(u32::MAX);
+        assert_eq!(m.create(DEMO), Ok(1));
+        assert_eq!(m.hv.cell(CellId(1)).state(), CellState::Created as u32);
+    });
+}

@@ -9,7 +9,7 @@
 //!   runs. [`FakeArch::set_deaf`] makes a CPU ignore stop requests (a CPU that does not
 //!   answer), [`FakeArch::set_violation`] makes it break the rules once it runs.
 //! - [`FakeArch::fail_irq_moves`] and a small table pool make machine steps fail, to test
-//!   rollback.
+//!   rollback; [`FakeArch::set_activation_delay`] keeps a CPU entering a cell for a while.
 
 use crate::arch::{Cpus, InterruptChip, Memory, Output, Translation, Vcpus};
 use crate::{Hypervisor, Verdict, MAX_CPUS};
@@ -166,6 +166,7 @@ pub struct FakeArch {
     deaf: AtomicU64,
     violation: AtomicU64,
     failing_irq: AtomicU32,
+    activation_delay: AtomicU64,
     events: Mutex<Vec<Event>>,
     output: Mutex<String>,
     lock: Mutex<()>,
@@ -204,6 +205,7 @@ impl FakeArch {
             deaf: AtomicU64::new(0),
             violation: AtomicU64::new(0),
             failing_irq: AtomicU32::new(u32::MAX),
+            activation_delay: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             output: Mutex::new(String::new()),
             lock: Mutex::new(()),
@@ -240,6 +242,12 @@ impl FakeArch {
     /// Makes every move of interrupt line `irq` fail (`u32::MAX`: none).
     pub fn fail_irq_moves(&self, irq: u32) {
         self.failing_irq.store(irq, Ordering::SeqCst);
+    }
+
+    /// Makes every [`Vcpus::activate`] take `millis` milliseconds after it logged its
+    /// event: a CPU that is still entering a cell, for tests of what other CPUs see then.
+    pub fn set_activation_delay(&self, millis: u64) {
+        self.activation_delay.store(millis, Ordering::SeqCst);
     }
 
     /// Ends every wait: the CPU threads of [`run_cpu`] return.
@@ -390,6 +398,10 @@ impl Vcpus for FakeArch {
             cell: cell.0,
             tables: tables.as_u64(),
         });
+        let delay = self.activation_delay.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //!   runs. [`FakeArch::set_deaf`] makes a CPU ignore stop requests (a CPU that does not
 //!   answer), [`FakeArch::set_violation`] makes it break the rules once it runs.
 //! - [`FakeArch::fail_irq_moves`] and a small table pool make machine steps fail, to test
-//!   rollback.
+//!   rollback; [`FakeArch::set_activation_delay`] keeps a CPU entering a cell for a while.
 
 use crate::arch::{Cpus, InterruptChip, Memory, Output, Translation, Vcpus};
 use crate::{Hypervisor, Verdict, MAX_CPUS};
@@ -65,6 +65,24 @@ impl FakePhys {
         self.with_bytes(at, bytes.len(), |dest, done| {
             dest.copy_from_slice(&bytes[done..done + dest.len()])
         });
+    }
+
+    /// Sets `[at, at + len)` to zero without creating pages: untouched pages read as zero,
+    /// whole pages are dropped (zeroing a cell's gigabyte of RAM costs no gigabyte here).
+    pub fn zero(&self, at: u64, len: u64) {
+        let mut pages = self.pages.lock().unwrap();
+        let end = at.saturating_add(len);
+        let mut address = at;
+        while address < end {
+            let (page, offset) = (address / PAGE, (address % PAGE) as usize);
+            let n = (PAGE - offset as u64).min(end - address);
+            if n == PAGE {
+                pages.remove(&page);
+            } else if let Some(frame) = pages.get_mut(&page) {
+                frame[offset..offset + n as usize].fill(0);
+            }
+            address += n;
+        }
     }
 
     /// Whether every byte of `[at, at + len)` is zero (untouched pages are).
@@ -148,6 +166,7 @@ pub struct FakeArch {
     deaf: AtomicU64,
     violation: AtomicU64,
     failing_irq: AtomicU32,
+    activation_delay: AtomicU64,
     events: Mutex<Vec<Event>>,
     output: Mutex<String>,
     lock: Mutex<()>,
@@ -186,6 +205,7 @@ impl FakeArch {
             deaf: AtomicU64::new(0),
             violation: AtomicU64::new(0),
             failing_irq: AtomicU32::new(u32::MAX),
+            activation_delay: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             output: Mutex::new(String::new()),
             lock: Mutex::new(()),
@@ -222,6 +242,12 @@ impl FakeArch {
     /// Makes every move of interrupt line `irq` fail (`u32::MAX`: none).
     pub fn fail_irq_moves(&self, irq: u32) {
         self.failing_irq.store(irq, Ordering::SeqCst);
+    }
+
+    /// Makes every [`Vcpus::activate`] take `millis` milliseconds after it logged its
+    /// event: a CPU that is still entering a cell, for tests of what other CPUs see then.
+    pub fn set_activation_delay(&self, millis: u64) {
+        self.activation_delay.store(millis, Ordering::SeqCst);
     }
 
     /// Ends every wait: the CPU threads of [`run_cpu`] return.
@@ -308,6 +334,9 @@ impl Memory for FakeArch {
     }
 
     fn fill(&self, to: PhysAddr, byte: u8, len: u64) {
+        if byte == 0 {
+            return self.phys.zero(to.as_u64(), len);
+        }
         let chunk = [byte; PAGE as usize];
         let mut done = 0;
         while done < len {
@@ -369,6 +398,10 @@ impl Vcpus for FakeArch {
             cell: cell.0,
             tables: tables.as_u64(),
         });
+        let delay = self.activation_delay.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
     }
 }
 

@@ -458,13 +458,17 @@ impl<A: Arch> Hypervisor<A> {
         }
         let cpus = registry.cell(id).map_or(0, |c| c.cpus);
         self.stop_cpus(&name, cpus)?;
-        registry
-            .destroy(id, &mut Machine(self))
-            .map_err(|e| self.fail(e.code(), format_args!("{e}")))?;
-        let runtime = self.cell(id);
-        runtime.state.store(0, Ordering::Release);
-        runtime.name.lock().clear();
-        self.record(format_args!("cellvisor: cell \"{name}\" destroyed\n"));
+        let result = registry.destroy(id, &mut Machine(self));
+        // A step that fails does not keep the cell: the registry takes the other steps and
+        // forgets it all the same, and so does the runtime (a slot with a state and no cell
+        // would be listed by nobody and reused by the next create).
+        if registry.cell(id).is_none() {
+            let runtime = self.cell(id);
+            runtime.state.store(0, Ordering::Release);
+            runtime.name.lock().clear();
+            self.record(format_args!("cellvisor: cell \"{name}\" destroyed\n"));
+        }
+        result.map_err(|e| self.fail(e.code(), format_args!("{e}")))?;
         Ok(0)
     }
 

@@ -80,17 +80,25 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     /// Asks `cpu` to stop running its vCPU and waits, asleep, until it is parked (it wakes
-    /// this CPU then) or about 100 ms passed. Returns whether it is parked.
+    /// this CPU then) or about 100 ms passed. Returns whether it is parked; a parked CPU
+    /// then stays parked until [`start_cpu`](Self::start_cpu) or its root cell's CPU_ON: a
+    /// start it was given and has not taken is revoked.
     pub fn stop_cpu(&self, cpu: usize) -> bool {
         if cpu >= MAX_CPUS {
             return false;
         }
+        let state = self.cpu(cpu);
+        // The request before the revocation, both before looking at `parked` (all SeqCst):
+        // a parked CPU that took the start already clears `parked`, then sees the request
+        // and stays (`take_entry`). Without that, a CPU woken by a start could still be
+        // entering its cell while this CPU saw it parked and gave it to another cell.
+        state.stop.store(true, Ordering::SeqCst);
+        state.start.store(false, Ordering::SeqCst);
         if self.is_parked(cpu) {
             return true;
         }
         let me = 1u64 << self.arch.cpu_index().min(63);
         self.park_watchers.fetch_or(me, Ordering::SeqCst);
-        self.cpu(cpu).stop.store(true, Ordering::SeqCst);
         core::sync::atomic::fence(Ordering::SeqCst);
         self.arch.kick(cpu);
         // `park` marks the CPU parked, then looks at the watchers (both SeqCst): it wakes
@@ -103,10 +111,12 @@ impl<A: Arch> Hypervisor<A> {
         parked
     }
 
-    /// Marks `cpu` to enter its cell at the next chance and wakes it.
+    /// Marks `cpu` to enter its cell at the next chance and wakes it. A stop request left
+    /// from before (the CPU was parked already) is dropped.
     pub fn start_cpu(&self, cpu: usize) {
         if cpu < MAX_CPUS {
-            self.cpu(cpu).start.store(true, Ordering::Release);
+            self.cpu(cpu).stop.store(false, Ordering::SeqCst);
+            self.cpu(cpu).start.store(true, Ordering::SeqCst);
             self.arch.kick(cpu);
         }
     }
@@ -120,22 +130,26 @@ impl<A: Arch> Hypervisor<A> {
         let state = self.cpus.get(cpu)?;
         self.arch.retire(cpu);
         state.parked.store(true, Ordering::SeqCst);
-        let mut watchers = self.park_watchers.load(Ordering::SeqCst);
-        while watchers != 0 {
-            self.arch.kick(watchers.trailing_zeros() as usize);
-            watchers &= watchers - 1;
-        }
+        self.wake_park_watchers();
         let mut entry = None;
         self.arch.wait_until(None, &mut || {
             entry = self.take_entry(cpu);
             entry.is_some()
         });
         let entry = entry?;
-        state.stop.store(false, Ordering::Release);
         let tables = self.cell(entry.cell).tables();
         self.arch.activate(cpu, entry.cell, PhysAddr::new(tables));
         state.parked.store(false, Ordering::Release);
         Some(entry)
+    }
+
+    /// Wakes the CPUs waiting in [`stop_cpu`](Self::stop_cpu) for a CPU to park.
+    fn wake_park_watchers(&self) {
+        let mut watchers = self.park_watchers.load(Ordering::SeqCst);
+        while watchers != 0 {
+            self.arch.kick(watchers.trailing_zeros() as usize);
+            watchers &= watchers - 1;
+        }
     }
 
     /// What a parked `cpu` is to enter, if anything.
@@ -144,13 +158,30 @@ impl<A: Arch> Hypervisor<A> {
         let state = self.cpu(cpu);
         if cell.0 == 0 {
             let (pc, arg) = state.power.take_start()?;
+            // A stop request left from the CPU's last cell does not stop the root cell's
+            // vCPU (nobody stops a root-cell CPU).
+            state.stop.store(false, Ordering::Release);
             return Some(Entry { cell, pc, arg });
         }
-        if !state.start.swap(false, Ordering::AcqRel) {
+        if !state.start.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        // Leaving the park loop, then looking for a stop request (SeqCst, the reverse of
+        // `stop_cpu`): a CPU that saw this one parked made its request first, so it is seen
+        // here, and the CPU stays parked.
+        state.parked.store(false, Ordering::SeqCst);
+        if state.stop.load(Ordering::SeqCst) {
+            state.parked.store(true, Ordering::SeqCst);
+            self.wake_park_watchers();
             return None;
         }
         let runtime = self.cell(cell);
-        (runtime.state() == CellState::Running as u32).then(|| Entry {
+        if runtime.state() != CellState::Running as u32 {
+            state.parked.store(true, Ordering::SeqCst);
+            self.wake_park_watchers();
+            return None;
+        }
+        Some(Entry {
             cell,
             pc: runtime.reset.load(Ordering::Acquire),
             arg: 0,

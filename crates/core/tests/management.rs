@@ -457,3 +457,65 @@ fn the_root_cell_powers_its_cpus_on_within_its_executable_ram() {
         );
     });
 }
+
+#[test]
+fn a_destroy_with_a_failed_step_still_forgets_the_cell() {
+    // Regression (found by tests/sequences.rs): the registry forgets a cell whose destroy
+    // fails at a step, but the cell's run-time state stayed, so the slot had a state and no
+    // cell in the books.
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let id = started(m, DEMO);
+        assert!(m.wait_running(3));
+        m.hv.arch().fail_irq_moves(40);
+        let (error, message) = m
+            .command(Command::CellDestroy, [id as u64, 0, 0, 0])
+            .unwrap_err();
+        assert_eq!(error, Error::OutOfMemory);
+        assert!(message.contains("destroyed, but"), "{message}");
+        assert_eq!(m.list().len(), 1, "the cell is gone from the books");
+        assert_eq!(m.hv.cell(CellId(1)).state(), 0, "and from the runtime");
+        assert_eq!(m.hv.cell(CellId(1)).name(), "");
+        assert!(ring_text(m).contains("cell \"demo\" destroyed"));
+        assert_eq!(m.snapshot(), before);
+        m.hv.arch().fail_irq_moves(u32::MAX);
+        assert_eq!(m.create(DEMO), Ok(1));
+        assert_eq!(m.hv.cell(CellId(1)).state(), CellState::Created as u32);
+    });
+}
+
+#[test]
+fn a_cpu_still_entering_its_cell_is_stopped_before_the_cell_is_destroyed() {
+    // Regression (found by tests/sequences.rs): a CPU woken by `cell start` stays marked
+    // parked until it has entered the cell. A destroy in that moment saw it parked, did not
+    // stop it and gave it back to the root cell, while it went on into the destroyed cell's
+    // vCPU, on freed tables, never to park again.
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let arch = m.hv.arch();
+        arch.set_activation_delay(40);
+        let id = m.create(DEMO).unwrap();
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        arch.take_events();
+        assert_eq!(m.command(Command::CellStart, [id as u64, 0, 0, 0]), Ok(0));
+        // CPU 3 is in `activate` now, for 40 ms.
+        let entering = |e: &Event| matches!(e, Event::Activate { cpu: 3, .. });
+        while !arch.take_events().iter().any(entering) {
+            std::thread::yield_now();
+        }
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        assert!(m.hv.is_parked(3), "CPU 3 runs after its cell was destroyed");
+        arch.set_activation_delay(0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(m.hv.is_parked(3), "CPU 3 runs after its cell was destroyed");
+        assert_eq!(m.snapshot(), before);
+        // Destroyed right after the start, whether the CPU took it or not.
+        let id = m.create(DEMO).unwrap();
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        assert_eq!(m.command(Command::CellStart, [id as u64, 0, 0, 0]), Ok(0));
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(m.hv.is_parked(3), "CPU 3 runs after its cell was destroyed");
+        assert_eq!(m.snapshot(), before);
+    });
+}

@@ -38,51 +38,70 @@ pub struct FakePhys {
 }
 
 impl FakePhys {
-    fn with_bytes(&self, at: u64, len: usize, mut f: impl FnMut(&mut [u8], usize)) {
-        let mut pages = self.pages.lock().unwrap();
+    /// Copies `out.len()` bytes from physical address `at` (untouched pages read as zero
+    /// and stay untouched).
+    pub fn read(&self, at: u64, out: &mut [u8]) {
+        let pages = self.pages.lock().unwrap();
         let mut done = 0usize;
-        while done < len {
+        while done < out.len() {
             let address = at + done as u64;
             let (page, offset) = (address / PAGE, (address % PAGE) as usize);
-            let n = (PAGE as usize - offset).min(len - done);
-            let frame = pages
-                .entry(page)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            f(&mut frame[offset..offset + n], done);
+            let n = (PAGE as usize - offset).min(out.len() - done);
+            match pages.get(&page) {
+                Some(frame) => out[done..done + n].copy_from_slice(&frame[offset..offset + n]),
+                None => out[done..done + n].fill(0),
+            }
             done += n;
         }
     }
 
-    /// Copies `out.len()` bytes from physical address `at`.
-    pub fn read(&self, at: u64, out: &mut [u8]) {
-        self.with_bytes(at, out.len(), |bytes, done| {
-            out[done..done + bytes.len()].copy_from_slice(bytes)
-        });
-    }
-
-    /// Copies `bytes` to physical address `at`.
+    /// Copies `bytes` to physical address `at` (zeros into an untouched page leave it
+    /// untouched).
     pub fn write(&self, at: u64, bytes: &[u8]) {
-        self.with_bytes(at, bytes.len(), |dest, done| {
-            dest.copy_from_slice(&bytes[done..done + dest.len()])
-        });
+        let mut pages = self.pages.lock().unwrap();
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let address = at + done as u64;
+            let (page, offset) = (address / PAGE, (address % PAGE) as usize);
+            let n = (PAGE as usize - offset).min(bytes.len() - done);
+            let chunk = &bytes[done..done + n];
+            if let Some(frame) = pages.get_mut(&page) {
+                frame[offset..offset + n].copy_from_slice(chunk);
+            } else if chunk.iter().any(|&b| b != 0) {
+                let mut frame = Box::new([0; PAGE as usize]);
+                frame[offset..offset + n].copy_from_slice(chunk);
+                pages.insert(page, frame);
+            }
+            done += n;
+        }
     }
 
-    /// Sets `[at, at + len)` to zero without creating pages: untouched pages read as zero,
-    /// whole pages are dropped (zeroing a cell's gigabyte of RAM costs no gigabyte here).
+    /// Sets `[at, at + len)` to zero: whole pages are dropped (zeroing a cell's gigabyte of
+    /// RAM costs no gigabyte here, and no time for pages never touched).
     pub fn zero(&self, at: u64, len: u64) {
-        let mut pages = self.pages.lock().unwrap();
         let end = at.saturating_add(len);
-        let mut address = at;
-        while address < end {
-            let (page, offset) = (address / PAGE, (address % PAGE) as usize);
-            let n = (PAGE - offset as u64).min(end - address);
-            if n == PAGE {
-                pages.remove(&page);
-            } else if let Some(frame) = pages.get_mut(&page) {
-                frame[offset..offset + n as usize].fill(0);
-            }
-            address += n;
+        if end <= at {
+            return;
         }
+        let mut pages = self.pages.lock().unwrap();
+        // The pages at either end keep their bytes outside the range.
+        for page in [at / PAGE, (end - 1) / PAGE] {
+            if let Some(frame) = pages.get_mut(&page) {
+                let base = page * PAGE;
+                let to = end.min(base.saturating_add(PAGE)) - base;
+                frame[(at.max(base) - base) as usize..to as usize].fill(0);
+            }
+        }
+        // The whole pages go.
+        let (first, after) = (at.div_ceil(PAGE), end / PAGE);
+        let mut whole = pages.split_off(&first);
+        let mut rest = whole.split_off(&after.max(first));
+        pages.append(&mut rest);
+    }
+
+    /// Pages that were written with something other than zeros.
+    pub fn pages(&self) -> usize {
+        self.pages.lock().unwrap().len()
     }
 
     /// Whether every byte of `[at, at + len)` is zero (untouched pages are).
@@ -477,5 +496,45 @@ pub fn run_cpu(hv: &Hypervisor<FakeArch>, cpu: usize) {
                     || arch.violation.load(Ordering::SeqCst) & 1 << cpu != 0
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_holds_only_pages_with_data() {
+        let phys = FakePhys::default();
+        let mut out = [1u8; 10];
+        phys.read(0x1ffb, &mut out);
+        assert_eq!((out, phys.pages()), ([0; 10], 0), "reads create nothing");
+        phys.write(0x5000, &[0; 100]);
+        assert_eq!(phys.pages(), 0, "nor do zeros");
+        phys.write(0x1ffe, &[1, 2, 3, 4]);
+        assert_eq!(phys.pages(), 2);
+        phys.read(0x1ffb, &mut out);
+        assert_eq!(out, [0, 0, 0, 1, 2, 3, 4, 0, 0, 0]);
+        // Within a page; across the page boundary, both pages partly.
+        phys.zero(0x1fff, 1);
+        phys.read(0x1ffe, &mut out[..4]);
+        assert_eq!(out[..4], [1, 0, 3, 4]);
+        phys.zero(0x1ffe, 3);
+        phys.read(0x1ffe, &mut out[..4]);
+        assert_eq!(out[..4], [0, 0, 0, 4]);
+        assert_eq!(phys.pages(), 2);
+        // Whole pages go; the page at each end keeps its bytes outside the range.
+        phys.write(0x3000, &[7; 0x3000]);
+        assert_eq!(phys.pages(), 5);
+        phys.zero(0x2002, 0x3ffd);
+        assert_eq!(phys.pages(), 3, "pages 3 and 4 dropped");
+        phys.read(0x1fff, &mut out[..4]);
+        assert_eq!(out[..4], [0, 0, 4, 0]);
+        phys.read(0x5ffe, &mut out[..2]);
+        assert_eq!(out[..2], [0, 7]);
+        assert!(phys.is_zero(0x2002, 0x3ffd));
+        phys.zero(u64::MAX - 10, 100);
+        phys.zero(0, 0);
+        assert_eq!(phys.pages(), 3);
     }
 }

@@ -182,6 +182,7 @@ pub const fn cpu_on_status(error: CpuOnError) -> i64 {
     match error {
         CpuOnError::AlreadyOn => status::ALREADY_ON,
         CpuOnError::OnPending => status::ON_PENDING,
+        CpuOnError::Lent => status::DENIED,
     }
 }
 

@@ -330,19 +330,28 @@ impl<A: Arch> Hypervisor<A> {
             })?;
         }
         let name = config.cell().name();
-        // CPUs the root cell has switched off (parked, root-owned, powered off).
-        let mut offline = 0u64;
-        for cpu in 0..MAX_CPUS {
-            if self.owner(cpu).0 == 0
-                && self.is_parked(cpu)
-                && self.cpu(cpu).power.state() == crate::PowerState::Off
-            {
-                offline |= 1 << cpu;
+        // CPUs the root cell has switched off (parked, root-owned, powered off), lent to the
+        // new cell: the root cell's CPU_ON cannot start them while they change hands.
+        let mut lent = 0u64;
+        for cpu in config.cell().cpus().iter().map(|c| c as usize) {
+            if cpu < MAX_CPUS && self.owner(cpu).0 == 0 && self.cpu(cpu).power.lend() {
+                if self.is_parked(cpu) {
+                    lent |= 1 << cpu;
+                } else {
+                    // Still on its way into the park loop (a CPU_OFF under way).
+                    self.cpu(cpu).power.reclaim();
+                }
             }
         }
-        let id = registry
-            .create(config.cell(), offline, &mut Machine(self))
-            .map_err(|e| self.fail(e.code(), format_args!("{e}")))?;
+        let id = match registry.create(config.cell(), lent, &mut Machine(self)) {
+            Ok(id) => id,
+            Err(e) => {
+                for cpu in (0..MAX_CPUS).filter(|c| lent & 1 << c != 0) {
+                    self.cpu(cpu).power.reclaim();
+                }
+                return Err(self.fail(e.code(), format_args!("{e}")));
+            }
+        };
         let runtime = self.cell(id);
         {
             let mut stored = runtime.name.lock();

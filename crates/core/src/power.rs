@@ -20,6 +20,8 @@ const OFF: u8 = 0;
 const CLAIMED: u8 = 1;
 const PENDING: u8 = 2;
 const ON: u8 = 3;
+/// Off and lent to a cell being created: CPU_ON of the root cell is refused.
+const LENT: u8 = 4;
 
 /// A vCPU's power state and the entry point a CPU_ON gave it.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub enum CpuOnError {
     AlreadyOn,
     /// A CPU_ON for it is under way (ON_PENDING).
     OnPending,
+    /// The CPU is being given to another cell (DENIED).
+    Lent,
 }
 
 impl VcpuPower {
@@ -52,7 +56,7 @@ impl VcpuPower {
     pub fn state(&self) -> PowerState {
         match self.state.load(Ordering::Acquire) {
             ON => PowerState::On,
-            OFF => PowerState::Off,
+            OFF | LENT => PowerState::Off,
             _ => PowerState::OnPending,
         }
     }
@@ -71,6 +75,7 @@ impl VcpuPower {
                 Ok(())
             }
             Err(ON) => Err(CpuOnError::AlreadyOn),
+            Err(LENT) => Err(CpuOnError::Lent),
             Err(_) => Err(CpuOnError::OnPending),
         }
     }
@@ -100,6 +105,23 @@ impl VcpuPower {
     pub fn power_off(&self) {
         self.state.store(OFF, Ordering::Release);
     }
+
+    /// Takes an off vCPU away from its cell's CPU_ON (the CPU is being given to a new
+    /// cell); fails unless it is off. From now on CPU_ON answers [`CpuOnError::Lent`], so
+    /// a CPU_ON racing with the hand-over cannot start the CPU in its old cell.
+    pub fn lend(&self) -> bool {
+        self.state
+            .compare_exchange(OFF, LENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Ends a [`lend`](Self::lend): the vCPU is off and CPU_ON works again (the hand-over
+    /// failed, or the CPU came back).
+    pub fn reclaim(&self) {
+        let _ = self
+            .state
+            .compare_exchange(LENT, OFF, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 impl Default for VcpuPower {
@@ -127,6 +149,21 @@ mod tests {
         assert_eq!(vcpu.state(), PowerState::Off);
         vcpu.power_on(0x5000, 8).unwrap();
         assert_eq!(vcpu.take_start(), Some((0x5000, 8)));
+        // Lent: CPU_ON refused until reclaimed; only an off vCPU can be lent.
+        assert!(!vcpu.lend(), "an on vCPU is not lent");
+        vcpu.power_off();
+        assert!(vcpu.lend());
+        assert_eq!(vcpu.state(), PowerState::Off);
+        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::Lent));
+        assert!(!vcpu.lend(), "lent once");
+        vcpu.reclaim();
+        vcpu.power_on(0x6000, 9).unwrap();
+        vcpu.reclaim();
+        assert_eq!(
+            vcpu.state(),
+            PowerState::OnPending,
+            "reclaim ends a lend only"
+        );
     }
 
     #[test]

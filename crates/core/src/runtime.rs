@@ -242,6 +242,10 @@ impl<A: Arch> Hypervisor<A> {
                 }
             }
             self.cpu(cpu).counters.reset();
+            if cell.0 == 0 {
+                // Back in the root cell: off, and the root cell's CPU_ON works again.
+                self.cpu(cpu).power.reclaim();
+            }
         }
     }
 

@@ -519,3 +519,71 @@ fn a_cpu_still_entering_its_cell_is_stopped_before_the_cell_is_destroyed() {
         assert_eq!(m.snapshot(), before);
     });
 }
+
+#[test]
+fn a_root_cpu_on_racing_with_a_create_never_starts_the_cpu_in_the_wrong_cell() {
+    // The root cell powers CPU 3 on and off again and again while cells that take CPU 3 are
+    // created and destroyed: a CPU given to a cell must stay parked until the cell starts
+    // (before, a CPU_ON between create's check that the CPU is off and the hand-over started
+    // the root cell's vCPU on a CPU the new cell then owned).
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let done = AtomicBool::new(false);
+        let started = AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                cellvisor_core::fake::FakeArch::set_cpu(1);
+                while !done.load(Ordering::SeqCst) {
+                    if m.hv.power_on(CellId(0), 3, 0x4000_1000, 0, 4).is_ok() {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        // The vCPU runs root code, then switches itself off.
+                        while m.hv.is_parked(3)
+                            && m.hv.owner(3) == CellId(0)
+                            && !done.load(Ordering::SeqCst)
+                        {
+                            std::thread::yield_now();
+                        }
+                        m.hv.stop_cpu(3);
+                        m.hv.cpu(3).power.power_off();
+                        // Off for a while: a create may take it.
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    }
+                    std::thread::yield_now();
+                }
+            });
+            let mut created = 0;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for _ in 0..300 {
+                    match m.create(DEMO) {
+                        Ok(id) => {
+                            created += 1;
+                            assert!(m.hv.is_parked(3), "CPU 3 runs before its cell started");
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            assert!(m.hv.is_parked(3), "CPU 3 started after it was given away");
+                            assert_ne!(m.hv.cpu(3).power.state(), PowerState::On);
+                            assert_eq!(
+                                m.command(Command::CellDestroy, [id as u64, 0, 0, 0]),
+                                Ok(0)
+                            );
+                        }
+                        Err((error, message)) => {
+                            assert_eq!(error, Error::CpuBusy, "{message}");
+                        }
+                    }
+                }
+            }));
+            done.store(true, Ordering::SeqCst);
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
+            assert!(created > 0, "no create got CPU 3");
+        });
+        assert!(started.load(Ordering::SeqCst) > 0, "no CPU_ON got through");
+        // CPU 3 is the root cell's again, off and parked.
+        while !m.hv.is_parked(3) {
+            std::thread::yield_now();
+        }
+        assert_eq!(m.snapshot(), before);
+    });
+}

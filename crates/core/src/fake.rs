@@ -470,6 +470,34 @@ impl Output for FakeArch {
     }
 }
 
+/// Boots `hv` as an architecture does: the root cell's tables in Arm stage-2 format (40-bit
+/// IPA) from `frames` table frames at `frame_base`, CPUs `0..cpus` for the root cell, the
+/// management interface at `interface` (its data window identity mapped into the root
+/// cell); the calling thread becomes CPU 0, running the root cell. The caller starts the
+/// other CPUs with [`run_cpu`].
+pub fn boot(
+    hv: &Hypervisor<FakeArch>,
+    system: &'static cellvisor_config::SystemConfigView<'static>,
+    frame_base: PhysAddr,
+    frames: usize,
+    cpus: usize,
+    interface: crate::Interface,
+) -> Result<crate::RootTables, crate::MachineError> {
+    let root = hv.install_root(
+        system,
+        Stage2::new(40).map_err(|_| crate::MachineError::NoMemory)?,
+        frame_base,
+        frames,
+        (1u64 << cpus.min(63)) - 1,
+        Some((interface.data, interface.data_size)),
+    )?;
+    hv.init_management(interface, system)
+        .map_err(|_| crate::MachineError::NoMemory)?;
+    FakeArch::set_cpu(0);
+    hv.cpu(0).power.set_on();
+    Ok(root)
+}
+
 /// The life of fake CPU `cpu` until the test calls [`FakeArch::quit`]: park, enter, run
 /// until stopped (or until a [`FakeArch::set_violation`] stops the cell), park again.
 pub fn run_cpu(hv: &Hypervisor<FakeArch>, cpu: usize) {

@@ -22,26 +22,6 @@ use common::*;
 use proptest::prelude::*;
 use std::time::Duration;
 
-/// A cell with two CPUs (one of them the ticker's), a line of its own, 1 MiB of the root
-/// cell's big RAM region and a communication region.
-const PAIR: &str = r#"
-architecture = "aarch64"
-name = "pair"
-cpus = [1, 2]
-irqs = [41]
-
-[[memory]]
-phys = 0x5000_0000
-virt = 0
-size = 0x10_0000
-flags = ["read", "write", "execute", "loadable"]
-
-[[memory]]
-virt = 0x8000_0000
-size = 0x1000
-flags = ["read", "write", "comm-region"]
-"#;
-
 /// A configuration that parses.
 #[derive(Clone, Copy, Debug)]
 enum Base {

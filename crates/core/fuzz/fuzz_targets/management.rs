@@ -39,7 +39,7 @@ use cellvisor_config::{
 };
 use cellvisor_core::fake::{run_cpu, FakeArch};
 use cellvisor_core::{Hypervisor, Interface, PowerState, Verdict, MAX_CELLS};
-use cellvisor_paging::{PhysAddr, Stage2};
+use cellvisor_paging::PhysAddr;
 use libfuzzer_sys::fuzz_target;
 use zerocopy::FromBytes;
 
@@ -48,23 +48,7 @@ const DEMO: &str = include_str!("../../../../platforms/qemu-arm64/config/demo.to
 const TICKER: &str = include_str!("../../../../platforms/qemu-arm64/config/ticker.toml");
 /// Two CPUs (one of them the ticker's), a line, 1 MiB of the big RAM region, a
 /// communication region.
-const PAIR: &str = r#"
-architecture = "aarch64"
-name = "pair"
-cpus = [1, 2]
-irqs = [41]
-
-[[memory]]
-phys = 0x5000_0000
-virt = 0
-size = 0x10_0000
-flags = ["read", "write", "execute", "loadable"]
-
-[[memory]]
-virt = 0x8000_0000
-size = 0x1000
-flags = ["read", "write", "comm-region"]
-"#;
+const PAIR: &str = include_str!("../../tests/data/pair.toml");
 
 /// Table frames (inside the system's hypervisor memory).
 const FRAMES: u64 = 0x4030_0000;
@@ -107,16 +91,12 @@ fn boot() -> Machine {
     let system: &'static SystemConfigView<'static> =
         Box::leak(Box::new(SystemConfigView::parse(bytes).unwrap()));
     let hv: &'static Hypervisor<FakeArch> = Box::leak(Box::new(Hypervisor::new(FakeArch::new())));
-    hv.install_root(
+    cellvisor_core::fake::boot(
+        hv,
         system,
-        Stage2::new(40).unwrap(),
         PhysAddr::new(FRAMES),
         FRAME_COUNT,
-        (1 << CPUS) - 1,
-        Some((DATA, DATA_SIZE)),
-    )
-    .unwrap();
-    hv.init_management(
+        CPUS,
         Interface {
             control: CONTROL,
             data: DATA,
@@ -125,11 +105,8 @@ fn boot() -> Machine {
             image: 1 << 20,
             cpus: CPUS as u32,
         },
-        system,
     )
     .unwrap();
-    FakeArch::set_cpu(0);
-    hv.cpu(0).power.set_on();
     for cpu in 1..CPUS {
         std::thread::spawn(move || run_cpu(hv, cpu));
     }

@@ -10,7 +10,7 @@ use cellvisor_config::text::{cell_from_toml, system_from_toml};
 use cellvisor_config::SystemConfigView;
 use cellvisor_core::fake::{run_cpu, FakeArch};
 use cellvisor_core::{Hypervisor, Interface, RootTables};
-use cellvisor_paging::{PhysAddr, Stage2};
+use cellvisor_paging::PhysAddr;
 use zerocopy::FromBytes;
 
 /// The QEMU `virt` system the board crate uses.
@@ -18,6 +18,9 @@ pub const QEMU_SYSTEM: &str =
     include_str!("../../../../platforms/qemu-arm64/config/system-gicv3.toml");
 /// The QEMU demo cell: CPU 3, SPI 40, 16 MiB at 0x7f00_0000, a communication region.
 pub const DEMO: &str = include_str!("../../../../platforms/qemu-arm64/config/demo.toml");
+/// Two CPUs (1 and 2), a line of its own, 1 MiB of the root cell's RAM, a communication
+/// region.
+pub const PAIR: &str = include_str!("../data/pair.toml");
 /// The ticker cell: CPU 2, 16 MiB at 0x7e00_0000, a communication region.
 pub const TICKER: &str = include_str!("../../../../platforms/qemu-arm64/config/ticker.toml");
 
@@ -86,16 +89,12 @@ pub fn boot(
     hv: &Hypervisor<FakeArch>,
     frames: usize,
 ) -> Result<RootTables, cellvisor_core::MachineError> {
-    let system = system();
-    let root = hv.install_root(
-        system,
-        Stage2::new(40).unwrap(),
+    cellvisor_core::fake::boot(
+        hv,
+        system(),
         PhysAddr::new(FRAMES),
         frames,
-        (1 << CPUS) - 1,
-        Some((DATA, DATA_SIZE)),
-    )?;
-    hv.init_management(
+        CPUS,
         Interface {
             control: CONTROL,
             data: DATA,
@@ -104,12 +103,7 @@ pub fn boot(
             image: 1 << 20,
             cpus: CPUS as u32,
         },
-        system,
     )
-    .unwrap();
-    // CPU 0 runs the root cell.
-    hv.cpu(0).power.set_on();
-    Ok(root)
 }
 
 impl Machine<'_> {

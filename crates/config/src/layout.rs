@@ -337,6 +337,40 @@ const _: () = {
     assert!(size_of::<StreamIdEntry>() == 8);
 };
 
+/// Stores [`checksum`] of `bytes` in their header's checksum field, after a change of the
+/// bytes. Returns `false`, changing nothing, when `bytes` is shorter than a header.
+pub fn store_checksum(bytes: &mut [u8]) -> bool {
+    if bytes.len() < size_of::<Header>() {
+        return false;
+    }
+    let checksum = checksum(bytes);
+    bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 4].copy_from_slice(&checksum.to_le_bytes());
+    true
+}
+
+/// Writes a header for `bytes` themselves into their first 16 bytes: [`MAGIC`],
+/// [`REVISION`], `kind`, `architecture`, `total_size` = their length, and the checksum.
+///
+/// The encoder finishes every configuration with it; tests and fuzzers use it to make
+/// altered bytes pass the header checks, so that the checks behind them are reached. A
+/// length above `u32::MAX` is stored as `u32::MAX` (such bytes are refused when parsed).
+/// Returns `false`, changing nothing, when `bytes` is shorter than a header.
+pub fn seal(bytes: &mut [u8], kind: u8, architecture: u8) -> bool {
+    if bytes.len() < size_of::<Header>() {
+        return false;
+    }
+    let header = Header {
+        magic: MAGIC,
+        revision: REVISION.into(),
+        kind,
+        architecture,
+        total_size: (bytes.len().min(u32::MAX as usize) as u32).into(),
+        checksum: 0.into(),
+    };
+    bytes[..size_of::<Header>()].copy_from_slice(header.as_bytes());
+    store_checksum(bytes)
+}
+
 /// The CRC-32 of a configuration: all bytes with the checksum field read as zero.
 ///
 /// `bytes` must be at least [`size_of::<Header>()`](core::mem::size_of) long; shorter input

@@ -306,16 +306,6 @@ impl SystemConfig {
 
 /// Writes the header in front of an encoded body.
 fn finish(out: &mut [u8], kind: ConfigKind, architecture: Architecture) {
-    let header = Header {
-        magic: layout::MAGIC,
-        revision: layout::REVISION.into(),
-        kind: kind.to_raw(),
-        architecture: architecture.to_raw(),
-        total_size: (out.len().min(u32::MAX as usize) as u32).into(),
-        checksum: 0.into(),
-    };
-    out[..size_of::<Header>()].copy_from_slice(header.as_bytes());
-    let checksum = layout::checksum(out);
-    out[layout::CHECKSUM_OFFSET..layout::CHECKSUM_OFFSET + 4]
-        .copy_from_slice(&checksum.to_le_bytes());
+    let sealed = layout::seal(out, kind.to_raw(), architecture.to_raw());
+    debug_assert!(sealed, "every encoding starts with room for its header");
 }

@@ -1020,3 +1020,44 @@ fn checksum_is_crc32_iso_hdlc() {
     assert_eq!(layout::checksum(b"123456789"), 0xCBF4_3926);
     assert_eq!(layout::checksum(b""), 0);
 }
+
+/// `seal` writes the header the encoder writes, so that altered bytes pass the header checks;
+/// shorter input than a header is left alone.
+#[test]
+fn seal_writes_the_encoders_header() {
+    let good = arm_cell().encode().unwrap();
+    let mut bytes = good.clone();
+    bytes[..16].fill(0xa5);
+    assert!(layout::seal(
+        &mut bytes,
+        layout::KIND_CELL,
+        layout::ARCH_AARCH64
+    ));
+    assert_eq!(bytes, good);
+
+    // A changed body: sealed again, the stored size and checksum follow the bytes.
+    bytes.extend_from_slice(&[0; 8]);
+    assert!(CellConfigView::parse(&bytes).is_err());
+    assert!(layout::seal(
+        &mut bytes,
+        layout::KIND_CELL,
+        layout::ARCH_AARCH64
+    ));
+    assert_eq!(
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+        bytes.len()
+    );
+    assert_eq!(
+        u32::from_le_bytes(bytes[12..16].try_into().unwrap()),
+        layout::checksum(&bytes)
+    );
+
+    let mut short = [7u8; 15];
+    assert!(!layout::seal(
+        &mut short,
+        layout::KIND_CELL,
+        layout::ARCH_AARCH64
+    ));
+    assert!(!layout::store_checksum(&mut short));
+    assert_eq!(short, [7; 15]);
+}

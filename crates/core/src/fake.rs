@@ -208,6 +208,22 @@ impl Default for FakeArch {
 /// The fake's counter frequency: nanoseconds.
 pub const FREQUENCY: u64 = 1_000_000_000;
 
+/// Where the tests and the fuzz target put the table frames: inside the hypervisor memory
+/// of QEMU `virt`'s system configuration (`platforms/qemu-arm64/config/system-gicv3.toml`).
+pub const FRAMES: u64 = 0x4030_0000;
+/// CPUs of the machine the tests and the fuzz target boot.
+pub const CPUS: usize = 4;
+/// The management interface the tests and the fuzz target boot with: the control page and
+/// a 2 MiB data window at the end of the QEMU system's hypervisor memory.
+pub const INTERFACE: crate::Interface = crate::Interface {
+    control: 0x407f_f000,
+    data: 0x4080_0000,
+    data_size: 0x20_0000,
+    memory_total: 8 << 20,
+    image: 1 << 20,
+    cpus: CPUS as u32,
+};
+
 impl FakeArch {
     /// A fake machine with [`MAX_CPUS`] CPUs and empty memory.
     pub fn new() -> Self {

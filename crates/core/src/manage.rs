@@ -62,17 +62,8 @@ impl<A: Arch> Hypervisor<A> {
         self.root_executable.call_once(|| {
             let mut ranges = heapless::Vec::new();
             for region in config.root_cell().memory_regions() {
-                if region
-                    .flags
-                    .contains(cellvisor_config::MemoryFlags::EXECUTE)
-                    && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
-                    && ranges
-                        .push((
-                            region.virt_start,
-                            region.virt_start.saturating_add(region.size),
-                        ))
-                        .is_err()
-                {
+                let range = crate::runtime::executable_ram(&region);
+                if range.is_some_and(|r| ranges.push((r.start, r.end)).is_err()) {
                     // More than the list holds: the configuration is searched instead.
                     return None;
                 }

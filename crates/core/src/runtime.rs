@@ -209,14 +209,10 @@ impl<A: Arch> Hypervisor<A> {
                 .any(|(start, end)| (*start..*end).contains(&entry)),
             _ => {
                 let system = self.system.get().ok_or(PowerOnError::Denied)?;
-                system.root_cell().memory_regions().any(|region| {
-                    region
-                        .flags
-                        .contains(cellvisor_config::MemoryFlags::EXECUTE)
-                        && !region.flags.contains(cellvisor_config::MemoryFlags::IO)
-                        && (region.virt_start..region.virt_start.saturating_add(region.size))
-                            .contains(&entry)
-                })
+                system
+                    .root_cell()
+                    .memory_regions()
+                    .any(|region| executable_ram(&region).is_some_and(|r| r.contains(&entry)))
             }
         };
         if !executable || !entry.is_multiple_of(align.max(1)) {
@@ -280,4 +276,14 @@ impl<A: Arch> Hypervisor<A> {
             self.stop_cpu(other);
         }
     }
+}
+
+/// The root-cell addresses of `region` when it is RAM a CPU may start in: executable, not
+/// I/O.
+pub(crate) fn executable_ram(
+    region: &cellvisor_config::MemoryRegion,
+) -> Option<core::ops::Range<u64>> {
+    use cellvisor_config::MemoryFlags;
+    (region.flags.contains(MemoryFlags::EXECUTE) && !region.flags.contains(MemoryFlags::IO))
+        .then(|| region.virt_start..region.virt_start.saturating_add(region.size))
 }

@@ -62,21 +62,6 @@ enum Config {
     },
 }
 
-/// Gives `bytes` a cell configuration header for its own contents.
-fn repair(bytes: &mut [u8]) {
-    if bytes.len() < 16 {
-        return;
-    }
-    bytes[..4].copy_from_slice(&layout::MAGIC);
-    bytes[4..6].copy_from_slice(&layout::REVISION.to_le_bytes());
-    bytes[6] = layout::KIND_CELL;
-    bytes[7] = layout::ARCH_AARCH64;
-    let len = bytes.len() as u32;
-    bytes[8..12].copy_from_slice(&len.to_le_bytes());
-    let checksum = layout::checksum(bytes);
-    bytes[12..16].copy_from_slice(&checksum.to_le_bytes());
-}
-
 impl Config {
     /// The window's bytes and `ARG0`.
     fn window(&self) -> (Vec<u8>, u64) {
@@ -98,7 +83,7 @@ impl Config {
                     bytes[at] ^= value;
                 }
                 if *fix {
-                    repair(&mut bytes);
+                    layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
                 }
                 let len = bytes.len() as u64;
                 (bytes, len)
@@ -107,7 +92,7 @@ impl Config {
             Config::Bytes { bytes, repair: fix } => {
                 let mut bytes = bytes.clone();
                 if *fix {
-                    repair(&mut bytes);
+                    layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
                 }
                 let len = bytes.len() as u64;
                 (bytes, len)

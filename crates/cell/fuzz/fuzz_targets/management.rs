@@ -387,21 +387,6 @@ fn generated(u: &mut Unstructured<'_>) -> Result<CellConfig> {
     })
 }
 
-/// `bytes` with a cell configuration header for its own contents.
-fn repair(bytes: &mut [u8], architecture: u8) {
-    if bytes.len() < 16 {
-        return;
-    }
-    bytes[..4].copy_from_slice(&layout::MAGIC);
-    bytes[4..6].copy_from_slice(&layout::REVISION.to_le_bytes());
-    bytes[6] = layout::KIND_CELL;
-    bytes[7] = architecture;
-    let len = bytes.len() as u32;
-    bytes[8..12].copy_from_slice(&len.to_le_bytes());
-    let checksum = layout::checksum(bytes);
-    bytes[12..16].copy_from_slice(&checksum.to_le_bytes());
-}
-
 /// The data window's contents for `cell create`.
 fn window(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
     Ok(match u.int_in_range(0..=2)? {
@@ -409,7 +394,7 @@ fn window(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
         1 => {
             let len = u.int_in_range(16..=1024)?;
             let mut bytes = u.bytes(len)?.to_vec();
-            repair(&mut bytes, layout::ARCH_AARCH64);
+            layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
             bytes
         }
         _ => {
@@ -421,7 +406,7 @@ fn window(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
                 }
             }
             if u.arbitrary()? {
-                repair(&mut bytes, layout::ARCH_AARCH64);
+                layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
             }
             bytes
         }

@@ -65,14 +65,8 @@ fn repaired(data: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut bytes = data.to_vec();
-    bytes[..4].copy_from_slice(&layout::MAGIC);
-    bytes[4..6].copy_from_slice(&layout::REVISION.to_le_bytes());
-    bytes[6] = 1 + bytes[6] % 2;
-    bytes[7] = 1 + bytes[7] % 2;
-    let len = bytes.len() as u32;
-    bytes[8..12].copy_from_slice(&len.to_le_bytes());
-    let checksum = layout::checksum(&bytes);
-    bytes[12..16].copy_from_slice(&checksum.to_le_bytes());
+    let (kind, architecture) = (1 + bytes[6] % 2, 1 + bytes[7] % 2);
+    layout::seal(&mut bytes, kind, architecture);
     Some(bytes)
 }
 

@@ -301,9 +301,10 @@ pub fn cross_problems(system: &SystemConfig, cells: &[CellConfig]) -> Vec<String
 
 /// Recomputes the checksum after a change of the bytes.
 pub fn fix_checksum(bytes: &mut [u8]) {
-    let checksum = layout::checksum(bytes);
-    bytes[layout::CHECKSUM_OFFSET..layout::CHECKSUM_OFFSET + 4]
-        .copy_from_slice(&checksum.to_le_bytes());
+    assert!(
+        layout::store_checksum(bytes),
+        "a configuration has a header"
+    );
 }
 
 /// Offset of the cell descriptor in a cell configuration.

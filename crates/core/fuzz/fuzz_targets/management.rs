@@ -37,8 +37,8 @@ use cellvisor_config::text::{cell_from_toml, system_from_toml};
 use cellvisor_config::{
     layout, CellConfig, CpuSet, IrqRange, MemoryFlags, MemoryRegion, SystemConfigView,
 };
-use cellvisor_core::fake::{run_cpu, FakeArch};
-use cellvisor_core::{Hypervisor, Interface, PowerState, Verdict, MAX_CELLS};
+use cellvisor_core::fake::{run_cpu, FakeArch, CPUS, FRAMES, INTERFACE};
+use cellvisor_core::{Hypervisor, PowerState, Verdict, MAX_CELLS};
 use cellvisor_paging::PhysAddr;
 use libfuzzer_sys::fuzz_target;
 use zerocopy::FromBytes;
@@ -50,13 +50,10 @@ const TICKER: &str = include_str!("../../../../platforms/qemu-arm64/config/ticke
 /// communication region.
 const PAIR: &str = include_str!("../../tests/data/pair.toml");
 
-/// Table frames (inside the system's hypervisor memory).
-const FRAMES: u64 = 0x4030_0000;
 const FRAME_COUNT: usize = 256;
-const CONTROL: u64 = 0x407f_f000;
-const DATA: u64 = 0x4080_0000;
-const DATA_SIZE: u64 = 0x20_0000;
-const CPUS: usize = 4;
+const CONTROL: u64 = INTERFACE.control;
+const DATA: u64 = INTERFACE.data;
+const DATA_SIZE: u64 = INTERFACE.data_size;
 const PAGE: u64 = 0x1000;
 /// Operations per input.
 const MAX_OPERATIONS: usize = 48;
@@ -97,14 +94,7 @@ fn boot() -> Machine {
         PhysAddr::new(FRAMES),
         FRAME_COUNT,
         CPUS,
-        Interface {
-            control: CONTROL,
-            data: DATA,
-            data_size: DATA_SIZE,
-            memory_total: 8 << 20,
-            image: 1 << 20,
-            cpus: CPUS as u32,
-        },
+        INTERFACE,
     )
     .unwrap();
     for cpu in 1..CPUS {
@@ -380,21 +370,6 @@ fn generated(u: &mut Unstructured<'_>, m: &Machine) -> Result<CellConfig> {
     Ok(config)
 }
 
-/// Gives `bytes` a cell configuration header for its own contents.
-fn repair(bytes: &mut [u8]) {
-    if bytes.len() < 16 {
-        return;
-    }
-    bytes[..4].copy_from_slice(&layout::MAGIC);
-    bytes[4..6].copy_from_slice(&layout::REVISION.to_le_bytes());
-    bytes[6] = layout::KIND_CELL;
-    bytes[7] = layout::ARCH_AARCH64;
-    let len = bytes.len() as u32;
-    bytes[8..12].copy_from_slice(&len.to_le_bytes());
-    let checksum = layout::checksum(bytes);
-    bytes[12..16].copy_from_slice(&checksum.to_le_bytes());
-}
-
 /// A configuration in the data window; returns `ARG0`.
 fn configuration(u: &mut Unstructured<'_>, m: &Machine) -> Result<u64> {
     let mut bytes = match u.int_in_range(0..=3)? {
@@ -413,7 +388,7 @@ fn configuration(u: &mut Unstructured<'_>, m: &Machine) -> Result<u64> {
                 }
             }
             if u.arbitrary()? {
-                repair(&mut bytes);
+                layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
             }
             bytes
         }
@@ -421,7 +396,7 @@ fn configuration(u: &mut Unstructured<'_>, m: &Machine) -> Result<u64> {
             let len = u.int_in_range(0..=1024)?;
             let mut bytes = u.bytes(len)?.to_vec();
             if u.arbitrary()? {
-                repair(&mut bytes);
+                layout::seal(&mut bytes, layout::KIND_CELL, layout::ARCH_AARCH64);
             }
             bytes
         }

@@ -8,8 +8,8 @@
 use cellvisor_abi::{mgmt, CellRecord, Command, Error, HypervisorInfo};
 use cellvisor_config::text::{cell_from_toml, system_from_toml};
 use cellvisor_config::SystemConfigView;
-use cellvisor_core::fake::{run_cpu, FakeArch};
-use cellvisor_core::{Hypervisor, Interface, RootTables};
+use cellvisor_core::fake::{run_cpu, FakeArch, INTERFACE};
+use cellvisor_core::{Hypervisor, RootTables};
 use cellvisor_paging::PhysAddr;
 use zerocopy::FromBytes;
 
@@ -24,16 +24,13 @@ pub const PAIR: &str = include_str!("../data/pair.toml");
 /// The ticker cell: CPU 2, 16 MiB at 0x7e00_0000, a communication region.
 pub const TICKER: &str = include_str!("../../../../platforms/qemu-arm64/config/ticker.toml");
 
-/// Where the fake puts the table frames (inside the system's hypervisor memory).
-pub const FRAMES: u64 = 0x4030_0000;
+pub use cellvisor_core::fake::{CPUS, FRAMES};
 /// The management control page.
-pub const CONTROL: u64 = 0x407f_f000;
+pub const CONTROL: u64 = INTERFACE.control;
 /// The management data window.
-pub const DATA: u64 = 0x4080_0000;
+pub const DATA: u64 = INTERFACE.data;
 /// Its size.
-pub const DATA_SIZE: u64 = 0x20_0000;
-/// CPUs of the fake machine.
-pub const CPUS: usize = 4;
+pub const DATA_SIZE: u64 = INTERFACE.data_size;
 
 /// A cell configuration's binary form.
 pub fn cell_bytes(toml: &str) -> Vec<u8> {
@@ -89,21 +86,7 @@ pub fn boot(
     hv: &Hypervisor<FakeArch>,
     frames: usize,
 ) -> Result<RootTables, cellvisor_core::MachineError> {
-    cellvisor_core::fake::boot(
-        hv,
-        system(),
-        PhysAddr::new(FRAMES),
-        frames,
-        CPUS,
-        Interface {
-            control: CONTROL,
-            data: DATA,
-            data_size: DATA_SIZE,
-            memory_total: 8 << 20,
-            image: 1 << 20,
-            cpus: CPUS as u32,
-        },
-    )
+    cellvisor_core::fake::boot(hv, system(), PhysAddr::new(FRAMES), frames, CPUS, INTERFACE)
 }
 
 impl Machine<'_> {

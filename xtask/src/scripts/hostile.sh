@@ -23,7 +23,9 @@ TICKER_MAGIC=$((0x7469636b))
 #   off      the cell's PSCI SYSTEM_OFF/SYSTEM_RESET ends the cell only (shut down);
 #   deaf     the cell never answers: shutdown stops it when the timeout expires;
 #   cpu-off  PSCI CPU_OFF of its only CPU: never returns (or DENIED), the cell is not failed.
-# The last case reads what the vCPU before it on the CPU (the root cell's) left: nothing.
+# inherit-state reads what the vCPU before it on the CPU (the root cell's) left: nothing;
+# stuck-in-handler is destroyed with its interrupt active, and inherit-priority, two cells
+# later on the same CPU, must find no active priority left.
 case_of() {
     case $1 in
         1) echo mem-root-ram-write stop ;;
@@ -71,9 +73,11 @@ case_of() {
         43) echo never-answers deaf ;;
         44) echo psci-cpu-off cpu-off ;;
         45) echo inherit-state refused ;;
+        46) echo stuck-in-handler storm ;;
+        47) echo inherit-priority refused ;;
     esac
 }
-CASE_COUNT=45
+CASE_COUNT=47
 # From the kernel command line, for runs by hand: `HOSTILE_CASES="38 39"` runs only those
 # cases, `STORM_SECONDS=60` makes each storm last that long.
 STORM_SECONDS=${STORM_SECONDS:-3}

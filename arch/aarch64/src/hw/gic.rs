@@ -20,7 +20,8 @@ use super::sysreg;
 use crate::board::MAX_CPUS;
 use crate::trap::{AccessWidth, MmioTrap};
 use aarch64_cpu::registers::{
-    ReadWriteable, Readable, Writeable, ICC_SRE_EL2, ICH_AP0R0_EL2, ICH_AP1R0_EL2, ICH_HCR_EL2,
+    ReadWriteable, Readable, Writeable, ICC_SRE_EL2, ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2,
+    ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2, ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_HCR_EL2,
     ICH_VMCR_EL2, ICH_VTR_EL2,
 };
 use cellvisor_gic::line::{self, SpiState};
@@ -320,8 +321,7 @@ pub fn init_cpu(cpu: usize) {
             sysreg::set_icc_ctlr(sysreg::icc_ctlr() | 1 << 1);
             sysreg::set_icc_igrpen1(1);
             ICH_VMCR_EL2.set(0);
-            ICH_AP0R0_EL2.set(0);
-            ICH_AP1R0_EL2.set(0);
+            clear_virtual_active_priorities();
             let count = ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) as usize + 1;
             for n in 0..count.min(16) {
                 sysreg::set_ich_lr(n, 0);
@@ -349,6 +349,7 @@ pub fn init_cpu(cpu: usize) {
                 let mut h = region(gich, 0x1000);
                 let count = (h.read32(GICH_VTR) & 0x3f) as usize + 1;
                 h.write32(GICH_VMCR, 0);
+                h.write32(GICH_APR, 0);
                 for n in 0..count {
                     h.write32(GICH_LR0 + 4 * n, 0);
                 }
@@ -406,6 +407,8 @@ const GICC_DIR: usize = 0x1000;
 const GICH_HCR: usize = 0x000;
 const GICH_VTR: usize = 0x004;
 const GICH_VMCR: usize = 0x008;
+/// Active priorities of the virtual CPU interface (IHI 0048B §5.3.7).
+const GICH_APR: usize = 0x0f0;
 const GICH_LR0: usize = 0x100;
 
 /// GICv3 list registers in `ICH_LR<n>_EL2`.
@@ -716,6 +719,26 @@ pub fn take_wakeups(cpu: usize) {
     }
 }
 
+/// Clears the virtual CPU interface's active priorities (GICv3), so that the next vCPU on
+/// this CPU does not inherit a preemption level of the last one: every `ICH_AP0R<n>_EL2` and
+/// `ICH_AP1R<n>_EL2` the CPU has. `ICH_VTR_EL2.PREbits` + 1 preemption bits mean 1, 2 or 4
+/// registers of each group (5, 6 or 7 bits); the others are UNDEFINED to access.
+fn clear_virtual_active_priorities() {
+    let preemption_bits = ICH_VTR_EL2.read(ICH_VTR_EL2::PREbits) + 1;
+    ICH_AP0R0_EL2.set(0);
+    ICH_AP1R0_EL2.set(0);
+    if preemption_bits >= 6 {
+        ICH_AP0R1_EL2.set(0);
+        ICH_AP1R1_EL2.set(0);
+    }
+    if preemption_bits >= 7 {
+        ICH_AP0R2_EL2.set(0);
+        ICH_AP0R3_EL2.set(0);
+        ICH_AP1R2_EL2.set(0);
+        ICH_AP1R3_EL2.set(0);
+    }
+}
+
 fn eoi_deactivate_only(v3: bool, gicc: u64, iar: u64) {
     if v3 {
         sysreg::icc_dir(iar);
@@ -748,10 +771,11 @@ pub fn reset_cpu_interface(cpu: usize) {
         });
         if matches!(gic.emulation, Emulation::V3(..)) {
             ICH_VMCR_EL2.set(0);
-            ICH_AP0R0_EL2.set(0);
-            ICH_AP1R0_EL2.set(0);
+            clear_virtual_active_priorities();
         } else if let Some(gich) = gic.layout.hypervisor_interface {
-            region(gich, 0x1000).write32(GICH_VMCR, 0);
+            let mut h = region(gich, 0x1000);
+            h.write32(GICH_VMCR, 0);
+            h.write32(GICH_APR, 0);
         }
     }
 }

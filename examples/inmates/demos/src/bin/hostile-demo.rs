@@ -359,7 +359,48 @@ mod demo {
         }),
         ("psci-cpu-off", |_| lifecycle(PSCI_CPU_OFF)),
         ("inherit-state", inherit_state),
+        ("stuck-in-handler", stuck_in_handler),
+        ("inherit-priority", inherit_priority),
     ];
+
+    /// Takes its timer interrupt and never ends it: the handler spins with the interrupt
+    /// active, so the virtual CPU interface holds its priority as active (GICv2's GICH_APR,
+    /// GICv3's ICH_AP1R<n>_EL2) when the cell is destroyed. The next vCPU on this CPU must
+    /// not inherit it (`inherit-priority`).
+    fn stuck_in_handler(env: &Env) -> Outcome {
+        let Ok(gic) = storm_gic(env) else {
+            return Outcome::WentThrough(0, 0);
+        };
+        irq::set_handler(gic, |_| {
+            println!("hostile-demo: in the handler for good");
+            console::flush();
+            loop {
+                core::hint::spin_loop();
+            }
+        });
+        if gic.enable(VIRTUAL_TIMER_INTID, DEFAULT_PRIORITY).is_err() {
+            return Outcome::WentThrough(1, 0);
+        }
+        timer::set_deadline(0);
+        storm(sysreg::wfi)
+    }
+
+    /// The running priority of this CPU's (virtual) interface at entry: refused when it is
+    /// idle (0xff), nothing active left by the vCPU before. `a` = the running priority. The
+    /// heartbeat that follows needs the timer interrupt, at the default priority, to come.
+    fn inherit_priority(env: &Env) -> Outcome {
+        let running = match env.version {
+            Version::V3 => {
+                let value: u64;
+                // SAFETY: ICC_RPR_EL1 (ICV_RPR_EL1 for a vCPU) is read-only, no side effects.
+                unsafe { asm!("mrs {}, s3_0_c12_c11_3", out(reg) value, options(nomem, nostack)) };
+                value as u32 & 0xff
+            }
+            // GICC_RPR (IHI 0048B §4.4.6), in the cell's CPU interface.
+            Version::V2 => read32(env.gicr + 0x14) & 0xff,
+        };
+        expect(running == 0xff, i64::from(running), 0)
+    }
 
     /// Reads what the previous vCPU on this CPU left (the root cell's Linux ran on it between
     /// two cases: its per-CPU offset in TPIDR_EL1, its FP/SIMD registers, its enabled PPIs):

@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub timeout: u64,
     /// Seconds of guest time the idle root cell sleeps between two counter reads.
-    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub idle: u32,
     /// Rounds of the busybox workload each of the four jobs of the busy phase runs.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -163,7 +163,7 @@ fn command_line(args: &BenchArgs) -> String {
     if let Some(cpu) = &args.cpu {
         write!(command, " --cpu {cpu}").expect("writing to a String");
     }
-    if args.idle != 20 {
+    if args.idle != 120 {
         write!(command, " --idle {}", args.idle).expect("writing to a String");
     }
     if args.busy_rounds != 2 {

@@ -74,6 +74,7 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     /// Whether root-cell address `ipa` is in the control page.
+    #[inline]
     pub fn mgmt_contains(&self, ipa: u64) -> bool {
         self.interface
             .get()
@@ -82,7 +83,9 @@ impl<A: Arch> Hypervisor<A> {
 
     /// Emulates one access of the root cell on `cpu` to the control page at `ipa`: a store
     /// of `value` (`write`) or a load, whose value it returns. `None`: no interface, or a
-    /// store.
+    /// store. Inlined into the trap handler: a register access must cost no more than the
+    /// check and the lock; the commands run out of line.
+    #[inline]
     pub fn mgmt_access(&self, cpu: usize, ipa: u64, write: bool, value: u64) -> Option<u64> {
         let interface = self.interface.get()?;
         let offset = ipa.checked_sub(interface.control)? as usize;

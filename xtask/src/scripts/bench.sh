@@ -1,9 +1,9 @@
 # `cargo xtask bench`: the root cell's side of the measurements. Each figure is printed between
 # `cellvisor-demo: bench begin NAME` and `cellvisor-demo: bench end NAME` lines (JSON from the
 # tool, or `guest-clock` lines), which xtask/src/bench.rs reads back from the console.
-#   IDLE_SECONDS (default 20): how long the idle root cell sleeps between two counter reads.
+#   IDLE_SECONDS (default 120): how long the idle root cell sleeps between two counter reads.
 #   BUSY_ROUNDS (default 2): rounds of the busybox workload each of the 4 jobs runs.
-IDLE_SECONDS=${IDLE_SECONDS:-20}
+IDLE_SECONDS=${IDLE_SECONDS:-120}
 BUSY_ROUNDS=${BUSY_ROUNDS:-2}
 
 # snapshot NAME COMMAND...: the command's output between the bench markers.

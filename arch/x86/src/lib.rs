@@ -1,0 +1,100 @@
+//! # cellvisor-x86
+//!
+//! The x86-64 backend of cellvisor, as far as it goes today: the Multiboot entry into long
+//! mode ([`boot`]), the serial console ([`serial`]) and the choice of virtualization extension
+//! by CPUID ([`cpu`]). The core's traits, the VMX and SVM world switch, the application
+//! processors and the root cell follow (issue "x86").
+
+#![cfg_attr(target_os = "none", no_std)]
+#![deny(missing_docs)]
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod boot;
+pub mod cpu;
+#[cfg(target_arch = "x86_64")]
+pub mod serial;
+
+/// What a board tells the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Board {
+    /// The board's name, for the banner.
+    pub name: &'static str,
+    /// The hypervisor's version, for the banner.
+    pub version: &'static str,
+    /// The console UART's I/O port base.
+    pub uart_port: u16,
+}
+
+// The board, set by `board!` in the board crate.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+extern "Rust" {
+    fn cellvisor_x86_board() -> &'static Board;
+}
+
+/// The boot CPU's first Rust: prints the banner and what the CPU offers, then stops (the
+/// rest of the hypervisor is to come).
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
+    use core::fmt::Write as _;
+    // SAFETY: defined by `board!` in the board crate, which every image links.
+    let board = unsafe { cellvisor_x86_board() };
+    let mut console = serial::Serial::new(board.uart_port);
+    let _ = writeln!(
+        console,
+        "cellvisor {} on {} (x86-64), Multiboot {}, information at {info:#x}",
+        board.version,
+        board.name,
+        if magic == boot::MULTIBOOT_LOADER_MAGIC {
+            "ok"
+        } else {
+            "magic wrong"
+        }
+    );
+    let (vendor, extension) = cpu::probe();
+    match extension {
+        Some(extension) => {
+            let _ = writeln!(console, "cellvisor: CPU {vendor}: {extension}");
+        }
+        None => {
+            let _ = writeln!(
+                console,
+                "cellvisor: CPU {vendor} has neither SVM nor VMX: cannot run"
+            );
+        }
+    }
+    let _ = writeln!(console, "cellvisor: the x86 backend stops here for now");
+    halt()
+}
+
+/// Stops this CPU for good.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub fn halt() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Names the board description; one in each image.
+#[macro_export]
+macro_rules! board {
+    ($board:expr) => {
+        #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+        #[no_mangle]
+        fn cellvisor_x86_board() -> &'static $crate::Board {
+            static BOARD: $crate::Board = $board;
+            &BOARD
+        }
+    };
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write as _;
+    // SAFETY: see `rust_entry`.
+    let board = unsafe { cellvisor_x86_board() };
+    let mut console = serial::Serial::new(board.uart_port);
+    let _ = writeln!(console, "cellvisor: hypervisor bug: {info}");
+    halt()
+}

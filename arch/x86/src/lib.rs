@@ -10,9 +10,14 @@
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod boot;
+#[cfg(target_arch = "x86_64")]
 pub mod cpu;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+mod first_guest;
 #[cfg(target_arch = "x86_64")]
 pub mod serial;
+#[cfg(target_arch = "x86_64")]
+pub mod svm;
 
 /// What a board tells the backend.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +59,13 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
     match extension {
         Some(extension) => {
             let _ = writeln!(console, "cellvisor: CPU {vendor}: {extension}");
+            if extension
+                == (cpu::Extension::Svm {
+                    nested_paging: true,
+                })
+            {
+                first_guest::run(&mut console);
+            }
         }
         None => {
             let _ = writeln!(

@@ -1,0 +1,310 @@
+//! AMD SVM: turning it on, the VMCB, and one world switch (AMD APM Vol. 2, chapter 15
+//! "Secure Virtual Machine"; VMCB layout in Appendix B).
+
+use core::cell::UnsafeCell;
+use core::fmt;
+
+use x86_64::registers::model_specific::Msr;
+
+/// `EFER` and its SVM enable bit (APM 15.4).
+const EFER: u32 = 0xc000_0080;
+const EFER_SVME: u64 = 1 << 12;
+/// `VM_CR`: bit 4, SVMDIS, set by firmware that locks SVM off (APM 15.30.1).
+const VM_CR: u32 = 0xc001_0114;
+const VM_CR_SVMDIS: u64 = 1 << 4;
+/// `VM_HSAVE_PA`: where VMRUN saves the host's state (APM 15.30.4).
+const VM_HSAVE_PA: u32 = 0xc001_0117;
+
+/// Offsets in the VMCB (APM Appendix B, tables B-1 and B-2).
+pub mod offset {
+    /// Intercept vector 3: INTR (0) ... CPUID (18), HLT (24), IOIO (27), MSR (28),
+    /// shutdown (31).
+    pub const INTERCEPT_MISC1: usize = 0x00c;
+    /// Intercept vector 4: VMRUN (0, must be set), VMMCALL (1).
+    pub const INTERCEPT_MISC2: usize = 0x010;
+    /// The guest's address space ID (non-zero).
+    pub const GUEST_ASID: usize = 0x058;
+    /// Exit code.
+    pub const EXITCODE: usize = 0x070;
+    /// Exit information 1 and 2.
+    pub const EXITINFO1: usize = 0x078;
+    /// Exit information 2.
+    pub const EXITINFO2: usize = 0x080;
+    /// Bit 0: nested paging.
+    pub const NP_ENABLE: usize = 0x090;
+    /// The nested page tables' root.
+    pub const N_CR3: usize = 0x0b0;
+    /// The instruction after the one that exited (with the NRIP-save feature).
+    pub const NRIP: usize = 0x0c8;
+    /// Segment registers: selector (u16), attributes (u16), limit (u32), base (u64).
+    pub const ES: usize = 0x400;
+    /// Code segment.
+    pub const CS: usize = 0x410;
+    /// Stack segment.
+    pub const SS: usize = 0x420;
+    /// Data segment.
+    pub const DS: usize = 0x430;
+    /// FS.
+    pub const FS: usize = 0x440;
+    /// GS.
+    pub const GS: usize = 0x450;
+    /// GDTR (limit and base only).
+    pub const GDTR: usize = 0x460;
+    /// LDTR.
+    pub const LDTR: usize = 0x470;
+    /// IDTR (limit and base only).
+    pub const IDTR: usize = 0x480;
+    /// TR.
+    pub const TR: usize = 0x490;
+    /// Current privilege level.
+    pub const CPL: usize = 0x4cb;
+    /// Guest EFER (SVME must be set).
+    pub const EFER: usize = 0x4d0;
+    /// Guest CR4.
+    pub const CR4: usize = 0x548;
+    /// Guest CR3.
+    pub const CR3: usize = 0x550;
+    /// Guest CR0.
+    pub const CR0: usize = 0x558;
+    /// Guest RFLAGS.
+    pub const RFLAGS: usize = 0x570;
+    /// Guest RIP.
+    pub const RIP: usize = 0x578;
+    /// Guest RSP.
+    pub const RSP: usize = 0x5d8;
+    /// Guest RAX.
+    pub const RAX: usize = 0x5f8;
+    /// Guest PAT.
+    pub const G_PAT: usize = 0x668;
+}
+
+/// Intercept bits of [`offset::INTERCEPT_MISC1`].
+pub const INTERCEPT_CPUID: u32 = 1 << 18;
+/// HLT.
+pub const INTERCEPT_HLT: u32 = 1 << 24;
+/// Shutdown (a triple fault in the guest).
+pub const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
+/// VMRUN, in [`offset::INTERCEPT_MISC2`]: required by VMRUN's checks.
+pub const INTERCEPT_VMRUN: u32 = 1 << 0;
+
+/// Why the guest exited: the VMCB's exit code (APM Appendix C).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ExitCode(pub u64);
+
+impl ExitCode {
+    /// CPUID.
+    pub const CPUID: Self = Self(0x72);
+    /// HLT.
+    pub const HLT: Self = Self(0x78);
+    /// Shutdown.
+    pub const SHUTDOWN: Self = Self(0x7f);
+    /// A nested page fault.
+    pub const NPF: Self = Self(0x400);
+    /// VMRUN refused the VMCB's state.
+    pub const INVALID: Self = Self(u64::MAX);
+}
+
+impl fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match *self {
+            Self::CPUID => "CPUID",
+            Self::HLT => "HLT",
+            Self::SHUTDOWN => "shutdown",
+            Self::NPF => "nested page fault",
+            Self::INVALID => "invalid guest state",
+            _ => return write!(f, "exit code {:#x}", self.0),
+        };
+        f.write_str(name)
+    }
+}
+
+/// Why SVM could not be turned on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EnableError {
+    /// The firmware locked it off (`VM_CR.SVMDIS`).
+    DisabledByFirmware,
+}
+
+impl fmt::Display for EnableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DisabledByFirmware => {
+                f.write_str("SVM is disabled by the firmware (VM_CR.SVMDIS)")
+            }
+        }
+    }
+}
+
+/// A 4 KiB page the hardware owns while SVM runs: a VMCB or the host save area.
+#[repr(C, align(4096))]
+pub struct Page(UnsafeCell<[u8; 4096]>);
+
+// SAFETY: each page is used by one CPU at a time (the caller's per-CPU discipline).
+unsafe impl Sync for Page {}
+
+impl Page {
+    /// A zeroed page.
+    pub const fn new() -> Self {
+        Self(UnsafeCell::new([0; 4096]))
+    }
+
+    /// Its physical address (the hypervisor runs identity-mapped).
+    pub fn address(&self) -> u64 {
+        self.0.get() as u64
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Page({:#x})", self.address())
+    }
+}
+
+/// Turns SVM on on this CPU, with `host_save` as its host save area.
+pub fn enable(host_save: &'static Page) -> Result<(), EnableError> {
+    // SAFETY: VM_CR exists on every CPU with SVM (checked by the caller with CPUID).
+    let vm_cr = unsafe { Msr::new(VM_CR).read() };
+    if vm_cr & VM_CR_SVMDIS != 0 {
+        return Err(EnableError::DisabledByFirmware);
+    }
+    let mut efer = Msr::new(EFER);
+    // SAFETY: setting EFER.SVME only enables the SVM instructions; the host save area is a
+    // page of the hypervisor's that nothing else uses.
+    unsafe {
+        let value = efer.read();
+        efer.write(value | EFER_SVME);
+        Msr::new(VM_HSAVE_PA).write(host_save.address());
+    }
+    Ok(())
+}
+
+/// A VMCB: typed accessors over the page.
+pub struct Vmcb<'a> {
+    page: &'a Page,
+}
+
+impl fmt::Debug for Vmcb<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Vmcb({:#x})", self.page.address())
+    }
+}
+
+macro_rules! accessors {
+    ($($get:ident, $set:ident: $t:ty;)*) => {$(
+        /// Reads a field.
+        pub fn $get(&self, offset: usize) -> $t {
+            assert!(offset + size_of::<$t>() <= 4096);
+            // SAFETY: inside the page (checked); the CPU writes the VMCB only during VMRUN,
+            // which does not overlap with this (one CPU owns the VMCB).
+            unsafe { (self.page.0.get().cast::<u8>().add(offset).cast::<$t>()).read_unaligned() }
+        }
+
+        /// Writes a field.
+        pub fn $set(&mut self, offset: usize, value: $t) {
+            assert!(offset + size_of::<$t>() <= 4096);
+            // SAFETY: as for reads.
+            unsafe { (self.page.0.get().cast::<u8>().add(offset).cast::<$t>()).write_unaligned(value) }
+        }
+    )*};
+}
+
+impl<'a> Vmcb<'a> {
+    /// The VMCB in `page`, zeroed.
+    pub fn new(page: &'a Page) -> Self {
+        // SAFETY: the page is this VMCB's alone.
+        unsafe { page.0.get().write([0; 4096]) };
+        Self { page }
+    }
+
+    accessors! {
+        u8_at, set_u8: u8;
+        u16_at, set_u16: u16;
+        u32_at, set_u32: u32;
+        u64_at, set_u64: u64;
+    }
+
+    /// Sets a segment register: selector, attributes (APM's 12-bit form), limit, base.
+    pub fn set_segment(
+        &mut self,
+        at: usize,
+        selector: u16,
+        attributes: u16,
+        limit: u32,
+        base: u64,
+    ) {
+        self.set_u16(at, selector);
+        self.set_u16(at + 2, attributes);
+        self.set_u32(at + 4, limit);
+        self.set_u64(at + 8, base);
+    }
+
+    /// A vCPU as after INIT, in real mode at `rip` (CS base 0), with nested paging from
+    /// `nested_cr3`, address space `asid`, and exits on CPUID, HLT and shutdown.
+    pub fn reset_real_mode(&mut self, rip: u64, nested_cr3: u64, asid: u32) {
+        use offset::*;
+        self.set_u32(
+            INTERCEPT_MISC1,
+            INTERCEPT_CPUID | INTERCEPT_HLT | INTERCEPT_SHUTDOWN,
+        );
+        self.set_u32(INTERCEPT_MISC2, INTERCEPT_VMRUN);
+        self.set_u32(GUEST_ASID, asid);
+        self.set_u64(NP_ENABLE, 1);
+        self.set_u64(N_CR3, nested_cr3);
+        // Present, accessed code (read/execute) and data (read/write) segments; a busy TSS.
+        self.set_segment(CS, 0, 0x9b, 0xffff, 0);
+        for data in [ES, SS, DS, FS, GS] {
+            self.set_segment(data, 0, 0x93, 0xffff, 0);
+        }
+        self.set_segment(GDTR, 0, 0, 0xffff, 0);
+        self.set_segment(IDTR, 0, 0, 0xffff, 0);
+        self.set_segment(LDTR, 0, 0x82, 0xffff, 0);
+        self.set_segment(TR, 0, 0x8b, 0xffff, 0);
+        self.set_u8(CPL, 0);
+        self.set_u64(offset::EFER, EFER_SVME);
+        self.set_u64(CR0, 0x6000_0010);
+        self.set_u64(CR3, 0);
+        self.set_u64(CR4, 0);
+        self.set_u64(RFLAGS, 0x2);
+        self.set_u64(RIP, rip);
+        self.set_u64(RSP, 0);
+        self.set_u64(G_PAT, 0x0007_0406_0007_0406);
+    }
+
+    /// Why the guest last exited.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode(self.u64_at(offset::EXITCODE))
+    }
+
+    /// Runs the guest until its next exit. The guest's general-purpose registers other than
+    /// RAX and RSP are not kept (no guest of this stage needs them).
+    pub fn run(&mut self) -> ExitCode {
+        let vmcb = self.page.address();
+        // SAFETY: SVM is on (`enable`) and the VMCB is valid or VMRUN exits with INVALID;
+        // VMRUN saves the host's state in the host save area and restores RSP, RIP and RAX on
+        // #VMEXIT; every other general-purpose register is the guest's then, so all are
+        // declared clobbered, and RBX and RBP (which asm! cannot clobber) are saved around.
+        // CLGI/STGI keep interrupts and NMIs from the host's side between the two.
+        unsafe {
+            core::arch::asm!(
+                "push rbx",
+                "push rbp",
+                "clgi",
+                "vmrun rax",
+                "stgi",
+                "pop rbp",
+                "pop rbx",
+                inout("rax") vmcb => _,
+                out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            );
+        }
+        self.exit_code()
+    }
+}

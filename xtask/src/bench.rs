@@ -122,13 +122,7 @@ fn run_in(
     let mut results = Vec::new();
     for board in boards {
         qemu::require(&board.qemu)?;
-        let gic = match args.gic {
-            Some(gic) => {
-                board.machine(gic)?;
-                gic
-            }
-            None => *board.gic_versions.iter().max().context("no GIC version")?,
-        };
+        let gic = board.require_gic(args.gic)?;
         results.push(bench_board(workspace, args, board, gic, &dir)?);
     }
     let command = command_line(args);

@@ -8,6 +8,7 @@
 //! qemu = "qemu-system-aarch64"    # QEMU binary
 //! machine = "virt,virtualization=on,gic-version={gic}"  # -M; {gic} becomes the GIC version
 //! gic-versions = [2, 3]           # GIC versions the board supports; the highest is the default
+//!                                 # (none on boards without a GIC, e.g. x86)
 //! cpu = "cortex-a57"              # -cpu by default; without it, -cpu is never passed
 //! smp = 4                         # -smp by default
 //! memory = "1G"                   # -m by default
@@ -43,7 +44,7 @@ pub struct Board {
     pub qemu: String,
     /// `-M` value, possibly with a `{gic}` placeholder.
     pub machine: String,
-    /// Supported GIC versions, sorted.
+    /// Supported GIC versions, sorted; empty for a board without a GIC (x86).
     pub gic_versions: Vec<u32>,
     /// Default `-cpu`; `None` for machines with a fixed CPU model.
     pub cpu: Option<String>,
@@ -240,20 +241,26 @@ impl Board {
         let [bin] = bins[..] else {
             bail!("a board package needs exactly one binary target, found {bins:?}");
         };
-        let mut gic_versions = table["gic-versions"]
-            .as_array()
-            .context("`gic-versions` must be an array")?
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .context("`gic-versions` must hold numbers")
-            })
-            .collect::<Result<Vec<u32>>>()?;
+        let no_gic = Vec::new();
+        let mut gic_versions = match table.get("gic-versions") {
+            None => &no_gic,
+            Some(versions) => versions
+                .as_array()
+                .filter(|v| !v.is_empty())
+                .context("`gic-versions` must be a non-empty array (or absent: no GIC)")?,
+        }
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .context("`gic-versions` must hold numbers")
+        })
+        .collect::<Result<Vec<u32>>>()?;
         gic_versions.sort_unstable();
         gic_versions.dedup();
-        if gic_versions.is_empty() {
-            bail!("`gic-versions` is empty");
+        let machine = string("machine")?;
+        if gic_versions.is_empty() && machine.contains("{gic}") {
+            bail!("`machine` has a {{gic}} placeholder but the board has no `gic-versions`");
         }
         let smp = table["smp"]
             .as_u64()
@@ -277,7 +284,7 @@ impl Board {
             bin: bin.to_owned(),
             target: string("target")?,
             qemu: string("qemu")?,
-            machine: string("machine")?,
+            machine,
             gic_versions,
             cpu,
             smp,
@@ -308,7 +315,7 @@ impl Board {
     /// board's directory in `target/images/`).
     pub fn system_config(&self, gic: u32, images: &Path) -> Result<(PathBuf, PathBuf)> {
         let linux = self.linux()?;
-        self.machine(gic)?;
+        self.machine(Some(gic))?;
         let relative = linux.system_config.replace("{gic}", &gic.to_string());
         let source = self.dir.join(&relative);
         let Some(stem) = Path::new(&relative).file_stem() else {
@@ -322,21 +329,42 @@ impl Board {
         Ok((source, images.join(binary)))
     }
 
-    /// The default GIC version: the highest one supported.
-    pub fn default_gic(&self) -> u32 {
-        *self.gic_versions.last().expect("checked when parsed")
+    /// The default GIC version: the highest one supported; `None` without a GIC.
+    pub fn default_gic(&self) -> Option<u32> {
+        self.gic_versions.last().copied()
     }
 
-    /// The `-M` value for GIC version `gic`, which must be supported.
-    pub fn machine(&self, gic: u32) -> Result<String> {
-        if !self.gic_versions.contains(&gic) {
-            bail!(
+    /// The GIC version a command uses: `requested` (`--gic`), which the board must support,
+    /// or its default; `None` on a board without a GIC, which refuses `--gic`.
+    pub fn gic(&self, requested: Option<u32>) -> Result<Option<u32>> {
+        match (requested, self.default_gic()) {
+            (None, default) => Ok(default),
+            (Some(gic), None) => bail!(
+                "board {} has no GIC: --gic {gic} cannot be given",
+                self.name
+            ),
+            (Some(gic), Some(_)) if self.gic_versions.contains(&gic) => Ok(Some(gic)),
+            (Some(gic), Some(_)) => bail!(
                 "board {} has no GICv{gic}: --gic must be one of {}",
                 self.name,
                 list(&self.gic_versions)
-            );
+            ),
         }
-        Ok(self.machine.replace("{gic}", &gic.to_string()))
+    }
+
+    /// The GIC version of a command that needs one (Linux as the root cell builds its
+    /// configuration for it).
+    pub fn require_gic(&self, requested: Option<u32>) -> Result<u32> {
+        self.gic(requested)?
+            .with_context(|| format!("board {} has no GIC", self.name))
+    }
+
+    /// The `-M` value for GIC version `gic` (see [`Board::gic`]).
+    pub fn machine(&self, gic: Option<u32>) -> Result<String> {
+        Ok(match self.gic(gic)? {
+            Some(gic) => self.machine.replace("{gic}", &gic.to_string()),
+            None => self.machine.clone(),
+        })
     }
 }
 
@@ -416,14 +444,45 @@ mod tests {
         assert_eq!(board.version, "1.2.3");
         assert_eq!(board.bin, "cellvisor-test");
         assert_eq!(board.gic_versions, [2, 3]);
-        assert_eq!(board.default_gic(), 3);
+        assert_eq!(board.default_gic(), Some(3));
         assert_eq!(board.cpu.as_deref(), Some("cortex-a57"));
         assert_eq!(
-            board.machine(2).unwrap(),
+            board.machine(Some(2)).unwrap(),
             "virt,virtualization=on,gic-version=2"
         );
-        let error = board.machine(4).unwrap_err().to_string();
+        assert_eq!(
+            board.machine(None).unwrap(),
+            "virt,virtualization=on,gic-version=3"
+        );
+        let error = board.machine(Some(4)).unwrap_err().to_string();
         assert!(error.contains("--gic must be one of 2, 3"), "{error}");
+    }
+
+    #[test]
+    fn a_board_without_a_gic() {
+        let mut table = qemu_arm64();
+        let object = table.as_object_mut().unwrap();
+        object.remove("gic-versions");
+        object.insert("machine".into(), "q35".into());
+        let board = Board::from_package(&package(table)).unwrap().unwrap();
+        assert_eq!(
+            (board.default_gic(), board.machine(None).unwrap()),
+            (None, "q35".to_owned())
+        );
+        let error = board.machine(Some(3)).unwrap_err().to_string();
+        assert!(
+            error.contains("has no GIC: --gic 3 cannot be given"),
+            "{error}"
+        );
+        assert!(board.require_gic(None).is_err());
+        // A {gic} placeholder needs GIC versions.
+        let mut table = qemu_arm64();
+        table.as_object_mut().unwrap().remove("gic-versions");
+        let error = format!(
+            "{:#}",
+            Board::from_package(&package(table)).unwrap().unwrap_err()
+        );
+        assert!(error.contains("{gic} placeholder"), "{error}");
     }
 
     #[test]

@@ -204,6 +204,10 @@ pub fn flatten(data: &[u8]) -> Result<Flat> {
         }
     }
 
+    if header.e_machine(endian) == elf::EM_X86_64 {
+        check_multiboot_image(&bytes, base)?;
+    }
+
     let section = |name: &str| {
         sections
             .section_by_name(endian, name.as_bytes())
@@ -243,6 +247,40 @@ fn fp_simd_instructions(code: &[u8]) -> Vec<u64> {
         })
         .map(|(i, _)| i as u64 * 4)
         .collect()
+}
+
+/// Checks that the flat x86 image `image`, loaded at `base`, has a Multiboot header that a
+/// loader takes it by (Multiboot Specification 0.6.96 §3.1): the magic in the first 8 KiB,
+/// 4-byte aligned, a checksum that makes the first three words sum to zero, the address
+/// fields (flag 16) with `load_addr` = `base` and the header where `header_addr` says.
+fn check_multiboot_image(image: &[u8], base: u64) -> Result<()> {
+    const MAGIC: u32 = 0x1bad_b002;
+    const ADDRESS_FIELDS: u32 = 1 << 16;
+    let word = |at: usize| {
+        image
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let Some(at) = (0..image.len().min(8192))
+        .step_by(4)
+        .find(|&at| word(at) == Some(MAGIC))
+    else {
+        bail!("the x86 image has no Multiboot header (magic {MAGIC:#x}) in its first 8 KiB");
+    };
+    let field = |n: usize| word(at + 4 * n).unwrap_or(0);
+    if field(0).wrapping_add(field(1)).wrapping_add(field(2)) != 0 {
+        bail!("the Multiboot header at offset {at:#x} has a wrong checksum");
+    }
+    if field(1) & ADDRESS_FIELDS == 0 {
+        bail!("the Multiboot header at offset {at:#x} has no address fields (flag 16): a loader would want a 32-bit ELF");
+    }
+    let (header_addr, load_addr) = (u64::from(field(3)), u64::from(field(4)));
+    if load_addr != base || header_addr != base + at as u64 {
+        bail!(
+            "the Multiboot header says load_addr {load_addr:#x} and header_addr {header_addr:#x},              but the image starts at {base:#x} with the header at offset {at:#x}"
+        );
+    }
+    Ok(())
 }
 
 /// Checks that `image` starts with an arm64 Linux `Image` header.
@@ -528,20 +566,48 @@ mod tests {
     }
 
     #[test]
-    fn checks_the_header_of_arm64_images_only() {
-        let text = [0u8; 16];
-        let file = elf(
-            elf::EM_X86_64,
-            0x20,
-            &[Segment {
-                paddr: 0x1000,
-                content: &text,
-                bss: 0,
-            }],
-            0,
-            0,
-        );
-        assert_eq!(flatten(&file).unwrap().bytes, text);
+    fn x86_images_need_a_multiboot_header_with_address_fields() {
+        let image = |words: &[u32]| -> Vec<u8> {
+            let mut bytes: Vec<u8> = vec![0x90; 8];
+            bytes.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+            bytes
+        };
+        let flatten_x86 = |content: &[u8]| {
+            let file = elf(
+                elf::EM_X86_64,
+                0x1008 + 8 * 4,
+                &[Segment {
+                    paddr: 0x1000,
+                    content,
+                    bss: 0,
+                }],
+                0,
+                0,
+            );
+            flatten(&file)
+        };
+        let (magic, flags) = (0x1bad_b002u32, 1u32 << 16 | 1 << 1);
+        let checksum = 0u32.wrapping_sub(magic).wrapping_sub(flags);
+        // Header at offset 8: header_addr 0x1008, load_addr 0x1000.
+        let good = image(&[
+            magic, flags, checksum, 0x1008, 0x1000, 0x1028, 0x1028, 0x1028,
+        ]);
+        assert_eq!(flatten_x86(&good).unwrap().bytes, good);
+        let error = flatten_x86(&[0u8; 16]).unwrap_err().to_string();
+        assert!(error.contains("no Multiboot header"), "{error}");
+        let bad_sum = image(&[magic, flags, checksum + 1, 0x1008, 0x1000, 0, 0, 0]);
+        assert!(flatten_x86(&bad_sum)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
+        let elf_only = image(&[magic, 2, 0u32.wrapping_sub(magic + 2), 0, 0, 0, 0, 0]);
+        assert!(flatten_x86(&elf_only)
+            .unwrap_err()
+            .to_string()
+            .contains("flag 16"));
+        let moved = image(&[magic, flags, checksum, 0x2008, 0x2000, 0, 0, 0]);
+        let error = flatten_x86(&moved).unwrap_err().to_string();
+        assert!(error.contains("load_addr 0x2000"), "{error}");
     }
 
     #[test]

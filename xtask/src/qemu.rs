@@ -50,8 +50,7 @@ impl Qemu {
     /// which QEMU starts with the device tree's address in x0) on `board`, without any console
     /// or display option yet.
     pub fn new(board: &Board, options: &Options, kernel: &Path) -> Result<Self> {
-        let gic = options.gic.unwrap_or_else(|| board.default_gic());
-        let mut args = vec!["-M".to_owned(), board.machine(gic)?];
+        let mut args = vec!["-M".to_owned(), board.machine(options.gic)?];
         match (&options.cpu, &board.cpu) {
             (Some(_), None) => bail!(
                 "board {} has a fixed CPU model: --cpu cannot be given",

@@ -166,7 +166,6 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
     // Reject bad options and a missing QEMU before building or downloading.
     Qemu::new(board, &options, Path::new(""))?;
     qemu::require(&board.qemu)?;
-    let gic = options.gic.unwrap_or_else(|| board.default_gic());
     let mode = args.mode(board)?;
     let shown = |path: &Path| workspace.relative(path).to_owned();
     let dtb = match &args.dtb {
@@ -195,6 +194,7 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
         Mode::Bare => Boot::Bare(linux.expect("resolved above")),
         Mode::RootCell => {
             let image = image::build(workspace, board, args.kind())?;
+            let gic = board.require_gic(options.gic)?;
             let config = config_file(workspace, cwd, board, gic, &args)?;
             Boot::RootCell {
                 image: shown(&image.bin),
@@ -510,7 +510,7 @@ fn machines<'a>(boards: &[&'a Board], gic: Option<u32>) -> Result<Vec<(&'a Board
         qemu::require(&board.qemu)?;
         let gics = match gic {
             Some(gic) => {
-                board.machine(gic)?;
+                board.machine(Some(gic))?;
                 vec![gic]
             }
             None => board.gic_versions.clone(),

@@ -62,8 +62,7 @@ pub fn run(workspace: &Workspace, args: &SoakArgs) -> Result<()> {
     let board = board::find(&workspace.boards, &args.board)?;
     let linux_boot = board.linux()?;
     qemu::require(&board.qemu)?;
-    let gic = args.gic.unwrap_or_else(|| board.default_gic());
-    board.machine(gic)?;
+    let gic = board.require_gic(args.gic)?;
     let name = format!("{}-gicv{gic}", board.name);
 
     let image = image::build(workspace, board, Kind::Normal)?;

@@ -81,6 +81,17 @@ const BANNER: Pattern = Pattern::Line("cellvisor {version} on {board}: {smp}/{sm
 /// A normal boot: the banner, then the hypervisor idles.
 const BOOT: &[Pattern] = &[BANNER];
 
+/// The x86 boot so far (issue 15): the boot CPU in long mode from QEMU's Multiboot loader, AMD
+/// SVM with nested paging found, and a first world switch: a real-mode guest's CPUID and HLT
+/// exits, behind nested page tables from `cellvisor-paging`.
+const X86_SVM: &[Pattern] = &[
+    Pattern::Contains(&["cellvisor {version} on {board} (x86-64), Multiboot ok"]),
+    Pattern::Line("cellvisor: CPU AuthenticAMD: AMD SVM with nested paging"),
+    Pattern::Line("cellvisor: SVM guest exit: CPUID at RIP 0x1000"),
+    Pattern::Line("cellvisor: SVM guest exit: HLT at RIP 0x1002"),
+    Pattern::Line("cellvisor: SVM world switch works (CPUID, HLT)"),
+];
+
 /// A fault-injection image: after the banner it reads the unmapped address 0xdead0000, and the
 /// report of that data abort must end with the CPU parked.
 const FAULT: &[Pattern] = &[
@@ -525,6 +536,16 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// The x86 boot so far: long mode, SVM found, one world switch ([`X86_SVM`]).
+    const fn x86_svm(board: &'a str, smp: u32, cpu: &'static str) -> Self {
+        Self {
+            expect: X86_SVM,
+            fails_on: &["hypervisor bug", "invalid guest state", "exit information"],
+            label: Some("svm"),
+            ..Self::boot(board, None, smp, Some(cpu))
+        }
+    }
+
     const fn fault(board: &'a str, gic: Option<u32>, smp: u32) -> Self {
         Self {
             boots: Boots::Hypervisor(Kind::FaultInjection),
@@ -666,6 +687,8 @@ const CASES: &[Case<'static>] = &[
     Case::init_time("zcu102", None, "init-time-1"),
     Case::init_time("zcu102", None, "init-time-2"),
     Case::init_time("zcu102", None, "init-time-3"),
+    // x86, so far: the boot CPU in long mode and one SVM world switch (issue 15).
+    Case::x86_svm("qemu-x86", 4, "EPYC"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -973,7 +996,7 @@ fn cases(boards: &[Board], cells: bool) -> Result<Vec<Resolved<'_>>> {
 
 fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
     let board = board::find(boards, case.board).context("system test case")?;
-    let gic = case.gic.unwrap_or_else(|| board.default_gic());
+    let gic = board.gic(case.gic).context("system test case")?;
     let smp = case.smp.unwrap_or(board.smp);
     let cpu = case.cpu.map(str::to_owned).or_else(|| board.cpu.clone());
     let fill = |text: &str| {
@@ -1022,7 +1045,10 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
             })
         }
     };
-    let mut machine = format!("gicv{gic}-smp{smp}");
+    let mut machine = match gic {
+        Some(gic) => format!("gicv{gic}-smp{smp}"),
+        None => format!("smp{smp}"),
+    };
     if let Some(cpu) = &cpu {
         write!(machine, "-{cpu}").expect("writing to a String");
     }
@@ -1032,7 +1058,7 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
         board,
         boots: case.boots,
         options: Options {
-            gic: Some(gic),
+            gic,
             smp: Some(smp),
             cpu: case.cpu.map(str::to_owned),
             memory: None,
@@ -1299,7 +1325,7 @@ fn run_one(
                 .linux
                 .get(&board.name)
                 .expect("prepared before the cases");
-            let gic = case.options.gic.expect("resolved");
+            let gic = board.require_gic(case.options.gic)?;
             let images = workspace.target_dir.join("images").join(&board.name);
             let mut append = case.append.clone().expect("Linux cases have actions");
             let config = if case.boots == Boots::RootCell {
@@ -1635,6 +1661,7 @@ mod tests {
         vec![
             board("qemu-arm64", Some("cortex-a57"), vec![2, 3], true),
             board("zcu102", None, vec![2], true),
+            board("qemu-x86", Some("EPYC"), vec![], false),
             board("new", None, vec![3], false),
             board("newlinux", None, vec![3], true),
         ]
@@ -1798,6 +1825,7 @@ mod tests {
                 "zcu102-bare-gicv2-smp4",
                 "zcu102-linux-gicv2-smp4",
                 "qemu-arm64-reboot-gicv3-smp4-cortex-a57",
+                "qemu-x86-svm-smp4-EPYC",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
                 "newlinux-boot-gicv3-smp2",

@@ -82,14 +82,17 @@ const BANNER: Pattern = Pattern::Line("cellvisor {version} on {board}: {smp}/{sm
 const BOOT: &[Pattern] = &[BANNER];
 
 /// The x86 boot so far (issue 15): the boot CPU in long mode from QEMU's Multiboot loader, AMD
-/// SVM with nested paging found, and a first world switch: a real-mode guest's CPUID and HLT
-/// exits, behind nested page tables from `cellvisor-paging`.
+/// SVM with nested paging found, a first world switch (a real-mode guest's CPUID and HLT exits,
+/// behind nested page tables from `cellvisor-paging`), then every other CPU of the ACPI MADT
+/// started by INIT and SIPI, in long mode with SVM on.
 const X86_SVM: &[Pattern] = &[
     Pattern::Contains(&["cellvisor {version} on {board} (x86-64), Multiboot ok"]),
     Pattern::Line("cellvisor: CPU AuthenticAMD: AMD SVM with nested paging"),
     Pattern::Line("cellvisor: SVM guest exit: CPUID at RIP 0x1000"),
     Pattern::Line("cellvisor: SVM guest exit: HLT at RIP 0x1002"),
     Pattern::Line("cellvisor: SVM world switch works (CPUID, HLT)"),
+    Pattern::Contains(&["cellvisor: CPU {last}: APIC ID ", ", SVM on"]),
+    Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
 ];
 
 /// A fault-injection image: after the banner it reads the unmapped address 0xdead0000, and the

@@ -6,7 +6,8 @@
 //! loader takes the flat binary as it is and needs no 32-bit ELF.
 //!
 //! The entry zeroes `.bss`, maps the first 4 GiB one to one with 2 MiB pages (enough for the
-//! image, the loader's data and the local APIC and IOAPIC pages), turns on PAE, long mode
+//! image, the loader's data and the local APIC and IOAPIC pages, which are uncached), turns on
+//! PAE, long mode
 //! (`EFER.LME`) and paging, loads a GDT with a 64-bit code segment and jumps to `entry64`,
 //! which sets the stack and calls [`crate::rust_entry`] with the Multiboot magic and
 //! information address. Intel SDM Vol. 3A §9.8.5 lists these steps.
@@ -36,7 +37,8 @@ multiboot_header:
 
     .section .bss.boot_tables, "aw", @nobits
     .balign 4096
-boot_pml4:
+    .global cellvisor_boot_pml4
+cellvisor_boot_pml4:
     .skip 4096
 boot_pdpt:
     .skip 4096
@@ -74,7 +76,7 @@ cellvisor_entry32:
     // 4 GiB one to one: PML4[0] -> PDPT, PDPT[0..4] -> four page directories of 2 MiB pages.
     mov eax, offset boot_pdpt
     or eax, 0x3
-    mov dword ptr [boot_pml4], eax
+    mov dword ptr [cellvisor_boot_pml4], eax
     xor ecx, ecx
 2:
     mov eax, ecx
@@ -94,8 +96,11 @@ cellvisor_entry32:
     inc ecx
     cmp ecx, 2048
     jne 3b
+    // The IOAPIC's (0xfec00000) and the local APIC's (0xfee00000) 2 MiB: uncached (PCD, PWT).
+    or dword ptr [boot_pd + 0x7f6 * 8], 0x18
+    or dword ptr [boot_pd + 0x7f7 * 8], 0x18
 
-    mov eax, offset boot_pml4
+    mov eax, offset cellvisor_boot_pml4
     mov cr3, eax
     mov eax, cr4
     or eax, 1 << 5

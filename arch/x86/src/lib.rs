@@ -13,9 +13,13 @@ pub mod boot;
 #[cfg(target_arch = "x86_64")]
 pub mod cpu;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod firmware;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod first_guest;
 #[cfg(target_arch = "x86_64")]
 pub mod serial;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod smp;
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
 
@@ -74,8 +78,98 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
             );
         }
     }
+    match firmware::cpus() {
+        Ok((ids, left_out)) => {
+            let started = smp::start(&ids, ap_entry);
+            let _guard = lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor {} on {}: {}/{} CPUs in long mode",
+                board.version,
+                board.name,
+                started + 1,
+                ids.len() + left_out
+            );
+            if left_out > 0 {
+                let _ = writeln!(
+                    console,
+                    "cellvisor: {left_out} CPUs left out: at most {} are supported",
+                    firmware::MAX_CPUS
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(console, "cellvisor: cannot find the other CPUs: {e}");
+        }
+    }
+    let _guard = lock_console();
     let _ = writeln!(console, "cellvisor: the x86 backend stops here for now");
     halt()
+}
+
+/// One host save area per application processor (the boot CPU's is the first guest's).
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+static AP_HOST_SAVE: [svm::Page; firmware::MAX_CPUS] =
+    [const { svm::Page::new() }; firmware::MAX_CPUS];
+
+/// An application processor's first Rust: SVM on, a report, then it stops.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+extern "C" fn ap_entry(cpu: u64) -> ! {
+    use core::fmt::Write as _;
+    // SAFETY: defined by `board!`.
+    let board = unsafe { cellvisor_x86_board() };
+    let mut console = serial::Serial::quiet(board.uart_port);
+    let svm = match AP_HOST_SAVE.get(cpu as usize - 1) {
+        Some(save)
+            if cpu::probe().1
+                == Some(cpu::Extension::Svm {
+                    nested_paging: true,
+                }) =>
+        {
+            match svm::enable(save) {
+                Ok(()) => "SVM on",
+                Err(_) => "SVM locked off",
+            }
+        }
+        _ => "no SVM",
+    };
+    {
+        let _guard = lock_console();
+        let _ = writeln!(
+            console,
+            "cellvisor: CPU {cpu}: APIC ID {}, {svm}",
+            smp::apic_id()
+        );
+    }
+    smp::started();
+    halt()
+}
+
+/// The console lock: one CPU prints at a time.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+fn lock_console() -> ConsoleGuard {
+    use core::sync::atomic::Ordering;
+    while CONSOLE_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    ConsoleGuard
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+static CONSOLE_LOCK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Holds the console lock until dropped.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+struct ConsoleGuard;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl Drop for ConsoleGuard {
+    fn drop(&mut self) {
+        CONSOLE_LOCK.store(false, core::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Stops this CPU for good.

@@ -95,6 +95,19 @@ const X86_SVM: &[Pattern] = &[
     Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
 ];
 
+/// An x86 fault-injection image: after the banner the boot CPU reads the unmapped address
+/// 0x1dead0000; the page fault must be reported with its address and the CPU parked.
+const X86_FAULT: &[Pattern] = &[
+    Pattern::Contains(&["cellvisor {version} on {board} (x86-64), Multiboot ok"]),
+    Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
+    Pattern::Contains(&[
+        "cellvisor: hypervisor bug: page fault (vector 14",
+        "CR2 0x00000001dead0000",
+    ]),
+    Pattern::Contains(&["rax 0x", "rdx 0x"]),
+    Pattern::Line("cellvisor: CPU parked"),
+];
+
 /// A fault-injection image: after the banner it reads the unmapped address 0xdead0000, and the
 /// report of that data abort must end with the CPU parked.
 const FAULT: &[Pattern] = &[
@@ -549,6 +562,17 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// The x86 fault-injection image ([`X86_FAULT`]).
+    const fn x86_fault(board: &'a str, smp: u32, cpu: &'static str) -> Self {
+        Self {
+            boots: Boots::Hypervisor(Kind::FaultInjection),
+            expect: X86_FAULT,
+            fails_on: &[],
+            label: Some("fault"),
+            ..Self::boot(board, None, smp, Some(cpu))
+        }
+    }
+
     const fn fault(board: &'a str, gic: Option<u32>, smp: u32) -> Self {
         Self {
             boots: Boots::Hypervisor(Kind::FaultInjection),
@@ -692,6 +716,7 @@ const CASES: &[Case<'static>] = &[
     Case::init_time("zcu102", None, "init-time-3"),
     // x86, so far: the boot CPU in long mode and one SVM world switch (issue 15).
     Case::x86_svm("qemu-x86", 4, "EPYC"),
+    Case::x86_fault("qemu-x86", 4, "EPYC"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -1829,6 +1854,7 @@ mod tests {
                 "zcu102-linux-gicv2-smp4",
                 "qemu-arm64-reboot-gicv3-smp4-cortex-a57",
                 "qemu-x86-svm-smp4-EPYC",
+                "qemu-x86-fault-smp4-EPYC",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
                 "newlinux-boot-gicv3-smp2",

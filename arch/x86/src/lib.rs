@@ -13,6 +13,8 @@ pub mod boot;
 #[cfg(target_arch = "x86_64")]
 pub mod cpu;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod exception;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod firmware;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod first_guest;
@@ -48,6 +50,8 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
     // SAFETY: defined by `board!` in the board crate, which every image links.
     let board = unsafe { cellvisor_x86_board() };
     let mut console = serial::Serial::new(board.uart_port);
+    exception::init();
+    exception::load();
     let _ = writeln!(
         console,
         "cellvisor {} on {} (x86-64), Multiboot {}, information at {info:#x}",
@@ -102,9 +106,28 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
             let _ = writeln!(console, "cellvisor: cannot find the other CPUs: {e}");
         }
     }
+    #[cfg(feature = "fault-injection")]
+    {
+        // An unmapped address (the boot map ends at 4 GiB): the page fault must be reported
+        // with its address, and this CPU parked.
+        let _ = writeln!(console, "cellvisor: fault injection: reading 0x1dead0000");
+        // SAFETY: deliberately not: the read faults, and the handler never returns.
+        let value = unsafe { (0x1_dead_0000 as *const u64).read_volatile() };
+        let _ = writeln!(
+            console,
+            "cellvisor: fault injection: read {value:#x}, no fault"
+        );
+    }
     let _guard = lock_console();
     let _ = writeln!(console, "cellvisor: the x86 backend stops here for now");
     halt()
+}
+
+/// The console, as the boot CPU set it up.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+fn console() -> serial::Serial {
+    // SAFETY: defined by `board!`.
+    serial::Serial::quiet(unsafe { cellvisor_x86_board() }.uart_port)
 }
 
 /// One host save area per application processor (the boot CPU's is the first guest's).
@@ -116,6 +139,7 @@ static AP_HOST_SAVE: [svm::Page; firmware::MAX_CPUS] =
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 extern "C" fn ap_entry(cpu: u64) -> ! {
     use core::fmt::Write as _;
+    exception::load();
     // SAFETY: defined by `board!`.
     let board = unsafe { cellvisor_x86_board() };
     let mut console = serial::Serial::quiet(board.uart_port);

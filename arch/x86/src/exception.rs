@@ -5,7 +5,9 @@
 //! Vectors with an error code: Intel SDM Vol. 3A Table 6-1.
 
 use core::arch::global_asm;
+use core::cell::UnsafeCell;
 use core::fmt::Write as _;
+use core::mem::MaybeUninit;
 
 use x86_64::structures::idt::InterruptDescriptorTable;
 use x86_64::VirtAddr;
@@ -174,14 +176,19 @@ pub const fn name(vector: u64) -> &'static str {
 }
 
 /// The IDT every CPU loads, filled once by the boot CPU before it starts the others.
-static mut IDT: core::mem::MaybeUninit<InterruptDescriptorTable> = core::mem::MaybeUninit::uninit();
+struct Idt(UnsafeCell<MaybeUninit<InterruptDescriptorTable>>);
+
+// SAFETY: written once by the boot CPU before any other CPU runs, only read afterwards.
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(UnsafeCell::new(MaybeUninit::uninit()));
 
 /// Fills the IDT (boot CPU, once, before the other CPUs run).
 pub fn init() {
     // SAFETY: the stub table is 32 addresses in .rodata.
-    let stubs = unsafe { &*(&raw const cellvisor_exception_stubs) };
+    let stubs = unsafe { &cellvisor_exception_stubs };
     // SAFETY: only the boot CPU runs, and no CPU has loaded the IDT yet.
-    let idt = unsafe { (*(&raw mut IDT)).write(InterruptDescriptorTable::new()) };
+    let idt = unsafe { (*IDT.0.get()).write(InterruptDescriptorTable::new()) };
     macro_rules! set {
         ($($field:ident = $vector:literal),*) => {$(
             // SAFETY: each stub is a valid handler for its vector: it saves every register
@@ -219,7 +226,7 @@ pub fn init() {
 /// Loads the IDT on this CPU.
 pub fn load() {
     // SAFETY: written by `init` before any CPU loads it, never written again.
-    let idt: &'static InterruptDescriptorTable = unsafe { (*(&raw const IDT)).assume_init_ref() };
+    let idt: &'static InterruptDescriptorTable = unsafe { (*IDT.0.get()).assume_init_ref() };
     idt.load();
 }
 

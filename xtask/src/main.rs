@@ -39,6 +39,7 @@ mod apt;
 mod bare;
 mod bench;
 mod board;
+mod bochs;
 mod boot;
 mod cargo;
 mod cycles;

@@ -1156,7 +1156,7 @@ fn select<'a>(cases: Vec<Resolved<'a>>, only: Option<&str>) -> Result<Vec<Resolv
         .into_iter()
         .filter(|case| wanted(case) || baselines.contains(&case.name))
         .collect();
-    if selected.is_empty() && !BENCH_SMOKE.contains(only) {
+    if selected.is_empty() && !BENCH_SMOKE.contains(only) && !crate::bochs::NAME.contains(only) {
         bail!("no system test name contains {only:?}");
     }
     Ok(selected)
@@ -1177,7 +1177,17 @@ pub fn run(
     let bench_smoke = cells
         && workspace.boards.iter().any(|b| b.name == "qemu-arm64")
         && only.is_none_or(|only| BENCH_SMOKE.contains(only));
-    let total = cases.len() + usize::from(bench_smoke);
+    // The x86 image on Intel VMX with EPT, in Bochs (QEMU has none).
+    let bochs = workspace
+        .boards
+        .iter()
+        .find(|b| b.name == "qemu-x86")
+        .filter(|_| only.is_none_or(|only| crate::bochs::NAME.contains(only)));
+    if bochs.is_some() {
+        crate::bochs::require_tools()?;
+    }
+    let total = cases.len() + usize::from(bench_smoke) + usize::from(bochs.is_some());
+    let mut number = cases.len();
 
     // Each image once, built and copied before the next build overwrites cargo's output.
     let mut shared = Shared {
@@ -1257,10 +1267,30 @@ pub fn run(
             }
         }
     }
+    if let Some(board) = bochs {
+        number += 1;
+        let name = crate::bochs::NAME;
+        println!("==> system test {number}/{total}: {name}");
+        let start = Instant::now();
+        let outcome = crate::bochs::boot_test(workspace, board);
+        let seconds = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                summary.passed += 1;
+                println!("PASS {name} in {seconds:.1} s");
+            }
+            Err(error) => {
+                summary.failed += 1;
+                failures.push(name.to_owned());
+                println!("FAIL {name} in {seconds:.1} s: {error:#}");
+            }
+        }
+    }
     if bench_smoke {
         // The bench machinery end to end (it boots its own machines).
+        number += 1;
         let name = BENCH_SMOKE;
-        println!("==> system test {total}/{total}: {name}");
+        println!("==> system test {number}/{total}: {name}");
         let start = Instant::now();
         let outcome = crate::bench::smoke(workspace);
         let seconds = start.elapsed().as_secs_f64();

@@ -1267,12 +1267,12 @@ pub fn run(
             }
         }
     }
-    if let Some(board) = bochs {
+    // The tests that boot their own machines, after the cases.
+    let mut extra = |name: &str, hint: &str, test: &mut dyn FnMut() -> Result<()>| {
         number += 1;
-        let name = crate::bochs::NAME;
         println!("==> system test {number}/{total}: {name}");
         let start = Instant::now();
-        let outcome = crate::bochs::boot_test(workspace, board);
+        let outcome = test();
         let seconds = start.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => {
@@ -1282,31 +1282,22 @@ pub fn run(
             Err(error) => {
                 summary.failed += 1;
                 failures.push(name.to_owned());
-                println!("FAIL {name} in {seconds:.1} s: {error:#}");
+                println!("FAIL {name} in {seconds:.1} s: {error:#}{hint}");
             }
         }
+    };
+    if let Some(board) = bochs {
+        extra(crate::bochs::NAME, "", &mut || {
+            crate::bochs::boot_test(workspace, board)
+        });
     }
     if bench_smoke {
-        // The bench machinery end to end (it boots its own machines).
-        number += 1;
-        let name = BENCH_SMOKE;
-        println!("==> system test {number}/{total}: {name}");
-        let start = Instant::now();
-        let outcome = crate::bench::smoke(workspace);
-        let seconds = start.elapsed().as_secs_f64();
-        match outcome {
-            Ok(()) => {
-                summary.passed += 1;
-                println!("PASS {name} in {seconds:.1} s");
-            }
-            Err(error) => {
-                summary.failed += 1;
-                failures.push(name.to_owned());
-                println!(
-                    "FAIL {name} in {seconds:.1} s: {error:#} (consoles in target/system-tests/bench/)"
-                );
-            }
-        }
+        // The bench machinery end to end.
+        extra(
+            BENCH_SMOKE,
+            " (consoles in target/system-tests/bench/)",
+            &mut || crate::bench::smoke(workspace),
+        );
     }
     if !failures.is_empty() {
         println!("failed system tests: {}", failures.join(" "));

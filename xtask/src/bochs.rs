@@ -33,10 +33,15 @@ pub const TOOLS: [(&str, &str); 4] = [
 const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 
-/// What must appear on COM1, in this order (`{version}` and `{board}` filled in).
-const EXPECTED: [&str; 3] = [
+/// What must appear on COM1, in this order (`{version}` and `{board}` filled in): the boot,
+/// VMX with EPT found, the first VMX world switch (a real-mode guest behind EPT tables from
+/// `cellvisor-paging`, its CPUID and HLT exits), and the CPU count.
+const EXPECTED: [&str; 6] = [
     "cellvisor {version} on {board} (x86-64), Multiboot ok",
     "cellvisor: CPU GenuineIntel: Intel VMX with EPT",
+    "cellvisor: VMX guest exit: CPUID at RIP 0x1000",
+    "cellvisor: VMX guest exit: HLT at RIP 0x1002",
+    "cellvisor: VMX world switch works (CPUID, HLT)",
     "cellvisor {version} on {board}: 1/1 CPUs in long mode",
 ];
 

@@ -18,12 +18,18 @@ pub mod exception;
 pub mod firmware;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod first_guest;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+mod first_vmx_guest;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod gdt;
 #[cfg(target_arch = "x86_64")]
 pub mod serial;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod smp;
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod vmx;
 
 /// What a board tells the backend.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +79,9 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
                 })
             {
                 first_guest::run(&mut console);
+            }
+            if extension == (cpu::Extension::Vmx { ept: true }) {
+                first_vmx_guest::run(&mut console);
             }
         }
         None => {

@@ -39,7 +39,8 @@ fn run_guest(console: &mut Serial) -> Result<(), vmx::VmxError> {
         // EPT_FRAMES, which nothing else uses.
         memory: unsafe { LinearMemory::new(0) },
     };
-    // SAFETY (of the MSR read): CPUID said VMX; IA32_VMX_EPT_VPID_CAP exists with EPT.
+    // SAFETY: CPUID said VMX with EPT, so IA32_VMX_EPT_VPID_CAP exists; reading it has no
+    // effect.
     let cap = unsafe { x86_64::registers::model_specific::Msr::new(0x48c).read() };
     let format = Ept::from_capabilities(cap);
     let table = PageTable::new(format, &mut memory).and_then(|mut table| {

@@ -1,12 +1,12 @@
 //! The first world switch: a real-mode guest of two instructions (CPUID, HLT) behind nested
 //! page tables built by `cellvisor-paging`, run on the boot CPU. It shows the pieces work
-//! together until the core's traits take over.
+//! together until the core's traits take over. [`guest_tables`] serves the VMX guest too.
 
 use core::fmt::Write;
 
 use cellvisor_paging::{
-    Attributes, FramePool, GuestPhysAddr, LargePages, LinearMemory, MapMode, Mapping, NotLive, Npt,
-    PageTable, PhysAddr, TableMemory,
+    Attributes, Error, Format, FramePool, GuestPhysAddr, LargePages, LinearMemory, MapMode,
+    Mapping, NotLive, Npt, PageTable, PhysAddr, TableMemory,
 };
 
 use crate::serial::Serial;
@@ -14,13 +14,42 @@ use crate::svm::{self, ExitCode, Page, Vmcb};
 
 static HOST_SAVE: Page = Page::new();
 static VMCB: Page = Page::new();
-/// Frames for the nested tables.
-static NPT_FRAMES: [Page; 8] = [const { Page::new() }; 8];
+/// Frames for the guest's second-stage tables (nested or extended).
+static TABLE_FRAMES: [Page; 8] = [const { Page::new() }; 8];
 /// The guest's memory: guest-physical 0x0000 to 0x2000.
 static GUEST: [Page; 2] = [const { Page::new() }; 2];
 /// CPUID; HLT.
 const CODE: [u8; 3] = [0x0f, 0xa2, 0xf4];
-const CODE_AT: u64 = 0x1000;
+/// Where the code is, guest-physical.
+pub(crate) const CODE_AT: u64 = 0x1000;
+
+/// Puts the guest's code in its memory and builds `format` tables (NPT or EPT) mapping
+/// guest-physical 0x0000 to 0x2000 onto it; returns their root. Once per boot: the SVM or
+/// the VMX guest runs, never both.
+pub(crate) fn guest_tables<F: Format<Input = GuestPhysAddr>>(format: F) -> Result<PhysAddr, Error> {
+    let mut memory = TableMemory {
+        frames: FramePool::<8>::new(PhysAddr::new(TABLE_FRAMES.as_ptr() as u64)),
+        // SAFETY: the hypervisor runs with the first 4 GiB mapped one to one (boot.rs), and
+        // the pool's frames are TABLE_FRAMES, which nothing else uses.
+        memory: unsafe { LinearMemory::new(0) },
+    };
+    let mut table = PageTable::new(format, &mut memory)?;
+    table.map(
+        &mut memory,
+        &mut NotLive,
+        Mapping {
+            input: GuestPhysAddr::new(0),
+            output: PhysAddr::new(GUEST.as_ptr() as u64),
+            size: 0x2000,
+            attributes: Attributes::RAM_RWX,
+        },
+        MapMode::New,
+    )?;
+    let code = GUEST[1].address() as *mut u8;
+    // SAFETY: the guest's page, which no guest runs on yet; 3 bytes of 4096.
+    unsafe { core::ptr::copy_nonoverlapping(CODE.as_ptr(), code, CODE.len()) };
+    Ok(table.root())
+}
 
 /// Runs the guest and reports each exit.
 pub fn run(console: &mut Serial) {
@@ -28,39 +57,15 @@ pub fn run(console: &mut Serial) {
         let _ = writeln!(console, "cellvisor: {e}");
         return;
     }
-    let mut memory = TableMemory {
-        frames: FramePool::<8>::new(PhysAddr::new(NPT_FRAMES.as_ptr() as u64)),
-        // SAFETY: the hypervisor runs with the first 4 GiB mapped one to one (boot.rs), and
-        // the pool's frames are NPT_FRAMES, which nothing else uses.
-        memory: unsafe { LinearMemory::new(0) },
-    };
-    let table = PageTable::new(Npt::new(LargePages::ALL), &mut memory).and_then(|mut table| {
-        table
-            .map(
-                &mut memory,
-                &mut NotLive,
-                Mapping {
-                    input: GuestPhysAddr::new(0),
-                    output: PhysAddr::new(GUEST.as_ptr() as u64),
-                    size: 0x2000,
-                    attributes: Attributes::RAM_RWX,
-                },
-                MapMode::New,
-            )
-            .map(|()| table)
-    });
-    let table = match table {
-        Ok(table) => table,
+    let root = match guest_tables(Npt::new(LargePages::ALL)) {
+        Ok(root) => root,
         Err(e) => {
             let _ = writeln!(console, "cellvisor: nested page tables: {e}");
             return;
         }
     };
-    let code = GUEST[1].address() as *mut u8;
-    // SAFETY: the guest's page, which no guest runs on yet; 3 bytes of 4096.
-    unsafe { core::ptr::copy_nonoverlapping(CODE.as_ptr(), code, CODE.len()) };
     let mut vmcb = Vmcb::new(&VMCB);
-    vmcb.reset_real_mode(CODE_AT, table.root().as_u64(), 1);
+    vmcb.reset_real_mode(CODE_AT, root.as_u64(), 1);
     for _ in 0..4 {
         let exit = vmcb.run();
         let rip = vmcb.u64_at(svm::offset::RIP);

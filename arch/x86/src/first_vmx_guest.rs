@@ -3,22 +3,15 @@
 
 use core::fmt::Write;
 
-use cellvisor_paging::{
-    Attributes, Ept, FramePool, GuestPhysAddr, LinearMemory, MapMode, Mapping, NotLive, PageTable,
-    PhysAddr, TableMemory,
-};
+use cellvisor_paging::Ept;
 
+use crate::first_guest::{guest_tables, CODE_AT};
 use crate::serial::Serial;
 use crate::svm::Page;
 use crate::vmx;
 
 static VMXON: Page = Page::new();
 static VMCS: Page = Page::new();
-static EPT_FRAMES: [Page; 8] = [const { Page::new() }; 8];
-static GUEST: [Page; 2] = [const { Page::new() }; 2];
-/// CPUID; HLT.
-const CODE: [u8; 3] = [0x0f, 0xa2, 0xf4];
-const CODE_AT: u64 = 0x1000;
 /// Basic exit reasons (Vol. 3D Appendix C).
 const EXIT_CPUID: u64 = 10;
 const EXIT_HLT: u64 = 12;
@@ -33,40 +26,15 @@ pub fn run(console: &mut Serial) {
 fn run_guest(console: &mut Serial) -> Result<(), vmx::VmxError> {
     crate::gdt::load();
     vmx::enable(&VMXON)?;
-    let mut memory = TableMemory {
-        frames: FramePool::<8>::new(PhysAddr::new(EPT_FRAMES.as_ptr() as u64)),
-        // SAFETY: the first 4 GiB are mapped one to one (boot.rs); the pool's frames are
-        // EPT_FRAMES, which nothing else uses.
-        memory: unsafe { LinearMemory::new(0) },
-    };
     // SAFETY: CPUID said VMX with EPT, so IA32_VMX_EPT_VPID_CAP exists; reading it has no
     // effect.
     let cap = unsafe { x86_64::registers::model_specific::Msr::new(0x48c).read() };
     let format = Ept::from_capabilities(cap);
-    let table = PageTable::new(format, &mut memory).and_then(|mut table| {
-        table
-            .map(
-                &mut memory,
-                &mut NotLive,
-                Mapping {
-                    input: GuestPhysAddr::new(0),
-                    output: PhysAddr::new(GUEST.as_ptr() as u64),
-                    size: 0x2000,
-                    attributes: Attributes::RAM_RWX,
-                },
-                MapMode::New,
-            )
-            .map(|()| table)
-    });
-    let Ok(table) = table else {
+    let Ok(root) = guest_tables(format) else {
         return Err(vmx::VmxError::Unsupported("build EPT tables"));
     };
-    // SAFETY: the guest's page, which no guest runs on yet; 3 bytes of 4096.
-    unsafe {
-        core::ptr::copy_nonoverlapping(CODE.as_ptr(), GUEST[1].address() as *mut u8, CODE.len())
-    };
     vmx::load(&VMCS)?;
-    vmx::setup_real_mode(CODE_AT, format.eptp(table.root()).bits())?;
+    vmx::setup_real_mode(CODE_AT, format.eptp(root).bits())?;
     let mut launched = false;
     for _ in 0..4 {
         let reason = vmx::run(launched)?;

@@ -9,8 +9,9 @@ use cellvisor_paging::{
     Mapping, NotLive, Npt, PageTable, PhysAddr, TableMemory,
 };
 
+use crate::page::Page;
 use crate::serial::Serial;
-use crate::svm::{self, ExitCode, Page, Vmcb};
+use crate::svm::{self, ExitCode, Vmcb};
 
 static HOST_SAVE: Page = Page::new();
 static VMCB: Page = Page::new();

@@ -6,8 +6,8 @@ use core::fmt::Write;
 use cellvisor_paging::Ept;
 
 use crate::first_guest::{guest_tables, CODE_AT};
+use crate::page::Page;
 use crate::serial::Serial;
-use crate::svm::Page;
 use crate::vmx;
 
 static VMXON: Page = Page::new();

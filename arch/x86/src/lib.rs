@@ -23,6 +23,8 @@ mod first_vmx_guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod gdt;
 #[cfg(target_arch = "x86_64")]
+pub mod page;
+#[cfg(target_arch = "x86_64")]
 pub mod serial;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod smp;
@@ -141,8 +143,8 @@ fn console() -> serial::Serial {
 
 /// One host save area per application processor (the boot CPU's is the first guest's).
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-static AP_HOST_SAVE: [svm::Page; firmware::MAX_CPUS] =
-    [const { svm::Page::new() }; firmware::MAX_CPUS];
+static AP_HOST_SAVE: [page::Page; firmware::MAX_CPUS] =
+    [const { page::Page::new() }; firmware::MAX_CPUS];
 
 /// An application processor's first Rust: SVM on, a report, then it stops.
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]

@@ -1,10 +1,11 @@
 //! AMD SVM: turning it on, the VMCB, and one world switch (AMD APM Vol. 2, chapter 15
 //! "Secure Virtual Machine"; VMCB layout in Appendix B).
 
-use core::cell::UnsafeCell;
 use core::fmt;
 
 use x86_64::registers::model_specific::Msr;
+
+use crate::page::Page;
 
 /// `EFER` and its SVM enable bit (APM 15.4).
 const EFER: u32 = 0xc000_0080;
@@ -132,37 +133,6 @@ impl fmt::Display for EnableError {
                 f.write_str("SVM is disabled by the firmware (VM_CR.SVMDIS)")
             }
         }
-    }
-}
-
-/// A 4 KiB page the hardware owns while SVM runs: a VMCB or the host save area.
-#[repr(C, align(4096))]
-pub struct Page(UnsafeCell<[u8; 4096]>);
-
-// SAFETY: each page is used by one CPU at a time (the caller's per-CPU discipline).
-unsafe impl Sync for Page {}
-
-impl Page {
-    /// A zeroed page.
-    pub const fn new() -> Self {
-        Self(UnsafeCell::new([0; 4096]))
-    }
-
-    /// Its physical address (the hypervisor runs identity-mapped).
-    pub fn address(&self) -> u64 {
-        self.0.get() as u64
-    }
-}
-
-impl Default for Page {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for Page {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Page({:#x})", self.address())
     }
 }
 

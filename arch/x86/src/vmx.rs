@@ -6,7 +6,7 @@ use core::fmt;
 
 use x86_64::registers::model_specific::Msr;
 
-use crate::svm::Page;
+use crate::page::Page;
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
 const IA32_VMX_BASIC: u32 = 0x480;

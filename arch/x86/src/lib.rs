@@ -22,8 +22,12 @@ mod first_guest;
 mod first_vmx_guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod gdt;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod loader;
 #[cfg(target_arch = "x86_64")]
 pub mod page;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod root_linux;
 #[cfg(target_arch = "x86_64")]
 pub mod serial;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
@@ -128,6 +132,25 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
             console,
             "cellvisor: fault injection: read {value:#x}, no fault"
         );
+    }
+    let svm_npt = extension
+        == Some(cpu::Extension::Svm {
+            nested_paging: true,
+        });
+    match loader::read(info) {
+        Ok(handoff) if handoff.kernel.is_some() && svm_npt => {
+            root_linux::run(&mut console, &handoff);
+        }
+        Ok(handoff) if handoff.kernel.is_some() => {
+            let _ = writeln!(
+                console,
+                "cellvisor: the root cell needs SVM with nested paging for now (VMX is to come)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = writeln!(console, "cellvisor: {e}");
+        }
     }
     let _guard = lock_console();
     let _ = writeln!(console, "cellvisor: the x86 backend stops here for now");

@@ -25,6 +25,8 @@ pub mod offset {
     pub const INTERCEPT_MISC2: usize = 0x010;
     /// The guest's address space ID (non-zero).
     pub const GUEST_ASID: usize = 0x058;
+    /// TLB control: 1 flushes every address space on VMRUN.
+    pub const TLB_CONTROL: usize = 0x05c;
     /// Exit code.
     pub const EXITCODE: usize = 0x070;
     /// Exit information 1 and 2.
@@ -33,6 +35,9 @@ pub mod offset {
     pub const EXITINFO2: usize = 0x080;
     /// Bit 0: nested paging.
     pub const NP_ENABLE: usize = 0x090;
+    /// An event to inject on the next VMRUN (APM 15.20): vector (7:0), type (10:8), error
+    /// code valid (11), valid (31), error code (63:32).
+    pub const EVENTINJ: usize = 0x0a8;
     /// The nested page tables' root.
     pub const N_CR3: usize = 0x0b0;
     /// The instruction after the one that exited (with the NRIP-save feature).
@@ -75,8 +80,23 @@ pub mod offset {
     pub const RSP: usize = 0x5d8;
     /// Guest RAX.
     pub const RAX: usize = 0x5f8;
+    /// Guest CR2.
+    pub const CR2: usize = 0x640;
     /// Guest PAT.
     pub const G_PAT: usize = 0x668;
+}
+
+/// Segment attributes in the VMCB's 12-bit form (APM 15.5.1): type (3:0), S (4), DPL (6:5),
+/// P (7), AVL (8), L (9), D/B (10), G (11).
+pub mod attributes {
+    /// A 4 GiB flat 32-bit code segment, execute/read, accessed.
+    pub const CODE32: u16 = 0xc9b;
+    /// A 4 GiB flat 32-bit data segment, read/write, accessed.
+    pub const DATA32: u16 = 0xc93;
+    /// A busy 32-bit TSS.
+    pub const TSS_BUSY: u16 = 0x8b;
+    /// An LDT.
+    pub const LDT: u16 = 0x82;
 }
 
 /// Intercept bits of [`offset::INTERCEPT_MISC1`].
@@ -99,6 +119,10 @@ impl ExitCode {
     pub const HLT: Self = Self(0x78);
     /// Shutdown.
     pub const SHUTDOWN: Self = Self(0x7f);
+    /// VMRUN in the guest.
+    pub const VMRUN: Self = Self(0x80);
+    /// VMMCALL in the guest.
+    pub const VMMCALL: Self = Self(0x81);
     /// A nested page fault.
     pub const NPF: Self = Self(0x400);
     /// VMRUN refused the VMCB's state.
@@ -112,6 +136,8 @@ impl fmt::Display for ExitCode {
             Self::HLT => "HLT",
             Self::SHUTDOWN => "shutdown",
             Self::NPF => "nested page fault",
+            Self::VMRUN => "VMRUN",
+            Self::VMMCALL => "VMMCALL",
             Self::INVALID => "invalid guest state",
             _ => return write!(f, "exit code {:#x}", self.0),
         };
@@ -153,6 +179,38 @@ pub fn enable(host_save: &'static Page) -> Result<(), EnableError> {
     }
     Ok(())
 }
+
+/// The guest's general-purpose registers that the VMCB does not hold (RAX and RSP are
+/// there), in the order [`Vmcb::enter`] stores them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegisters {
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// R8 to R15.
+    pub r: [u64; 8],
+}
+
+// The offsets `Vmcb::enter`'s assembly uses.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestRegisters, rbx) == 0);
+    assert!(offset_of!(GuestRegisters, rsi) == 24);
+    assert!(offset_of!(GuestRegisters, rdi) == 32);
+    assert!(offset_of!(GuestRegisters, rbp) == 40);
+    assert!(offset_of!(GuestRegisters, r) == 48);
+    assert!(size_of::<GuestRegisters>() == 112);
+};
 
 /// A VMCB: typed accessors over the page.
 pub struct Vmcb<'a> {
@@ -244,6 +302,130 @@ impl<'a> Vmcb<'a> {
         self.set_u64(RIP, rip);
         self.set_u64(RSP, 0);
         self.set_u64(G_PAT, 0x0007_0406_0007_0406);
+    }
+
+    /// A vCPU as the 32-bit entry of a Linux bzImage wants it (boot protocol, "32-bit boot
+    /// protocol"): flat protected mode with paging off, `CS` = `code`, the data segments
+    /// `data`, interrupts disabled, at `rip`; nested paging from `nested_cr3`, address space
+    /// `asid`. Exits on CPUID, VMRUN and shutdown; interrupts, HLT, I/O and MSRs go to the
+    /// guest. The general-purpose registers (`ESI` = the zero page) are the caller's.
+    pub fn reset_protected_mode(
+        &mut self,
+        rip: u64,
+        (code, data): (u16, u16),
+        nested_cr3: u64,
+        asid: u32,
+    ) {
+        use offset::*;
+        self.set_u32(INTERCEPT_MISC1, INTERCEPT_CPUID | INTERCEPT_SHUTDOWN);
+        self.set_u32(INTERCEPT_MISC2, INTERCEPT_VMRUN);
+        self.set_u32(GUEST_ASID, asid);
+        self.set_u8(TLB_CONTROL, 1);
+        self.set_u64(NP_ENABLE, 1);
+        self.set_u64(N_CR3, nested_cr3);
+        self.set_segment(CS, code, attributes::CODE32, u32::MAX, 0);
+        for segment in [ES, SS, DS, FS, GS] {
+            self.set_segment(segment, data, attributes::DATA32, u32::MAX, 0);
+        }
+        self.set_segment(GDTR, 0, 0, 0xffff, 0);
+        self.set_segment(IDTR, 0, 0, 0xffff, 0);
+        self.set_segment(LDTR, 0, attributes::LDT, 0xffff, 0);
+        self.set_segment(TR, 0, attributes::TSS_BUSY, 0xffff, 0);
+        self.set_u8(CPL, 0);
+        self.set_u64(offset::EFER, EFER_SVME);
+        // PE and ET.
+        self.set_u64(CR0, 0x11);
+        self.set_u64(CR3, 0);
+        self.set_u64(CR4, 0);
+        self.set_u64(RFLAGS, 0x2);
+        self.set_u64(RIP, rip);
+        self.set_u64(RSP, 0);
+        self.set_u64(RAX, 0);
+        self.set_u64(G_PAT, 0x0007_0406_0007_0406);
+    }
+
+    /// Injects hardware exception `vector` (with `error_code`, if it has one) on the next
+    /// VMRUN.
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let mut event = u64::from(vector) | 3 << 8 | 1 << 31;
+        if let Some(code) = error_code {
+            event |= 1 << 11 | u64::from(code) << 32;
+        }
+        self.set_u64(offset::EVENTINJ, event);
+    }
+
+    /// Runs the guest until its next exit with all of its state: the general-purpose
+    /// registers in `regs` (RAX and RSP are in the VMCB), the segment and system-call state
+    /// VMLOAD and VMSAVE move (FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR, CSTAR, SFMASK,
+    /// SYSENTER). The host's share of the latter is kept in `host` meanwhile.
+    pub fn enter(&mut self, regs: &mut GuestRegisters, host: &Page) -> ExitCode {
+        let vmcb = self.page.address();
+        // SAFETY: SVM is on (`enable`) and the VMCB is valid or VMRUN exits with INVALID.
+        // `host` is a page of this CPU's alone. The sequence: VMSAVE the host's hidden state,
+        // VMLOAD the guest's, load the guest's registers from `regs`, VMRUN; on #VMEXIT RAX
+        // and RSP are the host's again (the host save area), so the saved pointers are on the
+        // stack; every guest register is stored back to `regs`, the guest's hidden state
+        // saved and the host's loaded. RBX and RBP, which asm! cannot clobber, are pushed
+        // and popped; every other register is declared clobbered. GIF is clear from before
+        // VMLOAD to after the host's VMLOAD, so no interrupt or NMI sees a mixed state.
+        unsafe {
+            core::arch::asm!(
+                "push rbx",
+                "push rbp",
+                "push rsi",
+                "push rdi",
+                "clgi",
+                "xchg rax, rsi",
+                "vmsave rax",
+                "xchg rax, rsi",
+                "vmload rax",
+                "mov rbx, [rdi + 0]",
+                "mov rcx, [rdi + 8]",
+                "mov rdx, [rdi + 16]",
+                "mov rsi, [rdi + 24]",
+                "mov rbp, [rdi + 40]",
+                "mov r8, [rdi + 48]",
+                "mov r9, [rdi + 56]",
+                "mov r10, [rdi + 64]",
+                "mov r11, [rdi + 72]",
+                "mov r12, [rdi + 80]",
+                "mov r13, [rdi + 88]",
+                "mov r14, [rdi + 96]",
+                "mov r15, [rdi + 104]",
+                "mov rdi, [rdi + 32]",
+                "vmrun rax",
+                "vmsave rax",
+                "push rdi",
+                "mov rdi, [rsp + 8]",
+                "mov [rdi + 0], rbx",
+                "mov [rdi + 8], rcx",
+                "mov [rdi + 16], rdx",
+                "mov [rdi + 24], rsi",
+                "mov [rdi + 40], rbp",
+                "mov [rdi + 48], r8",
+                "mov [rdi + 56], r9",
+                "mov [rdi + 64], r10",
+                "mov [rdi + 72], r11",
+                "mov [rdi + 80], r12",
+                "mov [rdi + 88], r13",
+                "mov [rdi + 96], r14",
+                "mov [rdi + 104], r15",
+                "pop qword ptr [rdi + 32]",
+                "add rsp, 8",
+                "pop rax",
+                "vmload rax",
+                "stgi",
+                "pop rbp",
+                "pop rbx",
+                inout("rax") vmcb => _,
+                inout("rdi") core::ptr::from_mut(regs) => _,
+                inout("rsi") host.address() => _,
+                out("rcx") _, out("rdx") _,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            );
+        }
+        self.exit_code()
     }
 
     /// Why the guest last exited.

@@ -1,6 +1,8 @@
 //! Link settings of the Linux program: a static, non-PIE ELF whose code starts at the usual
-//! 4 MiB of a static executable. Only for `aarch64-unknown-none` (no operating system as far
-//! as Rust knows, Linux system calls by hand); host builds compile an empty `main`.
+//! 4 MiB of a static executable. Only for the `-none` targets (`aarch64-unknown-none`,
+//! `x86_64-unknown-none`: no operating system as far as Rust knows, Linux system calls by
+//! hand); host builds compile an empty `main`. The arguments are the same for both: `-static`
+//! and `--no-pie` override the static-PIE default of `x86_64-unknown-none`.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

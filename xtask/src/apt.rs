@@ -1,8 +1,11 @@
-//! A private apt state for fetching Debian packages of another architecture, leaving the host's
-//! apt alone.
+//! A private apt state for fetching Debian packages of one architecture (the host's or
+//! another), leaving the host's apt alone.
 //!
-//! Everything lives in one directory (`target/linux/apt/`): the package lists, apt's caches, an
-//! empty dpkg status file and the downloaded `.deb` files. The sources are the host's
+//! Everything lives in one directory per architecture (`target/linux/apt/<arch>/`, e.g.
+//! `arm64` or `amd64`): the package lists of that architecture only, apt's caches, an empty
+//! dpkg status file and the downloaded `.deb` files. The states of two architectures do not
+//! share a directory because `apt-get update` removes the lists its configuration does not
+//! name. The sources are the host's
 //! (`/etc/apt/sources.list` and `sources.list.d/`), as are its other settings (proxies, keys),
 //! so whatever reaches Debian's archive on this machine is used as it is.
 //!
@@ -12,7 +15,7 @@
 //! configuration snippets. `main.conf` also drops the host's hooks (`APT::Update::Post-Invoke*`
 //! and the like, which would refresh the host's AppStream cache or notify PackageKit) and the
 //! index targets nobody needs here (AppStream metadata, Contents). The state can be inspected
-//! by hand with `APT_CONFIG=target/linux/apt/apt.conf apt-cache policy <package>`.
+//! by hand with `APT_CONFIG=target/linux/apt/arm64/apt.conf apt-cache policy <package>`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -235,6 +238,36 @@ impl Apt {
     }
 }
 
+/// What the single state of all architectures in `dir` had before each got its own
+/// subdirectory.
+const SHARED_STATE: [&str; 7] = [
+    "lists",
+    "cache",
+    "debs",
+    "status",
+    "extended_states",
+    "apt.conf",
+    "main.conf",
+];
+
+/// Removes from `dir` (`target/linux/apt/`) the state all architectures once shared there,
+/// package lists and `.deb` files that nothing uses any more. Only those names go.
+pub fn remove_shared_state(dir: &Path) -> Result<()> {
+    for name in SHARED_STATE {
+        let path = dir.join(name);
+        let Ok(metadata) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        }
+        .with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Fails with one line saying what to install unless apt and dpkg are there.
 pub fn require_tools() -> Result<()> {
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
@@ -437,12 +470,52 @@ Filename: pool/updates/main/l/linux-signed-arm64/linux-image-arm64_6.1.192-2_arm
     }
 
     #[test]
+    fn removes_only_the_shared_state() {
+        let dir = std::env::temp_dir().join(format!("xtask-apt-{}", std::process::id()));
+        for sub in ["lists/partial", "debs", "arm64/lists", "amd64/debs"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for file in [
+            "status",
+            "apt.conf",
+            "main.conf",
+            "debs/a_1_arm64.deb",
+            "other",
+        ] {
+            fs::write(dir.join(file), "").unwrap();
+        }
+        remove_shared_state(&dir).unwrap();
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["amd64", "arm64", "other"]);
+        assert!(dir.join("amd64/debs").is_dir());
+        // Nothing left to remove is no error.
+        remove_shared_state(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn private_settings_come_after_the_host_ones() {
-        let text = main_config("/w/target/linux/apt", "arm64", Some("/etc/apt/apt.conf"));
+        let text = main_config(
+            "/w/target/linux/apt/arm64",
+            "arm64",
+            Some("/etc/apt/apt.conf"),
+        );
         assert!(text.contains("#include \"/etc/apt/apt.conf\";"));
         assert!(text.contains("#clear APT::Update::Post-Invoke-Success;"));
-        assert!(text.contains("Dir::State::Lists \"/w/target/linux/apt/lists/\";"));
+        assert!(text.contains("Dir::State::Lists \"/w/target/linux/apt/arm64/lists/\";"));
+        assert!(text.contains("APT::Architecture \"arm64\";"));
+        assert!(text.contains("#clear APT::Architectures;"));
         assert!(text.contains("APT::Architectures { \"arm64\"; };"));
         assert!(!main_config("/w", "arm64", None).contains("#include"));
+        // The host's own architecture the same way: only its packages, whatever foreign
+        // architectures dpkg knows.
+        let text = main_config("/w/target/linux/apt/amd64", "amd64", None);
+        assert!(text.contains("APT::Architecture \"amd64\";"));
+        assert!(text.contains("APT::Architectures { \"amd64\"; };"));
+        assert!(!text.contains("arm64"));
     }
 }

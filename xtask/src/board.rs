@@ -21,6 +21,9 @@
 //! # optional, with linux-dtb: devices whose clocks come from firmware QEMU does not model get
 //! # a fixed clock instead in the tree QEMU passes (see qemu_dtb.rs)
 //! linux-dtb-fixed-clock = { frequency = 100_000_000, nodes = ["/axi/serial@ff000000"] }
+//! # Or, on x86 for now, instead of the four keys: Linux from the Multiboot modules (see
+//! # `MultibootLinux`), with this default kernel command line.
+//! multiboot-linux-append = "console=ttyS0"
 //! ```
 
 use anyhow::{bail, Context as _, Result};
@@ -56,6 +59,42 @@ pub struct Board {
     pub dir: PathBuf,
     /// How Linux boots as the root cell; `None` for boards that do not boot Linux yet.
     pub linux: Option<LinuxBoot>,
+    /// How an x86 board boots Linux as the root cell for now (`multiboot-linux-append`);
+    /// `None` for the others.
+    pub multiboot: Option<MultibootLinux>,
+}
+
+/// How an x86 board boots Linux as its root cell while it has no system configuration yet
+/// (issue "x86"): QEMU's Multiboot loader starts the hypervisor (`-kernel`) with the root
+/// cell's bzImage and initramfs as its modules (`-initrd "bzImage,initramfs"`) and the
+/// kernel command line as the hypervisor's own (`-append`); the hypervisor loads the kernel
+/// through the Linux boot protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultibootLinux {
+    /// The default kernel command line (`multiboot-linux-append`).
+    pub append: String,
+}
+
+impl MultibootLinux {
+    /// The key of a `[package.metadata.cellvisor]` table; `None` if it is absent.
+    fn parse(table: &Value) -> Result<Option<Self>> {
+        let Some(value) = table.get("multiboot-linux-append") else {
+            return Ok(None);
+        };
+        if let Some(key) = LINUX_KEYS.iter().find(|key| table.get(**key).is_some()) {
+            bail!(
+                "`multiboot-linux-append` and `{key}` exclude each other: a board boots Linux \
+                 either from the Multiboot modules or with the Arm keys"
+            );
+        }
+        let append = value
+            .as_str()
+            .filter(|s| !s.trim().is_empty())
+            .context("`multiboot-linux-append` must be a non-empty string")?;
+        Ok(Some(Self {
+            append: append.to_owned(),
+        }))
+    }
 }
 
 /// The keys of a board's Linux boot, in `[package.metadata.cellvisor]`.
@@ -295,6 +334,7 @@ impl Board {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             linux: LinuxBoot::parse(table)?,
+            multiboot: MultibootLinux::parse(table)?,
         })
     }
 

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use cellvisor_config::{MemoryFlags, SystemConfig};
 
 use crate::board::Board;
-use crate::linux::Arch;
+use crate::linux::{self, Arch};
 use crate::qemu::{Options, Qemu};
 
 /// The device-tree blob magic number, big endian (Devicetree Specification 5.2).
@@ -23,7 +23,7 @@ const FDT_MAGIC: [u8; 4] = [0xd0, 0x0d, 0xfe, 0xed];
 /// What Linux gets besides the hypervisor.
 #[derive(Debug, Clone)]
 pub struct LinuxFiles {
-    /// The kernel `Image`.
+    /// The kernel image (`Image` on arm64).
     pub kernel: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
@@ -52,6 +52,15 @@ pub enum Boot {
         /// The compiled system configuration.
         config: PathBuf,
         /// The root cell's Linux.
+        linux: LinuxFiles,
+    },
+    /// The hypervisor with Linux as its root cell, both from QEMU's Multiboot loader: the
+    /// kernel and initramfs are its modules, the kernel command line its own (x86, see
+    /// [`crate::board::MultibootLinux`]).
+    MultibootRootCell {
+        /// The hypervisor image (`cellvisor.bin`, with a Multiboot header).
+        image: PathBuf,
+        /// The root cell's Linux (no device tree).
         linux: LinuxFiles,
     },
 }
@@ -84,6 +93,8 @@ impl Boot {
                     .load(config, addresses.config_address)
                     .load(&linux.kernel, addresses.kernel_address)
             }
+            Self::MultibootRootCell { image, linux } => Qemu::new(board, options, image)?
+                .multiboot(&[&linux.kernel, &linux.initrd], &linux.append),
         })
     }
 }
@@ -97,19 +108,23 @@ pub fn require_file(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// Fails unless `path` is a kernel `Image` of `arch`.
+/// Fails unless `path` is a kernel image of `arch` (an arm64 `Image`, an amd64 `bzImage`).
 pub fn check_kernel(flag: &str, path: &Path, arch: Arch) -> Result<()> {
+    use std::io::Read as _;
     require_file(flag, path)?;
-    let mut header = vec![0; 64];
-    let read = fs::File::open(path)
-        .and_then(|mut file| std::io::Read::read(&mut file, &mut header))
+    let mut header = Vec::new();
+    fs::File::open(path)
+        .and_then(|file| {
+            file.take(linux::IMAGE_HEADER_LEN as u64)
+                .read_to_end(&mut header)
+        })
         .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
-    header.truncate(read);
     arch.check_image(&header).with_context(|| {
         format!(
-            "{flag}: {} is no {} Linux Image",
+            "{flag}: {} is no {} Linux {}",
             path.display(),
-            arch.debian()
+            arch.debian(),
+            arch.image_name()
         )
     })
 }
@@ -401,6 +416,17 @@ flags = ["read", "write", "io"]
         image[56..60].copy_from_slice(b"ARM\x64");
         let image = temporary("Image", &image);
         check_kernel("--kernel", &image, Arch::Arm64).unwrap();
+        let error = check_kernel("--kernel", &image, Arch::Amd64)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no amd64 Linux bzImage"), "{error}");
+        let mut bzimage = vec![0; 0x1000];
+        bzimage[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+        bzimage[0x202..0x206].copy_from_slice(b"HdrS");
+        bzimage[0x206..0x208].copy_from_slice(&0x020f_u16.to_le_bytes());
+        bzimage[0x236] = 1;
+        let bzimage = temporary("bzImage", &bzimage);
+        check_kernel("--kernel", &bzimage, Arch::Amd64).unwrap();
         let dir = image.parent().unwrap();
         let error = require_file("--initrd", dir).unwrap_err().to_string();
         assert!(error.ends_with("is not a file"), "{error}");

@@ -48,12 +48,16 @@ const LOAD_ADDRESS: u64 = 0;
 /// `.bss` and stacks, must fit.
 const MAX_IMAGE_SIZE: u64 = 16 << 20;
 
+/// Whether the inmates run on `board`: they are built for [`TARGET`] whatever the board's
+/// image (its hypervisor may be soft-float); any bare-metal AArch64 board runs them.
+pub fn runs_on(board: &Board) -> bool {
+    board.target.starts_with(TARGET)
+}
+
 /// Builds the inmates for `board` and writes their flat images; returns their paths, in the
 /// order of [`INMATES`].
 pub fn build(workspace: &Workspace, board: &Board) -> Result<Vec<PathBuf>> {
-    // The inmates are built for TARGET whatever the board's image (its hypervisor may be
-    // soft-float); any bare-metal AArch64 board runs them.
-    if !board.target.starts_with(TARGET) {
+    if !runs_on(board) {
         bail!(
             "board {}: the inmates are AArch64 programs ({TARGET}), the board's target is {}",
             board.name,

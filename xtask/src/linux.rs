@@ -1,24 +1,29 @@
 //! `cargo xtask linux`: Debian's stock kernel and a busybox initramfs for the root cell,
-//! cached under `target/linux/<arch>/`:
+//! cached under `target/linux/<arch>/` for the Debian architectures `arm64` and `amd64`:
 //!
-//! - `Image`: the kernel of the package Debian's `linux-image-<arch>` metapackage currently
-//!   depends on (e.g. `linux-image-6.1.0-37-arm64`), uncompressed;
-//! - `dtbs/`: the device trees shipped with it (`xilinx/zynqmp-zcu102-rev1.0.dtb`, ...);
+//! - the kernel of the package Debian's `linux-image-<arch>` metapackage currently depends on
+//!   (e.g. `linux-image-6.1.0-37-arm64`), its `boot/vmlinuz-<release>` as the architecture's
+//!   boot protocol wants it: on arm64 `Image`, uncompressed (Linux's
+//!   Documentation/arch/arm64/booting.rst), on amd64 `bzImage`, as it is (the x86 boot protocol
+//!   image with the compressed kernel inside, Documentation/arch/x86/boot.rst);
+//! - `dtbs/`: the device trees shipped with it (`xilinx/zynqmp-zcu102-rev1.0.dtb`, ...); empty
+//!   on amd64, whose kernel package has none;
 //! - `busybox`: the binary of Debian's `busybox-static`;
 //! - `initramfs.cpio` and `initramfs.cpio.gz`: the initramfs (see `initramfs.rs`), with
-//!   `/bin/guest-clock` built from `examples/guest-clock`;
+//!   `/bin/guest-clock` built from `examples/guest-clock` (for `aarch64-unknown-none` or
+//!   `x86_64-unknown-none`);
 //! - `initramfs-<board>.cpio` and `.cpio.gz`: the same plus what the root cell of a board
 //!   manages cells with (`/bin/cellvisor`, `/etc/cellvisor/`, `/lib/cellvisor/inmates/`; see
 //!   `tool.rs`), written by [`prepare_board`] for `cargo xtask run` and the system tests;
 //! - `VERSION`: what they were made from, as `key=value` lines a shell can source
 //!   (`kernel_package`, `kernel_version`, `kernel_release`, `busybox_version`).
 //!
-//! The packages come through a private apt state in `target/linux/apt/` (see `apt.rs`). Once
-//! the cache is complete, later runs use it without asking apt; `--refresh` updates the
-//! package lists and fetches what changed. The initramfs is rebuilt on every run (it takes
-//! milliseconds, plus a `cargo build` of the guest clock) and rewritten only when its content
-//! changes. `cargo xtask run` and the system tests call [`prepare_board`] for the same files
-//! and the board's initramfs.
+//! The packages come through a private apt state per architecture in
+//! `target/linux/apt/<arch>/` (see `apt.rs`). Once the cache is complete, later runs use it
+//! without asking apt; `--refresh` updates the package lists and fetches what changed. The
+//! initramfs is rebuilt on every run (it takes milliseconds, plus a `cargo build` of the guest
+//! clock) and rewritten only when its content changes. `cargo xtask run` and the system tests
+//! call [`prepare_board`] for the same files and the board's initramfs.
 
 use std::fs;
 use std::io::Read as _;
@@ -42,6 +47,28 @@ const ARM64_MAGIC_OFFSET: usize = 56;
 const ARM64_MAGIC: &[u8; 4] = b"ARM\x64";
 /// `e_machine` of AArch64 ELF files.
 const EM_AARCH64: u16 = 183;
+/// `e_machine` of x86-64 ELF files.
+const EM_X86_64: u16 = 62;
+/// Where the x86 boot sector signature is (`boot_flag` of Linux's
+/// Documentation/arch/x86/boot.rst, "The Real-Mode Kernel Header").
+const X86_BOOT_FLAG_OFFSET: usize = 0x1fe;
+/// The boot sector signature.
+const X86_BOOT_FLAG: u16 = 0xaa55;
+/// Where the boot protocol header's magic number is (`header`).
+const X86_HEADER_OFFSET: usize = 0x202;
+/// "HdrS".
+const X86_HEADER_MAGIC: &[u8; 4] = b"HdrS";
+/// Where the boot protocol version is (`version`, major in the high byte).
+const X86_VERSION_OFFSET: usize = 0x206;
+/// The first boot protocol version with `xloadflags`, 2.12.
+const X86_MIN_VERSION: u16 = 0x020c;
+/// Where `xloadflags` is.
+const X86_XLOADFLAGS_OFFSET: usize = 0x236;
+/// `XLF_KERNEL_64`: the kernel has the legacy 64-bit entry point (0x200 into the protected-mode
+/// kernel).
+const X86_XLF_KERNEL_64: u16 = 1 << 0;
+/// How many bytes of a kernel image [`Arch::check_image`] needs at most.
+pub const IMAGE_HEADER_LEN: usize = X86_XLOADFLAGS_OFFSET + 2;
 /// The Debian package holding the static busybox.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The package of the guest-clock program put into the initramfs.
@@ -63,18 +90,30 @@ const EM_ARM: u16 = 40;
 pub enum Arch {
     /// 64-bit Arm (`Image` plus device trees).
     Arm64,
+    /// x86-64 (`bzImage`, no device trees).
+    Amd64,
 }
 
 impl Arch {
+    /// Every architecture.
+    pub const ALL: [Self; 2] = [Self::Arm64, Self::Amd64];
+
     /// The architecture of the guests of a board whose images are built for `target`.
     pub fn of_target(target: &str) -> Option<Self> {
-        target.starts_with("aarch64-").then_some(Self::Arm64)
+        if target.starts_with("aarch64-") {
+            Some(Self::Arm64)
+        } else if target.starts_with("x86_64-") {
+            Some(Self::Amd64)
+        } else {
+            None
+        }
     }
 
     /// Debian's name of the architecture.
     pub fn debian(self) -> &'static str {
         match self {
             Self::Arm64 => "arm64",
+            Self::Amd64 => "amd64",
         }
     }
 
@@ -82,6 +121,15 @@ impl Arch {
     fn metapackage(self) -> &'static str {
         match self {
             Self::Arm64 => "linux-image-arm64",
+            Self::Amd64 => "linux-image-amd64",
+        }
+    }
+
+    /// The name of the kernel image in the cache, after the format the boot protocol takes.
+    pub fn image_name(self) -> &'static str {
+        match self {
+            Self::Arm64 => "Image",
+            Self::Amd64 => "bzImage",
         }
     }
 
@@ -89,6 +137,7 @@ impl Arch {
     fn elf_machine(self) -> u16 {
         match self {
             Self::Arm64 => EM_AARCH64,
+            Self::Amd64 => EM_X86_64,
         }
     }
 
@@ -96,14 +145,25 @@ impl Arch {
     pub fn guest_target(self) -> &'static str {
         match self {
             Self::Arm64 => "aarch64-unknown-none",
+            Self::Amd64 => "x86_64-unknown-none",
         }
     }
 
     /// The Rust target of the 32-bit programs built for the initramfs, if the architecture's
-    /// kernels run 32-bit processes (Debian's arm64 kernels have `CONFIG_COMPAT`).
+    /// kernels run 32-bit processes (Debian's arm64 kernels have `CONFIG_COMPAT`; the 32-bit
+    /// program, `devmem32`, is an Arm one).
     pub fn compat_target(self) -> Option<&'static str> {
         match self {
             Self::Arm64 => Some("armv7a-none-eabi"),
+            Self::Amd64 => None,
+        }
+    }
+
+    /// The Linux target of the root cell's `cellvisor` tool (see `tool.rs`).
+    pub fn tool_target(self) -> tool::Target {
+        match self {
+            Self::Arm64 => tool::AARCH64,
+            Self::Amd64 => tool::X86_64,
         }
     }
 
@@ -111,10 +171,24 @@ impl Arch {
     fn required_dtbs(self) -> &'static [&'static str] {
         match self {
             Self::Arm64 => &["xilinx/zynqmp-zcu102-rev1.0.dtb"],
+            Self::Amd64 => &[],
         }
     }
 
-    /// Checks a kernel image (already uncompressed) for the architecture's boot header.
+    /// The kernel image of the package's `vmlinuz`, checked: on arm64 uncompressed if it is
+    /// gzip-compressed, on amd64 the `bzImage` as it is.
+    fn kernel_image(self, vmlinuz: Vec<u8>) -> Result<Vec<u8>> {
+        let image = match self {
+            Self::Arm64 => uncompress(vmlinuz)?,
+            Self::Amd64 => vmlinuz,
+        };
+        self.check_image(&image)?;
+        Ok(image)
+    }
+
+    /// Checks the start of a kernel image ([`IMAGE_HEADER_LEN`] bytes are enough) for the
+    /// architecture's boot header: on arm64 the `Image` header's magic number, on amd64 the
+    /// x86 boot protocol header of a 64-bit kernel.
     pub fn check_image(self, image: &[u8]) -> Result<()> {
         match self {
             Self::Arm64 => {
@@ -123,9 +197,51 @@ impl Arch {
                     bail!("it has no arm64 Image header (no \"ARM\\x64\" at byte 56)");
                 }
             }
+            Self::Amd64 => check_bzimage(image)?,
         }
         Ok(())
     }
+}
+
+/// Checks the x86 boot protocol header of a `bzImage` (Linux's Documentation/arch/x86/boot.rst):
+/// the boot sector signature, the header's magic number, a protocol version that has
+/// `xloadflags` (2.12), and the 64-bit entry point in them.
+fn check_bzimage(image: &[u8]) -> Result<()> {
+    if image.len() < IMAGE_HEADER_LEN {
+        bail!(
+            "it is too short for an x86 boot protocol header ({} bytes; the header ends at byte \
+             {IMAGE_HEADER_LEN:#x})",
+            image.len()
+        );
+    }
+    let u16_at = |offset: usize| u16::from_le_bytes([image[offset], image[offset + 1]]);
+    let boot_flag = u16_at(X86_BOOT_FLAG_OFFSET);
+    if boot_flag != X86_BOOT_FLAG {
+        bail!(
+            "it has no x86 boot sector signature ({boot_flag:#06x} instead of {X86_BOOT_FLAG:#06x} \
+             at byte {X86_BOOT_FLAG_OFFSET:#x})"
+        );
+    }
+    if image[X86_HEADER_OFFSET..X86_HEADER_OFFSET + 4] != X86_HEADER_MAGIC[..] {
+        bail!("it has no x86 boot protocol header (no \"HdrS\" at byte {X86_HEADER_OFFSET:#x})");
+    }
+    let version = u16_at(X86_VERSION_OFFSET);
+    if version < X86_MIN_VERSION {
+        bail!(
+            "its x86 boot protocol version is {}.{:02}, older than 2.12, the first with \
+             xloadflags (the version is at byte {X86_VERSION_OFFSET:#x})",
+            version >> 8,
+            version & 0xff
+        );
+    }
+    let xloadflags = u16_at(X86_XLOADFLAGS_OFFSET);
+    if xloadflags & X86_XLF_KERNEL_64 == 0 {
+        bail!(
+            "it is no 64-bit kernel: XLF_KERNEL_64 (bit 0 of xloadflags {xloadflags:#06x} at byte \
+             {X86_XLOADFLAGS_OFFSET:#x}) is clear"
+        );
+    }
+    Ok(())
 }
 
 /// What the cache holds, as written to `VERSION`.
@@ -201,11 +317,16 @@ impl Cache {
         self.dir.join(name)
     }
 
+    /// The kernel image.
+    fn image(&self) -> PathBuf {
+        self.path(self.arch.image_name())
+    }
+
     /// What the cache was made from, `None` unless every file is there.
     fn complete(&self) -> Option<Versions> {
         let versions = Versions::parse(&fs::read_to_string(self.path("VERSION")).ok()?)?;
         let dtbs = self.path("dtbs");
-        let complete = self.path("Image").is_file()
+        let complete = self.image().is_file()
             && self.path("busybox").is_file()
             && self
                 .arch
@@ -219,11 +340,12 @@ impl Cache {
 /// The files of a prepared cache.
 #[derive(Debug, Clone)]
 pub struct Files {
-    /// The kernel `Image`.
+    /// The kernel image, `Image` or `bzImage` (see [`Arch::image_name`]).
     pub image: PathBuf,
     /// The gzip-compressed initramfs.
     pub initramfs: PathBuf,
-    /// The directory of the kernel's device trees.
+    /// The directory of the kernel's device trees: empty (or missing) on amd64, whose kernel
+    /// has none.
     pub dtbs: PathBuf,
 }
 
@@ -252,7 +374,7 @@ pub fn prepare_board(
         );
     };
     let (mut files, versions, mut entries) = prepare_base(workspace, arch, refresh)?;
-    let root_cell = tool::prepare(workspace, board)?;
+    let root_cell = tool::prepare(workspace, board, arch.tool_target())?;
     entries.extend(initramfs::root_cell_entries(&root_cell));
     if let Some(target) = arch.compat_target() {
         let devmem32 = build_program(workspace, target, DEVMEM32_PACKAGE, DEVMEM32_BIN, EM_ARM)?;
@@ -328,7 +450,7 @@ fn prepare_base(
     let gz = cache.path("initramfs.cpio.gz");
     write_archive(&cache.path("initramfs.cpio"), &gz, &archive)?;
     let files = Files {
-        image: cache.path("Image"),
+        image: cache.image(),
         initramfs: gz,
         dtbs: cache.path("dtbs"),
     };
@@ -390,19 +512,23 @@ pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
     );
     let shown = |path: &Path| workspace.relative(path).display().to_string();
     let dtbs = &files.dtbs;
-    let (dtb_count, dtb_bytes) = tree_size(dtbs)?;
+    let (dtb_count, dtb_bytes) = if dtbs.is_dir() {
+        tree_size(dtbs)?
+    } else {
+        (0, 0)
+    };
     let row = |path: &Path| -> Result<(String, u64, String)> {
         Ok((shown(path), size(path)?, String::new()))
     };
-    let mut rows = vec![
-        row(&files.image)?,
-        row(&files.initramfs)?,
-        (
+    let mut rows = vec![row(&files.image)?, row(&files.initramfs)?];
+    // amd64 has no device trees: no row for an empty directory.
+    if dtb_count > 0 || !arch.required_dtbs().is_empty() {
+        rows.push((
             format!("{}/", shown(dtbs)),
             dtb_bytes,
             format!(" in {dtb_count} files"),
-        ),
-    ];
+        ));
+    }
     for dtb in arch.required_dtbs() {
         rows.push(row(&dtbs.join(dtb))?);
     }
@@ -426,7 +552,11 @@ fn fetch(
 ) -> Result<Versions> {
     apt::require_tools()?;
     let arch = cache.arch;
-    let apt_dir = linux_dir.join("apt");
+    // One state per architecture: `apt-get update` drops the lists of the architectures its
+    // configuration does not name, so a shared state would fetch them anew at every switch.
+    let apt_root = linux_dir.join("apt");
+    apt::remove_shared_state(&apt_root)?;
+    let apt_dir = apt_root.join(arch.debian());
     let apt = Apt::new(&apt_dir, workspace.relative(&apt_dir), arch.debian())?;
     if refresh || !apt.has_lists() {
         apt.update()?;
@@ -472,7 +602,7 @@ fn fetch(
 /// Where a file of the kernel package goes in the cache.
 #[derive(Debug, PartialEq, Eq)]
 enum KernelFile {
-    /// `boot/vmlinuz-<release>`.
+    /// `boot/vmlinuz-<release>`, the kernel image.
     Image,
     /// A file under `usr/lib/linux-image-<release>/`, at this path under `dtbs/`.
     DeviceTree(PathBuf),
@@ -489,6 +619,8 @@ fn kernel_file(path: &Path, release: &str) -> Option<KernelFile> {
     (dtb.components().count() > 0).then(|| KernelFile::DeviceTree(dtb.to_owned()))
 }
 
+/// Unpacks the kernel image and the device trees (if any) of the kernel package `deb` of
+/// `release` into the cache.
 fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
     let dtbs = cache.path("dtbs");
     let dtbs_new = cache.path("dtbs.new");
@@ -496,6 +628,9 @@ fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
         fs::remove_dir_all(&dtbs_new)
             .with_context(|| format!("cannot remove {}", dtbs_new.display()))?;
     }
+    // Created even if the package has no device trees, so that `dtbs/` always exists.
+    fs::create_dir_all(&dtbs_new)
+        .with_context(|| format!("cannot create {}", dtbs_new.display()))?;
     let mut image = None;
     let mut dtb_count = 0;
     for_each_file(deb, |path, data| {
@@ -519,18 +654,20 @@ fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
     let Some(vmlinuz) = image else {
         bail!("the package has no boot/vmlinuz-{release}");
     };
-    let image = uncompress(vmlinuz)
-        .and_then(|image| cache.arch.check_image(&image).map(|()| image))
+    let image = cache
+        .arch
+        .kernel_image(vmlinuz)
         .with_context(|| format!("boot/vmlinuz-{release}"))?;
-    if dtb_count == 0 {
+    let required = cache.arch.required_dtbs();
+    if dtb_count == 0 && !required.is_empty() {
         bail!("the package has no device tree in usr/lib/linux-image-{release}/");
     }
-    for dtb in cache.arch.required_dtbs() {
+    for dtb in required {
         if !dtbs_new.join(dtb).is_file() {
             bail!("the package has no usr/lib/linux-image-{release}/{dtb}");
         }
     }
-    write_atomically(&cache.path("Image"), &image)?;
+    write_atomically(&cache.image(), &image)?;
     if dtbs.exists() {
         fs::remove_dir_all(&dtbs).with_context(|| format!("cannot remove {}", dtbs.display()))?;
     }
@@ -747,5 +884,144 @@ mod tests {
         image[56..60].copy_from_slice(b"ARM\x64");
         assert!(Arch::Arm64.check_image(&image).is_ok());
         assert!(Arch::Arm64.check_image(&image[..58]).is_err());
+    }
+
+    /// The start of a `bzImage` of boot protocol 2.15 with a 64-bit entry point, as Debian's
+    /// amd64 kernels have it: "MZ" of the EFI stub, the boot sector signature, the header.
+    fn bzimage() -> Vec<u8> {
+        let mut image = vec![0; 0x400];
+        image[..2].copy_from_slice(b"MZ");
+        image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020f_u16.to_le_bytes());
+        // XLF_KERNEL_64, XLF_CAN_BE_LOADED_ABOVE_4G and the EFI and 5-level paging flags.
+        image[0x236..0x238].copy_from_slice(&0x007f_u16.to_le_bytes());
+        image
+    }
+
+    fn amd64_error(image: &[u8]) -> String {
+        Arch::Amd64.check_image(image).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn checks_the_x86_boot_header() {
+        let good = bzimage();
+        Arch::Amd64.check_image(&good).unwrap();
+        // Exactly the header is enough.
+        Arch::Amd64.check_image(&good[..IMAGE_HEADER_LEN]).unwrap();
+        // Protocol 2.12, the first with xloadflags, and nothing but XLF_KERNEL_64.
+        let mut oldest = good.clone();
+        oldest[0x206..0x208].copy_from_slice(&0x020c_u16.to_le_bytes());
+        oldest[0x236..0x238].copy_from_slice(&1_u16.to_le_bytes());
+        Arch::Amd64.check_image(&oldest).unwrap();
+
+        let error = amd64_error(&good[..IMAGE_HEADER_LEN - 1]);
+        assert!(
+            error.contains("too short") && error.contains("0x238"),
+            "{error}"
+        );
+        assert!(amd64_error(&[]).contains("too short"));
+
+        let mut bad = good.clone();
+        bad[0x1fe] = 0;
+        let error = amd64_error(&bad);
+        assert!(
+            error.contains("no x86 boot sector signature (0xaa00 instead of 0xaa55 at byte 0x1fe)"),
+            "{error}"
+        );
+
+        let mut bad = good.clone();
+        bad[0x202..0x206].copy_from_slice(b"HdrX");
+        let error = amd64_error(&bad);
+        assert!(error.contains("no \"HdrS\" at byte 0x202"), "{error}");
+
+        let mut bad = good.clone();
+        bad[0x206..0x208].copy_from_slice(&0x020b_u16.to_le_bytes());
+        let error = amd64_error(&bad);
+        assert!(
+            error.contains("version is 2.11, older than 2.12") && error.contains("0x206"),
+            "{error}"
+        );
+
+        let mut bad = good.clone();
+        bad[0x236..0x238].copy_from_slice(&0x007e_u16.to_le_bytes());
+        let error = amd64_error(&bad);
+        assert!(
+            error.contains("no 64-bit kernel")
+                && error.contains("XLF_KERNEL_64")
+                && error.contains("0x007e at byte 0x236"),
+            "{error}"
+        );
+
+        // Neither architecture takes the other's image.
+        assert!(Arch::Arm64.check_image(&good).is_err());
+        let mut arm64 = vec![0; 0x400];
+        arm64[56..60].copy_from_slice(b"ARM\x64");
+        assert!(amd64_error(&arm64).contains("boot sector signature"));
+    }
+
+    #[test]
+    fn keeps_the_bzimage_as_it_is() {
+        let image = bzimage();
+        assert_eq!(Arch::Amd64.kernel_image(image.clone()).unwrap(), image);
+        // A gzip-compressed file is no bzImage: amd64 does not uncompress it.
+        let compressed = crate::initramfs::gzip(&image).unwrap();
+        assert!(Arch::Amd64.kernel_image(compressed.clone()).is_err());
+        let mut arm64 = vec![0; 64];
+        arm64[56..60].copy_from_slice(b"ARM\x64");
+        let compressed = crate::initramfs::gzip(&arm64).unwrap();
+        assert_eq!(Arch::Arm64.kernel_image(compressed).unwrap(), arm64);
+    }
+
+    #[test]
+    fn maps_targets_to_architectures() {
+        assert_eq!(Arch::of_target("aarch64-unknown-none"), Some(Arch::Arm64));
+        assert_eq!(
+            Arch::of_target("aarch64-unknown-none-softfloat"),
+            Some(Arch::Arm64)
+        );
+        assert_eq!(Arch::of_target("x86_64-unknown-none"), Some(Arch::Amd64));
+        assert_eq!(Arch::of_target("armv7a-none-eabi"), None);
+        assert_eq!(Arch::of_target("riscv64gc-unknown-none-elf"), None);
+        for arch in Arch::ALL {
+            assert_eq!(Arch::of_target(arch.guest_target()), Some(arch));
+            assert_eq!(
+                Arch::of_target(arch.tool_target().triple),
+                Some(arch),
+                "{arch:?}"
+            );
+        }
+        assert_eq!(Arch::Arm64.image_name(), "Image");
+        assert_eq!(Arch::Amd64.image_name(), "bzImage");
+        assert_eq!(Arch::Amd64.metapackage(), "linux-image-amd64");
+        assert_eq!(Arch::Amd64.elf_machine(), 62);
+        assert_eq!(Arch::Amd64.compat_target(), None);
+        assert!(Arch::Amd64.required_dtbs().is_empty());
+    }
+
+    #[test]
+    fn an_amd64_cache_is_complete_without_device_trees() {
+        let dir = std::env::temp_dir().join(format!("xtask-linux-cache-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let cache = Cache {
+            dir: dir.clone(),
+            arch: Arch::Amd64,
+        };
+        let versions = Versions {
+            kernel_package: "linux-image-6.1.0-56-amd64".into(),
+            kernel_version: "6.1.192-2".into(),
+            kernel_release: "6.1.0-56-amd64".into(),
+            busybox_version: "1:1.35.0-4+b3".into(),
+        };
+        fs::write(dir.join("VERSION"), versions.to_file()).unwrap();
+        fs::write(dir.join("busybox"), b"").unwrap();
+        assert_eq!(cache.complete(), None);
+        // An arm64 `Image` does not count.
+        fs::write(dir.join("Image"), b"").unwrap();
+        assert_eq!(cache.complete(), None);
+        fs::write(dir.join("bzImage"), b"").unwrap();
+        assert_eq!(cache.complete(), Some(versions));
+        assert_eq!(cache.image(), dir.join("bzImage"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask build --board <board>` builds the hypervisor image of a board:
 //!   `target/images/<board>/cellvisor.{elf,bin}`, and for a board that boots Linux the root
-//!   cell's `cellvisor` tool (`target/images/<board>/cellvisor`, static aarch64) and inmates
-//!   (`target/images/<board>/inmates/`; see `tool.rs`).
+//!   cell's `cellvisor` tool (`target/images/<board>/cellvisor`, static aarch64 or x86-64) and
+//!   inmates (`target/images/<board>/inmates/`, AArch64 boards only; see `tool.rs`).
 //! - `cargo xtask run --board <board>` builds it and boots it in QEMU, the console on stdio,
 //!   with Debian's stock kernel as the root cell (`--no-linux`: the hypervisor alone,
 //!   `--bare`: the same Linux without the hypervisor; see `run.rs`).
@@ -25,9 +25,9 @@
 //!   runs N create/load/start/stop/destroy cycles of four inmates in turn; the hypervisor's
 //!   free memory, the cells, the root cell's CPUs and interrupt lines must be as before (see
 //!   `soak.rs`).
-//! - `cargo xtask linux [--arch arm64] [--refresh]` fetches Debian's stock kernel and
+//! - `cargo xtask linux [--arch arm64|amd64] [--refresh]` fetches Debian's stock kernel and
 //!   busybox-static through a private apt state and builds the root cell's initramfs, cached
-//!   in `target/linux/<arch>/` (see `linux.rs`).
+//!   in `target/linux/<arch>/` (arm64: `Image` and `dtbs/`, amd64: `bzImage`; see `linux.rs`).
 //!
 //! Crates and boards are discovered with `cargo metadata`, so new ones are picked up without
 //! changes here: a board is a package with a `[package.metadata.cellvisor]` table (see
@@ -151,7 +151,8 @@ enum Task {
     /// Check that no module of a workspace crate uses another in a circle (part of `test`).
     Cycles,
     /// Fetch Debian's stock kernel and busybox-static and build an initramfs, cached in
-    /// target/linux/<arch>/ (Image, dtbs/, initramfs.cpio.gz, VERSION).
+    /// target/linux/<arch>/ (arm64: Image and dtbs/; amd64: bzImage, no device trees; both:
+    /// busybox, initramfs.cpio.gz, VERSION).
     Linux {
         /// Debian architecture.
         #[arg(long, value_enum, default_value = "arm64")]
@@ -204,11 +205,10 @@ fn run(task: Task) -> Result<Outcome> {
         } => {
             let board = board::find(&workspace.boards, &board)?;
             image::build(&workspace, board, kind(fault_injection))?;
-            if !fault_injection
-                && board.linux.is_some()
-                && linux::Arch::of_target(&board.target).is_some()
-            {
-                tool::prepare(&workspace, board)?;
+            if !fault_injection && board.linux.is_some() {
+                if let Some(arch) = linux::Arch::of_target(&board.target) {
+                    tool::prepare(&workspace, board, arch.tool_target())?;
+                }
             }
             Ok(Outcome::Done)
         }
@@ -297,15 +297,17 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
             .args([board.target.as_str(), "--", "-D", "warnings"])
             .run()?;
     }
-    // The same for the Linux side of the guest programs (their host build is an empty `main`).
-    let arch = linux::Arch::Arm64;
-    Cargo::new(["clippy", "-p", linux::GUEST_CLOCK_PACKAGE, "--target"])
-        .args([arch.guest_target(), "--", "-D", "warnings"])
-        .run()?;
-    if let Some(target) = arch.compat_target() {
-        Cargo::new(["clippy", "-p", linux::DEVMEM32_PACKAGE, "--target"])
-            .args([target, "--", "-D", "warnings"])
+    // The same for the Linux side of the guest programs (their host build is an empty `main`),
+    // for every architecture.
+    for arch in linux::Arch::ALL {
+        Cargo::new(["clippy", "-p", linux::GUEST_CLOCK_PACKAGE, "--target"])
+            .args([arch.guest_target(), "--", "-D", "warnings"])
             .run()?;
+        if let Some(target) = arch.compat_target() {
+            Cargo::new(["clippy", "-p", linux::DEVMEM32_PACKAGE, "--target"])
+                .args([target, "--", "-D", "warnings"])
+                .run()?;
+        }
     }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 

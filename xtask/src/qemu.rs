@@ -128,6 +128,21 @@ impl Qemu {
         self.args(["-dtb".to_owned(), dtb.display().to_string()])
     }
 
+    /// Adds the Multiboot modules (`-initrd "a,b"`, QEMU's list; a comma in a path is
+    /// doubled) and the command line the Multiboot loader passes (`-append`).
+    pub fn multiboot(self, modules: &[&Path], append: &str) -> Self {
+        let modules: Vec<String> = modules
+            .iter()
+            .map(|m| m.display().to_string().replace(',', ",,"))
+            .collect();
+        self.args([
+            "-initrd".to_owned(),
+            modules.join(","),
+            "-append".to_owned(),
+            append.to_owned(),
+        ])
+    }
+
     /// Loads `file` as it is at physical address `address`, with a generic loader device.
     pub fn load(self, file: &Path, address: u64) -> Self {
         // In QEMU's option syntax a comma is written twice.
@@ -438,6 +453,7 @@ mod tests {
             memory: "1G".to_owned(),
             dir: std::path::PathBuf::new(),
             linux: None,
+            multiboot: None,
         }
     }
 

@@ -110,7 +110,7 @@ impl RunArgs {
         if self.bare {
             return Ok(Mode::Bare);
         }
-        if board.linux.is_some() {
+        if board.linux.is_some() || board.multiboot.is_some() {
             return Ok(Mode::RootCell);
         }
         let linux_flags = [
@@ -192,6 +192,19 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
             }
         }
         Mode::Bare => Boot::Bare(linux.expect("resolved above")),
+        Mode::RootCell if board.multiboot.is_some() => {
+            if args.config.is_some() {
+                bail!(
+                    "--config: board {} has no system configuration yet (its root cell boots from the Multiboot modules)",
+                    board.name
+                );
+            }
+            let image = image::build(workspace, board, args.kind())?;
+            Boot::MultibootRootCell {
+                image: shown(&image.bin),
+                linux: linux.expect("resolved above"),
+            }
+        }
         Mode::RootCell => {
             let image = image::build(workspace, board, args.kind())?;
             let gic = board.require_gic(options.gic)?;
@@ -243,16 +256,20 @@ fn linux_files(
         );
     };
     let shown = |path: &Path| workspace.relative(path).to_owned();
-    let append = match (&args.append, &board.linux) {
+    let board_append = board
+        .linux
+        .as_ref()
+        .map(|linux| &linux.append)
+        .or(board.multiboot.as_ref().map(|multiboot| &multiboot.append));
+    let append = match (&args.append, board_append) {
         (Some(append), _) => {
             check_actions("--append", append)?;
             append.clone()
         }
-        (None, Some(linux)) if args.demo => append_with_actions(
-            &linux.append,
-            &[Action::Script(crate::scripts::Script::DemoStart)],
-        ),
-        (None, Some(linux)) => linux.append.clone(),
+        (None, Some(append)) if args.demo => {
+            append_with_actions(append, &[Action::Script(crate::scripts::Script::DemoStart)])
+        }
+        (None, Some(append)) => append.clone(),
         (None, None) => bail!(
             "--bare: board {} has no `linux-append` in its [package.metadata.cellvisor] table: \
              pass --append",

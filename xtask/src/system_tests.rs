@@ -108,6 +108,44 @@ const X86_FAULT: &[Pattern] = &[
     Pattern::Line("cellvisor: CPU parked"),
 ];
 
+/// Debian's amd64 kernel bare with the board's command line (`maxcpus=1`).
+const X86_BARE: &[Pattern] = &[
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=0 count=1"]),
+    Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
+    Pattern::Contains(&[DMESG_DONE]),
+];
+
+/// What `/init` of the x86 root cell runs: the hypervisor's first byte (the board's link
+/// address, 16 MiB) is read through `/dev/mem`.
+const X86_ROOT_CELL_ACTIONS: &str = "info,clock,devmem:0x1000000,dmesg,poweroff";
+
+/// Debian's amd64 kernel as the root cell on the boot CPU: loaded by the hypervisor from the
+/// Multiboot modules, its e820 map without the hypervisor's memory; `/init` runs, an access
+/// to the hypervisor's memory is reported and kills only the process, the machine powers off.
+const X86_ROOT_CELL: &[Pattern] = &[
+    Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
+    Pattern::Contains(&["cellvisor: root cell: Linux at 0x", "hypervisor 0x1000000-"]),
+    Pattern::Contains(&["BIOS-e820: [mem 0x0000000001000000-", "] reserved"]),
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=0 count=1"]),
+    Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
+    Pattern::Contains(&["cellvisor-initramfs: guest time "]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"root\" (CPU 0): read at 0x1000000 ",
+        "is outside its memory: #GP injected",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: devmem 0x1000000 status=139"]),
+    Pattern::Contains(&[DMESG_DONE]),
+];
+
+/// What fails the x86 root cell at once.
+const X86_ROOT_CELL_FAILS_ON: &[&str] = &[
+    "Kernel panic",
+    "cellvisor: root cell stopped",
+    "cellvisor: hypervisor bug",
+];
+
 /// A fault-injection image: after the banner it reads the unmapped address 0xdead0000, and the
 /// report of that data abort must end with the CPU parked.
 const FAULT: &[Pattern] = &[
@@ -573,6 +611,29 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// Debian's amd64 kernel without the hypervisor, with the board's command line (one
+    /// CPU, as the root cell has): the baseline of [`Case::x86_root_cell`].
+    const fn x86_bare(board: &'a str, smp: u32, cpu: &'static str) -> Self {
+        Self {
+            expect: X86_BARE,
+            ..Self::bare(board, None, smp, Some(cpu))
+        }
+    }
+
+    /// Debian's amd64 kernel as the root cell on the boot CPU ([`X86_ROOT_CELL`]).
+    const fn x86_root_cell(board: &'a str, smp: u32, cpu: &'static str) -> Self {
+        Self {
+            boots: Boots::RootCell,
+            actions: Some(X86_ROOT_CELL_ACTIONS),
+            expect: X86_ROOT_CELL,
+            order: Order::AnyOrder,
+            until: Until::Exit,
+            checks: &[Check::DmesgLikeBare],
+            fails_on: X86_ROOT_CELL_FAILS_ON,
+            ..Self::boot(board, None, smp, Some(cpu))
+        }
+    }
+
     const fn fault(board: &'a str, gic: Option<u32>, smp: u32) -> Self {
         Self {
             boots: Boots::Hypervisor(Kind::FaultInjection),
@@ -717,6 +778,9 @@ const CASES: &[Case<'static>] = &[
     // x86, so far: the boot CPU in long mode and one SVM world switch (issue 15).
     Case::x86_svm("qemu-x86", 4, "EPYC"),
     Case::x86_fault("qemu-x86", 4, "EPYC"),
+    // Debian's amd64 kernel bare, then as the root cell on the boot CPU.
+    Case::x86_bare("qemu-x86", 4, "EPYC"),
+    Case::x86_root_cell("qemu-x86", 4, "EPYC"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -1062,14 +1126,22 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
     let append = match case.actions {
         None => None,
         Some(actions) => {
-            let linux = board
-                .linux()
-                .with_context(|| format!("system test case {} on {}", case.kind(), board.name))?;
+            let base = match &board.multiboot {
+                Some(multiboot) => &multiboot.append,
+                None => {
+                    &board
+                        .linux()
+                        .with_context(|| {
+                            format!("system test case {} on {}", case.kind(), board.name)
+                        })?
+                        .append
+                }
+            };
             let word = format!("{}={}", initramfs::ACTIONS, fill(actions));
-            Some(if linux.append.trim().is_empty() {
+            Some(if base.trim().is_empty() {
                 word
             } else {
-                format!("{} {word}", linux.append.trim_end())
+                format!("{} {word}", base.trim_end())
             })
         }
     };
@@ -1103,11 +1175,16 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
     })
 }
 
-/// Fails unless the Rust targets and QEMU binaries of every case are installed.
+/// Fails unless the Rust targets and QEMU binaries of every case are installed: the board's,
+/// and for a Linux boot the one of its root cell's `cellvisor` tool.
 pub fn check_tools(workspace: &Workspace) -> Result<()> {
-    crate::require_target(crate::tool::TARGET)?;
     for case in cases(&workspace.boards, true)? {
         crate::require_target(&case.board.target)?;
+        if matches!(case.boots, Boots::Bare | Boots::RootCell) {
+            if let Some(arch) = Arch::of_target(&case.board.target) {
+                crate::require_target(arch.tool_target().triple)?;
+            }
+        }
         qemu::require(&case.board.qemu)?;
     }
     Ok(())
@@ -1369,6 +1446,26 @@ fn run_one(
             image: image(kind),
             dtb: None,
         },
+        Boots::Bare | Boots::RootCell if board.multiboot.is_some() => {
+            let files = shared
+                .linux
+                .get(&board.name)
+                .expect("prepared before the cases");
+            let linux = LinuxFiles {
+                kernel: shown(&files.image),
+                initrd: shown(&files.initramfs),
+                dtb: None,
+                append: case.append.clone().expect("Linux cases have actions"),
+            };
+            if case.boots == Boots::RootCell {
+                Boot::MultibootRootCell {
+                    image: image(Kind::Normal),
+                    linux,
+                }
+            } else {
+                Boot::Bare(linux)
+            }
+        }
         Boots::Bare | Boots::RootCell => {
             let files = shared
                 .linux
@@ -1630,9 +1727,11 @@ fn normalise_dmesg(line: &str) -> String {
 }
 
 /// The kernel's report of the bus error of the `devmem` action or of `/bin/devmem32` (a
-/// user-space fault, e.g. `devmem[93]: unhandled exception: ...`): expected in a root cell.
+/// user-space fault, e.g. `devmem[93]: unhandled exception: ...`, or on x86 `traps:
+/// devmem[84] general protection fault ...`): expected in a root cell.
 fn is_devmem_report(line: &str) -> bool {
-    (line.contains("devmem[") || line.contains("devmem32[")) && line.contains("unhandled")
+    (line.contains("devmem[") || line.contains("devmem32["))
+        && (line.contains("unhandled") || line.contains("general protection fault"))
 }
 
 /// Fails if the root cell's kernel logged problems that the bare boot did not.
@@ -1703,6 +1802,7 @@ mod tests {
                 dtb: None,
                 fixed_clock: None,
             }),
+            multiboot: None,
         }
     }
 
@@ -1710,7 +1810,14 @@ mod tests {
         vec![
             board("qemu-arm64", Some("cortex-a57"), vec![2, 3], true),
             board("zcu102", None, vec![2], true),
-            board("qemu-x86", Some("EPYC"), vec![], false),
+            Board {
+                target: "x86_64-unknown-none".to_owned(),
+                qemu: "qemu-system-x86_64".to_owned(),
+                multiboot: Some(crate::board::MultibootLinux {
+                    append: "console=ttyS0 maxcpus=1".to_owned(),
+                }),
+                ..board("qemu-x86", Some("EPYC"), vec![], false)
+            },
             board("new", None, vec![3], false),
             board("newlinux", None, vec![3], true),
         ]
@@ -1876,6 +1983,8 @@ mod tests {
                 "qemu-arm64-reboot-gicv3-smp4-cortex-a57",
                 "qemu-x86-svm-smp4-EPYC",
                 "qemu-x86-fault-smp4-EPYC",
+                "qemu-x86-bare-smp4-EPYC",
+                "qemu-x86-linux-smp4-EPYC",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
                 "newlinux-boot-gicv3-smp2",

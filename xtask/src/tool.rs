@@ -1,11 +1,14 @@
 //! The root cell's side of a board: the `cellvisor` management tool (`examples/cli`, a static
-//! aarch64 Linux binary), the board's cell configurations and the inmate images, as
-//! `cargo xtask build` installs them into `target/images/<board>/` and the board's initramfs
-//! carries them (`/bin/cellvisor`, `/etc/cellvisor/`, `/lib/cellvisor/inmates/`).
+//! Linux binary for the root cell's architecture), the board's cell configurations and the
+//! inmate images, as `cargo xtask build` installs them into `target/images/<board>/` and the
+//! board's initramfs carries them (`/bin/cellvisor`, `/etc/cellvisor/`,
+//! `/lib/cellvisor/inmates/`).
 //!
-//! The tool is built for `aarch64-unknown-linux-musl` and linked by `rust-lld` (see
-//! `.cargo/config.toml`): musl's C runtime and libc come with the Rust target, so nothing but
-//! rustup is needed, and the result is static.
+//! The tool is built for the musl target of the architecture ([`AARCH64`]:
+//! `aarch64-unknown-linux-musl`, linked by `rust-lld` as `.cargo/config.toml` says; [`X86_64`]:
+//! `x86_64-unknown-linux-musl`, linked by the target's default, the host's `cc`): musl's C
+//! runtime and libc come with the Rust target, so the result is static. The inmates are
+//! AArch64 programs: boards of other architectures get none (see `inmates.rs`).
 
 use std::fs;
 use std::path::Path;
@@ -25,28 +28,63 @@ use crate::workspace::Workspace;
 pub const PACKAGE: &str = "cellvisor-cli";
 /// Its binary.
 pub const BIN: &str = "cellvisor";
-/// The Rust target of the root cell's programs.
-pub const TARGET: &str = "aarch64-unknown-linux-musl";
+/// The Linux target the root cell's programs are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The Rust target, a musl one (static executables).
+    pub triple: &'static str,
+    /// ELF `e_machine` of its executables.
+    pub machine: elf::Machine,
+    /// The architecture as messages name it.
+    pub name: &'static str,
+}
 
-/// Builds the tool and returns the static executable.
-pub fn build(workspace: &Workspace) -> Result<Vec<u8>> {
-    crate::require_target(TARGET)?;
-    Cargo::new(["build", "--release", "-p", PACKAGE, "--target", TARGET]).run()?;
-    let built = workspace.target_dir.join(TARGET).join("release").join(BIN);
+/// The target of arm64 root cells.
+pub const AARCH64: Target = Target {
+    triple: "aarch64-unknown-linux-musl",
+    machine: elf::EM_AARCH64,
+    name: "AArch64",
+};
+
+/// The target of x86-64 root cells.
+pub const X86_64: Target = Target {
+    triple: "x86_64-unknown-linux-musl",
+    machine: elf::EM_X86_64,
+    name: "x86-64",
+};
+
+/// Builds the tool for `target` and returns the static executable.
+pub fn build(workspace: &Workspace, target: Target) -> Result<Vec<u8>> {
+    crate::require_target(target.triple)?;
+    Cargo::new([
+        "build",
+        "--release",
+        "-p",
+        PACKAGE,
+        "--target",
+        target.triple,
+    ])
+    .run()?;
+    let built = workspace
+        .target_dir
+        .join(target.triple)
+        .join("release")
+        .join(BIN);
     let data = fs::read(&built).with_context(|| format!("cannot read {}", built.display()))?;
-    check_static_aarch64(&data)
+    check_static(&data, target)
         .with_context(|| workspace.relative(&built).display().to_string())?;
     Ok(data)
 }
 
-/// Fails unless `data` is a 64-bit AArch64 ELF executable without a program interpreter
+/// Fails unless `data` is a 64-bit ELF executable for `target` without a program interpreter
 /// (static: it runs in an initramfs without a dynamic loader).
-pub fn check_static_aarch64(data: &[u8]) -> Result<()> {
+pub fn check_static(data: &[u8], target: Target) -> Result<()> {
     let header = elf::FileHeader64::<Endianness>::parse(data).context("not a 64-bit ELF file")?;
     let endian = header.endian().context("bad ELF byte order")?;
-    if header.e_machine(endian) != elf::EM_AARCH64 {
+    if header.e_machine(endian) != target.machine {
         bail!(
-            "not an AArch64 executable (ELF machine {})",
+            "not an {} executable (ELF machine {})",
+            target.name,
             header.e_machine(endian)
         );
     }
@@ -136,26 +174,38 @@ fn named_file(path: &Path) -> Result<NamedFile> {
     })
 }
 
-/// Builds everything the root cell of `board` gets and installs the tool as
-/// `target/images/<board>/cellvisor`.
-pub fn prepare(workspace: &Workspace, board: &Board) -> Result<RootCellFiles> {
-    let tool = build(workspace)?;
+/// Builds everything the root cell of `board`, of architecture `target`, gets and installs
+/// the tool as `target/images/<board>/cellvisor`. A board without cell configurations gets
+/// none; one whose hypervisor is not AArch64 gets no inmates.
+pub fn prepare(workspace: &Workspace, board: &Board, target: Target) -> Result<RootCellFiles> {
+    let tool = build(workspace, target)?;
     let dir = workspace.target_dir.join("images").join(&board.name);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let installed = dir.join(BIN);
     write_executable(&installed, &tool)?;
     println!(
-        "{}: {} {} bytes (static aarch64 Linux executable)",
+        "{}: {} {} bytes (static {} Linux executable)",
         board.name,
         workspace.relative(&installed).display(),
-        tool.len()
+        tool.len(),
+        target.name
     );
+    let runs_inmates = crate::inmates::runs_on(board);
+    let inmates = if runs_inmates {
+        inmates(workspace, board)?
+    } else {
+        println!(
+            "{}: the inmates are AArch64 programs, the board's target is {}: the initramfs gets none",
+            board.name, board.target
+        );
+        Vec::new()
+    };
     let files = RootCellFiles {
         tool,
         configs: cell_configs(board)?,
-        inmates: inmates(workspace, board)?,
+        inmates,
     };
-    if files.inmates.is_empty() {
+    if runs_inmates && files.inmates.is_empty() {
         println!(
             "{}: no inmate images in {}: the initramfs gets none",
             board.name,
@@ -203,24 +253,33 @@ mod tests {
     }
 
     #[test]
-    fn accepts_static_aarch64_executables_only() {
+    fn accepts_static_executables_of_the_target_only() {
         let load = elf::PT_LOAD;
-        check_static_aarch64(&elf(elf::EM_AARCH64, elf::ET_EXEC, &[load, load])).unwrap();
+        let check = |machine, kind, segments: &[elf::ProgramType]| {
+            check_static(&elf(machine, kind, segments), AARCH64)
+        };
+        check(elf::EM_AARCH64, elf::ET_EXEC, &[load, load]).unwrap();
         // static-pie: ET_DYN without an interpreter.
-        check_static_aarch64(&elf(elf::EM_AARCH64, elf::ET_DYN, &[load, elf::PT_DYNAMIC])).unwrap();
-        let error = check_static_aarch64(&elf(elf::EM_AARCH64, elf::ET_DYN, &[elf::PT_INTERP]))
+        check(elf::EM_AARCH64, elf::ET_DYN, &[load, elf::PT_DYNAMIC]).unwrap();
+        let error = check(elf::EM_AARCH64, elf::ET_DYN, &[elf::PT_INTERP])
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("dynamically linked"), "{error}");
-        let error = check_static_aarch64(&elf(elf::EM_X86_64, elf::ET_EXEC, &[load]))
+        let error = check(elf::EM_X86_64, elf::ET_EXEC, &[load])
             .unwrap_err()
             .to_string();
         assert!(error.contains("not an AArch64 executable"), "{error}");
-        let error = check_static_aarch64(&elf(elf::EM_AARCH64, elf::ET_REL, &[]))
+        let error = check(elf::EM_AARCH64, elf::ET_REL, &[])
             .unwrap_err()
             .to_string();
         assert!(error.contains("not an executable"), "{error}");
-        assert!(check_static_aarch64(b"#!/bin/sh\n").is_err());
+        assert!(check_static(b"#!/bin/sh\n", AARCH64).is_err());
+
+        check_static(&elf(elf::EM_X86_64, elf::ET_EXEC, &[load]), X86_64).unwrap();
+        let error = check_static(&elf(elf::EM_AARCH64, elf::ET_EXEC, &[load]), X86_64)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not an x86-64 executable"), "{error}");
     }
 
     #[test]
@@ -239,6 +298,7 @@ mod tests {
             memory: "1G".to_owned(),
             dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../platforms/qemu-arm64"),
             linux: None,
+            multiboot: None,
         };
         let files = cell_configs(&board).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();

@@ -1,9 +1,10 @@
 //! # cellvisor-x86
 //!
 //! The x86-64 backend of cellvisor, as far as it goes today: the Multiboot entry into long
-//! mode ([`boot`]), the serial console ([`serial`]) and the choice of virtualization extension
-//! by CPUID ([`cpu`]). The core's traits, the VMX and SVM world switch, the application
-//! processors and the root cell follow (issue "x86").
+//! mode ([`boot`]), the serial console ([`serial`]), the choice of virtualization extension
+//! by CPUID ([`cpu`]), the other CPUs ([`smp`]), and Debian's amd64 kernel as the root cell on
+//! the boot CPU under SVM ([`loader`], [`root_linux`]). The core's traits, the root cell on
+//! every CPU and on VMX, and cells follow (issue "x86").
 
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(missing_docs)]

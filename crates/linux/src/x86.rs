@@ -351,9 +351,7 @@ impl<'a> BzImage<'a> {
 /// Rounds up to a power of two (saturating at the top, where nothing fits anyway).
 fn align_up(value: u64, align: u64) -> u64 {
     let mask = align.max(1) - 1;
-    value
-        .checked_add(mask)
-        .map_or(!mask, |v| v & !mask)
+    value.checked_add(mask).map_or(!mask, |v| v & !mask)
 }
 
 /// No room for the kernel.

@@ -2,7 +2,8 @@
 
 use core::fmt::{self, Write};
 
-/// Longest line: the prefix, three 20-digit numbers and the words around them.
+/// Longest line: the prefix, three 20-digit numbers and the words around them, or the prefix,
+/// a reason for the missing frequency of up to 60 bytes and one number.
 pub const CAPACITY: usize = 160;
 
 /// A line in a fixed buffer.
@@ -43,13 +44,15 @@ pub fn seconds(ticks: u64, frequency: u64) -> Option<(u64, u32)> {
     Some((seconds, fraction))
 }
 
-/// The output line, ending with a newline.
-pub fn guest_time(ticks: u64, frequency: u64) -> Line {
+/// The output line, ending with a newline; `no_frequency` says why there is no time if
+/// `frequency` is 0.
+pub fn guest_time(ticks: u64, frequency: u64, no_frequency: &str) -> Line {
     let mut line = Line {
         bytes: [0; CAPACITY],
         len: 0,
     };
-    // CAPACITY holds the longest line, so the writes cannot fail.
+    // CAPACITY holds the longest line, reasons of up to 60 bytes included, so the writes
+    // cannot fail.
     let _ = match seconds(ticks, frequency) {
         Some((seconds, micros)) => writeln!(
             line,
@@ -57,7 +60,7 @@ pub fn guest_time(ticks: u64, frequency: u64) -> Line {
         ),
         None => writeln!(
             line,
-            "cellvisor-initramfs: guest time unknown: CNTFRQ_EL0 is 0 ({ticks} ticks)"
+            "cellvisor-initramfs: guest time unknown: {no_frequency} ({ticks} ticks)"
         ),
     };
     line
@@ -67,6 +70,9 @@ pub fn guest_time(ticks: u64, frequency: u64) -> Line {
 mod tests {
     use super::*;
 
+    /// Why arm64 has no time.
+    const CNTFRQ: &str = "CNTFRQ_EL0 is 0";
+
     fn text(line: &Line) -> &str {
         core::str::from_utf8(line.as_bytes()).unwrap()
     }
@@ -74,11 +80,11 @@ mod tests {
     #[test]
     fn formats_seconds_with_six_decimals() {
         assert_eq!(
-            text(&guest_time(146_604_875, 62_500_000)),
+            text(&guest_time(146_604_875, 62_500_000, CNTFRQ)),
             "cellvisor-initramfs: guest time 2.345678 s (146604875 ticks at 62500000 Hz)\n"
         );
         assert_eq!(
-            text(&guest_time(5, 1_000_000_000)),
+            text(&guest_time(5, 1_000_000_000, CNTFRQ)),
             "cellvisor-initramfs: guest time 0.000000 s (5 ticks at 1000000000 Hz)\n"
         );
     }
@@ -88,12 +94,20 @@ mod tests {
         assert_eq!(seconds(u64::MAX, 1), Some((u64::MAX, 0)));
         assert_eq!(seconds(u64::MAX, u64::MAX), Some((1, 0)));
         assert_eq!(seconds(1, 0), None);
-        let longest = guest_time(u64::MAX, 1);
+        let longest = guest_time(u64::MAX, 1, CNTFRQ);
         assert!(text(&longest).ends_with(" Hz)\n"));
-        assert!(text(&guest_time(u64::MAX, 3)).contains(&u64::MAX.to_string()));
+        assert!(text(&guest_time(u64::MAX, 3, CNTFRQ)).contains(&u64::MAX.to_string()));
         assert_eq!(
-            text(&guest_time(7, 0)),
+            text(&guest_time(7, 0, CNTFRQ)),
             "cellvisor-initramfs: guest time unknown: CNTFRQ_EL0 is 0 (7 ticks)\n"
         );
+        let reason = "the TSC frequency could not be measured";
+        assert_eq!(
+            text(&guest_time(u64::MAX, 0, reason)),
+            "cellvisor-initramfs: guest time unknown: the TSC frequency could not be measured \
+             (18446744073709551615 ticks)\n"
+        );
+        let longest_reason = "x".repeat(60);
+        assert!(text(&guest_time(u64::MAX, 0, &longest_reason)).ends_with(" ticks)\n"));
     }
 }

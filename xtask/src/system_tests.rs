@@ -137,6 +137,24 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     Pattern::Contains(&["cellvisor-initramfs: devmem 0x1000000 status=139"]),
     Pattern::Contains(&[DMESG_DONE]),
+    // The power-off is seen (the PM1a control port traps), with the exits: the local APIC's
+    // page and EFER trap.
+    Pattern::Contains(&[
+        "cellvisor: root cell: ACPI sleep (PM1a control ",
+        ": exits on CPU 0: apic ",
+    ]),
+];
+
+/// The x86 root cell's INIT and start-up IPIs to a CPU of the hypervisor's: refused and
+/// reported, and Linux goes on without it.
+const X86_INIT_REFUSED: &[Pattern] = &[
+    Pattern::Contains(&[
+        "cellvisor: cell \"root\" (CPU 0): local APIC write 0xc500 at offset 0x300: ",
+        "CPU 1 belongs to another cell: refused",
+    ]),
+    Pattern::Contains(&["smpboot: do_boot_cpu failed(-1) to wakeup CPU#1"]),
+    Pattern::Contains(&[MARKER]),
+    Pattern::Contains(&["cellvisor: root cell: ACPI sleep", "apic "]),
 ];
 
 /// What fails the x86 root cell at once.
@@ -568,6 +586,8 @@ struct Case<'a> {
     timeout: Option<Duration>,
     /// What is typed on the console, and when.
     typed: Option<Typed>,
+    /// Kernel arguments added after the board's command line (before the actions).
+    kernel_args: &'static str,
 }
 
 impl<'a> Case<'a> {
@@ -587,6 +607,7 @@ impl<'a> Case<'a> {
             label: None,
             timeout: None,
             typed: None,
+            kernel_args: "",
         }
     }
 
@@ -631,6 +652,21 @@ impl<'a> Case<'a> {
             checks: &[Check::DmesgLikeBare],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))
+        }
+    }
+
+    /// The root cell's Linux tries to start a second CPU, which is the hypervisor's: its INIT
+    /// and start-up IPIs are refused and reported, and the kernel goes on with one CPU
+    /// ([`X86_INIT_REFUSED`]; Linux waits 10 s for the CPU).
+    const fn x86_init_refused(board: &'a str, smp: u32, cpu: &'static str) -> Self {
+        Self {
+            actions: Some("poweroff"),
+            expect: X86_INIT_REFUSED,
+            order: Order::InOrder,
+            checks: &[],
+            label: Some("init-refused"),
+            kernel_args: "maxcpus=2 possible_cpus=2",
+            ..Self::x86_root_cell(board, smp, cpu)
         }
     }
 
@@ -781,6 +817,7 @@ const CASES: &[Case<'static>] = &[
     // Debian's amd64 kernel bare, then as the root cell on the boot CPU.
     Case::x86_bare("qemu-x86", 4, "EPYC"),
     Case::x86_root_cell("qemu-x86", 4, "EPYC"),
+    Case::x86_init_refused("qemu-x86", 4, "EPYC"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -1138,11 +1175,14 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
                 }
             };
             let word = format!("{}={}", initramfs::ACTIONS, fill(actions));
-            Some(if base.trim().is_empty() {
-                word
-            } else {
-                format!("{} {word}", base.trim_end())
-            })
+            let args = [base.trim(), case.kernel_args, &word];
+            Some(
+                args.iter()
+                    .filter(|arg| !arg.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
         }
     };
     let mut machine = match gic {
@@ -1985,6 +2025,7 @@ mod tests {
                 "qemu-x86-fault-smp4-EPYC",
                 "qemu-x86-bare-smp4-EPYC",
                 "qemu-x86-linux-smp4-EPYC",
+                "qemu-x86-init-refused-smp4-EPYC",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
                 "newlinux-boot-gicv3-smp2",

@@ -5,6 +5,8 @@
 use core::fmt;
 use core::ptr::NonNull;
 
+use acpi::address::AddressSpace;
+use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 
@@ -59,4 +61,17 @@ pub fn cpus() -> Result<(heapless::Vec<u32, MAX_CPUS>, usize), FirmwareError> {
         }
     }
     Ok((ids, left_out))
+}
+
+/// The I/O port of the ACPI PM1a control register (the FADT's `X_PM1a_CNT_BLK` or
+/// `PM1a_CNT_BLK`), where the operating system writes `SLP_TYP` and `SLP_EN` to power off.
+pub fn pm1a_control() -> Result<u64, FirmwareError> {
+    // SAFETY: as in `cpus`.
+    let tables = unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)?;
+    let fadt = tables.find_table::<Fadt>().map_err(FirmwareError)?;
+    let block = fadt.pm1a_control_block().map_err(FirmwareError)?;
+    if block.address_space != AddressSpace::SystemIo {
+        return Err(FirmwareError(acpi::AcpiError::InvalidGenericAddress));
+    }
+    Ok(block.address)
 }

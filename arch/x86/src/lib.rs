@@ -13,6 +13,7 @@
 pub mod boot;
 #[cfg(target_arch = "x86_64")]
 pub mod cpu;
+pub mod decode;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod exception;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
@@ -27,6 +28,7 @@ pub mod gdt;
 pub mod loader;
 #[cfg(target_arch = "x86_64")]
 pub mod page;
+pub mod permission;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod root_linux;
 #[cfg(target_arch = "x86_64")]
@@ -37,6 +39,9 @@ pub mod smp;
 pub mod svm;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod vmx;
+pub mod walk;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod xapic;
 
 /// What a board tells the backend.
 #[derive(Clone, Copy, Debug)]
@@ -98,8 +103,10 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
             );
         }
     }
+    let mut apic_ids = heapless::Vec::<u32, { firmware::MAX_CPUS }>::new();
     match firmware::cpus() {
         Ok((ids, left_out)) => {
+            apic_ids = ids.clone();
             let started = smp::start(&ids, ap_entry);
             let _guard = lock_console();
             let _ = writeln!(
@@ -140,7 +147,7 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
         });
     match loader::read(info) {
         Ok(handoff) if handoff.kernel.is_some() && svm_npt => {
-            root_linux::run(&mut console, &handoff);
+            root_linux::run(&mut console, &handoff, &apic_ids);
         }
         Ok(handoff) if handoff.kernel.is_some() => {
             let _ = writeln!(

@@ -8,6 +8,7 @@
 //! triple fault, an invalid state or an exit nothing handles is reported with the vCPU's
 //! registers and the CPU parked.
 
+use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
@@ -17,10 +18,14 @@ use cellvisor_paging::{
     PageTable, PhysAddr, TableMemory,
 };
 
+use crate::decode::{self, Direction, Source};
 use crate::loader::Handoff;
 use crate::page::Page;
+use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
 use crate::serial::Serial;
 use crate::svm::{self, ExitCode, GuestRegisters, Vmcb};
+use crate::walk;
+use crate::xapic::{self, LocalApic, Request};
 
 /// Where the zero page goes: low RAM, below the hypervisor's AP trampoline (0x8000).
 const ZERO_PAGE: u64 = 0x7000;
@@ -42,6 +47,49 @@ static ROOT_TABLES: [Page; ROOT_TABLE_FRAMES] = [const { Page::new() }; ROOT_TAB
 static ROOT_VMCB: Page = Page::new();
 static HOST_SAVE: Page = Page::new();
 static HOST_STATE: Page = Page::new();
+
+/// A permission map: pages the CPU reads while the root cell runs.
+#[repr(C, align(4096))]
+struct Bitmap<const N: usize>(UnsafeCell<[u8; N]>);
+
+// SAFETY: written once by the boot CPU before the root cell runs, read by the CPU only
+// afterwards.
+unsafe impl<const N: usize> Sync for Bitmap<N> {}
+
+static MSRPM: Bitmap<MSRPM_SIZE> = Bitmap(UnsafeCell::new([0; MSRPM_SIZE]));
+static IOPM: Bitmap<IOPM_SIZE> = Bitmap(UnsafeCell::new([0; IOPM_SIZE]));
+
+/// `EFER`.
+const EFER: u32 = 0xc000_0080;
+/// `EFER.SVME`: the hypervisor's, always set in the guest's EFER and never shown.
+const EFER_SVME: u64 = 1 << 12;
+/// The `EFER` bits the root cell may write: SCE, LME, LMA, NXE, FFXSR, TCE, AutoIBRS (AMD
+/// APM Vol. 2 §3.1.7); anything else is a #GP, as on a CPU without SVM.
+const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14 | 1 << 15 | 1 << 21;
+/// SVM's MSRs: VM_CR, IGNNE, SMM_CTL, VM_HSAVE_PA. The root cell has no SVM (CPUID says so),
+/// so any access is a #GP; above all, it must not move the host save area, from which every
+/// #VMEXIT restores the hypervisor's RIP and RSP.
+const SVM_MSRS: [u32; 4] = [0xc001_0114, 0xc001_0115, 0xc001_0116, 0xc001_0117];
+/// `IA32_APIC_BASE`: writes exit, so that the root cell keeps its local APIC where it traps
+/// and in xAPIC mode.
+const APIC_BASE: u32 = 0x1b;
+/// `IA32_APIC_BASE` bit 10: x2APIC mode.
+const APIC_BASE_EXTD: u64 = 1 << 10;
+/// `IA32_APIC_BASE` bits 51:12: the page.
+const APIC_BASE_PAGE: u64 = 0x000f_ffff_ffff_f000;
+/// `SLP_EN` in the ACPI PM1 control register: the write that enters a sleep state.
+const SLP_EN: u64 = 1 << 13;
+
+/// What the root cell's CPU exited for.
+#[derive(Clone, Copy, Debug, Default)]
+struct Exits {
+    apic: u64,
+    cpuid: u64,
+    msr: u64,
+    io: u64,
+    npf: u64,
+    svm: u64,
+}
 
 extern "C" {
     static __image_start: u8;
@@ -183,7 +231,9 @@ fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr
         .max(1 << 32);
     let mut table =
         PageTable::new(Npt::new(LargePages::ALL), &mut memory).map_err(RootError::Tables)?;
-    for (start, end) in [(0, hyp_start), (hyp_end, top)] {
+    // The local APIC's page is left out: its accesses trap (see `xapic`).
+    let apic = xapic::BASE;
+    for (start, end) in [(0, hyp_start), (hyp_end, apic), (apic + 0x1000, top)] {
         table
             .map(
                 &mut memory,
@@ -203,7 +253,16 @@ fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr
 
 /// Prepares and runs the root cell's Linux on this (the boot) CPU; returns only if it cannot
 /// start or stops.
-pub fn run(console: &mut Serial, handoff: &Handoff) {
+pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
+    let topology = match cellvisor_apic::Topology::new(apic_ids) {
+        Ok(topology) => topology,
+        Err(e) => {
+            let _ = writeln!(console, "cellvisor: root cell: the CPUs' APIC IDs: {e:?}");
+            return;
+        }
+    };
+    // The root cell has the boot CPU alone (its kernel gets `maxcpus=1`).
+    let mut apic = LocalApic::new(0, cellvisor_config::CpuSet::from_cpus([0]), true, topology);
     let prepared = match prepare(handoff) {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -231,23 +290,56 @@ pub fn run(console: &mut Serial, handoff: &Handoff) {
         prepared.tables.as_u64(),
         ROOT_ASID,
     );
+    let power = power_control();
+    permissions(&mut vmcb, power);
     let mut regs = GuestRegisters {
         rsi: ZERO_PAGE,
         ..GuestRegisters::default()
     };
+    let mut exits = Exits::default();
     loop {
         let exit = vmcb.enter(&mut regs, &HOST_STATE);
         match exit {
             ExitCode::CPUID => {
+                exits.cpuid += 1;
                 cpuid(&mut vmcb, &mut regs);
                 let rip = vmcb.u64_at(svm::offset::RIP);
                 vmcb.set_u64(svm::offset::RIP, rip + 2);
             }
+            ExitCode::MSR => {
+                exits.msr += 1;
+                msr(&mut vmcb, &mut regs);
+            }
+            ExitCode::IOIO => {
+                exits.io += 1;
+                if let Some(port) = power {
+                    io(console, &mut vmcb, port, &exits);
+                }
+            }
             ExitCode::VMRUN | ExitCode::VMMCALL => {
                 // SVM is not the root cell's: #UD, as on a CPU without it.
+                exits.svm += 1;
                 vmcb.inject_exception(6, None);
             }
+            ExitCode::NPF
+                if (xapic::BASE..xapic::BASE + 0x1000)
+                    .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
+            {
+                exits.apic += 1;
+                if let Err(e) =
+                    emulate_apic(console, &mut vmcb, &mut regs, &prepared.map, &mut apic)
+                {
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(
+                        console,
+                        "cellvisor: cell \"root\" (CPU 0): local APIC access at RIP {:#x} not emulated: {e}: #GP injected",
+                        vmcb.u64_at(svm::offset::RIP)
+                    );
+                    vmcb.inject_exception(13, Some(0));
+                }
+            }
             ExitCode::NPF => {
+                exits.npf += 1;
                 // The root cell touched memory it does not have (the hypervisor's): it is
                 // told with a general-protection fault at the access, which kills a user
                 // process and oopses the kernel, as a bus error does on Arm.
@@ -280,12 +372,288 @@ pub fn run(console: &mut Serial, handoff: &Handoff) {
     }
 }
 
+/// The ACPI PM1a control port (from the FADT), if the firmware has one in I/O space.
+fn power_control() -> Option<u16> {
+    let address = crate::firmware::pm1a_control().ok()?;
+    u16::try_from(address).ok()
+}
+
+/// Fills the permission maps and points the VMCB at them: `EFER` and SVM's MSRs exit, and so
+/// does the PM1a control port `power` (the root cell's power-off is reported).
+fn permissions(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
+    // SAFETY: the boot CPU alone, before the root cell runs; nothing else writes the maps.
+    let (msrpm, iopm) = unsafe { (&mut *MSRPM.0.get(), &mut *IOPM.0.get()) };
+    for msr in core::iter::once(EFER).chain(SVM_MSRS) {
+        // Every one of them is in the map's ranges (checked by the unit tests' layout).
+        let _ = intercept_msr(msrpm, msr, true, true);
+    }
+    let _ = intercept_msr(msrpm, APIC_BASE, false, true);
+    let mut intercepts = svm::INTERCEPT_MSR;
+    if let Some(port) = power {
+        intercept_ports(iopm, port, 2);
+        intercepts |= svm::INTERCEPT_IOIO;
+    }
+    let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | intercepts);
+    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.0.get() as u64);
+    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.0.get() as u64);
+}
+
+/// An RDMSR or WRMSR that exited: `EFER` without SVME, a #GP for SVM's MSRs and for MSRs
+/// outside the map (which always exit; the CPU has none of them that the root cell needs).
+fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
+    use svm::offset::{EXITINFO1, RAX, RIP};
+    let write = vmcb.u64_at(EXITINFO1) & 1 != 0;
+    let msr = regs.rcx as u32;
+    let value = (regs.rdx & 0xffff_ffff) << 32 | (vmcb.u64_at(RAX) & 0xffff_ffff);
+    match (msr, write) {
+        (EFER, false) => {
+            let efer = vmcb.u64_at(svm::offset::EFER) & !EFER_SVME;
+            vmcb.set_u64(RAX, efer & 0xffff_ffff);
+            regs.rdx = efer >> 32;
+        }
+        (EFER, true) if value & !EFER_WRITABLE == 0 => {
+            vmcb.set_u64(svm::offset::EFER, value | EFER_SVME);
+        }
+        (APIC_BASE, true)
+            if value & APIC_BASE_PAGE == xapic::BASE && value & APIC_BASE_EXTD == 0 =>
+        {
+            // SAFETY: the same page and mode: only the enable and BSP bits can differ, which
+            // are the root cell's own CPU's.
+            unsafe { x86_64::registers::model_specific::Msr::new(APIC_BASE).write(value) };
+        }
+        _ => {
+            vmcb.inject_exception(13, Some(0));
+            return;
+        }
+    }
+    let rip = vmcb.u64_at(RIP);
+    vmcb.set_u64(RIP, rip + 2);
+}
+
+/// An IN or OUT of the PM1a control port: done for the root cell; a write that enters a
+/// sleep state (the power-off) is reported with the exits first.
+fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, exits: &Exits) {
+    use svm::offset::{EXITINFO1, EXITINFO2, RAX, RIP};
+    let info = vmcb.u64_at(EXITINFO1);
+    let input = info & 1 != 0;
+    let size = (info >> 4) & 0b111;
+    let accessed = (info >> 16) as u16;
+    let string = info & (1 << 2) != 0;
+    if accessed != port || string || size != 0b010 {
+        // Only 16-bit IN and OUT of the register itself are forwarded; anything else the
+        // register does not take anyway.
+        if input {
+            let rax = vmcb.u64_at(RAX);
+            vmcb.set_u64(RAX, rax | 0xffff);
+        }
+    } else if input {
+        // SAFETY: the PM1a control register's read has no side effect.
+        let value = unsafe { x86_64::instructions::port::Port::<u16>::new(port).read() };
+        let rax = vmcb.u64_at(RAX);
+        vmcb.set_u64(RAX, rax & !0xffff | u64::from(value));
+    } else {
+        let value = vmcb.u64_at(RAX) as u16;
+        if u64::from(value) & SLP_EN != 0 {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on CPU 0: apic {}, cpuid {}, msr {}, io {}, npf {}, svm {}",
+                exits.apic, exits.cpuid, exits.msr, exits.io, exits.npf, exits.svm
+            );
+        }
+        // SAFETY: the root cell owns the machine's power: its write is done as it asked.
+        unsafe { x86_64::instructions::port::Port::<u16>::new(port).write(value) };
+    }
+    vmcb.set_u64(RIP, vmcb.u64_at(EXITINFO2));
+}
+
+/// Why a local APIC access could not be emulated.
+#[derive(Debug)]
+enum EmulationError {
+    /// Not in 64-bit mode.
+    NotLongMode,
+    /// The instruction's first byte is not readable.
+    Fetch(walk::WalkError),
+    /// The instruction is not one the decoder takes.
+    Decode(decode::DecodeError),
+}
+
+impl fmt::Display for EmulationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotLongMode => f.write_str("the vCPU is not in 64-bit mode"),
+            Self::Fetch(e) => write!(f, "the instruction cannot be read: {e}"),
+            Self::Decode(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads the instruction at the guest's RIP through its page tables, from its RAM only.
+fn fetch(
+    vmcb: &Vmcb<'_>,
+    map: &MemoryMap,
+) -> Result<([u8; decode::MAX_LEN], usize), EmulationError> {
+    let efer = vmcb.u64_at(svm::offset::EFER);
+    let cs_long = vmcb.u16_at(svm::offset::CS + 2) & (1 << 9) != 0;
+    if efer & (1 << 10) == 0 || !cs_long {
+        return Err(EmulationError::NotLongMode);
+    }
+    let cr3 = vmcb.u64_at(svm::offset::CR3);
+    let rip = vmcb.u64_at(svm::offset::RIP);
+    let ram = |gpa: u64| map.is_all(gpa & !0xfff, 0x1000, Kind::Ram);
+    let read_entry = |gpa: u64| {
+        // SAFETY: 8 aligned bytes of the root cell's RAM (checked), below 4 GiB or in the
+        // RAM the boot map covers; page tables the guest may change at any time, which only
+        // makes the translation the guest's problem.
+        (ram(gpa) && gpa.is_multiple_of(8) && gpa < 1 << 32)
+            .then(|| unsafe { (gpa as *const u64).read_volatile() })
+    };
+    let mut bytes = [0u8; decode::MAX_LEN];
+    let mut len = 0;
+    while len < bytes.len() {
+        let linear = rip.wrapping_add(len as u64);
+        let gpa = match walk::translate(cr3, linear, read_entry) {
+            Ok(gpa) if ram(gpa) && gpa < 1 << 32 => gpa,
+            Ok(gpa) => {
+                if len == 0 {
+                    return Err(EmulationError::Fetch(walk::WalkError::Unreadable(gpa)));
+                }
+                break;
+            }
+            Err(e) if len == 0 => return Err(EmulationError::Fetch(e)),
+            Err(_) => break,
+        };
+        let in_page = (0x1000 - (gpa & 0xfff)) as usize;
+        for i in 0..in_page.min(bytes.len() - len) {
+            // SAFETY: a byte of the root cell's RAM (checked), mapped one to one.
+            bytes[len + i] = unsafe { ((gpa + i as u64) as *const u8).read_volatile() };
+        }
+        len += in_page.min(bytes.len() - len);
+    }
+    Ok((bytes, len))
+}
+
+/// General-purpose register `n` (0 RAX ... 15 R15) of the vCPU.
+fn register(vmcb: &Vmcb<'_>, regs: &GuestRegisters, n: u8) -> u64 {
+    match n {
+        0 => vmcb.u64_at(svm::offset::RAX),
+        1 => regs.rcx,
+        2 => regs.rdx,
+        3 => regs.rbx,
+        4 => vmcb.u64_at(svm::offset::RSP),
+        5 => regs.rbp,
+        6 => regs.rsi,
+        7 => regs.rdi,
+        n => regs.r[usize::from(n & 7)],
+    }
+}
+
+/// Writes `value` of `size` bytes to register `n` as a load does: 4 bytes zero-extend, 1
+/// and 2 bytes keep the rest (`high_byte`: AH, CH, DH or BH).
+fn set_register(
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+    n: u8,
+    size: u8,
+    high_byte: bool,
+    value: u64,
+) {
+    let (n, shift) = if high_byte { (n - 4, 8) } else { (n, 0) };
+    let old = register(vmcb, regs, n);
+    let new = match size {
+        8 => value,
+        4 => value & 0xffff_ffff,
+        _ => {
+            let mask = ((1u64 << (8 * u32::from(size))) - 1) << shift;
+            old & !mask | (value << shift) & mask
+        }
+    };
+    match n {
+        0 => vmcb.set_u64(svm::offset::RAX, new),
+        1 => regs.rcx = new,
+        2 => regs.rdx = new,
+        3 => regs.rbx = new,
+        4 => vmcb.set_u64(svm::offset::RSP, new),
+        5 => regs.rbp = new,
+        6 => regs.rsi = new,
+        7 => regs.rdi = new,
+        n => regs.r[usize::from(n & 7)] = new,
+    }
+}
+
+/// A root-cell access to its local APIC's page: the instruction decoded, the access decided by
+/// `cellvisor-apic` and done, RIP past it. Registers are 32 bits wide: other sizes read 0 and
+/// write nothing.
+fn emulate_apic(
+    console: &mut Serial,
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+    map: &MemoryMap,
+    apic: &mut LocalApic,
+) -> Result<(), EmulationError> {
+    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - xapic::BASE;
+    let (bytes, len) = fetch(vmcb, map)?;
+    let access = decode::decode(&bytes[..len]).map_err(EmulationError::Decode)?;
+    match access.direction {
+        Direction::Read(n) => {
+            let value = if access.size == 4 {
+                apic.read(offset)
+            } else {
+                0
+            };
+            set_register(
+                vmcb,
+                regs,
+                n,
+                access.size,
+                access.high_byte,
+                u64::from(value),
+            );
+        }
+        Direction::Write(source) if access.size == 4 => {
+            let value = match source {
+                Source::Register(n) => register(vmcb, regs, n) as u32,
+                Source::Immediate(value) => value as u32,
+            };
+            match apic.write(offset, value) {
+                Ok(Request::None) => {}
+                Ok(Request::Fault) => {
+                    vmcb.inject_exception(13, Some(0));
+                    return Ok(());
+                }
+                Ok(Request::Power(kind, cpus)) => {
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(
+                        console,
+                        "cellvisor: cell \"root\" (CPU 0): {kind:?} for CPUs {:?} of its own: not served yet",
+                        cpus.iter().collect::<heapless::Vec<u32, 8>>()
+                    );
+                }
+                Err(violation) => {
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(
+                        console,
+                        "cellvisor: cell \"root\" (CPU 0): local APIC write {value:#x} at offset {offset:#x}: {violation}: refused"
+                    );
+                }
+            }
+        }
+        Direction::Write(_) => {}
+    }
+    let rip = vmcb.u64_at(svm::offset::RIP);
+    vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
+    Ok(())
+}
+
 /// CPUID as the CPU answers it, without SVM (the hypervisor's).
 fn cpuid(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
     let leaf = vmcb.u64_at(svm::offset::RAX) as u32;
     let subleaf = regs.rcx as u32;
     let mut result = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     match leaf {
+        // x2APIC (ECX bit 21): the root cell stays in xAPIC mode, whose page traps.
+        1 => result.ecx &= !(1 << 21),
         // SVM (ECX bit 2).
         0x8000_0001 => result.ecx &= !(1 << 2),
         // The SVM feature leaf.

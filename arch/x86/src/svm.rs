@@ -23,6 +23,10 @@ pub mod offset {
     pub const INTERCEPT_MISC1: usize = 0x00c;
     /// Intercept vector 4: VMRUN (0, must be set), VMMCALL (1).
     pub const INTERCEPT_MISC2: usize = 0x010;
+    /// The I/O permission map's physical address (12 KiB, with the IOIO intercept).
+    pub const IOPM_BASE_PA: usize = 0x040;
+    /// The MSR permission map's physical address (8 KiB, with the MSR intercept).
+    pub const MSRPM_BASE_PA: usize = 0x048;
     /// The guest's address space ID (non-zero).
     pub const GUEST_ASID: usize = 0x058;
     /// TLB control: 1 flushes every address space on VMRUN.
@@ -99,8 +103,18 @@ pub mod attributes {
     pub const LDT: u16 = 0x82;
 }
 
-/// Intercept bits of [`offset::INTERCEPT_MISC1`].
+/// Intercept bits of [`offset::INTERCEPT_MISC1`]: a physical interrupt.
+pub const INTERCEPT_INTR: u32 = 1 << 0;
+/// An NMI.
+pub const INTERCEPT_NMI: u32 = 1 << 1;
+/// An INIT signal.
+pub const INTERCEPT_INIT: u32 = 1 << 3;
+/// CPUID.
 pub const INTERCEPT_CPUID: u32 = 1 << 18;
+/// IN and OUT, as the I/O permission map says.
+pub const INTERCEPT_IOIO: u32 = 1 << 27;
+/// RDMSR and WRMSR, as the MSR permission map says.
+pub const INTERCEPT_MSR: u32 = 1 << 28;
 /// HLT.
 pub const INTERCEPT_HLT: u32 = 1 << 24;
 /// Shutdown (a triple fault in the guest).
@@ -113,8 +127,19 @@ pub const INTERCEPT_VMRUN: u32 = 1 << 0;
 pub struct ExitCode(pub u64);
 
 impl ExitCode {
+    /// A physical interrupt.
+    pub const INTR: Self = Self(0x60);
+    /// An NMI.
+    pub const NMI: Self = Self(0x61);
+    /// An INIT signal.
+    pub const INIT: Self = Self(0x63);
     /// CPUID.
     pub const CPUID: Self = Self(0x72);
+    /// IN or OUT (EXITINFO1: bit 0 IN, bits 6:4 the size, 31:16 the port; EXITINFO2: the
+    /// next RIP).
+    pub const IOIO: Self = Self(0x7b);
+    /// RDMSR or WRMSR (EXITINFO1: 1 for WRMSR).
+    pub const MSR: Self = Self(0x7c);
     /// HLT.
     pub const HLT: Self = Self(0x78);
     /// Shutdown.
@@ -132,7 +157,12 @@ impl ExitCode {
 impl fmt::Display for ExitCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match *self {
+            Self::INTR => "interrupt",
+            Self::NMI => "NMI",
+            Self::INIT => "INIT",
             Self::CPUID => "CPUID",
+            Self::IOIO => "I/O",
+            Self::MSR => "MSR",
             Self::HLT => "HLT",
             Self::SHUTDOWN => "shutdown",
             Self::NPF => "nested page fault",

@@ -108,31 +108,40 @@ const X86_FAULT: &[Pattern] = &[
     Pattern::Line("cellvisor: CPU parked"),
 ];
 
-/// Debian's amd64 kernel bare with the board's command line (`maxcpus=1`).
+/// Debian's amd64 kernel bare.
 const X86_BARE: &[Pattern] = &[
     Pattern::Contains(&[MARKER]),
-    Pattern::Contains(&["cellvisor-initramfs: cpus online=0 count=1"]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=", " count={smp}"]),
     Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
     Pattern::Contains(&[DMESG_DONE]),
 ];
 
 /// What `/init` of the x86 root cell runs: the hypervisor's first byte (the board's link
 /// address, 16 MiB) is read through `/dev/mem`.
-const X86_ROOT_CELL_ACTIONS: &str = "info,clock,devmem:0x1000000,dmesg,poweroff";
+const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,dmesg,poweroff";
 
-/// Debian's amd64 kernel as the root cell on the boot CPU: loaded by the hypervisor from the
-/// Multiboot modules, its e820 map without the hypervisor's memory; `/init` runs, an access
+/// Debian's amd64 kernel as the root cell on every CPU: loaded by the hypervisor from the
+/// Multiboot modules, its e820 map without the hypervisor's memory; the other CPUs started
+/// by its INIT and start-up IPIs; `/init` runs, a CPU goes offline and comes back, an access
 /// to the hypervisor's memory is reported and kills only the process, the machine powers off.
 const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
-    Pattern::Contains(&["cellvisor: root cell: Linux at 0x", "hypervisor 0x1000000-"]),
+    Pattern::Contains(&[
+        "cellvisor: root cell: Linux at 0x",
+        " on {smp} CPUs, ",
+        "hypervisor 0x1000000-",
+    ]),
     Pattern::Contains(&["BIOS-e820: [mem 0x0000000001000000-", "] reserved"]),
+    Pattern::Contains(&["smp: Brought up 1 node, {smp} CPUs"]),
     Pattern::Contains(&[MARKER]),
-    Pattern::Contains(&["cellvisor-initramfs: cpus online=0 count=1"]),
+    Pattern::Contains(&["cellvisor-initramfs: cpus online=", " count={smp}"]),
     Pattern::Contains(&["cellvisor-initramfs: memtotal="]),
     Pattern::Contains(&["cellvisor-initramfs: guest time "]),
+    Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} off count={last}"]),
+    Pattern::Contains(&["cellvisor-initramfs: hotplug cpu{last} on count={smp}"]),
     Pattern::Contains(&[
-        "cellvisor: cell \"root\" (CPU 0): read at 0x1000000 ",
+        "cellvisor: cell \"root\" (CPU ",
+        "): read at 0x1000000 ",
         "is outside its memory: #GP injected",
     ]),
     Pattern::Contains(&["cellvisor-initramfs: devmem 0x1000000 status=139"]),
@@ -143,18 +152,6 @@ const X86_ROOT_CELL: &[Pattern] = &[
         "cellvisor: root cell: ACPI sleep (PM1a control ",
         ": exits on CPU 0: apic ",
     ]),
-];
-
-/// The x86 root cell's INIT and start-up IPIs to a CPU of the hypervisor's: refused and
-/// reported, and Linux goes on without it.
-const X86_INIT_REFUSED: &[Pattern] = &[
-    Pattern::Contains(&[
-        "cellvisor: cell \"root\" (CPU 0): local APIC write 0xc500 at offset 0x300: ",
-        "CPU 1 belongs to another cell: refused",
-    ]),
-    Pattern::Contains(&["smpboot: do_boot_cpu failed(-1) to wakeup CPU#1"]),
-    Pattern::Contains(&[MARKER]),
-    Pattern::Contains(&["cellvisor: root cell: ACPI sleep", "apic "]),
 ];
 
 /// What fails the x86 root cell at once.
@@ -586,8 +583,6 @@ struct Case<'a> {
     timeout: Option<Duration>,
     /// What is typed on the console, and when.
     typed: Option<Typed>,
-    /// Kernel arguments added after the board's command line (before the actions).
-    kernel_args: &'static str,
 }
 
 impl<'a> Case<'a> {
@@ -607,7 +602,6 @@ impl<'a> Case<'a> {
             label: None,
             timeout: None,
             typed: None,
-            kernel_args: "",
         }
     }
 
@@ -632,8 +626,8 @@ impl<'a> Case<'a> {
         }
     }
 
-    /// Debian's amd64 kernel without the hypervisor, with the board's command line (one
-    /// CPU, as the root cell has): the baseline of [`Case::x86_root_cell`].
+    /// Debian's amd64 kernel without the hypervisor: the baseline of
+    /// [`Case::x86_root_cell`].
     const fn x86_bare(board: &'a str, smp: u32, cpu: &'static str) -> Self {
         Self {
             expect: X86_BARE,
@@ -641,7 +635,7 @@ impl<'a> Case<'a> {
         }
     }
 
-    /// Debian's amd64 kernel as the root cell on the boot CPU ([`X86_ROOT_CELL`]).
+    /// Debian's amd64 kernel as the root cell ([`X86_ROOT_CELL`]).
     const fn x86_root_cell(board: &'a str, smp: u32, cpu: &'static str) -> Self {
         Self {
             boots: Boots::RootCell,
@@ -652,21 +646,6 @@ impl<'a> Case<'a> {
             checks: &[Check::DmesgLikeBare],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))
-        }
-    }
-
-    /// The root cell's Linux tries to start a second CPU, which is the hypervisor's: its INIT
-    /// and start-up IPIs are refused and reported, and the kernel goes on with one CPU
-    /// ([`X86_INIT_REFUSED`]; Linux waits 10 s for the CPU).
-    const fn x86_init_refused(board: &'a str, smp: u32, cpu: &'static str) -> Self {
-        Self {
-            actions: Some("poweroff"),
-            expect: X86_INIT_REFUSED,
-            order: Order::InOrder,
-            checks: &[],
-            label: Some("init-refused"),
-            kernel_args: "maxcpus=2 possible_cpus=2",
-            ..Self::x86_root_cell(board, smp, cpu)
         }
     }
 
@@ -814,10 +793,9 @@ const CASES: &[Case<'static>] = &[
     // x86, so far: the boot CPU in long mode and one SVM world switch (issue 15).
     Case::x86_svm("qemu-x86", 4, "EPYC"),
     Case::x86_fault("qemu-x86", 4, "EPYC"),
-    // Debian's amd64 kernel bare, then as the root cell on the boot CPU.
+    // Debian's amd64 kernel bare, then as the root cell.
     Case::x86_bare("qemu-x86", 4, "EPYC"),
     Case::x86_root_cell("qemu-x86", 4, "EPYC"),
-    Case::x86_init_refused("qemu-x86", 4, "EPYC"),
 ];
 
 /// The cases of `--cells`: the root cell manages cells with the `cellvisor` tool. Each after
@@ -1175,14 +1153,11 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
                 }
             };
             let word = format!("{}={}", initramfs::ACTIONS, fill(actions));
-            let args = [base.trim(), case.kernel_args, &word];
-            Some(
-                args.iter()
-                    .filter(|arg| !arg.is_empty())
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            Some(if base.trim().is_empty() {
+                word
+            } else {
+                format!("{} {word}", base.trim_end())
+            })
         }
     };
     let mut machine = match gic {
@@ -1854,7 +1829,7 @@ mod tests {
                 target: "x86_64-unknown-none".to_owned(),
                 qemu: "qemu-system-x86_64".to_owned(),
                 multiboot: Some(crate::board::MultibootLinux {
-                    append: "console=ttyS0 maxcpus=1".to_owned(),
+                    append: "console=ttyS0".to_owned(),
                 }),
                 ..board("qemu-x86", Some("EPYC"), vec![], false)
             },
@@ -2025,7 +2000,6 @@ mod tests {
                 "qemu-x86-fault-smp4-EPYC",
                 "qemu-x86-bare-smp4-EPYC",
                 "qemu-x86-linux-smp4-EPYC",
-                "qemu-x86-init-refused-smp4-EPYC",
                 "new-boot-gicv3-smp2",
                 "new-fault-gicv3-smp2",
                 "newlinux-boot-gicv3-smp2",

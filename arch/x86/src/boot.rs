@@ -52,6 +52,8 @@ boot_gdt:
     .quad 0x00af9a000000ffff
     .quad 0x00cf92000000ffff
 boot_gdt_end:
+    .global cellvisor_boot_gdtr
+cellvisor_boot_gdtr:
 boot_gdtr:
     .word boot_gdt_end - boot_gdt - 1
     .quad boot_gdt

@@ -1,4 +1,4 @@
-//! The hypervisor's own exceptions: a hypervisor bug. Each of the 32 architectural vectors
+//! The hypervisor's own exceptions: a hypervisor bug (an NMI is not one: see `wait`). Each of the 32 architectural vectors
 //! has a stub that pushes the vector (and a zero where the CPU pushes no error code) and the
 //! general-purpose registers, then [`report`] prints the state and parks the CPU. Without
 //! it, an exception in the hypervisor would triple-fault and reset the machine silently.
@@ -199,7 +199,6 @@ pub fn init() {
     set!(
         divide_error = 0,
         debug = 1,
-        non_maskable_interrupt = 2,
         breakpoint = 3,
         overflow = 4,
         bound_range_exceeded = 5,
@@ -221,6 +220,17 @@ pub fn init() {
         vmm_communication_exception = 29,
         security_exception = 30
     );
+    // SAFETY: the NMI handler saves and restores what it uses and returns with IRETQ (see
+    // `wait`).
+    unsafe {
+        idt.non_maskable_interrupt
+            .set_handler_addr(VirtAddr::new(crate::wait::nmi_handler()))
+    };
+    for vector in 32..=255u8 {
+        // SAFETY: the drain handler ends the interrupt and returns (see `wait::drain`); the
+        // hypervisor takes interrupts only there.
+        unsafe { idt[vector].set_handler_addr(VirtAddr::new(crate::wait::drain_handler())) };
+    }
 }
 
 /// Loads the IDT on this CPU.

@@ -39,6 +39,8 @@ pub mod smp;
 pub mod svm;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod vmx;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod wait;
 pub mod walk;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod xapic;
@@ -177,7 +179,8 @@ fn console() -> serial::Serial {
 static AP_HOST_SAVE: [page::Page; firmware::MAX_CPUS] =
     [const { page::Page::new() }; firmware::MAX_CPUS];
 
-/// An application processor's first Rust: SVM on, a report, then it stops.
+/// An application processor's first Rust: SVM on, a report, then it waits to run the root
+/// cell's vCPU.
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 extern "C" fn ap_entry(cpu: u64) -> ! {
     use core::fmt::Write as _;
@@ -208,7 +211,8 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
         );
     }
     smp::started();
-    halt()
+    // Until the root cell's kernel starts it (if there is a root cell).
+    root_linux::application_processor(cpu as u32, &mut console)
 }
 
 /// The console lock: one CPU prints at a time.

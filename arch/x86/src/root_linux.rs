@@ -2,14 +2,19 @@
 //! initramfs from the Multiboot modules, the Linux boot protocol from `cellvisor-linux`, an
 //! e820 map without the hypervisor's memory, and the exits a passed-through root cell takes.
 //!
-//! This is the first step of the root cell on x86: one CPU (the board's command line has
-//! `maxcpus=1` until INIT and SIPI are intercepted), no management interface yet. An access
-//! to the hypervisor's memory is reported and answered with a general-protection fault; a
-//! triple fault, an invalid state or an exit nothing handles is reported with the vCPU's
-//! registers and the CPU parked.
+//! The root cell on x86 so far: every CPU (the others start when its kernel sends them INIT
+//! and a start-up IPI, and CPU hotplug works the same way), no management interface yet. An
+//! access to the hypervisor's memory is reported and answered with a general-protection
+//! fault; a triple fault, an invalid state or an exit nothing handles is reported with the
+//! vCPU's registers and code, and the CPU parked.
 
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use cellvisor_apic::{IpiKind, Topology};
+use cellvisor_config::CpuSet;
+use cellvisor_sync::Mutex;
 
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
@@ -19,6 +24,7 @@ use cellvisor_paging::{
 };
 
 use crate::decode::{self, Direction, Source};
+use crate::firmware::MAX_CPUS;
 use crate::loader::Handoff;
 use crate::page::Page;
 use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
@@ -44,9 +50,7 @@ const ROOT_ASID: u32 = 1;
 const ROOT_TABLE_FRAMES: usize = 16;
 
 static ROOT_TABLES: [Page; ROOT_TABLE_FRAMES] = [const { Page::new() }; ROOT_TABLE_FRAMES];
-static ROOT_VMCB: Page = Page::new();
 static HOST_SAVE: Page = Page::new();
-static HOST_STATE: Page = Page::new();
 
 /// A permission map: pages the CPU reads while the root cell runs.
 #[repr(C, align(4096))]
@@ -251,18 +255,103 @@ fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr
     Ok(table.root())
 }
 
-/// Prepares and runs the root cell's Linux on this (the boot) CPU; returns only if it cannot
-/// start or stops.
+/// What every CPU of the root cell shares, set once by the boot CPU before any vCPU runs.
+struct Shared {
+    /// The memory map the kernel got: its RAM, which the hypervisor reads instructions and
+    /// page tables from.
+    map: MemoryMap,
+    /// The nested page tables' root.
+    tables: u64,
+    /// The PM1a control port, if it traps.
+    power: Option<u16>,
+    /// The root cell's CPUs.
+    cpus: CpuSet,
+    /// Each CPU's APIC ID.
+    apic_ids: heapless::Vec<u32, MAX_CPUS>,
+}
+
+static SHARED: spin::Once<Shared> = spin::Once::new();
+
+/// The machine's CPUs and the logical IDs their software set, for the root cell's IPIs.
+static TOPOLOGY: Mutex<Option<Topology>> = Mutex::new(None);
+
+/// A CPU's requests from other CPUs: [`INIT`], and a start-up IPI ([`SIPI`] with the vector
+/// in bits 7:0).
+const INIT: u32 = 1 << 31;
+const SIPI: u32 = 1 << 8;
+
+/// What a CPU of the root cell has of its own.
+struct PerCpu {
+    vmcb: Page,
+    host_state: Page,
+    mailbox: AtomicU32,
+    /// Another CPU asked something of this one and sent it an NMI.
+    kicked: AtomicBool,
+    /// The root cell sent this CPU an NMI (the hypervisor sent it and injects it).
+    root_nmi: AtomicBool,
+}
+
+static CPUS: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        vmcb: Page::new(),
+        host_state: Page::new(),
+        mailbox: AtomicU32::new(0),
+        kicked: AtomicBool::new(false),
+        root_nmi: AtomicBool::new(false),
+    }
+}; MAX_CPUS];
+
+/// Sends the root cell's NMI to `cpu`: marked, so that the NMI exit it causes injects it.
+fn root_nmi(cpu: u32) {
+    let Some(shared) = SHARED.get() else { return };
+    let (Some(per_cpu), Some(&apic_id)) =
+        (CPUS.get(cpu as usize), shared.apic_ids.get(cpu as usize))
+    else {
+        return;
+    };
+    per_cpu.root_nmi.store(true, Ordering::SeqCst);
+    xapic::send_physical(apic_id, xapic::ICR_NMI);
+}
+
+/// Whether an event waits in the VMCB for the next entry.
+fn event_pending(vmcb: &Vmcb<'_>) -> bool {
+    vmcb.u64_at(svm::offset::EVENTINJ) & 1 << 31 != 0
+}
+
+/// Asks `cpu` for an INIT or a start-up and kicks it out of its guest or its sleep.
+fn request(cpu: u32, kind: IpiKind) {
+    let Some(shared) = SHARED.get() else { return };
+    let (Some(per_cpu), Some(&apic_id)) =
+        (CPUS.get(cpu as usize), shared.apic_ids.get(cpu as usize))
+    else {
+        return;
+    };
+    match kind {
+        IpiKind::Init => per_cpu.mailbox.store(INIT, Ordering::SeqCst),
+        IpiKind::Startup(vector) => {
+            let _ = per_cpu
+                .mailbox
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                    Some(m & INIT | SIPI | u32::from(vector))
+                });
+        }
+        _ => return,
+    }
+    per_cpu.kicked.store(true, Ordering::SeqCst);
+    xapic::send_physical(apic_id, xapic::ICR_NMI);
+}
+
+/// Prepares the root cell's Linux and runs it on this (the boot) CPU; returns only if it
+/// cannot start or stops. The other CPUs join when the kernel starts them
+/// ([`application_processor`]).
 pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
-    let topology = match cellvisor_apic::Topology::new(apic_ids) {
+    let topology = match Topology::new(apic_ids) {
         Ok(topology) => topology,
         Err(e) => {
             let _ = writeln!(console, "cellvisor: root cell: the CPUs' APIC IDs: {e:?}");
             return;
         }
     };
-    // The root cell has the boot CPU alone (its kernel gets `maxcpus=1`).
-    let mut apic = LocalApic::new(0, cellvisor_config::CpuSet::from_cpus([0]), true, topology);
     let prepared = match prepare(handoff) {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -274,46 +363,138 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
         let _ = writeln!(console, "cellvisor: root cell: {}", RootError::Svm(e));
         return;
     }
+    let cpus = topology.all();
+    *TOPOLOGY.lock() = Some(topology);
+    let power = power_control();
+    fill_permissions(power);
+    let shared = SHARED.call_once(|| Shared {
+        map: prepared.map.clone(),
+        tables: prepared.tables.as_u64(),
+        power,
+        cpus,
+        apic_ids: apic_ids.iter().copied().take(MAX_CPUS).collect(),
+    });
     let (hyp_start, hyp_end) = hypervisor_memory();
     let _ = writeln!(
         console,
-        "cellvisor: root cell: Linux at {:#x}, {} e820 ranges, hypervisor {hyp_start:#x}-{:#x} reserved, command line \"{}\"",
+        "cellvisor: root cell: Linux at {:#x} on {} CPUs, {} e820 ranges, hypervisor {hyp_start:#x}-{:#x} reserved, command line \"{}\"",
         prepared.entry,
+        shared.cpus.len(),
         prepared.map.ranges().len(),
         hyp_end - 1,
         handoff.cmdline
     );
-    let mut vmcb = Vmcb::new(&ROOT_VMCB);
-    vmcb.reset_protected_mode(
-        prepared.entry,
-        (BOOT_CS, BOOT_DS),
-        prepared.tables.as_u64(),
-        ROOT_ASID,
-    );
-    let power = power_control();
-    permissions(&mut vmcb, power);
+    let mut vmcb = Vmcb::new(&CPUS[0].vmcb);
+    vmcb.reset_protected_mode(prepared.entry, (BOOT_CS, BOOT_DS), shared.tables, ROOT_ASID);
+    root_intercepts(&mut vmcb, power);
     let mut regs = GuestRegisters {
         rsi: ZERO_PAGE,
         ..GuestRegisters::default()
     };
+    let _ = vcpu(console, 0, shared, &mut vmcb, &mut regs);
+}
+
+/// An application processor of the root cell, with SVM on: it sleeps until the kernel's
+/// INIT and start-up IPI for it, then runs the kernel's vCPU from the start-up vector, until
+/// the next INIT (a CPU taken offline and brought back).
+pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
+    let Some(per_cpu) = CPUS.get(cpu as usize) else {
+        crate::halt()
+    };
+    let mut waiting_for_startup = false;
+    loop {
+        crate::wait::wait(&per_cpu.mailbox);
+        let requests = per_cpu.mailbox.swap(0, Ordering::SeqCst);
+        per_cpu.kicked.store(false, Ordering::SeqCst);
+        if requests & INIT != 0 {
+            xapic::init_reset();
+            waiting_for_startup = true;
+        }
+        if requests & SIPI == 0 || !waiting_for_startup {
+            continue;
+        }
+        waiting_for_startup = false;
+        let Some(shared) = SHARED.get() else { continue };
+        let vector = (requests & 0xff) as u16;
+        let mut vmcb = Vmcb::new(&per_cpu.vmcb);
+        vmcb.reset_real_mode_at(vector << 8, 0, shared.tables, ROOT_ASID);
+        root_intercepts(&mut vmcb, shared.power);
+        let mut regs = GuestRegisters::default();
+        if vcpu(console, cpu, shared, &mut vmcb, &mut regs).is_err() {
+            crate::halt()
+        }
+    }
+}
+
+/// The VMCB's intercepts for a root-cell vCPU: CPUID, shutdown, NMIs (kicks), MSRs and I/O by
+/// the permission maps; VMRUN.
+fn root_intercepts(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
+    let mut misc = svm::INTERCEPT_CPUID | svm::INTERCEPT_SHUTDOWN | svm::INTERCEPT_NMI;
+    misc |= svm::INTERCEPT_MSR;
+    if power.is_some() {
+        misc |= svm::INTERCEPT_IOIO;
+    }
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
+    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.0.get() as u64);
+    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.0.get() as u64);
+}
+
+/// The vCPU stopped for good: reported, the CPU parks.
+#[derive(Debug)]
+struct Stopped;
+
+/// Runs a root-cell vCPU on `cpu` until an INIT for it (`Ok`) or an exit it cannot take
+/// (`Err`, reported).
+fn vcpu(
+    console: &mut Serial,
+    cpu: u32,
+    shared: &Shared,
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+) -> Result<(), Stopped> {
+    let per_cpu = &CPUS[cpu as usize];
+    let mut apic = LocalApic::new(cpu, shared.cpus, true);
     let mut exits = Exits::default();
     loop {
-        let exit = vmcb.enter(&mut regs, &HOST_STATE);
+        // The root cell's NMI, unless an exception is being injected (it waits a round).
+        if !event_pending(vmcb) && per_cpu.root_nmi.swap(false, Ordering::SeqCst) {
+            vmcb.inject_nmi();
+        }
+        let exit = vmcb.enter(regs, &per_cpu.host_state, &per_cpu.kicked);
+        // A kick (before entering, or as the NMI exit): an INIT ends this vCPU; a start-up
+        // IPI for a running CPU is ignored, as the hardware does.
+        if matches!(exit, None | Some(ExitCode::NMI))
+            && per_cpu.kicked.swap(false, Ordering::SeqCst)
+        {
+            if per_cpu.mailbox.load(Ordering::SeqCst) & INIT != 0 {
+                return Ok(());
+            }
+            let _ = per_cpu
+                .mailbox
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                    (m & INIT == 0).then_some(0)
+                });
+        }
+        let Some(exit) = exit else { continue };
         match exit {
+            // A kick or the root cell's NMI, both handled around the entry. An NMI from
+            // elsewhere (the chipset) is dropped.
+            ExitCode::NMI => {}
             ExitCode::CPUID => {
                 exits.cpuid += 1;
-                cpuid(&mut vmcb, &mut regs);
+                cpuid(vmcb, regs);
                 let rip = vmcb.u64_at(svm::offset::RIP);
                 vmcb.set_u64(svm::offset::RIP, rip + 2);
             }
             ExitCode::MSR => {
                 exits.msr += 1;
-                msr(&mut vmcb, &mut regs);
+                msr(vmcb, regs);
             }
             ExitCode::IOIO => {
                 exits.io += 1;
-                if let Some(port) = power {
-                    io(console, &mut vmcb, port, &exits);
+                if let Some(port) = shared.power {
+                    io(console, vmcb, port, cpu, &exits);
                 }
             }
             ExitCode::VMRUN | ExitCode::VMMCALL => {
@@ -326,13 +507,11 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
                     .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
             {
                 exits.apic += 1;
-                if let Err(e) =
-                    emulate_apic(console, &mut vmcb, &mut regs, &prepared.map, &mut apic)
-                {
+                if let Err(e) = emulate_apic(console, vmcb, regs, &shared.map, &mut apic) {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
-                        "cellvisor: cell \"root\" (CPU 0): local APIC access at RIP {:#x} not emulated: {e}: #GP injected",
+                        "cellvisor: cell \"root\" (CPU {cpu}): local APIC access at RIP {:#x} not emulated: {e}: #GP injected",
                         vmcb.u64_at(svm::offset::RIP)
                     );
                     vmcb.inject_exception(13, Some(0));
@@ -355,7 +534,7 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
-                        "cellvisor: cell \"root\" (CPU 0): {what} at {:#x} (RIP {:#x}, {}) is outside its memory: #GP injected",
+                        "cellvisor: cell \"root\" (CPU {cpu}): {what} at {:#x} (RIP {:#x}, {}) is outside its memory: #GP injected",
                         vmcb.u64_at(svm::offset::EXITINFO2),
                         vmcb.u64_at(svm::offset::RIP),
                         if info & NPF_USER != 0 { "user" } else { "kernel" }
@@ -365,8 +544,11 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
             }
             _ => {
                 let _guard = crate::lock_console();
-                report(console, &vmcb, &regs, exit);
-                return;
+                report(console, cpu, vmcb, regs, exit);
+                if let Ok((bytes, len)) = fetch(vmcb, &shared.map) {
+                    let _ = writeln!(console, "  code at RIP: {:02x?}", &bytes[..len.min(16)]);
+                }
+                return Err(Stopped);
             }
         }
     }
@@ -378,25 +560,20 @@ fn power_control() -> Option<u16> {
     u16::try_from(address).ok()
 }
 
-/// Fills the permission maps and points the VMCB at them: `EFER` and SVM's MSRs exit, and so
+/// Fills the permission maps: `EFER`, SVM's MSRs and `IA32_APIC_BASE` writes exit, and so
 /// does the PM1a control port `power` (the root cell's power-off is reported).
-fn permissions(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
-    // SAFETY: the boot CPU alone, before the root cell runs; nothing else writes the maps.
+fn fill_permissions(power: Option<u16>) {
+    // SAFETY: the boot CPU alone, before any root-cell vCPU runs; nothing else writes the
+    // maps.
     let (msrpm, iopm) = unsafe { (&mut *MSRPM.0.get(), &mut *IOPM.0.get()) };
     for msr in core::iter::once(EFER).chain(SVM_MSRS) {
         // Every one of them is in the map's ranges (checked by the unit tests' layout).
         let _ = intercept_msr(msrpm, msr, true, true);
     }
     let _ = intercept_msr(msrpm, APIC_BASE, false, true);
-    let mut intercepts = svm::INTERCEPT_MSR;
     if let Some(port) = power {
         intercept_ports(iopm, port, 2);
-        intercepts |= svm::INTERCEPT_IOIO;
     }
-    let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | intercepts);
-    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.0.get() as u64);
-    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.0.get() as u64);
 }
 
 /// An RDMSR or WRMSR that exited: `EFER` without SVME, a #GP for SVM's MSRs and for MSRs
@@ -433,7 +610,7 @@ fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
 
 /// An IN or OUT of the PM1a control port: done for the root cell; a write that enters a
 /// sleep state (the power-off) is reported with the exits first.
-fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, exits: &Exits) {
+fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, cpu: u32, exits: &Exits) {
     use svm::offset::{EXITINFO1, EXITINFO2, RAX, RIP};
     let info = vmcb.u64_at(EXITINFO1);
     let input = info & 1 != 0;
@@ -458,7 +635,7 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, exits: &Exits) {
             let _guard = crate::lock_console();
             let _ = writeln!(
                 console,
-                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on CPU 0: apic {}, cpuid {}, msr {}, io {}, npf {}, svm {}",
+                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on CPU {cpu}: apic {}, cpuid {}, msr {}, io {}, npf {}, svm {}",
                 exits.apic, exits.cpuid, exits.msr, exits.io, exits.npf, exits.svm
             );
         }
@@ -616,25 +793,37 @@ fn emulate_apic(
                 Source::Register(n) => register(vmcb, regs, n) as u32,
                 Source::Immediate(value) => value as u32,
             };
-            match apic.write(offset, value) {
+            let decision = {
+                let mut topology = TOPOLOGY.lock();
+                match topology.as_mut() {
+                    Some(topology) => apic.write(offset, value, topology),
+                    None => Ok(Request::None),
+                }
+            };
+            let cpu = apic.cpu;
+            match decision {
                 Ok(Request::None) => {}
                 Ok(Request::Fault) => {
                     vmcb.inject_exception(13, Some(0));
                     return Ok(());
                 }
+                Ok(Request::Nmi(cpus)) => {
+                    for target in cpus.iter() {
+                        root_nmi(target);
+                    }
+                }
                 Ok(Request::Power(kind, cpus)) => {
-                    let _guard = crate::lock_console();
-                    let _ = writeln!(
-                        console,
-                        "cellvisor: cell \"root\" (CPU 0): {kind:?} for CPUs {:?} of its own: not served yet",
-                        cpus.iter().collect::<heapless::Vec<u32, 8>>()
-                    );
+                    // INIT and start-up IPIs for the root cell's own CPUs: CPU 0 (which
+                    // Linux never restarts) keeps running; the others are asked.
+                    for target in cpus.iter().filter(|&target| target != 0) {
+                        request(target, kind);
+                    }
                 }
                 Err(violation) => {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
-                        "cellvisor: cell \"root\" (CPU 0): local APIC write {value:#x} at offset {offset:#x}: {violation}: refused"
+                        "cellvisor: cell \"root\" (CPU {cpu}): local APIC write {value:#x} at offset {offset:#x}: {violation}: refused"
                     );
                 }
             }
@@ -672,7 +861,7 @@ fn cpuid(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
 }
 
 /// Reports an exit the root cell may not take, with its state.
-fn report(console: &mut Serial, vmcb: &Vmcb<'_>, regs: &GuestRegisters, exit: ExitCode) {
+fn report(console: &mut Serial, cpu: u32, vmcb: &Vmcb<'_>, regs: &GuestRegisters, exit: ExitCode) {
     use svm::offset::*;
     let what = match exit {
         ExitCode::SHUTDOWN => "a triple fault (shutdown)",
@@ -681,7 +870,7 @@ fn report(console: &mut Serial, vmcb: &Vmcb<'_>, regs: &GuestRegisters, exit: Ex
     };
     let _ = writeln!(
         console,
-        "cellvisor: root cell stopped on CPU 0: {what}: {exit}, exit information {:#x} {:#x}",
+        "cellvisor: root cell stopped on CPU {cpu}: {what}: {exit}, exit information {:#x} {:#x}",
         vmcb.u64_at(EXITINFO1),
         vmcb.u64_at(EXITINFO2)
     );

@@ -84,17 +84,15 @@ tr_protected:
 
     .code64
 tr_long:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    xor eax, eax
-    mov fs, ax
-    mov gs, ax
+    // The hypervisor's own GDT (the boot CPU's, in the image: this page becomes the root
+    // cell's), and CS reloaded from it by a far return into the image, on the CPU's stack.
     mov rsp, qword ptr [TR_STACK]
-    mov rdi, qword ptr [TR_CPU]
-    mov rax, qword ptr [TR_ENTRY]
-    jmp rax
+    mov rax, offset cellvisor_boot_gdtr
+    lgdt [rax]
+    push 0x08
+    mov rax, offset cellvisor_ap_long
+    push rax
+    retfq
 
     .balign 8
 tr_gdt:
@@ -124,6 +122,25 @@ cellvisor_trampoline_end:
     .set TR_ENTRY, {base} + (cellvisor_trampoline_entry - cellvisor_trampoline_start)
 "#,
     base = const TRAMPOLINE,
+);
+
+global_asm!(
+    r#"
+    .section .text.ap, "ax"
+    .global cellvisor_ap_long
+cellvisor_ap_long:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov rsp, qword ptr [TR_STACK]
+    mov rdi, qword ptr [TR_CPU]
+    mov rax, qword ptr [TR_ENTRY]
+    jmp rax
+"#
 );
 
 unsafe extern "C" {

@@ -2,6 +2,7 @@
 //! "Secure Virtual Machine"; VMCB layout in Appendix B).
 
 use core::fmt;
+use core::sync::atomic::AtomicBool;
 
 use x86_64::registers::model_specific::Msr;
 
@@ -305,6 +306,13 @@ impl<'a> Vmcb<'a> {
     /// A vCPU as after INIT, in real mode at `rip` (CS base 0), with nested paging from
     /// `nested_cr3`, address space `asid`, and exits on CPUID, HLT and shutdown.
     pub fn reset_real_mode(&mut self, rip: u64, nested_cr3: u64, asid: u32) {
+        self.reset_real_mode_at(0, rip, nested_cr3, asid);
+    }
+
+    /// [`reset_real_mode`](Self::reset_real_mode) with `CS` = `segment` (its base
+    /// `segment << 4`): where a start-up IPI of vector `v` starts a CPU (`segment` = `v << 8`,
+    /// `rip` 0).
+    pub fn reset_real_mode_at(&mut self, segment: u16, rip: u64, nested_cr3: u64, asid: u32) {
         use offset::*;
         self.set_u32(
             INTERCEPT_MISC1,
@@ -315,7 +323,7 @@ impl<'a> Vmcb<'a> {
         self.set_u64(NP_ENABLE, 1);
         self.set_u64(N_CR3, nested_cr3);
         // Present, accessed code (read/execute) and data (read/write) segments; a busy TSS.
-        self.set_segment(CS, 0, 0x9b, 0xffff, 0);
+        self.set_segment(CS, segment, 0x9b, 0xffff, u64::from(segment) << 4);
         for data in [ES, SS, DS, FS, GS] {
             self.set_segment(data, 0, 0x93, 0xffff, 0);
         }
@@ -331,6 +339,8 @@ impl<'a> Vmcb<'a> {
         self.set_u64(RFLAGS, 0x2);
         self.set_u64(RIP, rip);
         self.set_u64(RSP, 0);
+        self.set_u64(RAX, 0);
+        self.set_u8(TLB_CONTROL, 1);
         self.set_u64(G_PAT, 0x0007_0406_0007_0406);
     }
 
@@ -388,8 +398,19 @@ impl<'a> Vmcb<'a> {
     /// registers in `regs` (RAX and RSP are in the VMCB), the segment and system-call state
     /// VMLOAD and VMSAVE move (FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR, CSTAR, SFMASK,
     /// SYSENTER). The host's share of the latter is kept in `host` meanwhile.
-    pub fn enter(&mut self, regs: &mut GuestRegisters, host: &Page) -> ExitCode {
+    ///
+    /// `abort` is read with GIF clear right before the switch: if it is set, the guest is
+    /// not entered and `None` is returned. A CPU that sets another's flag and then sends it an
+    /// NMI (which the guest intercepts) so reaches it wherever it is: in the guest, between
+    /// two entries, or about to enter.
+    pub fn enter(
+        &mut self,
+        regs: &mut GuestRegisters,
+        host: &Page,
+        abort: &AtomicBool,
+    ) -> Option<ExitCode> {
         let vmcb = self.page.address();
+        let aborted: u64;
         // SAFETY: SVM is on (`enable`) and the VMCB is valid or VMRUN exits with INVALID.
         // `host` is a page of this CPU's alone. The sequence: VMSAVE the host's hidden state,
         // VMLOAD the guest's, load the guest's registers from `regs`, VMRUN; on #VMEXIT RAX
@@ -405,6 +426,8 @@ impl<'a> Vmcb<'a> {
                 "push rsi",
                 "push rdi",
                 "clgi",
+                "cmp byte ptr [rdx], 0",
+                "jne 3f",
                 "xchg rax, rsi",
                 "vmsave rax",
                 "xchg rax, rsi",
@@ -447,15 +470,30 @@ impl<'a> Vmcb<'a> {
                 "stgi",
                 "pop rbp",
                 "pop rbx",
+                "xor edx, edx",
+                "jmp 4f",
+                "3:",
+                "stgi",
+                "add rsp, 16",
+                "pop rbp",
+                "pop rbx",
+                "mov edx, 1",
+                "4:",
                 inout("rax") vmcb => _,
                 inout("rdi") core::ptr::from_mut(regs) => _,
                 inout("rsi") host.address() => _,
-                out("rcx") _, out("rdx") _,
+                inout("rdx") abort.as_ptr() => aborted,
+                out("rcx") _,
                 out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             );
         }
-        self.exit_code()
+        (aborted == 0).then(|| self.exit_code())
+    }
+
+    /// Injects an NMI on the next VMRUN.
+    pub fn inject_nmi(&mut self) {
+        self.set_u64(offset::EVENTINJ, 2 | 2 << 8 | 1 << 31);
     }
 
     /// Why the guest last exited.

@@ -17,7 +17,7 @@ const ICR_HIGH: u64 = 0x310;
 /// ICR: delivery status (send pending).
 const ICR_PENDING: u32 = 1 << 12;
 /// ICR delivery mode NMI.
-const ICR_NMI: u32 = 0b100 << 8;
+pub const ICR_NMI: u32 = 0b100 << 8;
 
 /// Reads a physical register.
 fn read_physical(offset: u64) -> u32 {
@@ -41,8 +41,6 @@ pub struct LocalApic {
     pub cell_cpus: CpuSet,
     /// Whether the cell is the root cell.
     pub root: bool,
-    /// CPU index and APIC ID of every CPU.
-    pub topology: Topology,
     /// The ICR high half the cell last wrote.
     icr_high: u32,
 }
@@ -56,16 +54,18 @@ pub enum Request {
     Fault,
     /// INIT or a start-up IPI for these CPUs of the cell (CPU hotplug, served by the caller).
     Power(IpiKind, CpuSet),
+    /// An NMI for these CPUs of the cell: the caller marks it as the cell's and sends it
+    /// (NMIs between the hypervisor's CPUs are kicks, see `wait`).
+    Nmi(CpuSet),
 }
 
 impl LocalApic {
     /// The local APIC of `cpu` in the cell owning `cell_cpus`.
-    pub fn new(cpu: u32, cell_cpus: CpuSet, root: bool, topology: Topology) -> Self {
+    pub fn new(cpu: u32, cell_cpus: CpuSet, root: bool) -> Self {
         Self {
             cpu,
             cell_cpus,
             root,
-            topology,
             icr_high: 0,
         }
     }
@@ -82,8 +82,14 @@ impl LocalApic {
         }
     }
 
-    /// A 32-bit write of `value` at `offset` in the page.
-    pub fn write(&mut self, offset: u64, value: u32) -> Result<Request, LapicViolation> {
+    /// A 32-bit write of `value` at `offset` in the page; `topology` is the machine's, with the
+    /// logical IDs every CPU's software set (shared by the cell's CPUs, under a lock).
+    pub fn write(
+        &mut self,
+        offset: u64,
+        value: u32,
+        topology: &mut Topology,
+    ) -> Result<Request, LapicViolation> {
         let Some(register) = Register::from_xapic_offset(offset as u32) else {
             return Ok(Request::None);
         };
@@ -98,7 +104,7 @@ impl LocalApic {
             u64::from(value),
             self.icr_high,
             writer,
-            &mut self.topology,
+            topology,
         )?;
         Ok(match decision {
             Write::Pass | Write::PassTracked => {
@@ -113,29 +119,73 @@ impl LocalApic {
             Write::Fault => Request::Fault,
             Write::Ipi(Route::Send { kind, cpus }) => match kind {
                 IpiKind::Fixed(vector) => {
-                    self.send(&cpus, u32::from(vector));
+                    send(topology, &cpus, u32::from(vector));
                     Request::None
                 }
-                IpiKind::Nmi => {
-                    self.send(&cpus, ICR_NMI);
-                    Request::None
-                }
+                IpiKind::Nmi => Request::Nmi(cpus),
                 IpiKind::Init | IpiKind::Startup(_) => Request::Power(kind, cpus),
             },
         })
     }
+}
 
-    /// Sends `low` (fixed or NMI, physical destination, edge) to each of `cpus`.
-    fn send(&self, cpus: &CpuSet, low: u32) {
-        for cpu in cpus.iter() {
-            let Some(apic_id) = self.topology.apic_id(cpu) else {
-                continue;
-            };
-            while read_physical(ICR_LOW) & ICR_PENDING != 0 {
-                core::hint::spin_loop();
-            }
-            write_physical(ICR_HIGH, apic_id << 24);
-            write_physical(ICR_LOW, low);
+/// Sends `low` (fixed or NMI, physical destination, edge) to each of `cpus`.
+fn send(topology: &Topology, cpus: &CpuSet, low: u32) {
+    for cpu in cpus.iter() {
+        if let Some(apic_id) = topology.apic_id(cpu) {
+            send_physical(apic_id, low);
         }
     }
+}
+
+/// Sends `low` to the CPU with APIC ID `apic_id`: an NMI with [`ICR_NMI`], a fixed interrupt
+/// with its vector.
+pub fn send_physical(apic_id: u32, low: u32) {
+    while read_physical(ICR_LOW) & ICR_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    write_physical(ICR_HIGH, apic_id << 24);
+    write_physical(ICR_LOW, low);
+}
+
+/// What INIT does to this CPU's local APIC (Intel SDM Vol. 3A §11.4.7.3, "Local APIC State
+/// After an INIT Reset"), done by the hypervisor because the INIT a cell sends is not sent
+/// on the wire: the timer stopped, every LVT entry masked, TPR 0, the interrupts the cell left
+/// pending taken and ended here, the logical destination cleared, the APIC software-disabled.
+pub fn init_reset() {
+    const TPR: u64 = 0x80;
+    const EOI: u64 = 0xb0;
+    const LDR: u64 = 0xd0;
+    const DFR: u64 = 0xe0;
+    const SVR: u64 = 0xf0;
+    const ISR: u64 = 0x100;
+    const IRR: u64 = 0x200;
+    const ESR: u64 = 0x280;
+    const LVTS: [u64; 6] = [0x320, 0x330, 0x340, 0x350, 0x360, 0x370];
+    const INITIAL_COUNT: u64 = 0x380;
+    const DIVIDE: u64 = 0x3e0;
+    const MASKED: u32 = 1 << 16;
+    write_physical(INITIAL_COUNT, 0);
+    for lvt in LVTS {
+        write_physical(lvt, MASKED);
+    }
+    write_physical(TPR, 0);
+    // Pending interrupts are delivered only while the APIC is enabled.
+    write_physical(SVR, read_physical(SVR) | 0x100);
+    let any = |base: u64| (0..8).any(|i| read_physical(base + 0x10 * i) != 0);
+    for _ in 0..256 {
+        let (in_service, requested) = (any(ISR), any(IRR));
+        if !in_service && !requested {
+            break;
+        }
+        if in_service {
+            write_physical(EOI, 0);
+        }
+        crate::wait::drain();
+    }
+    write_physical(DIVIDE, 0);
+    write_physical(LDR, 0);
+    write_physical(DFR, u32::MAX);
+    write_physical(ESR, 0);
+    write_physical(SVR, 0xff);
 }

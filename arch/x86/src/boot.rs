@@ -123,14 +123,8 @@ cellvisor_entry32:
 
     .code64
 entry64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    xor eax, eax
-    mov fs, ax
-    mov gs, ax
     mov rsp, offset __boot_stack_top
+    call cellvisor_flat_segments
     // The upper halves are undefined after the switch: zero-extend magic and information.
     mov edi, esi
     mov esi, ebp
@@ -139,6 +133,19 @@ entry64:
     cli
     hlt
     jmp 4b
+
+    // The data segments of the hypervisor's GDT, FS and GS null: every CPU once it is in
+    // long mode (the boot CPU here, the others from smp.rs). Clobbers EAX.
+    .global cellvisor_flat_segments
+cellvisor_flat_segments:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    ret
 "#,
     magic = const MULTIBOOT_MAGIC,
     flags = const MULTIBOOT_FLAGS,

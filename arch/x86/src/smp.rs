@@ -129,14 +129,7 @@ global_asm!(
     .section .text.ap, "ax"
     .global cellvisor_ap_long
 cellvisor_ap_long:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    xor eax, eax
-    mov fs, ax
-    mov gs, ax
-    mov rsp, qword ptr [TR_STACK]
+    call cellvisor_flat_segments
     mov rdi, qword ptr [TR_CPU]
     mov rax, qword ptr [TR_ENTRY]
     jmp rax

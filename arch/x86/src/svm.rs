@@ -322,18 +322,27 @@ impl<'a> Vmcb<'a> {
         self.set_u32(GUEST_ASID, asid);
         self.set_u64(NP_ENABLE, 1);
         self.set_u64(N_CR3, nested_cr3);
-        // Present, accessed code (read/execute) and data (read/write) segments; a busy TSS.
+        // Present, accessed code (read/execute) and data (read/write) segments.
         self.set_segment(CS, segment, 0x9b, 0xffff, u64::from(segment) << 4);
         for data in [ES, SS, DS, FS, GS] {
             self.set_segment(data, 0, 0x93, 0xffff, 0);
         }
+        // CD, NW and ET, as after INIT.
+        self.reset_common(rip, 0x6000_0010);
+    }
+
+    /// What every reset shares: descriptor tables empty, LDT and a busy TSS, CPL 0, EFER with
+    /// SVME alone, `cr0`, no paging, interrupts off, at `rip`, the power-on PAT, and every
+    /// address space flushed on the next VMRUN.
+    fn reset_common(&mut self, rip: u64, cr0: u64) {
+        use offset::*;
         self.set_segment(GDTR, 0, 0, 0xffff, 0);
         self.set_segment(IDTR, 0, 0, 0xffff, 0);
-        self.set_segment(LDTR, 0, 0x82, 0xffff, 0);
-        self.set_segment(TR, 0, 0x8b, 0xffff, 0);
+        self.set_segment(LDTR, 0, attributes::LDT, 0xffff, 0);
+        self.set_segment(TR, 0, attributes::TSS_BUSY, 0xffff, 0);
         self.set_u8(CPL, 0);
         self.set_u64(offset::EFER, EFER_SVME);
-        self.set_u64(CR0, 0x6000_0010);
+        self.set_u64(CR0, cr0);
         self.set_u64(CR3, 0);
         self.set_u64(CR4, 0);
         self.set_u64(RFLAGS, 0x2);
@@ -360,28 +369,14 @@ impl<'a> Vmcb<'a> {
         self.set_u32(INTERCEPT_MISC1, INTERCEPT_CPUID | INTERCEPT_SHUTDOWN);
         self.set_u32(INTERCEPT_MISC2, INTERCEPT_VMRUN);
         self.set_u32(GUEST_ASID, asid);
-        self.set_u8(TLB_CONTROL, 1);
         self.set_u64(NP_ENABLE, 1);
         self.set_u64(N_CR3, nested_cr3);
         self.set_segment(CS, code, attributes::CODE32, u32::MAX, 0);
         for segment in [ES, SS, DS, FS, GS] {
             self.set_segment(segment, data, attributes::DATA32, u32::MAX, 0);
         }
-        self.set_segment(GDTR, 0, 0, 0xffff, 0);
-        self.set_segment(IDTR, 0, 0, 0xffff, 0);
-        self.set_segment(LDTR, 0, attributes::LDT, 0xffff, 0);
-        self.set_segment(TR, 0, attributes::TSS_BUSY, 0xffff, 0);
-        self.set_u8(CPL, 0);
-        self.set_u64(offset::EFER, EFER_SVME);
         // PE and ET.
-        self.set_u64(CR0, 0x11);
-        self.set_u64(CR3, 0);
-        self.set_u64(CR4, 0);
-        self.set_u64(RFLAGS, 0x2);
-        self.set_u64(RIP, rip);
-        self.set_u64(RSP, 0);
-        self.set_u64(RAX, 0);
-        self.set_u64(G_PAT, 0x0007_0406_0007_0406);
+        self.reset_common(rip, 0x11);
     }
 
     /// Injects hardware exception `vector` (with `error_code`, if it has one) on the next

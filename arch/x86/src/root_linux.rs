@@ -462,6 +462,11 @@ fn vcpu(
             vmcb.inject_nmi();
         }
         let exit = vmcb.enter(regs, &per_cpu.host_state, &per_cpu.kicked);
+        // The first entry flushed this CPU's TLB (the reset asks for it); the nested tables
+        // do not change while the root cell runs alone, so later entries keep it.
+        if exit.is_some() {
+            vmcb.set_u8(svm::offset::TLB_CONTROL, 0);
+        }
         // A kick (before entering, or as the NMI exit): an INIT ends this vCPU; a start-up
         // IPI for a running CPU is ignored, as the hardware does.
         if matches!(exit, None | Some(ExitCode::NMI))

@@ -1,6 +1,7 @@
 //! The root cell's initramfs: Debian's static busybox, `/bin/guest-clock` (the
-//! `cellvisor-guest-clock` example) and a `/init` shell script, as a gzip-compressed newc
-//! (SVR4 "new ASCII") cpio archive, the format the kernel unpacks.
+//! `cellvisor-guest-clock` example), the kernel modules of the architecture in
+//! [`MODULE_DIR`] (on amd64 [`MSR_MODULE`], see `linux.rs`) and a `/init` shell script, as a
+//! gzip-compressed newc (SVR4 "new ASCII") cpio archive, the format the kernel unpacks.
 //!
 //! `/init` mounts `/proc`, `/sys` and `/dev` (devtmpfs) and prints [`MARKER`] on the console
 //! (on the kernel log if there is no console, e.g. with only an early console). Then it runs
@@ -21,7 +22,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use crate::scripts::{self, Script, APPLETS};
-use crate::tool::RootCellFiles;
+use crate::tool::{NamedFile, RootCellFiles};
 
 /// What every line `/init` prints starts with.
 pub const PREFIX: &str = "cellvisor-initramfs: ";
@@ -57,6 +58,22 @@ pub const CONFIG_DIR: &str = "etc/cellvisor";
 /// Where the inmate images are.
 pub const INMATE_DIR: &str = "lib/cellvisor/inmates";
 
+/// Where the kernel modules are (the base initramfs of amd64 only).
+pub const MODULE_DIR: &str = "lib/modules";
+
+/// The module of the MSR driver in [`MODULE_DIR`], which the `msr-read` and `msr-write`
+/// actions load unless [`MSR_DEVICE`] is there.
+pub const MSR_MODULE: &str = "msr.ko";
+
+/// The MSR driver's device of CPU 0: reading or writing 8 bytes at file offset N is RDMSR or
+/// WRMSR of MSR N on that CPU, an error (EIO) if it raises #GP (Linux's
+/// arch/x86/kernel/msr.c).
+const MSR_DEVICE: &str = "/dev/cpu/0/msr";
+
+/// Busybox applets that only `/init` runs (the scripts' [`APPLETS`] are linked too): `insmod`
+/// for [`MSR_MODULE`], `od` for the value `msr-read` reads.
+pub const INIT_APPLETS: &[&str] = &["insmod", "od"];
+
 /// What the last line of a script's output carries inside `/init` (its exit status).
 const SCRIPT_STATUS: &str = "@cellvisor-script-status=";
 
@@ -75,6 +92,16 @@ pub enum Action {
     /// Reads 32 bits at a physical address with `devmem` (outside the root cell this must end
     /// in a bus error): `devmem <address> status=<exit code>`.
     Devmem(u64),
+    /// Reads an MSR on CPU 0 through the MSR driver (x86; [`MSR_MODULE`] is loaded unless the
+    /// driver is there): `msr-read <address> value=0x<16 hex digits> status=0`, or each line
+    /// `dd` printed as `msr-read <address>: <line>` and `msr-read <address> status=<exit code>`
+    /// (an MSR the CPU, or the hypervisor, answers with #GP), or
+    /// `msr-read <address> failed: <why>`. The address is printed as `0x<hex>`.
+    MsrRead(u32),
+    /// Writes 0 to an MSR on CPU 0 the same way: each line `dd` printed as
+    /// `msr-write <address>: <line>`, then `msr-write <address> status=<exit code>`, or
+    /// `msr-write <address> failed: <why>`.
+    MsrWrite(u32),
     /// Reports every kernel-log line holding one of [`DMESG_WORDS`] as `dmesg: <line>`, then
     /// [`DMESG_DONE`].
     Dmesg,
@@ -95,6 +122,8 @@ impl fmt::Display for Action {
             Self::Info => f.write_str("info"),
             Self::Hotplug(cpu) => write!(f, "hotplug:{cpu}"),
             Self::Devmem(address) => write!(f, "devmem:{address:#x}"),
+            Self::MsrRead(address) => write!(f, "msr-read:{address:#x}"),
+            Self::MsrWrite(address) => write!(f, "msr-write:{address:#x}"),
             Self::Dmesg => f.write_str("dmesg"),
             Self::Clock => f.write_str("clock"),
             Self::Sleep(seconds) => write!(f, "sleep:{seconds}"),
@@ -136,14 +165,16 @@ impl FromStr for Action {
                 parse_address(address)
                     .with_context(|| format!("`{text}`: {address:?} is no address"))?,
             ),
+            ("msr-read", Some(address)) => Self::MsrRead(parse_msr(text, address)?),
+            ("msr-write", Some(address)) => Self::MsrWrite(parse_msr(text, address)?),
             ("info" | "dmesg" | "clock" | "poweroff" | "reboot", Some(_)) => {
                 bail!("`{text}`: action {name} takes no argument")
             }
-            ("hotplug" | "devmem" | "sleep" | "script", None) => {
-                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`, `sleep:10`, `script:demo`")
+            ("hotplug" | "devmem" | "sleep" | "script" | "msr-read" | "msr-write", None) => {
+                bail!("`{text}`: action {name} needs an argument, e.g. `hotplug:3`, `devmem:0x40200000`, `sleep:10`, `script:demo`, `msr-read:0xc0000080`")
             }
             _ => bail!(
-                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, dmesg, clock, sleep:SECONDS, poweroff, reboot, script:NAME"
+                "unknown action `{text}`; actions: info, hotplug:CPU, devmem:ADDRESS, msr-read:ADDRESS, msr-write:ADDRESS, dmesg, clock, sleep:SECONDS, poweroff, reboot, script:NAME"
             ),
         };
         Ok(action)
@@ -156,6 +187,17 @@ fn parse_address(text: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
     }
+}
+
+/// The MSR address of the action `text`, `address` (MSR numbers are 32 bits: the MSR
+/// driver takes the low 32 bits of the file offset).
+fn parse_msr(text: &str, address: &str) -> Result<u32> {
+    let Some(wide) = parse_address(address) else {
+        bail!("`{text}`: {address:?} is no MSR address");
+    };
+    u32::try_from(wide)
+        .ok()
+        .with_context(|| format!("`{text}`: {address:?} is no MSR address (MSRs are 32-bit)"))
 }
 
 /// The kernel command-line word that makes `/init` run `actions`: `cellvisor.actions=a,b,c`.
@@ -235,6 +277,7 @@ impl Entry {
 pub fn init_script() -> String {
     let dmesg_words: String = DMESG_WORDS.iter().map(|w| format!(" -e {w}")).collect();
     let scripts_dir = format!("/{}", scripts::DIR);
+    let msr_module = format!("/{MODULE_DIR}/{MSR_MODULE}");
     format!(
         r#"#!/bin/sh
 # /init of the cellvisor initramfs, written by `cargo xtask linux`.
@@ -318,6 +361,90 @@ action_devmem() {{
     say "{PREFIX}devmem $1 status=$status"
 }}
 
+# msr_address TEXT: the MSR number TEXT (decimal or 0x hexadecimal, at most 32 bits) as
+# 0x<hex>; fails for anything else.
+msr_address() {{
+    case "$1" in
+        0[xX]*) digits=${{1#0[xX]}} base=16 ;;
+        *) digits=$1 base=10 ;;
+    esac
+    case "$base:$digits" in
+        *: | 16:*[!0-9a-fA-F]* | 10:*[!0-9]*) return 1 ;;
+    esac
+    digits=${{digits#"${{digits%%[!0]*}}"}}
+    if [ $base = 16 ]; then
+        [ ${{#digits}} -le 8 ] || return 1
+        printf '0x%x\n' $((0x${{digits:-0}}))
+    else
+        [ ${{#digits}} -le 10 ] && [ $((${{digits:-0}})) -le 4294967295 ] || return 1
+        printf '0x%x\n' $((${{digits:-0}}))
+    fi
+}}
+
+# msr_ready ACTION ADDRESS: {MSR_DEVICE} is there, after loading the MSR driver
+# ({msr_module}, the stock kernel's module) if it was not; otherwise says why ACTION failed.
+msr_ready() {{
+    [ -e {MSR_DEVICE} ] && return 0
+    if [ ! -f {msr_module} ]; then
+        say "{PREFIX}$1 $2 failed: no {MSR_DEVICE} and no {msr_module}"
+        return 1
+    fi
+    if ! error=$(insmod {msr_module} 2>&1); then
+        say "{PREFIX}$1 $2 failed: insmod {msr_module}: $error"
+        return 1
+    fi
+    if [ ! -e {MSR_DEVICE} ]; then
+        say "{PREFIX}$1 $2 failed: no {MSR_DEVICE} after insmod {msr_module}"
+        return 1
+    fi
+}}
+
+# msr_lines ACTION ADDRESS OUTPUT: each line of OUTPUT (what dd printed) as `ACTION ADDRESS: line`.
+msr_lines() {{
+    printf '%s\n' "$3" | while IFS= read -r line; do
+        [ -n "$line" ] && say "{PREFIX}$1 $2: $line"
+    done
+}}
+
+# action_msr_read ADDRESS: RDMSR on CPU 0, the 8 bytes at that offset of {MSR_DEVICE}, printed
+# as one little-endian 64-bit number; an MSR that raises #GP is an I/O error of dd.
+action_msr_read() {{
+    if ! address=$(msr_address "$1"); then
+        say "{PREFIX}msr-read $1 failed: not an MSR address"
+        return
+    fi
+    msr_ready msr-read $address || return
+    rm -f /tmp/msr
+    output=$(dd if={MSR_DEVICE} of=/tmp/msr bs=8 count=1 skip=$((address)) iflag=skip_bytes \
+        status=none 2>&1)
+    status=$?
+    msr_lines msr-read $address "$output"
+    if [ $status != 0 ]; then
+        say "{PREFIX}msr-read $address status=$status"
+        return
+    fi
+    value=$(od -A n -t x8 /tmp/msr)
+    value=${{value##* }}
+    case "$value" in
+        ????????????????) say "{PREFIX}msr-read $address value=0x$value status=0" ;;
+        *) say "{PREFIX}msr-read $address failed: dd read no 8 bytes" ;;
+    esac
+}}
+
+# action_msr_write ADDRESS: WRMSR of 0 on CPU 0, 8 zero bytes at that offset of {MSR_DEVICE}.
+action_msr_write() {{
+    if ! address=$(msr_address "$1"); then
+        say "{PREFIX}msr-write $1 failed: not an MSR address"
+        return
+    fi
+    msr_ready msr-write $address || return
+    output=$(head -c 8 /dev/zero | dd of={MSR_DEVICE} bs=8 count=1 seek=$((address)) \
+        oflag=seek_bytes conv=notrunc iflag=fullblock status=none 2>&1)
+    status=$?
+    msr_lines msr-write $address "$output"
+    say "{PREFIX}msr-write $address status=$status"
+}}
+
 # action_dmesg: the kernel-log lines that report a problem (this script's own lines aside).
 action_dmesg() {{
     dmesg | grep -F{dmesg_words} | grep -v -F "{PREFIX}" |
@@ -389,6 +516,8 @@ for action in "$@"; do
         info) action_info ;;
         hotplug:*) action_hotplug "${{action#hotplug:}}" ;;
         devmem:*) action_devmem "${{action#devmem:}}" ;;
+        msr-read:*) action_msr_read "${{action#msr-read:}}" ;;
+        msr-write:*) action_msr_write "${{action#msr-write:}}" ;;
         dmesg) action_dmesg ;;
         clock) action_clock ;;
         sleep:*) action_sleep "${{action#sleep:}}" ;;
@@ -409,9 +538,10 @@ poweroff -f
     )
 }
 
-/// The entries of the initramfs around `busybox`, a static busybox binary, and
-/// `guest_clock`, the static guest-clock program.
-pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
+/// The entries of the initramfs around `busybox`, a static busybox binary, `guest_clock`,
+/// the static guest-clock program, and `modules`, kernel modules for [`MODULE_DIR`] (if there
+/// are none, there is no `/lib`).
+pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>, modules: Vec<NamedFile>) -> Vec<Entry> {
     let mut entries = vec![
         Entry::new("bin", Node::Directory { mode: 0o755 }),
         Entry::new(
@@ -422,7 +552,7 @@ pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
             },
         ),
     ];
-    entries.extend(APPLETS.iter().map(|applet| {
+    entries.extend(APPLETS.iter().chain(INIT_APPLETS).map(|applet| {
         Entry::new(
             format!("bin/{applet}"),
             Node::Symlink {
@@ -450,6 +580,20 @@ pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
             minor: 1,
         },
     ));
+    if !modules.is_empty() {
+        entries.extend(
+            ["lib", MODULE_DIR].map(|dir| Entry::new(dir, Node::Directory { mode: 0o755 })),
+        );
+        entries.extend(modules.into_iter().map(|module| {
+            Entry::new(
+                format!("{MODULE_DIR}/{}", module.name),
+                Node::File {
+                    mode: 0o644,
+                    data: module.data,
+                },
+            )
+        }));
+    }
     entries.push(Entry::new(
         "init",
         Node::File {
@@ -458,6 +602,20 @@ pub fn layout(busybox: Vec<u8>, guest_clock: Vec<u8>) -> Vec<Entry> {
         },
     ));
     entries
+}
+
+/// Adds `more` to `entries`, leaving out the directories `entries` already has (the amd64
+/// base initramfs and [`root_cell_entries`] both have `/lib`).
+pub fn extend(entries: &mut Vec<Entry>, more: Vec<Entry>) {
+    for entry in more {
+        let present = matches!(entry.node, Node::Directory { .. })
+            && entries
+                .iter()
+                .any(|e| e.path == entry.path && e.node == entry.node);
+        if !present {
+            entries.push(entry);
+        }
+    }
 }
 
 /// The entries a board's initramfs adds to [`layout`]: the tool ([`TOOL`]), the board's cell
@@ -534,18 +692,20 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
-/// Fails unless `busybox` has every applet of [`APPLETS`]: its applet names are stored as
-/// one NUL-separated list.
+/// Fails unless `busybox` has every applet of [`APPLETS`] and [`INIT_APPLETS`]: its applet
+/// names are stored as one NUL-separated list.
 pub fn check_applets(busybox: &[u8]) -> Result<()> {
     let names: std::collections::HashSet<&[u8]> = busybox.split(|&b| b == 0).collect();
     let missing: Vec<&str> = APPLETS
         .iter()
+        .chain(INIT_APPLETS)
         .copied()
         .filter(|applet| !names.contains(applet.as_bytes()))
         .collect();
     if !missing.is_empty() {
         bail!(
-            "the busybox binary has no applet {}: drop them from APPLETS in xtask/src/scripts.rs",
+            "the busybox binary has no applet {}: drop them from APPLETS in xtask/src/scripts.rs \
+             or INIT_APPLETS in xtask/src/initramfs.rs",
             missing.join(", ")
         );
     }
@@ -603,7 +763,7 @@ mod tests {
 
     fn fake_busybox() -> Vec<u8> {
         let mut binary = b"\x7fELF not really\0".to_vec();
-        for applet in APPLETS {
+        for applet in APPLETS.iter().chain(INIT_APPLETS) {
             binary.extend_from_slice(applet.as_bytes());
             binary.push(0);
         }
@@ -613,7 +773,7 @@ mod tests {
     #[test]
     fn the_archive_reads_back_as_the_layout() {
         let busybox = fake_busybox();
-        let entries = layout(busybox.clone(), b"\x7fELF clock".to_vec());
+        let entries = layout(busybox.clone(), b"\x7fELF clock".to_vec(), Vec::new());
         let archive = newc(&entries).unwrap();
         let read = read_back(&archive);
         assert_eq!(read.len(), entries.len());
@@ -639,6 +799,13 @@ mod tests {
         );
         let sh = find("bin/sh");
         assert_eq!((sh.mode, &sh.data[..]), (0o120_777, &b"busybox"[..]));
+        let insmod = find("bin/insmod");
+        assert_eq!(
+            (insmod.mode, &insmod.data[..]),
+            (0o120_777, &b"busybox"[..])
+        );
+        // No modules, no /lib.
+        assert!(!read.iter().any(|r| r.name.starts_with("lib")));
         assert_eq!(find("tmp").mode, 0o041_777);
         for dir in ["bin", "dev", "proc", "sys"] {
             assert_eq!(find(dir).mode, 0o040_755);
@@ -690,8 +857,11 @@ mod tests {
 
     #[test]
     fn the_archive_is_reproducible_and_gzip_round_trips() {
-        let archive = newc(&layout(fake_busybox(), vec![1, 2])).unwrap();
-        assert_eq!(archive, newc(&layout(fake_busybox(), vec![1, 2])).unwrap());
+        let archive = newc(&layout(fake_busybox(), vec![1, 2], Vec::new())).unwrap();
+        assert_eq!(
+            archive,
+            newc(&layout(fake_busybox(), vec![1, 2], Vec::new())).unwrap()
+        );
         let compressed = gzip(&archive).unwrap();
         assert_eq!(&compressed[..2], b"\x1f\x8b");
         let mut decompressed = Vec::new();
@@ -714,9 +884,12 @@ mod tests {
         // Every command it runs is linked.
         for command in [
             "mount", "echo", "cat", "poweroff", "reboot", "setsid", "cttyhack", "sh", "printf",
-            "sed", "grep", "dmesg", "devmem", "sleep", "[",
+            "sed", "grep", "dmesg", "devmem", "sleep", "[", "insmod", "dd", "head", "od", "rm",
         ] {
-            assert!(APPLETS.contains(&command), "{command}");
+            assert!(
+                APPLETS.contains(&command) || INIT_APPLETS.contains(&command),
+                "{command}"
+            );
         }
     }
 
@@ -779,6 +952,8 @@ mod tests {
             Action::Info,
             Action::Hotplug(3),
             Action::Devmem(0x4020_0000),
+            Action::MsrRead(0xc000_0080),
+            Action::MsrWrite(0xc001_0117),
             Action::Dmesg,
             Action::Clock,
             Action::Sleep(10),
@@ -789,7 +964,8 @@ mod tests {
         let word = actions_word(&actions);
         assert_eq!(
             word,
-            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,dmesg,clock,sleep:10,poweroff,reboot,script:bad-input"
+            "cellvisor.actions=info,hotplug:3,devmem:0x40200000,msr-read:0xc0000080,\
+             msr-write:0xc0010117,dmesg,clock,sleep:10,poweroff,reboot,script:bad-input"
         );
         assert_eq!(parse_actions_word(&word).unwrap().unwrap(), actions);
         assert_eq!(
@@ -811,11 +987,253 @@ mod tests {
             ("sleep:-1", "`sleep:-1`: \"-1\" is no number of seconds"),
             ("hotplug:x", "`hotplug:x`: \"x\" is no CPU number"),
             ("devmem:0xzz", "`devmem:0xzz`: \"0xzz\" is no address"),
+            ("msr-read", "`msr-read`: action msr-read needs an argument"),
+            (
+                "msr-write",
+                "`msr-write`: action msr-write needs an argument",
+            ),
+            (
+                "msr-read:efer",
+                "`msr-read:efer`: \"efer\" is no MSR address",
+            ),
+            ("msr-write:", "`msr-write:`: \"\" is no MSR address"),
+            (
+                "msr-read:0x1c0000080",
+                "`msr-read:0x1c0000080`: \"0x1c0000080\" is no MSR address (MSRs are 32-bit)",
+            ),
+            (
+                "msr",
+                "unknown action `msr`; actions: info, hotplug:CPU, devmem:ADDRESS, \
+                 msr-read:ADDRESS, msr-write:ADDRESS,",
+            ),
             ("info:1", "`info:1`: action info takes no argument"),
         ] {
             let error = bad.parse::<Action>().unwrap_err().to_string();
             assert!(error.starts_with(message), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn msr_actions_render_and_parse() {
+        for (text, action, shown) in [
+            (
+                "msr-read:0xc0000080",
+                Action::MsrRead(0xc000_0080),
+                "msr-read:0xc0000080",
+            ),
+            (
+                "msr-read:0XC0000080",
+                Action::MsrRead(0xc000_0080),
+                "msr-read:0xc0000080",
+            ),
+            (
+                "msr-write:3221291287",
+                Action::MsrWrite(0xc001_0117),
+                "msr-write:0xc0010117",
+            ),
+            ("msr-read:0", Action::MsrRead(0), "msr-read:0x0"),
+            (
+                "msr-write:0xffffffff",
+                Action::MsrWrite(u32::MAX),
+                "msr-write:0xffffffff",
+            ),
+        ] {
+            assert_eq!(text.parse::<Action>().unwrap(), action, "{text}");
+            assert_eq!(action.to_string(), shown);
+            assert_eq!(shown.parse::<Action>().unwrap(), action);
+        }
+    }
+
+    /// The functions of `/init` from `first` (a `name() {` line) up to the end of `last`.
+    fn init_functions(first: &str, last: &str) -> String {
+        let script = init_script();
+        let start = script.find(&format!("{first}() {{")).unwrap();
+        let last = script.find(&format!("{last}() {{")).unwrap();
+        let end = last + script[last..].find("\n}\n").unwrap() + 3;
+        script[start..end].to_owned()
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_checks_msr_addresses() {
+        let function = init_functions("msr_address", "msr_address");
+        let mut test = function.clone();
+        let cases = [
+            ("0xc0000080", "0xc0000080"),
+            ("0XC0010117", "0xc0010117"),
+            ("0x0000000c0000080", "0xc0000080"),
+            ("0xffffffff", "0xffffffff"),
+            ("16", "0x10"),
+            ("0100", "0x64"),
+            ("0", "0x0"),
+            ("4294967295", "0xffffffff"),
+            ("", "bad"),
+            ("0x", "bad"),
+            ("0x1c0000080", "bad"),
+            ("4294967296", "bad"),
+            ("99999999999", "bad"),
+            ("0xc00g", "bad"),
+            ("12a", "bad"),
+            ("-1", "bad"),
+            ("1 2", "bad"),
+        ];
+        for (text, _) in cases {
+            test.push_str(&format!("msr_address '{text}' || echo bad\n"));
+        }
+        let Some(output) = host_shell(&test, &[]) else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let expected: Vec<&str> = cases.iter().map(|(_, shown)| *shown).collect();
+        assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
+    }
+
+    /// Runs the MSR actions of `/init` with the host's `dd`, `od` and `head` on `device`
+    /// instead of the MSR driver's device; `calls` follow the functions.
+    #[cfg(unix)]
+    fn msr_actions(device: &std::path::Path, scratch: &std::path::Path, calls: &str) -> String {
+        let functions = init_functions("msr_address", "action_msr_write")
+            .replace(MSR_DEVICE, &device.display().to_string())
+            .replace("/tmp/msr", &scratch.display().to_string());
+        let test = format!("say() {{ printf '%s\\n' \"$*\"; }}\n{functions}{calls}");
+        let output = host_shell(&test, &[]).expect("sh");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn init_reads_and_writes_msrs() {
+        if std::process::Command::new("dd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-msr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let device = dir.join("device");
+        let scratch = dir.join("value");
+        // EFER at offset 0x80 (of a small file), as Linux sets it, little-endian.
+        let mut msrs = vec![0xaa; 0x100];
+        msrs[0x80..0x88].copy_from_slice(&0xd01_u64.to_le_bytes());
+        std::fs::write(&device, &msrs).unwrap();
+        let stdout = msr_actions(
+            &device,
+            &scratch,
+            "action_msr_read 0x80\naction_msr_write 128\naction_msr_read 0x80\n\
+             action_msr_read 0x100\naction_msr_read nonsense\naction_msr_write 0x1c0000080\n",
+        );
+        assert_eq!(
+            stdout,
+            "cellvisor-initramfs: msr-read 0x80 value=0x0000000000000d01 status=0\n\
+             cellvisor-initramfs: msr-write 0x80 status=0\n\
+             cellvisor-initramfs: msr-read 0x80 value=0x0000000000000000 status=0\n\
+             cellvisor-initramfs: msr-read 0x100 failed: dd read no 8 bytes\n\
+             cellvisor-initramfs: msr-read nonsense failed: not an MSR address\n\
+             cellvisor-initramfs: msr-write 0x1c0000080 failed: not an MSR address\n"
+        );
+        // Only those 8 bytes were written.
+        let written = std::fs::read(&device).unwrap();
+        assert_eq!(written.len(), 0x100);
+        assert_eq!(written[0x80..0x88], [0; 8]);
+        assert!(written[..0x80]
+            .iter()
+            .chain(&written[0x88..])
+            .all(|&b| b == 0xaa));
+
+        // dd's errors (as the MSR driver's EIO for an MSR that raises #GP) with its status.
+        let stdout = msr_actions(&dir, &scratch, "action_msr_read 0xc0000080\n");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{stdout}");
+        assert!(
+            lines[0].starts_with("cellvisor-initramfs: msr-read 0xc0000080: dd: "),
+            "{stdout}"
+        );
+        assert_eq!(
+            lines[1],
+            "cellvisor-initramfs: msr-read 0xc0000080 status=1"
+        );
+        let full = std::path::Path::new("/dev/full");
+        if full.exists() {
+            let stdout = msr_actions(full, &scratch, "action_msr_write 0xc0010117\n");
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(lines.len(), 2, "{stdout}");
+            assert!(
+                lines[0].starts_with("cellvisor-initramfs: msr-write 0xc0010117: dd: "),
+                "{stdout}"
+            );
+            assert_eq!(
+                lines[1],
+                "cellvisor-initramfs: msr-write 0xc0010117 status=1"
+            );
+        }
+
+        // Without the device and without the module, nothing is run.
+        let stdout = msr_actions(&dir.join("none"), &scratch, "action_msr_read 0x10\n");
+        assert_eq!(
+            stdout,
+            format!(
+                "cellvisor-initramfs: msr-read 0x10 failed: no {}/none and no \
+                 /lib/modules/msr.ko\n",
+                dir.display()
+            )
+        );
+        let script = init_script();
+        assert!(script.contains("        msr-read:*) action_msr_read \"${action#msr-read:}\" ;;"));
+        assert!(
+            script.contains("        msr-write:*) action_msr_write \"${action#msr-write:}\" ;;")
+        );
+        assert!(script.contains("insmod /lib/modules/msr.ko 2>&1"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_amd64_layout_has_the_msr_module() {
+        let module = NamedFile {
+            name: MSR_MODULE.into(),
+            data: b"\x7fELF msr".to_vec(),
+        };
+        let mut entries = layout(fake_busybox(), vec![1], vec![module]);
+        let read = read_back(&newc(&entries).unwrap());
+        let find = |name: &str| read.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(find("lib").mode, 0o040_755);
+        assert_eq!(find("lib/modules").mode, 0o040_755);
+        let msr = find("lib/modules/msr.ko");
+        assert_eq!((msr.mode, &msr.data[..]), (0o100_644, &b"\x7fELF msr"[..]));
+
+        // A board's files share /lib.
+        let files = RootCellFiles {
+            tool: vec![],
+            configs: vec![],
+            inmates: vec![],
+        };
+        extend(&mut entries, root_cell_entries(&files));
+        let lib: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.path == "lib")
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(lib.len(), 1);
+        let cellvisor = entries
+            .iter()
+            .position(|e| e.path == "lib/cellvisor")
+            .unwrap();
+        assert!(lib[0] < cellvisor);
+        // Only directories merge.
+        let before = entries.len();
+        extend(
+            &mut entries,
+            vec![Entry::new(
+                "lib/modules/msr.ko",
+                Node::File {
+                    mode: 0o644,
+                    data: vec![],
+                },
+            )],
+        );
+        assert_eq!(entries.len(), before + 1);
     }
 
     #[test]
@@ -874,6 +1292,7 @@ mod tests {
         assert!(check_applets(&fake_busybox()).is_ok());
         let error = check_applets(b"\0sh\0mount\0").unwrap_err().to_string();
         assert!(error.contains("cttyhack"), "{error}");
+        assert!(error.contains("insmod, od:"), "{error}");
         assert!(!error.contains(" sh,"), "{error}");
     }
 
@@ -934,8 +1353,8 @@ mod tests {
                 data: vec![1, 2, 3],
             }],
         };
-        let mut entries = layout(fake_busybox(), vec![1]);
-        entries.extend(root_cell_entries(&files));
+        let mut entries = layout(fake_busybox(), vec![1], Vec::new());
+        extend(&mut entries, root_cell_entries(&files));
         let read = read_back(&newc(&entries).unwrap());
         let find = |name: &str| {
             read.iter()

@@ -8,10 +8,13 @@
 //!   image with the compressed kernel inside, Documentation/arch/x86/boot.rst);
 //! - `dtbs/`: the device trees shipped with it (`xilinx/zynqmp-zcu102-rev1.0.dtb`, ...); empty
 //!   on amd64, whose kernel package has none;
+//! - on amd64 `msr.ko`: the kernel's module of the `/dev/cpu/<n>/msr` driver
+//!   (`lib/modules/<release>/kernel/arch/x86/kernel/msr.ko`, Debian builds it as a module),
+//!   which the initramfs actions `msr-read` and `msr-write` load;
 //! - `busybox`: the binary of Debian's `busybox-static`;
 //! - `initramfs.cpio` and `initramfs.cpio.gz`: the initramfs (see `initramfs.rs`), with
 //!   `/bin/guest-clock` built from `examples/guest-clock` (for `aarch64-unknown-none` or
-//!   `x86_64-unknown-none`);
+//!   `x86_64-unknown-none`) and the modules above in `/lib/modules/`;
 //! - `initramfs-<board>.cpio` and `.cpio.gz`: the same plus what the root cell of a board
 //!   manages cells with (`/bin/cellvisor`, `/etc/cellvisor/`, `/lib/cellvisor/inmates/`; see
 //!   `tool.rs`), written by [`prepare_board`] for `cargo xtask run` and the system tests;
@@ -19,10 +22,12 @@
 //!   (`kernel_package`, `kernel_version`, `kernel_release`, `busybox_version`).
 //!
 //! The packages come through a private apt state per architecture in
-//! `target/linux/apt/<arch>/` (see `apt.rs`). Once the cache is complete, later runs use it
-//! without asking apt; `--refresh` updates the package lists and fetches what changed. The
-//! initramfs is rebuilt on every run (it takes milliseconds, plus a `cargo build` of the guest
-//! clock) and rewritten only when its content changes. `cargo xtask run` and the system tests
+//! `target/linux/apt/<arch>/` (see `apt.rs`). Once the cache is complete (every file above is
+//! there), later runs use it without asking apt; an incomplete one, e.g. of an older xtask
+//! that took no module, is unpacked again from the packages (their `.deb` files are kept).
+//! `--refresh` updates the package lists and fetches what changed. The initramfs is rebuilt
+//! on every run (it takes milliseconds, plus a `cargo build` of the guest clock) and
+//! rewritten only when its content changes. `cargo xtask run` and the system tests
 //! call [`prepare_board`] for the same files and the board's initramfs.
 
 use std::fs;
@@ -38,7 +43,7 @@ use crate::apt::{self, Apt, Package};
 use crate::board::Board;
 use crate::cargo::Cargo;
 use crate::initramfs;
-use crate::tool;
+use crate::tool::{self, NamedFile};
 use crate::workspace::Workspace;
 
 /// Offset of the magic number in the arm64 Linux `Image` header.
@@ -84,6 +89,10 @@ const DEVMEM32_BIN: &str = "devmem32";
 pub const DEVMEM32_PATH: &str = "bin/devmem32";
 /// `e_machine` of 32-bit Arm ELF files.
 const EM_ARM: u16 = 40;
+/// The kernel modules of the amd64 initramfs, under the package's
+/// `lib/modules/<release>/kernel/`: the MSR driver (`CONFIG_X86_MSR=m` in Debian's config),
+/// whose `/dev/cpu/<n>/msr` the `msr-read` and `msr-write` actions of `/init` use.
+const AMD64_MODULES: &[&str] = &["arch/x86/kernel/msr.ko"];
 
 /// A Debian architecture the root-cell guests can be taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +176,16 @@ impl Arch {
         }
     }
 
+    /// Kernel modules the initramfs gets, as paths under the kernel package's
+    /// `lib/modules/<release>/kernel/`; each is cached and put into the initramfs's
+    /// [`initramfs::MODULE_DIR`] under its file name (see [`module_name`]).
+    fn modules(self) -> &'static [&'static str] {
+        match self {
+            Self::Arm64 => &[],
+            Self::Amd64 => AMD64_MODULES,
+        }
+    }
+
     /// Device trees the boards need, relative to `dtbs/`.
     fn required_dtbs(self) -> &'static [&'static str] {
         match self {
@@ -242,6 +261,12 @@ fn check_bzimage(image: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The file name of a module path of [`Arch::modules`]: its name in the cache and in the
+/// initramfs.
+fn module_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// What the cache holds, as written to `VERSION`.
@@ -322,12 +347,23 @@ impl Cache {
         self.path(self.arch.image_name())
     }
 
-    /// What the cache was made from, `None` unless every file is there.
+    /// A kernel module of [`Arch::modules`].
+    fn module(&self, path: &str) -> PathBuf {
+        self.path(module_name(path))
+    }
+
+    /// What the cache was made from, `None` unless every file is there (a cache without a
+    /// module is unpacked again).
     fn complete(&self) -> Option<Versions> {
         let versions = Versions::parse(&fs::read_to_string(self.path("VERSION")).ok()?)?;
         let dtbs = self.path("dtbs");
         let complete = self.image().is_file()
             && self.path("busybox").is_file()
+            && self
+                .arch
+                .modules()
+                .iter()
+                .all(|module| self.module(module).is_file())
             && self
                 .arch
                 .required_dtbs()
@@ -375,7 +411,7 @@ pub fn prepare_board(
     };
     let (mut files, versions, mut entries) = prepare_base(workspace, arch, refresh)?;
     let root_cell = tool::prepare(workspace, board, arch.tool_target())?;
-    entries.extend(initramfs::root_cell_entries(&root_cell));
+    initramfs::extend(&mut entries, initramfs::root_cell_entries(&root_cell));
     if let Some(target) = arch.compat_target() {
         let devmem32 = build_program(workspace, target, DEVMEM32_PACKAGE, DEVMEM32_BIN, EM_ARM)?;
         entries.push(initramfs::Entry::new(
@@ -445,7 +481,20 @@ fn prepare_base(
         .with_context(|| format!("cannot read {}", cache.path("busybox").display()))?;
     initramfs::check_applets(&busybox)?;
     let guest_clock = build_guest_clock(workspace, arch)?;
-    let entries = initramfs::layout(busybox, guest_clock);
+    let modules = arch
+        .modules()
+        .iter()
+        .map(|module| {
+            let path = cache.module(module);
+            let data =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(NamedFile {
+                name: module_name(module).to_owned(),
+                data,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let entries = initramfs::layout(busybox, guest_clock, modules);
     let archive = initramfs::newc(&entries)?;
     let gz = cache.path("initramfs.cpio.gz");
     write_archive(&cache.path("initramfs.cpio"), &gz, &archive)?;
@@ -521,6 +570,9 @@ pub fn run(workspace: &Workspace, arch: Arch, refresh: bool) -> Result<()> {
         Ok((shown(path), size(path)?, String::new()))
     };
     let mut rows = vec![row(&files.image)?, row(&files.initramfs)?];
+    for module in arch.modules() {
+        rows.push(row(&files.image.with_file_name(module_name(module)))?);
+    }
     // amd64 has no device trees: no row for an empty directory.
     if dtb_count > 0 || !arch.required_dtbs().is_empty() {
         rows.push((
@@ -606,12 +658,22 @@ enum KernelFile {
     Image,
     /// A file under `usr/lib/linux-image-<release>/`, at this path under `dtbs/`.
     DeviceTree(PathBuf),
+    /// `lib/modules/<release>/kernel/<path>` for a `path` of `modules`, this one.
+    Module(&'static str),
 }
 
-/// What `path` (from the package's data archive) is in a kernel package of `release`.
-fn kernel_file(path: &Path, release: &str) -> Option<KernelFile> {
+/// What `path` (from the package's data archive) is in a kernel package of `release`, whose
+/// modules `modules` (paths under `lib/modules/<release>/kernel/`) are wanted.
+fn kernel_file(path: &Path, release: &str, modules: &[&'static str]) -> Option<KernelFile> {
     if path == Path::new("boot").join(format!("vmlinuz-{release}")) {
         return Some(KernelFile::Image);
+    }
+    if let Ok(module) = path.strip_prefix(Path::new("lib/modules").join(release).join("kernel")) {
+        return modules
+            .iter()
+            .copied()
+            .find(|wanted| module == Path::new(wanted))
+            .map(KernelFile::Module);
     }
     let dtb = path
         .strip_prefix(Path::new("usr/lib").join(format!("linux-image-{release}")))
@@ -619,8 +681,8 @@ fn kernel_file(path: &Path, release: &str) -> Option<KernelFile> {
     (dtb.components().count() > 0).then(|| KernelFile::DeviceTree(dtb.to_owned()))
 }
 
-/// Unpacks the kernel image and the device trees (if any) of the kernel package `deb` of
-/// `release` into the cache.
+/// Unpacks the kernel image, the device trees (if any) and the modules of
+/// [`Arch::modules`] of the kernel package `deb` of `release` into the cache.
 fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
     let dtbs = cache.path("dtbs");
     let dtbs_new = cache.path("dtbs.new");
@@ -631,11 +693,14 @@ fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
     // Created even if the package has no device trees, so that `dtbs/` always exists.
     fs::create_dir_all(&dtbs_new)
         .with_context(|| format!("cannot create {}", dtbs_new.display()))?;
+    let modules = cache.arch.modules();
     let mut image = None;
+    let mut found_modules = Vec::new();
     let mut dtb_count = 0;
     for_each_file(deb, |path, data| {
-        match kernel_file(path, release) {
+        match kernel_file(path, release, modules) {
             Some(KernelFile::Image) => image = Some(data()?),
+            Some(KernelFile::Module(module)) => found_modules.push((module, data()?)),
             Some(KernelFile::DeviceTree(dtb)) => {
                 let to = dtbs_new.join(dtb);
                 if let Some(parent) = to.parent() {
@@ -667,7 +732,21 @@ fn unpack_kernel(deb: &Path, release: &str, cache: &Cache) -> Result<()> {
             bail!("the package has no usr/lib/linux-image-{release}/{dtb}");
         }
     }
+    for module in modules {
+        let Some((_, data)) = found_modules.iter().find(|(found, _)| found == module) else {
+            bail!("the package has no lib/modules/{release}/kernel/{module}");
+        };
+        if elf_machine(data) != Some(cache.arch.elf_machine()) {
+            bail!(
+                "lib/modules/{release}/kernel/{module} is no {} ELF file",
+                cache.arch.debian()
+            );
+        }
+    }
     write_atomically(&cache.image(), &image)?;
+    for (module, data) in &found_modules {
+        write_atomically(&cache.module(module), data)?;
+    }
     if dtbs.exists() {
         fs::remove_dir_all(&dtbs).with_context(|| format!("cannot remove {}", dtbs.display()))?;
     }
@@ -838,14 +917,16 @@ mod tests {
     #[test]
     fn picks_the_kernel_files() {
         let release = "6.1.0-56-arm64";
+        let none = &[];
         assert_eq!(
-            kernel_file(Path::new("boot/vmlinuz-6.1.0-56-arm64"), release),
+            kernel_file(Path::new("boot/vmlinuz-6.1.0-56-arm64"), release, none),
             Some(KernelFile::Image)
         );
         assert_eq!(
             kernel_file(
                 Path::new("usr/lib/linux-image-6.1.0-56-arm64/xilinx/zynqmp-zcu102-rev1.0.dtb"),
-                release
+                release,
+                none
             ),
             Some(KernelFile::DeviceTree(
                 "xilinx/zynqmp-zcu102-rev1.0.dtb".into()
@@ -856,8 +937,13 @@ mod tests {
             "boot/vmlinuz-6.1.0-55-arm64",
             "lib/modules/6.1.0-56-arm64/modules.order",
             "usr/lib/linux-image-6.1.0-56-arm64",
+            "lib/modules/6.1.0-56-arm64/kernel/arch/x86/kernel/msr.ko",
         ] {
-            assert_eq!(kernel_file(Path::new(other), release), None, "{other}");
+            assert_eq!(
+                kernel_file(Path::new(other), release, none),
+                None,
+                "{other}"
+            );
         }
         assert_eq!(
             normalise(Path::new("./boot/vmlinuz")).unwrap(),
@@ -865,6 +951,41 @@ mod tests {
         );
         assert!(normalise(Path::new("./usr/../../etc/passwd")).is_err());
         assert!(normalise(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn picks_the_amd64_modules() {
+        let release = "6.1.0-57-amd64";
+        let modules = Arch::Amd64.modules();
+        assert_eq!(modules, ["arch/x86/kernel/msr.ko"]);
+        assert_eq!(
+            kernel_file(
+                Path::new("lib/modules/6.1.0-57-amd64/kernel/arch/x86/kernel/msr.ko"),
+                release,
+                modules
+            ),
+            Some(KernelFile::Module("arch/x86/kernel/msr.ko"))
+        );
+        for other in [
+            // Another release, another module, a module outside kernel/.
+            "lib/modules/6.1.0-56-amd64/kernel/arch/x86/kernel/msr.ko",
+            "lib/modules/6.1.0-57-amd64/kernel/drivers/powercap/intel_rapl_msr.ko",
+            "lib/modules/6.1.0-57-amd64/msr.ko",
+            "lib/modules/6.1.0-57-amd64/kernel/arch/x86/kernel",
+        ] {
+            assert_eq!(
+                kernel_file(Path::new(other), release, modules),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(
+            kernel_file(Path::new("boot/vmlinuz-6.1.0-57-amd64"), release, modules),
+            Some(KernelFile::Image)
+        );
+        // The initramfs's actions load it under this name.
+        assert_eq!(module_name(modules[0]), initramfs::MSR_MODULE);
+        assert!(Arch::Arm64.modules().is_empty());
     }
 
     #[test]
@@ -1000,7 +1121,7 @@ mod tests {
     }
 
     #[test]
-    fn an_amd64_cache_is_complete_without_device_trees() {
+    fn an_amd64_cache_needs_no_device_trees_but_the_msr_module() {
         let dir = std::env::temp_dir().join(format!("xtask-linux-cache-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let cache = Cache {
@@ -1020,8 +1141,12 @@ mod tests {
         fs::write(dir.join("Image"), b"").unwrap();
         assert_eq!(cache.complete(), None);
         fs::write(dir.join("bzImage"), b"").unwrap();
+        // Not without the MSR driver's module (a cache of an older xtask is unpacked again).
+        assert_eq!(cache.complete(), None);
+        fs::write(dir.join("msr.ko"), b"").unwrap();
         assert_eq!(cache.complete(), Some(versions));
         assert_eq!(cache.image(), dir.join("bzImage"));
+        assert_eq!(cache.module("arch/x86/kernel/msr.ko"), dir.join("msr.ko"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

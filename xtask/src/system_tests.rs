@@ -117,13 +117,16 @@ const X86_BARE: &[Pattern] = &[
 ];
 
 /// What `/init` of the x86 root cell runs: the hypervisor's first byte (the board's link
-/// address, 16 MiB) is read through `/dev/mem`.
-const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,dmesg,poweroff";
+/// address, 16 MiB) is read through `/dev/mem`; through the stock kernel's MSR driver
+/// (`msr.ko`), EFER is read and `VM_HSAVE_PA` (SVM's host save area) written.
+const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,\
+     msr-read:0xc0000080,msr-write:0xc0010117,dmesg,poweroff";
 
 /// Debian's amd64 kernel as the root cell on every CPU: loaded by the hypervisor from the
 /// Multiboot modules, its e820 map without the hypervisor's memory; the other CPUs started
 /// by its INIT and start-up IPIs; `/init` runs, a CPU goes offline and comes back, an access
-/// to the hypervisor's memory is reported and kills only the process, the machine powers off.
+/// to the hypervisor's memory is reported and kills only the process, the root cell's EFER
+/// hides SVME and SVM's MSRs are a #GP for it (the MSR driver's EIO), the machine powers off.
 const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
     Pattern::Contains(&[
@@ -145,6 +148,13 @@ const X86_ROOT_CELL: &[Pattern] = &[
         "is outside its memory: #GP injected",
     ]),
     Pattern::Contains(&["cellvisor-initramfs: devmem 0x1000000 status=139"]),
+    // EFER as Linux sets it (SCE, LME, LMA, NXE) without SVME (bit 12), which the hypervisor
+    // keeps set and hides (APM 15.4).
+    Pattern::Contains(&[
+        "cellvisor-initramfs: msr-read 0xc0000080 value=0x0000000000000d01 status=0",
+    ]),
+    // A write of VM_HSAVE_PA (0xc0010117) is a #GP (APM 15.30.4): WRMSR fails, dd exits 1.
+    Pattern::Contains(&["cellvisor-initramfs: msr-write 0xc0010117 status=1"]),
     Pattern::Contains(&[DMESG_DONE]),
     // The power-off is seen (the PM1a control port traps), with the exits: the local APIC's
     // page and EFER trap.
@@ -2054,6 +2064,27 @@ mod tests {
                 initramfs::parse_actions_word(word).unwrap().unwrap();
             }
         }
+        // The x86 root cell reads EFER and writes VM_HSAVE_PA before the kernel-log check.
+        let x86 = cases
+            .iter()
+            .find(|c| c.name == "qemu-x86-linux-smp4-EPYC")
+            .unwrap();
+        let append = x86.append.as_deref().unwrap();
+        let word = append.split_whitespace().last().unwrap();
+        assert_eq!(
+            word,
+            "cellvisor.actions=info,clock,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,\
+             msr-write:0xc0010117,dmesg,poweroff"
+        );
+        let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
+        assert_eq!(
+            actions[4..7],
+            [
+                initramfs::Action::MsrRead(0xc000_0080),
+                initramfs::Action::MsrWrite(0xc001_0117),
+                initramfs::Action::Dmesg
+            ]
+        );
     }
 
     #[test]

@@ -160,7 +160,7 @@ const X86_ROOT_CELL: &[Pattern] = &[
     // page and EFER trap.
     Pattern::Contains(&[
         "cellvisor: root cell: ACPI sleep (PM1a control ",
-        ": exits on CPU 0: apic ",
+        ": exits on {smp} CPUs: apic ",
     ]),
 ];
 

@@ -10,7 +10,7 @@
 
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use cellvisor_apic::{IpiKind, Topology};
 use cellvisor_config::CpuSet;
@@ -84,15 +84,65 @@ const APIC_BASE_PAGE: u64 = 0x000f_ffff_ffff_f000;
 /// `SLP_EN` in the ACPI PM1 control register: the write that enters a sleep state.
 const SLP_EN: u64 = 1 << 13;
 
-/// What the root cell's CPU exited for.
-#[derive(Clone, Copy, Debug, Default)]
+/// What a CPU of the root cell exited for, by reason.
+#[derive(Debug)]
 struct Exits {
-    apic: u64,
-    cpuid: u64,
-    msr: u64,
-    io: u64,
-    npf: u64,
-    svm: u64,
+    apic: AtomicU64,
+    cpuid: AtomicU64,
+    msr: AtomicU64,
+    io: AtomicU64,
+    npf: AtomicU64,
+    svm: AtomicU64,
+}
+
+impl Exits {
+    const fn new() -> Self {
+        Self {
+            apic: AtomicU64::new(0),
+            cpuid: AtomicU64::new(0),
+            msr: AtomicU64::new(0),
+            io: AtomicU64::new(0),
+            npf: AtomicU64::new(0),
+            svm: AtomicU64::new(0),
+        }
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts: apic, cpuid, msr, io, npf, svm.
+    fn get(&self) -> [u64; 6] {
+        [
+            &self.apic,
+            &self.cpuid,
+            &self.msr,
+            &self.io,
+            &self.npf,
+            &self.svm,
+        ]
+        .map(|counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+/// Violation reports a CPU prints in full before it prints one in [`REPORT_EVERY`] (a cell
+/// that repeats a violation in a loop must not take the console).
+const REPORTS_IN_FULL: u32 = 32;
+/// See [`REPORTS_IN_FULL`].
+const REPORT_EVERY: u32 = 1024;
+
+/// Whether the next violation report of `per_cpu` is printed; the first one held back says
+/// so.
+fn may_report(console: &mut Serial, cpu: u32, per_cpu: &PerCpu) -> bool {
+    let n = per_cpu.reports.fetch_add(1, Ordering::Relaxed);
+    if n == REPORTS_IN_FULL {
+        let _guard = crate::lock_console();
+        let _ = writeln!(
+            console,
+            "cellvisor: cell \"root\" (CPU {cpu}): {REPORTS_IN_FULL} violations reported; from now on one in {REPORT_EVERY}"
+        );
+    }
+    n < REPORTS_IN_FULL || n.is_multiple_of(REPORT_EVERY)
 }
 
 extern "C" {
@@ -289,6 +339,10 @@ struct PerCpu {
     kicked: AtomicBool,
     /// The root cell sent this CPU an NMI (the hypervisor sent it and injects it).
     root_nmi: AtomicBool,
+    /// Its exits since boot.
+    exits: Exits,
+    /// Violations it reported.
+    reports: AtomicU32,
 }
 
 static CPUS: [PerCpu; MAX_CPUS] = [const {
@@ -298,6 +352,8 @@ static CPUS: [PerCpu; MAX_CPUS] = [const {
         mailbox: AtomicU32::new(0),
         kicked: AtomicBool::new(false),
         root_nmi: AtomicBool::new(false),
+        exits: Exits::new(),
+        reports: AtomicU32::new(0),
     }
 }; MAX_CPUS];
 
@@ -455,7 +511,7 @@ fn vcpu(
 ) -> Result<(), Stopped> {
     let per_cpu = &CPUS[cpu as usize];
     let mut apic = LocalApic::new(cpu, shared.cpus, true);
-    let mut exits = Exits::default();
+    let exits = &per_cpu.exits;
     loop {
         // The root cell's NMI, unless an exception is being injected (it waits a round).
         if !event_pending(vmcb) && per_cpu.root_nmi.swap(false, Ordering::SeqCst) {
@@ -487,43 +543,46 @@ fn vcpu(
             // elsewhere (the chipset) is dropped.
             ExitCode::NMI => {}
             ExitCode::CPUID => {
-                exits.cpuid += 1;
+                Exits::count(&exits.cpuid);
                 cpuid(vmcb, regs);
                 let rip = vmcb.u64_at(svm::offset::RIP);
                 vmcb.set_u64(svm::offset::RIP, rip + 2);
             }
             ExitCode::MSR => {
-                exits.msr += 1;
+                Exits::count(&exits.msr);
                 msr(vmcb, regs);
             }
             ExitCode::IOIO => {
-                exits.io += 1;
+                Exits::count(&exits.io);
                 if let Some(port) = shared.power {
-                    io(console, vmcb, port, cpu, &exits);
+                    io(console, vmcb, port, shared);
                 }
             }
             ExitCode::VMRUN | ExitCode::VMMCALL => {
                 // SVM is not the root cell's: #UD, as on a CPU without it.
-                exits.svm += 1;
+                Exits::count(&exits.svm);
                 vmcb.inject_exception(6, None);
             }
             ExitCode::NPF
                 if (xapic::BASE..xapic::BASE + 0x1000)
                     .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
             {
-                exits.apic += 1;
+                Exits::count(&exits.apic);
                 if let Err(e) = emulate_apic(console, vmcb, regs, &shared.map, &mut apic) {
+                    vmcb.inject_exception(13, Some(0));
+                    if !may_report(console, cpu, per_cpu) {
+                        continue;
+                    }
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
                         "cellvisor: cell \"root\" (CPU {cpu}): local APIC access at RIP {:#x} not emulated: {e}: #GP injected",
                         vmcb.u64_at(svm::offset::RIP)
                     );
-                    vmcb.inject_exception(13, Some(0));
                 }
             }
             ExitCode::NPF => {
-                exits.npf += 1;
+                Exits::count(&exits.npf);
                 // The root cell touched memory it does not have (the hypervisor's): it is
                 // told with a general-protection fault at the access, which kills a user
                 // process and oopses the kernel, as a bus error does on Arm.
@@ -535,7 +594,7 @@ fn vcpu(
                 } else {
                     "read"
                 };
-                {
+                if may_report(console, cpu, per_cpu) {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
@@ -615,7 +674,7 @@ fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
 
 /// An IN or OUT of the PM1a control port: done for the root cell; a write that enters a
 /// sleep state (the power-off) is reported with the exits first.
-fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, cpu: u32, exits: &Exits) {
+fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, shared: &Shared) {
     use svm::offset::{EXITINFO1, EXITINFO2, RAX, RIP};
     let info = vmcb.u64_at(EXITINFO1);
     let input = info & 1 != 0;
@@ -637,12 +696,26 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, cpu: u32, exits: &Ex
     } else {
         let value = vmcb.u64_at(RAX) as u16;
         if u64::from(value) & SLP_EN != 0 {
+            let mut total = [0u64; 6];
+            for cpu in shared.cpus.iter() {
+                for (sum, count) in total.iter_mut().zip(CPUS[cpu as usize].exits.get()) {
+                    *sum += count;
+                }
+            }
+            let [apic, cpuid, msr, io, npf, svm] = total;
             let _guard = crate::lock_console();
             let _ = writeln!(
                 console,
-                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on CPU {cpu}: apic {}, cpuid {}, msr {}, io {}, npf {}, svm {}",
-                exits.apic, exits.cpuid, exits.msr, exits.io, exits.npf, exits.svm
+                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on {} CPUs: apic {apic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}",
+                shared.cpus.len()
             );
+            for cpu in shared.cpus.iter() {
+                let [apic, cpuid, msr, io, npf, svm] = CPUS[cpu as usize].exits.get();
+                let _ = writeln!(
+                    console,
+                    "  CPU {cpu}: apic {apic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
+                );
+            }
         }
         // SAFETY: the root cell owns the machine's power: its write is done as it asked.
         unsafe { x86_64::instructions::port::Port::<u16>::new(port).write(value) };

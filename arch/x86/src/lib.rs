@@ -25,6 +25,8 @@ mod first_vmx_guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod gdt;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod ioapic;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod loader;
 #[cfg(target_arch = "x86_64")]
 pub mod page;

@@ -25,6 +25,7 @@ use cellvisor_paging::{
 
 use crate::decode::{self, Direction, Source};
 use crate::firmware::MAX_CPUS;
+use crate::ioapic;
 use crate::loader::Handoff;
 use crate::page::Page;
 use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
@@ -88,6 +89,7 @@ const SLP_EN: u64 = 1 << 13;
 #[derive(Debug)]
 struct Exits {
     apic: AtomicU64,
+    ioapic: AtomicU64,
     cpuid: AtomicU64,
     msr: AtomicU64,
     io: AtomicU64,
@@ -99,6 +101,7 @@ impl Exits {
     const fn new() -> Self {
         Self {
             apic: AtomicU64::new(0),
+            ioapic: AtomicU64::new(0),
             cpuid: AtomicU64::new(0),
             msr: AtomicU64::new(0),
             io: AtomicU64::new(0),
@@ -111,10 +114,11 @@ impl Exits {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counts: apic, cpuid, msr, io, npf, svm.
-    fn get(&self) -> [u64; 6] {
+    /// The counts: apic, ioapic, cpuid, msr, io, npf, svm.
+    fn get(&self) -> [u64; 7] {
         [
             &self.apic,
+            &self.ioapic,
             &self.cpuid,
             &self.msr,
             &self.io,
@@ -285,9 +289,15 @@ fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr
         .max(1 << 32);
     let mut table =
         PageTable::new(Npt::new(LargePages::ALL), &mut memory).map_err(RootError::Tables)?;
-    // The local APIC's page is left out: its accesses trap (see `xapic`).
-    let apic = xapic::BASE;
-    for (start, end) in [(0, hyp_start), (hyp_end, apic), (apic + 0x1000, top)] {
+    // The IOAPIC's and the local APIC's pages are left out: their accesses trap (see
+    // `ioapic` and `xapic`).
+    let (ioapic, apic) = (ioapic::BASE, xapic::BASE);
+    for (start, end) in [
+        (0, hyp_start),
+        (hyp_end, ioapic),
+        (ioapic + 0x1000, apic),
+        (apic + 0x1000, top),
+    ] {
         table
             .map(
                 &mut memory,
@@ -421,6 +431,7 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
     }
     let cpus = topology.all();
     *TOPOLOGY.lock() = Some(topology);
+    ioapic::probe();
     let power = power_control();
     fill_permissions(power);
     let shared = SHARED.call_once(|| Shared {
@@ -581,6 +592,24 @@ fn vcpu(
                     );
                 }
             }
+            ExitCode::NPF
+                if (ioapic::BASE..ioapic::BASE + 0x1000)
+                    .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
+            {
+                Exits::count(&exits.ioapic);
+                if let Err(e) = emulate_ioapic(console, cpu, shared, vmcb, regs) {
+                    vmcb.inject_exception(13, Some(0));
+                    if !may_report(console, cpu, per_cpu) {
+                        continue;
+                    }
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(
+                        console,
+                        "cellvisor: cell \"root\" (CPU {cpu}): IOAPIC access at RIP {:#x} not emulated: {e}: #GP injected",
+                        vmcb.u64_at(svm::offset::RIP)
+                    );
+                }
+            }
             ExitCode::NPF => {
                 Exits::count(&exits.npf);
                 // The root cell touched memory it does not have (the hypervisor's): it is
@@ -696,24 +725,24 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, shared: &Shared) {
     } else {
         let value = vmcb.u64_at(RAX) as u16;
         if u64::from(value) & SLP_EN != 0 {
-            let mut total = [0u64; 6];
+            let mut total = [0u64; 7];
             for cpu in shared.cpus.iter() {
                 for (sum, count) in total.iter_mut().zip(CPUS[cpu as usize].exits.get()) {
                     *sum += count;
                 }
             }
-            let [apic, cpuid, msr, io, npf, svm] = total;
+            let [apic, ioapic, cpuid, msr, io, npf, svm] = total;
             let _guard = crate::lock_console();
             let _ = writeln!(
                 console,
-                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on {} CPUs: apic {apic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}",
+                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on {} CPUs: apic {apic}, ioapic {ioapic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}",
                 shared.cpus.len()
             );
             for cpu in shared.cpus.iter() {
-                let [apic, cpuid, msr, io, npf, svm] = CPUS[cpu as usize].exits.get();
+                let [apic, ioapic, cpuid, msr, io, npf, svm] = CPUS[cpu as usize].exits.get();
                 let _ = writeln!(
                     console,
-                    "  CPU {cpu}: apic {apic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
+                    "  CPU {cpu}: apic {apic}, ioapic {ioapic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
                 );
             }
         }
@@ -837,9 +866,44 @@ fn set_register(
     }
 }
 
-/// A root-cell access to its local APIC's page: the instruction decoded, the access decided by
-/// `cellvisor-apic` and done, RIP past it. Registers are 32 bits wide: other sizes read 0 and
-/// write nothing.
+/// A trapped access to an emulated register page: the instruction at RIP decoded, and the
+/// value it stores (`None` for a load).
+fn decode_access(
+    vmcb: &Vmcb<'_>,
+    regs: &GuestRegisters,
+    map: &MemoryMap,
+) -> Result<(decode::Access, Option<u64>), EmulationError> {
+    let (bytes, len) = fetch(vmcb, map)?;
+    let access = decode::decode(&bytes[..len]).map_err(EmulationError::Decode)?;
+    let value = match access.direction {
+        Direction::Read(_) => None,
+        Direction::Write(Source::Register(n)) => {
+            let value = register(vmcb, regs, n);
+            Some(if access.high_byte { value >> 8 } else { value })
+        }
+        Direction::Write(Source::Immediate(value)) => Some(value),
+    };
+    Ok((access, value))
+}
+
+/// Completes a decoded access: a load gets `value`, and RIP moves past the instruction.
+fn complete(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters, access: decode::Access, value: u32) {
+    if let Direction::Read(n) = access.direction {
+        set_register(
+            vmcb,
+            regs,
+            n,
+            access.size,
+            access.high_byte,
+            u64::from(value),
+        );
+    }
+    let rip = vmcb.u64_at(svm::offset::RIP);
+    vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
+}
+
+/// A root-cell access to its local APIC's page: decided by `cellvisor-apic` and done.
+/// Registers are 32 bits wide: other sizes read 0 and write nothing.
 fn emulate_apic(
     console: &mut Serial,
     vmcb: &mut Vmcb<'_>,
@@ -848,29 +912,13 @@ fn emulate_apic(
     apic: &mut LocalApic,
 ) -> Result<(), EmulationError> {
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - xapic::BASE;
-    let (bytes, len) = fetch(vmcb, map)?;
-    let access = decode::decode(&bytes[..len]).map_err(EmulationError::Decode)?;
-    match access.direction {
-        Direction::Read(n) => {
-            let value = if access.size == 4 {
-                apic.read(offset)
-            } else {
-                0
-            };
-            set_register(
-                vmcb,
-                regs,
-                n,
-                access.size,
-                access.high_byte,
-                u64::from(value),
-            );
-        }
-        Direction::Write(source) if access.size == 4 => {
-            let value = match source {
-                Source::Register(n) => register(vmcb, regs, n) as u32,
-                Source::Immediate(value) => value as u32,
-            };
+    let (access, stored) = decode_access(vmcb, regs, map)?;
+    let mut loaded = 0;
+    match stored {
+        None if access.size == 4 => loaded = apic.read(offset),
+        None => {}
+        Some(value) if access.size == 4 => {
+            let value = value as u32;
             let decision = {
                 let mut topology = TOPOLOGY.lock();
                 match topology.as_mut() {
@@ -906,10 +954,55 @@ fn emulate_apic(
                 }
             }
         }
-        Direction::Write(_) => {}
+        Some(_) => {}
     }
-    let rip = vmcb.u64_at(svm::offset::RIP);
-    vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
+    complete(vmcb, regs, access, loaded);
+    Ok(())
+}
+
+/// A root-cell access to the IOAPIC's page: decided by `cellvisor-apic` (every pin is the
+/// root cell's while it runs alone) and done. What the policy refuses is reported.
+fn emulate_ioapic(
+    console: &mut Serial,
+    cpu: u32,
+    shared: &Shared,
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+) -> Result<(), EmulationError> {
+    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ioapic::BASE;
+    let (access, stored) = decode_access(vmcb, regs, &shared.map)?;
+    let request = cellvisor_apic::Access {
+        offset,
+        size: access.size,
+        write: stored.map(|value| value as u32),
+    };
+    let by = cellvisor_apic::Accessor {
+        cell: cellvisor_cell::CellId::ROOT,
+        cpus: &shared.cpus,
+        cpu,
+    };
+    let outcome = {
+        let topology = TOPOLOGY.lock();
+        match topology.as_ref() {
+            Some(topology) => ioapic::access(topology, by, request),
+            None => Ok(cellvisor_apic::Outcome::Read(0)),
+        }
+    };
+    let loaded = match outcome {
+        Ok(cellvisor_apic::Outcome::Read(value)) => value,
+        Ok(cellvisor_apic::Outcome::Written) => 0,
+        Ok(cellvisor_apic::Outcome::Refused { read, why }) => {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor: cell \"root\" (CPU {cpu}): IOAPIC access at offset {offset:#x}: {why:?}: refused"
+            );
+            read
+        }
+        // The root cell's accesses are refused, never a violation.
+        Err(_) => 0,
+    };
+    complete(vmcb, regs, access, loaded);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use core::ptr::NonNull;
 use acpi::address::AddressSpace;
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
+use acpi::mcfg::Mcfg;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 
 /// CPUs the hypervisor takes.
@@ -74,4 +75,23 @@ pub fn pm1a_control() -> Result<u64, FirmwareError> {
         return Err(FirmwareError(acpi::AcpiError::InvalidGenericAddress));
     }
     Ok(block.address)
+}
+
+/// The ECAM window of PCI segment 0 from the MCFG (PCI Firmware Specification 3.2 §4.1.2).
+pub fn ecam() -> Result<crate::pci::Ecam, FirmwareError> {
+    // SAFETY: as in `cpus`.
+    let tables = unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)?;
+    let mcfg = tables.find_table::<Mcfg>().map_err(FirmwareError)?;
+    mcfg.entries()
+        .iter()
+        .find(|entry| entry.pci_segment_group == 0)
+        .map(|entry| crate::pci::Ecam {
+            // Bus 0's address, whatever the first bus is.
+            base: entry.base_address,
+            first_bus: entry.bus_number_start,
+            last_bus: entry.bus_number_end,
+        })
+        .ok_or(FirmwareError(acpi::AcpiError::TableMissing(
+            acpi::sdt::Signature::MCFG,
+        )))
 }

@@ -30,6 +30,7 @@ pub mod ioapic;
 pub mod loader;
 #[cfg(target_arch = "x86_64")]
 pub mod page;
+pub mod pci;
 pub mod permission;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod root_linux;

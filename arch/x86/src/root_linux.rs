@@ -28,6 +28,7 @@ use crate::firmware::MAX_CPUS;
 use crate::ioapic;
 use crate::loader::Handoff;
 use crate::page::Page;
+use crate::pci;
 use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
 use crate::serial::Serial;
 use crate::svm::{self, ExitCode, GuestRegisters, Vmcb};
@@ -90,6 +91,7 @@ const SLP_EN: u64 = 1 << 13;
 struct Exits {
     apic: AtomicU64,
     ioapic: AtomicU64,
+    pci: AtomicU64,
     cpuid: AtomicU64,
     msr: AtomicU64,
     io: AtomicU64,
@@ -102,6 +104,7 @@ impl Exits {
         Self {
             apic: AtomicU64::new(0),
             ioapic: AtomicU64::new(0),
+            pci: AtomicU64::new(0),
             cpuid: AtomicU64::new(0),
             msr: AtomicU64::new(0),
             io: AtomicU64::new(0),
@@ -114,11 +117,12 @@ impl Exits {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counts: apic, ioapic, cpuid, msr, io, npf, svm.
-    fn get(&self) -> [u64; 7] {
+    /// The counts: apic, ioapic, pci, cpuid, msr, io, npf, svm.
+    fn get(&self) -> [u64; 8] {
         [
             &self.apic,
             &self.ioapic,
+            &self.pci,
             &self.cpuid,
             &self.msr,
             &self.io,
@@ -215,7 +219,7 @@ pub struct Prepared {
 
 /// Loads the kernel and writes the zero page and command line, builds the nested page
 /// tables: everything but the hypervisor's memory, one to one.
-pub fn prepare(handoff: &Handoff) -> Result<Prepared, RootError> {
+pub fn prepare(handoff: &Handoff, ecam: Option<pci::Ecam>) -> Result<Prepared, RootError> {
     let kernel = handoff.kernel.ok_or(RootError::NoKernel)?;
     let image = BzImage::parse(kernel.bytes()).map_err(RootError::Image)?;
     let (hyp_start, hyp_end) = hypervisor_memory();
@@ -262,7 +266,7 @@ pub fn prepare(handoff: &Handoff) -> Result<Prepared, RootError> {
         line.add(len).write(0);
     }
 
-    let tables = root_tables(hyp_start, hyp_end, &map)?;
+    let tables = root_tables(hyp_start, hyp_end, ecam, &map)?;
     Ok(Prepared {
         entry: load,
         tables,
@@ -271,8 +275,14 @@ pub fn prepare(handoff: &Handoff) -> Result<Prepared, RootError> {
 }
 
 /// Nested page tables for the root cell: the first 4 GiB and any RAM above, one to one, but
-/// for the hypervisor's memory.
-fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr, RootError> {
+/// for the hypervisor's memory and the register pages that trap: the ECAM window (see `pci`),
+/// the IOAPIC's and the local APIC's (see `ioapic` and `xapic`).
+fn root_tables(
+    hyp_start: u64,
+    hyp_end: u64,
+    ecam: Option<pci::Ecam>,
+    map: &MemoryMap,
+) -> Result<PhysAddr, RootError> {
     let mut memory = TableMemory {
         frames: FramePool::<ROOT_TABLE_FRAMES>::new(PhysAddr::new(ROOT_TABLES.as_ptr() as u64)),
         // SAFETY: the first 4 GiB are mapped one to one (boot.rs); the pool's frames are
@@ -289,34 +299,40 @@ fn root_tables(hyp_start: u64, hyp_end: u64, map: &MemoryMap) -> Result<PhysAddr
         .max(1 << 32);
     let mut table =
         PageTable::new(Npt::new(LargePages::ALL), &mut memory).map_err(RootError::Tables)?;
-    // The IOAPIC's and the local APIC's pages are left out: their accesses trap (see
-    // `ioapic` and `xapic`).
-    let (ioapic, apic) = (ioapic::BASE, xapic::BASE);
-    for (start, end) in [
-        (0, hyp_start),
-        (hyp_end, ioapic),
-        (ioapic + 0x1000, apic),
-        (apic + 0x1000, top),
-    ] {
-        table
-            .map(
-                &mut memory,
-                &mut NotLive,
-                Mapping {
-                    input: GuestPhysAddr::new(start),
-                    output: PhysAddr::new(start),
-                    size: end - start,
-                    attributes: Attributes::RAM_RWX,
-                },
-                MapMode::New,
-            )
-            .map_err(RootError::Tables)?;
+    let mut holes: heapless::Vec<(u64, u64), 4> = heapless::Vec::new();
+    let _ = holes.push((hyp_start, hyp_end));
+    if let Some(ecam) = ecam {
+        let _ = holes.push((ecam.base, ecam.base + ecam.size()));
+    }
+    let _ = holes.push((ioapic::BASE, ioapic::BASE + 0x1000));
+    let _ = holes.push((xapic::BASE, xapic::BASE + 0x1000));
+    holes.sort_unstable();
+    let mut at = 0;
+    for (start, end) in holes.iter().copied().chain(core::iter::once((top, top))) {
+        if start > at {
+            table
+                .map(
+                    &mut memory,
+                    &mut NotLive,
+                    Mapping {
+                        input: GuestPhysAddr::new(at),
+                        output: PhysAddr::new(at),
+                        size: start - at,
+                        attributes: Attributes::RAM_RWX,
+                    },
+                    MapMode::New,
+                )
+                .map_err(RootError::Tables)?;
+        }
+        at = at.max(end);
     }
     Ok(table.root())
 }
 
 /// What every CPU of the root cell shares, set once by the boot CPU before any vCPU runs.
 struct Shared {
+    /// The ECAM window, if it traps.
+    ecam: Option<pci::Ecam>,
     /// The memory map the kernel got: its RAM, which the hypervisor reads instructions and
     /// page tables from.
     map: MemoryMap,
@@ -418,7 +434,11 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
             return;
         }
     };
-    let prepared = match prepare(handoff) {
+    // The ECAM window below 4 GiB (the boot map's), or none: then mechanism #1 alone.
+    let ecam = crate::firmware::ecam()
+        .ok()
+        .filter(|ecam| ecam.base + ecam.size() <= 1 << 32);
+    let prepared = match prepare(handoff, ecam) {
         Ok(prepared) => prepared,
         Err(e) => {
             let _ = writeln!(console, "cellvisor: root cell: {e}");
@@ -432,9 +452,13 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
     let cpus = topology.all();
     *TOPOLOGY.lock() = Some(topology);
     ioapic::probe();
+    if let Some(ecam) = ecam {
+        pci::init(ecam);
+    }
     let power = power_control();
     fill_permissions(power);
     let shared = SHARED.call_once(|| Shared {
+        ecam,
         map: prepared.map.clone(),
         tables: prepared.tables.as_u64(),
         power,
@@ -496,11 +520,12 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
 /// The VMCB's intercepts for a root-cell vCPU: CPUID, shutdown, NMIs (kicks), MSRs and I/O by
 /// the permission maps; VMRUN.
 fn root_intercepts(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
-    let mut misc = svm::INTERCEPT_CPUID | svm::INTERCEPT_SHUTDOWN | svm::INTERCEPT_NMI;
-    misc |= svm::INTERCEPT_MSR;
-    if power.is_some() {
-        misc |= svm::INTERCEPT_IOIO;
-    }
+    let _ = power;
+    let misc = svm::INTERCEPT_CPUID
+        | svm::INTERCEPT_SHUTDOWN
+        | svm::INTERCEPT_NMI
+        | svm::INTERCEPT_MSR
+        | svm::INTERCEPT_IOIO;
     vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
     vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
     vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.0.get() as u64);
@@ -563,12 +588,7 @@ fn vcpu(
                 Exits::count(&exits.msr);
                 msr(vmcb, regs);
             }
-            ExitCode::IOIO => {
-                Exits::count(&exits.io);
-                if let Some(port) = shared.power {
-                    io(console, vmcb, port, shared);
-                }
-            }
+            ExitCode::IOIO => io(console, vmcb, cpu, shared),
             ExitCode::VMRUN | ExitCode::VMMCALL => {
                 // SVM is not the root cell's: #UD, as on a CPU without it.
                 Exits::count(&exits.svm);
@@ -606,6 +626,26 @@ fn vcpu(
                     let _ = writeln!(
                         console,
                         "cellvisor: cell \"root\" (CPU {cpu}): IOAPIC access at RIP {:#x} not emulated: {e}: #GP injected",
+                        vmcb.u64_at(svm::offset::RIP)
+                    );
+                }
+            }
+            ExitCode::NPF
+                if shared.ecam.is_some_and(|ecam| {
+                    (ecam.base..ecam.base + ecam.size())
+                        .contains(&vmcb.u64_at(svm::offset::EXITINFO2))
+                }) =>
+            {
+                Exits::count(&exits.pci);
+                if let Err(e) = emulate_ecam(console, cpu, shared, vmcb, regs) {
+                    vmcb.inject_exception(13, Some(0));
+                    if !may_report(console, cpu, per_cpu) {
+                        continue;
+                    }
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(
+                        console,
+                        "cellvisor: cell \"root\" (CPU {cpu}): PCI configuration access at RIP {:#x} not emulated: {e}: #GP injected",
                         vmcb.u64_at(svm::offset::RIP)
                     );
                 }
@@ -653,8 +693,9 @@ fn power_control() -> Option<u16> {
     u16::try_from(address).ok()
 }
 
-/// Fills the permission maps: `EFER`, SVM's MSRs and `IA32_APIC_BASE` writes exit, and so
-/// does the PM1a control port `power` (the root cell's power-off is reported).
+/// Fills the permission maps: `EFER`, SVM's MSRs and `IA32_APIC_BASE` writes exit, and so do
+/// the PM1a control port `power` (the root cell's power-off is reported) and the PCI
+/// configuration ports.
 fn fill_permissions(power: Option<u16>) {
     // SAFETY: the boot CPU alone, before any root-cell vCPU runs; nothing else writes the
     // maps.
@@ -667,6 +708,8 @@ fn fill_permissions(power: Option<u16>) {
     if let Some(port) = power {
         intercept_ports(iopm, port, 2);
     }
+    let (first, last) = pci::PORTS;
+    intercept_ports(iopm, first, last - first + 1);
 }
 
 /// An RDMSR or WRMSR that exited: `EFER` without SVME, a #GP for SVM's MSRs and for MSRs
@@ -701,55 +744,169 @@ fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
     vmcb.set_u64(RIP, rip + 2);
 }
 
-/// An IN or OUT of the PM1a control port: done for the root cell; a write that enters a
-/// sleep state (the power-off) is reported with the exits first.
-fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, port: u16, shared: &Shared) {
+/// Prints the exits of every CPU of the root cell: the total, then one line per CPU.
+fn report_exits(console: &mut Serial, shared: &Shared, why: fmt::Arguments<'_>) {
+    let mut total = [0u64; 8];
+    for cpu in shared.cpus.iter() {
+        for (sum, count) in total.iter_mut().zip(CPUS[cpu as usize].exits.get()) {
+            *sum += count;
+        }
+    }
+    let line = |console: &mut Serial, counts: [u64; 8]| {
+        let [apic, ioapic, pci, cpuid, msr, io, npf, svm] = counts;
+        let _ = writeln!(
+            console,
+            "apic {apic}, ioapic {ioapic}, pci {pci}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
+        );
+    };
+    let _guard = crate::lock_console();
+    let _ = write!(
+        console,
+        "cellvisor: root cell: {why}: exits on {} CPUs: ",
+        shared.cpus.len()
+    );
+    line(console, total);
+    for cpu in shared.cpus.iter() {
+        let _ = write!(console, "  CPU {cpu}: ");
+        line(console, CPUS[cpu as usize].exits.get());
+    }
+}
+
+/// An IN or OUT that exited: the PM1a control port (done for the root cell; a write that
+/// enters a sleep state is reported with the exits first), the PCI configuration ports
+/// (decided by `cellvisor-pci`), or the reset control register (done).
+fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
     use svm::offset::{EXITINFO1, EXITINFO2, RAX, RIP};
+    use x86_64::instructions::port::Port;
     let info = vmcb.u64_at(EXITINFO1);
     let input = info & 1 != 0;
-    let size = (info >> 4) & 0b111;
-    let accessed = (info >> 16) as u16;
+    let size: u8 = match (info >> 4) & 0b111 {
+        0b001 => 1,
+        0b010 => 2,
+        _ => 4,
+    };
+    let port = (info >> 16) as u16;
     let string = info & (1 << 2) != 0;
-    if accessed != port || string || size != 0b010 {
-        // Only 16-bit IN and OUT of the register itself are forwarded; anything else the
-        // register does not take anyway.
-        if input {
-            let rax = vmcb.u64_at(RAX);
-            vmcb.set_u64(RAX, rax | 0xffff);
-        }
-    } else if input {
-        // SAFETY: the PM1a control register's read has no side effect.
-        let value = unsafe { x86_64::instructions::port::Port::<u16>::new(port).read() };
-        let rax = vmcb.u64_at(RAX);
-        vmcb.set_u64(RAX, rax & !0xffff | u64::from(value));
+    let exits = &CPUS[cpu as usize].exits;
+    if (pci::PORTS.0..=pci::PORTS.1).contains(&port) && port != pci::RESET_CONTROL {
+        Exits::count(&exits.pci);
     } else {
-        let value = vmcb.u64_at(RAX) as u16;
-        if u64::from(value) & SLP_EN != 0 {
-            let mut total = [0u64; 7];
-            for cpu in shared.cpus.iter() {
-                for (sum, count) in total.iter_mut().zip(CPUS[cpu as usize].exits.get()) {
-                    *sum += count;
-                }
-            }
-            let [apic, ioapic, cpuid, msr, io, npf, svm] = total;
-            let _guard = crate::lock_console();
-            let _ = writeln!(
-                console,
-                "cellvisor: root cell: ACPI sleep (PM1a control {value:#06x}): exits on {} CPUs: apic {apic}, ioapic {ioapic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}",
-                shared.cpus.len()
-            );
-            for cpu in shared.cpus.iter() {
-                let [apic, ioapic, cpuid, msr, io, npf, svm] = CPUS[cpu as usize].exits.get();
-                let _ = writeln!(
+        Exits::count(&exits.io);
+    }
+    let mask = if size == 4 {
+        0xffff_ffff
+    } else {
+        (1u64 << (8 * u32::from(size))) - 1
+    };
+    let rax = vmcb.u64_at(RAX);
+    let stored = rax & mask;
+    // What an IN reads (an OUT: nothing).
+    let loaded: u64 = if string {
+        // No string I/O to these registers: reads all ones, writes dropped.
+        mask
+    } else if Some(port) == shared.power && size == 2 {
+        if input {
+            // SAFETY: the PM1a control register's read has no side effect.
+            u64::from(unsafe { Port::<u16>::new(port).read() })
+        } else {
+            if stored & SLP_EN != 0 {
+                report_exits(
                     console,
-                    "  CPU {cpu}: apic {apic}, ioapic {ioapic}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
+                    shared,
+                    format_args!("ACPI sleep (PM1a control {stored:#06x})"),
                 );
             }
+            // SAFETY: the root cell owns the machine's power: its write is done as asked.
+            unsafe { Port::<u16>::new(port).write(stored as u16) };
+            0
         }
-        // SAFETY: the root cell owns the machine's power: its write is done as it asked.
-        unsafe { x86_64::instructions::port::Port::<u16>::new(port).write(value) };
+    } else if port == pci::RESET_CONTROL && size == 1 {
+        // SAFETY: the root cell owns the machine's reset: its access is done as asked.
+        unsafe {
+            if input {
+                u64::from(Port::<u8>::new(port).read())
+            } else {
+                Port::<u8>::new(port).write(stored as u8);
+                0
+            }
+        }
+    } else if (pci::PORTS.0..pci::PORTS.0 + 4).contains(&port) && size != 4 {
+        // Only a whole dword is CONFIG_ADDRESS: the hardware passes narrower accesses on as
+        // plain I/O, which reaches nothing here (Linux's type 1 probe writes a byte to
+        // 0xCFB). Reads all ones, writes dropped, as on the hardware.
+        mask
+    } else if (pci::PORTS.0..=pci::PORTS.1).contains(&port) {
+        let write = (!input).then_some(stored as u32);
+        match pci_access(console, cpu, shared, pci::Target::Port(port), size, write) {
+            Some(value) => u64::from(value),
+            None => mask,
+        }
+    } else {
+        mask
+    };
+    if input {
+        vmcb.set_u64(RAX, rax & !mask | loaded & mask);
     }
     vmcb.set_u64(RIP, vmcb.u64_at(EXITINFO2));
+}
+
+/// A root-cell access to PCI configuration space, decided by `cellvisor-pci` (every function
+/// the root cell's while it runs alone); what the policy refuses is reported. Returns what a
+/// read reads.
+fn pci_access(
+    console: &mut Serial,
+    cpu: u32,
+    shared: &Shared,
+    target: pci::Target,
+    size: u8,
+    write: Option<u32>,
+) -> Option<u32> {
+    let outcome = {
+        let topology = TOPOLOGY.lock();
+        let topology = topology.as_ref()?;
+        let msi = pci::X86Msi {
+            topology,
+            root_cpus: &shared.cpus,
+        };
+        pci::access(&msi, cellvisor_cell::CellId::ROOT, cpu, target, size, write)
+    };
+    match outcome {
+        Ok(cellvisor_pci::Outcome::Read(value)) => Some(value),
+        Ok(cellvisor_pci::Outcome::Written) => Some(0),
+        Ok(cellvisor_pci::Outcome::Refused(why)) => {
+            if may_report(console, cpu, &CPUS[cpu as usize]) {
+                let _guard = crate::lock_console();
+                let _ = writeln!(
+                    console,
+                    "cellvisor: cell \"root\" (CPU {cpu}): PCI configuration {target:?}: {why}: refused"
+                );
+            }
+            None
+        }
+        // The root cell's accesses are refused, never a violation.
+        Err(_) => None,
+    }
+}
+
+/// A root-cell access to the ECAM window: decoded and decided like the ports.
+fn emulate_ecam(
+    console: &mut Serial,
+    cpu: u32,
+    shared: &Shared,
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+) -> Result<(), EmulationError> {
+    let Some(ecam) = shared.ecam else {
+        return Ok(());
+    };
+    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ecam.base;
+    let (access, stored) = decode_access(vmcb, regs, &shared.map)?;
+    let size = access.size.min(4);
+    let write = stored.map(|value| value as u32);
+    let loaded = pci_access(console, cpu, shared, pci::Target::Ecam(offset), size, write)
+        .unwrap_or(u32::MAX);
+    complete(vmcb, regs, access, loaded);
+    Ok(())
 }
 
 /// Why a local APIC access could not be emulated.

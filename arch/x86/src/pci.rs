@@ -1,0 +1,202 @@
+//! PCI configuration space as the cells see it: the ports of configuration mechanism #1
+//! (0xCF8-0xCFF, in the I/O permission map) and the ECAM window (left out of the nested page
+//! tables) trap, and each access is decided by `cellvisor-pci`. The hypervisor reaches the
+//! hardware through the ECAM window the firmware's MCFG names ([`Ecam`]), under one lock.
+
+use cellvisor_apic::Topology;
+use cellvisor_cell::CellId;
+use cellvisor_config::Bdf;
+use cellvisor_pci::{Accessor, ConfigSpace, MsiPolicy, Outcome, PciConfig, PciViolation};
+use cellvisor_sync::Mutex;
+
+/// CONFIG_ADDRESS, the reset control register between it and CONFIG_DATA, and the end of
+/// CONFIG_DATA.
+pub const PORTS: (u16, u16) = (0xcf8, 0xcff);
+/// The reset control register (ICH9): the root cell's, passed through.
+pub const RESET_CONTROL: u16 = 0xcf9;
+
+/// The ECAM window of PCI segment 0: its base and the buses it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ecam {
+    /// Where bus 0 starts.
+    pub base: u64,
+    /// The first bus.
+    pub first_bus: u8,
+    /// The last bus.
+    pub last_bus: u8,
+}
+
+impl Ecam {
+    /// The window's size in bytes.
+    pub fn size(&self) -> u64 {
+        (u64::from(self.last_bus) + 1) << 20
+    }
+
+    /// The address of `reg` of `bdf`, if the window covers its bus.
+    fn address(&self, bdf: Bdf, reg: u16, size: u8) -> Option<u64> {
+        let aligned = u64::from(reg) % u64::from(size) == 0 && reg < 0x1000;
+        ((self.first_bus..=self.last_bus).contains(&bdf.bus()) && aligned).then(|| {
+            self.base
+                + (u64::from(bdf.bus()) << 20
+                    | u64::from(bdf.device()) << 15
+                    | u64::from(bdf.function()) << 12
+                    | u64::from(reg))
+        })
+    }
+}
+
+impl ConfigSpace for Ecam {
+    fn read(&mut self, bdf: Bdf, reg: u16, size: u8) -> u32 {
+        let Some(at) = self.address(bdf, reg, size) else {
+            return u32::MAX;
+        };
+        // SAFETY: the ECAM window is below 4 GiB (checked at `init`), mapped uncached one to
+        // one in the hypervisor's boot map; `at` is aligned to `size` inside it. A read of
+        // configuration space has no side effect the policy did not allow.
+        unsafe {
+            match size {
+                1 => u32::from((at as *const u8).read_volatile()),
+                2 => u32::from((at as *const u16).read_volatile()),
+                _ => (at as *const u32).read_volatile(),
+            }
+        }
+    }
+
+    fn write(&mut self, bdf: Bdf, reg: u16, size: u8, value: u32) {
+        let Some(at) = self.address(bdf, reg, size) else {
+            return;
+        };
+        // SAFETY: as for reads; the policy decided the write.
+        unsafe {
+            match size {
+                1 => (at as *mut u8).write_volatile(value as u8),
+                2 => (at as *mut u16).write_volatile(value as u16),
+                _ => (at as *mut u32).write_volatile(value),
+            }
+        }
+    }
+}
+
+/// Where an x86 cell's device may send an MSI (Intel SDM Vol. 3A §11.11, AMD APM Vol. 2
+/// §16.7): the local APICs' window 0xFEExxxxx, a physical destination that is a CPU of the
+/// cell, and the fixed, lowest-priority or NMI delivery mode (never SMI, INIT or ExtINT).
+/// A logical destination is accepted for the root cell only, which owns every CPU while it
+/// runs alone.
+#[derive(Clone, Copy, Debug)]
+pub struct X86Msi<'a> {
+    /// The machine's CPUs.
+    pub topology: &'a Topology,
+    /// The root cell's CPUs.
+    pub root_cpus: &'a cellvisor_config::CpuSet,
+}
+
+impl MsiPolicy for X86Msi<'_> {
+    fn allowed(&self, cell: CellId, address: u64, data: u32) -> bool {
+        if address >> 20 != 0xfee {
+            return false;
+        }
+        let delivery = (data >> 8) & 0b111;
+        if !matches!(delivery, 0b000 | 0b001 | 0b100) {
+            return false;
+        }
+        let logical = address & (1 << 2) != 0;
+        let destination = ((address >> 12) & 0xff) as u32;
+        if cell != CellId::ROOT {
+            // No other cell yet: nothing of theirs may signal.
+            return false;
+        }
+        logical
+            || self
+                .topology
+                .cpu_of(destination)
+                .is_some_and(|cpu| self.root_cpus.contains(cpu))
+    }
+}
+
+/// The configuration space's books and the hardware's window.
+pub static PCI: Mutex<Option<(PciConfig, Ecam)>> = Mutex::new(None);
+
+/// Every function the root cell's, the hardware through `ecam`; the boot CPU, before any cell
+/// runs.
+pub fn init(ecam: Ecam) {
+    *PCI.lock() = Some((PciConfig::new(), ecam));
+}
+
+/// What was accessed: a port, or an offset in the ECAM window.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// An I/O port of mechanism #1.
+    Port(u16),
+    /// An offset in the ECAM window.
+    Ecam(u64),
+}
+
+/// One trapped access of `size` bytes by CPU `cpu` of `cell`.
+pub fn access(
+    msi: &X86Msi<'_>,
+    cell: CellId,
+    cpu: u32,
+    target: Target,
+    size: u8,
+    write: Option<u32>,
+) -> Result<Outcome, PciViolation> {
+    let mut pci = PCI.lock();
+    let Some((config, hw)) = pci.as_mut() else {
+        return Ok(match write {
+            Some(_) => Outcome::Written,
+            None => Outcome::Read(u32::MAX),
+        });
+    };
+    let by = Accessor { cell, cpu };
+    match target {
+        Target::Port(port) => config.port(hw, msi, by, port, size, write),
+        Target::Ecam(offset) => config.ecam(hw, msi, by, offset, size, write),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msi_policy() {
+        let topology = Topology::new(&[0, 1, 2, 3]).unwrap();
+        let root_cpus = cellvisor_config::CpuSet::from_cpus([0, 1, 2, 3]);
+        let msi = X86Msi {
+            topology: &topology,
+            root_cpus: &root_cpus,
+        };
+        // Fixed, physical destination 2: allowed; 7 is no CPU.
+        assert!(msi.allowed(CellId::ROOT, 0xfee0_2000, 0x41));
+        assert!(!msi.allowed(CellId::ROOT, 0xfee0_7000, 0x41));
+        // Logical destinations for the root cell.
+        assert!(msi.allowed(CellId::ROOT, 0xfee0_f004, 0x41));
+        // NMI yes; SMI (010), INIT (101) and ExtINT (111) no.
+        assert!(msi.allowed(CellId::ROOT, 0xfee0_0000, 0x400));
+        for mode in [0b010, 0b101, 0b111] {
+            assert!(!msi.allowed(CellId::ROOT, 0xfee0_0000, mode << 8 | 0x41));
+        }
+        // Outside the local APICs' window; another cell.
+        assert!(!msi.allowed(CellId::ROOT, 0xfec0_0000, 0x41));
+        assert!(!msi.allowed(CellId(1), 0xfee0_2000, 0x41));
+    }
+
+    #[test]
+    fn ecam_addresses() {
+        let ecam = Ecam {
+            base: 0xb000_0000,
+            first_bus: 0,
+            last_bus: 0xff,
+        };
+        assert_eq!(ecam.size(), 0x1000_0000);
+        let bdf = Bdf::new(1, 2, 3).unwrap();
+        assert_eq!(ecam.address(bdf, 0x104, 4), Some(0xb011_3104));
+        assert_eq!(ecam.address(bdf, 0x102, 4), None);
+        assert_eq!(ecam.address(bdf, 0x1000, 1), None);
+        let small = Ecam {
+            last_bus: 0,
+            ..ecam
+        };
+        assert_eq!(small.address(bdf, 0, 4), None);
+    }
+}

@@ -532,6 +532,45 @@ fn root_intercepts(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
     vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.0.get() as u64);
 }
 
+/// A register page of the machine's that traps for the root cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TrappedPage {
+    /// The local APIC's (`xapic`).
+    LocalApic,
+    /// The IOAPIC's (`ioapic`).
+    IoApic,
+    /// The PCI ECAM window (`pci`).
+    Ecam,
+}
+
+impl TrappedPage {
+    fn name(self) -> &'static str {
+        match self {
+            Self::LocalApic => "local APIC",
+            Self::IoApic => "IOAPIC",
+            Self::Ecam => "PCI configuration",
+        }
+    }
+}
+
+/// Which trapped page the nested page fault in `vmcb` hit, if any.
+fn trapped_page(shared: &Shared, vmcb: &Vmcb<'_>) -> Option<TrappedPage> {
+    let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+    let page = |base: u64| (base..base + 0x1000).contains(&gpa);
+    if page(xapic::BASE) {
+        Some(TrappedPage::LocalApic)
+    } else if page(ioapic::BASE) {
+        Some(TrappedPage::IoApic)
+    } else if shared
+        .ecam
+        .is_some_and(|ecam| (ecam.base..ecam.base + ecam.size()).contains(&gpa))
+    {
+        Some(TrappedPage::Ecam)
+    } else {
+        None
+    }
+}
+
 /// The vCPU stopped for good: reported, the CPU parks.
 #[derive(Debug)]
 struct Stopped;
@@ -574,6 +613,38 @@ fn vcpu(
                 });
         }
         let Some(exit) = exit else { continue };
+        // A register page that traps: decoded and emulated.
+        if exit == ExitCode::NPF {
+            if let Some(page) = trapped_page(shared, vmcb) {
+                let (counter, result) = match page {
+                    TrappedPage::LocalApic => (
+                        &exits.apic,
+                        emulate_apic(console, vmcb, regs, &shared.map, &mut apic),
+                    ),
+                    TrappedPage::IoApic => (
+                        &exits.ioapic,
+                        emulate_ioapic(console, cpu, shared, vmcb, regs),
+                    ),
+                    TrappedPage::Ecam => {
+                        (&exits.pci, emulate_ecam(console, cpu, shared, vmcb, regs))
+                    }
+                };
+                Exits::count(counter);
+                if let Err(e) = result {
+                    vmcb.inject_exception(13, Some(0));
+                    if may_report(console, cpu, per_cpu) {
+                        let _guard = crate::lock_console();
+                        let _ = writeln!(
+                            console,
+                            "cellvisor: cell \"root\" (CPU {cpu}): {} access at RIP {:#x} not emulated: {e}: #GP injected",
+                            page.name(),
+                            vmcb.u64_at(svm::offset::RIP)
+                        );
+                    }
+                }
+                continue;
+            }
+        }
         match exit {
             // A kick or the root cell's NMI, both handled around the entry. An NMI from
             // elsewhere (the chipset) is dropped.
@@ -593,62 +664,6 @@ fn vcpu(
                 // SVM is not the root cell's: #UD, as on a CPU without it.
                 Exits::count(&exits.svm);
                 vmcb.inject_exception(6, None);
-            }
-            ExitCode::NPF
-                if (xapic::BASE..xapic::BASE + 0x1000)
-                    .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
-            {
-                Exits::count(&exits.apic);
-                if let Err(e) = emulate_apic(console, vmcb, regs, &shared.map, &mut apic) {
-                    vmcb.inject_exception(13, Some(0));
-                    if !may_report(console, cpu, per_cpu) {
-                        continue;
-                    }
-                    let _guard = crate::lock_console();
-                    let _ = writeln!(
-                        console,
-                        "cellvisor: cell \"root\" (CPU {cpu}): local APIC access at RIP {:#x} not emulated: {e}: #GP injected",
-                        vmcb.u64_at(svm::offset::RIP)
-                    );
-                }
-            }
-            ExitCode::NPF
-                if (ioapic::BASE..ioapic::BASE + 0x1000)
-                    .contains(&vmcb.u64_at(svm::offset::EXITINFO2)) =>
-            {
-                Exits::count(&exits.ioapic);
-                if let Err(e) = emulate_ioapic(console, cpu, shared, vmcb, regs) {
-                    vmcb.inject_exception(13, Some(0));
-                    if !may_report(console, cpu, per_cpu) {
-                        continue;
-                    }
-                    let _guard = crate::lock_console();
-                    let _ = writeln!(
-                        console,
-                        "cellvisor: cell \"root\" (CPU {cpu}): IOAPIC access at RIP {:#x} not emulated: {e}: #GP injected",
-                        vmcb.u64_at(svm::offset::RIP)
-                    );
-                }
-            }
-            ExitCode::NPF
-                if shared.ecam.is_some_and(|ecam| {
-                    (ecam.base..ecam.base + ecam.size())
-                        .contains(&vmcb.u64_at(svm::offset::EXITINFO2))
-                }) =>
-            {
-                Exits::count(&exits.pci);
-                if let Err(e) = emulate_ecam(console, cpu, shared, vmcb, regs) {
-                    vmcb.inject_exception(13, Some(0));
-                    if !may_report(console, cpu, per_cpu) {
-                        continue;
-                    }
-                    let _guard = crate::lock_console();
-                    let _ = writeln!(
-                        console,
-                        "cellvisor: cell \"root\" (CPU {cpu}): PCI configuration access at RIP {:#x} not emulated: {e}: #GP injected",
-                        vmcb.u64_at(svm::offset::RIP)
-                    );
-                }
             }
             ExitCode::NPF => {
                 Exits::count(&exits.npf);

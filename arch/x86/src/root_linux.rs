@@ -924,7 +924,7 @@ fn emulate_ecam(
     Ok(())
 }
 
-/// Why a local APIC access could not be emulated.
+/// Why an access to a trapped register page could not be emulated.
 #[derive(Debug)]
 enum EmulationError {
     /// Not in 64-bit mode.

@@ -495,8 +495,10 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
     let mut waiting_for_startup = false;
     loop {
         crate::wait::wait(&per_cpu.mailbox);
-        let requests = per_cpu.mailbox.swap(0, Ordering::SeqCst);
+        // The kick first, then the mailbox: a request that comes in between kicks again, so
+        // the vCPU started below cannot miss it.
         per_cpu.kicked.store(false, Ordering::SeqCst);
+        let requests = per_cpu.mailbox.swap(0, Ordering::SeqCst);
         if requests & INIT != 0 {
             xapic::init_reset();
             waiting_for_startup = true;

@@ -43,11 +43,16 @@ impl fmt::Display for FirmwareError {
     }
 }
 
-/// The enabled CPUs' APIC IDs, at most [`MAX_CPUS`]; the second value counts those left out.
-pub fn cpus() -> Result<(heapless::Vec<u32, MAX_CPUS>, usize), FirmwareError> {
+/// The firmware's ACPI tables, found through the RSDP in the BIOS areas.
+fn tables() -> Result<AcpiTables<OneToOne>, FirmwareError> {
     // SAFETY: the BIOS areas the search reads (the EBDA and 0xE0000-0xFFFFF) are mapped and
     // hold no device registers.
-    let tables = unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)?;
+    unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)
+}
+
+/// The enabled CPUs' APIC IDs, at most [`MAX_CPUS`]; the second value counts those left out.
+pub fn cpus() -> Result<(heapless::Vec<u32, MAX_CPUS>, usize), FirmwareError> {
+    let tables = tables()?;
     let madt = tables.find_table::<Madt>().map_err(FirmwareError)?;
     let mut ids = heapless::Vec::new();
     let mut left_out = 0;
@@ -67,8 +72,7 @@ pub fn cpus() -> Result<(heapless::Vec<u32, MAX_CPUS>, usize), FirmwareError> {
 /// The I/O port of the ACPI PM1a control register (the FADT's `X_PM1a_CNT_BLK` or
 /// `PM1a_CNT_BLK`), where the operating system writes `SLP_TYP` and `SLP_EN` to power off.
 pub fn pm1a_control() -> Result<u64, FirmwareError> {
-    // SAFETY: as in `cpus`.
-    let tables = unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)?;
+    let tables = tables()?;
     let fadt = tables.find_table::<Fadt>().map_err(FirmwareError)?;
     let block = fadt.pm1a_control_block().map_err(FirmwareError)?;
     if block.address_space != AddressSpace::SystemIo {
@@ -79,8 +83,7 @@ pub fn pm1a_control() -> Result<u64, FirmwareError> {
 
 /// The ECAM window of PCI segment 0 from the MCFG (PCI Firmware Specification 3.2 §4.1.2).
 pub fn ecam() -> Result<crate::pci::Ecam, FirmwareError> {
-    // SAFETY: as in `cpus`.
-    let tables = unsafe { AcpiTables::search_for_rsdp_bios(OneToOne) }.map_err(FirmwareError)?;
+    let tables = tables()?;
     let mcfg = tables.find_table::<Mcfg>().map_err(FirmwareError)?;
     mcfg.entries()
         .iter()

@@ -3,6 +3,7 @@
 //! together until the core's traits take over. [`guest_tables`] serves the VMX guest too.
 
 use core::fmt::Write;
+use core::sync::atomic::AtomicBool;
 
 use cellvisor_paging::{
     Attributes, Error, Format, FramePool, GuestPhysAddr, LargePages, LinearMemory, MapMode,
@@ -11,9 +12,11 @@ use cellvisor_paging::{
 
 use crate::page::Page;
 use crate::serial::Serial;
-use crate::svm::{self, ExitCode, Vmcb};
+use crate::svm::{self, ExitCode, GuestRegisters, Vmcb};
 
 static HOST_SAVE: Page = Page::new();
+/// The host's VMLOAD/VMSAVE state while the guest runs.
+static HOST_STATE: Page = Page::new();
 static VMCB: Page = Page::new();
 /// Frames for the guest's second-stage tables (nested or extended).
 static TABLE_FRAMES: [Page; 8] = [const { Page::new() }; 8];
@@ -67,8 +70,13 @@ pub fn run(console: &mut Serial) {
     };
     let mut vmcb = Vmcb::new(&VMCB);
     vmcb.reset_real_mode(CODE_AT, root.as_u64(), 1);
+    let mut regs = GuestRegisters::default();
+    // Nothing kicks this guest.
+    let never = AtomicBool::new(false);
     for _ in 0..4 {
-        let exit = vmcb.run();
+        let Some(exit) = vmcb.enter(&mut regs, &HOST_STATE, &never) else {
+            return;
+        };
         let rip = vmcb.u64_at(svm::offset::RIP);
         let _ = writeln!(console, "cellvisor: SVM guest exit: {exit} at RIP {rip:#x}");
         match exit {

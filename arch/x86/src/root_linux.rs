@@ -31,7 +31,7 @@ use crate::page::Page;
 use crate::pci;
 use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
 use crate::serial::Serial;
-use crate::svm::{self, ExitCode, GuestRegisters, Vmcb};
+use crate::svm::{self, ExitCode, GuestRegisters, Vmcb, EFER, EFER_SVME};
 use crate::walk;
 use crate::xapic::{self, LocalApic, Request};
 
@@ -65,10 +65,6 @@ unsafe impl<const N: usize> Sync for Bitmap<N> {}
 static MSRPM: Bitmap<MSRPM_SIZE> = Bitmap(UnsafeCell::new([0; MSRPM_SIZE]));
 static IOPM: Bitmap<IOPM_SIZE> = Bitmap(UnsafeCell::new([0; IOPM_SIZE]));
 
-/// `EFER`.
-const EFER: u32 = 0xc000_0080;
-/// `EFER.SVME`: the hypervisor's, always set in the guest's EFER and never shown.
-const EFER_SVME: u64 = 1 << 12;
 /// The `EFER` bits the root cell may write: SCE, LME, LMA, NXE, FFXSR, TCE, AutoIBRS (AMD
 /// APM Vol. 2 §3.1.7); anything else is a #GP, as on a CPU without SVM.
 const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14 | 1 << 15 | 1 << 21;
@@ -383,12 +379,15 @@ static CPUS: [PerCpu; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
+/// CPU `cpu`'s own state and APIC ID, once the root cell runs.
+fn target(cpu: u32) -> Option<(&'static PerCpu, u32)> {
+    let shared = SHARED.get()?;
+    Some((CPUS.get(cpu as usize)?, *shared.apic_ids.get(cpu as usize)?))
+}
+
 /// Sends the root cell's NMI to `cpu`: marked, so that the NMI exit it causes injects it.
 fn root_nmi(cpu: u32) {
-    let Some(shared) = SHARED.get() else { return };
-    let (Some(per_cpu), Some(&apic_id)) =
-        (CPUS.get(cpu as usize), shared.apic_ids.get(cpu as usize))
-    else {
+    let Some((per_cpu, apic_id)) = target(cpu) else {
         return;
     };
     per_cpu.root_nmi.store(true, Ordering::SeqCst);
@@ -402,10 +401,7 @@ fn event_pending(vmcb: &Vmcb<'_>) -> bool {
 
 /// Asks `cpu` for an INIT or a start-up and kicks it out of its guest or its sleep.
 fn request(cpu: u32, kind: IpiKind) {
-    let Some(shared) = SHARED.get() else { return };
-    let (Some(per_cpu), Some(&apic_id)) =
-        (CPUS.get(cpu as usize), shared.apic_ids.get(cpu as usize))
-    else {
+    let Some((per_cpu, apic_id)) = target(cpu) else {
         return;
     };
     match kind {
@@ -477,7 +473,7 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
     );
     let mut vmcb = Vmcb::new(&CPUS[0].vmcb);
     vmcb.reset_protected_mode(prepared.entry, (BOOT_CS, BOOT_DS), shared.tables, ROOT_ASID);
-    root_intercepts(&mut vmcb, power);
+    root_intercepts(&mut vmcb);
     let mut regs = GuestRegisters {
         rsi: ZERO_PAGE,
         ..GuestRegisters::default()
@@ -511,7 +507,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
         let vector = (requests & 0xff) as u16;
         let mut vmcb = Vmcb::new(&per_cpu.vmcb);
         vmcb.reset_real_mode_at(vector << 8, 0, shared.tables, ROOT_ASID);
-        root_intercepts(&mut vmcb, shared.power);
+        root_intercepts(&mut vmcb);
         let mut regs = GuestRegisters::default();
         if vcpu(console, cpu, shared, &mut vmcb, &mut regs).is_err() {
             crate::halt()
@@ -521,8 +517,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
 
 /// The VMCB's intercepts for a root-cell vCPU: CPUID, shutdown, NMIs (kicks), MSRs and I/O by
 /// the permission maps; VMRUN.
-fn root_intercepts(vmcb: &mut Vmcb<'_>, power: Option<u16>) {
-    let _ = power;
+fn root_intercepts(vmcb: &mut Vmcb<'_>) {
     let misc = svm::INTERCEPT_CPUID
         | svm::INTERCEPT_SHUTDOWN
         | svm::INTERCEPT_NMI

@@ -9,8 +9,9 @@ use x86_64::registers::model_specific::Msr;
 use crate::page::Page;
 
 /// `EFER` and its SVM enable bit (APM 15.4).
-const EFER: u32 = 0xc000_0080;
-const EFER_SVME: u64 = 1 << 12;
+pub const EFER: u32 = 0xc000_0080;
+/// `EFER.SVME`.
+pub const EFER_SVME: u64 = 1 << 12;
 /// `VM_CR`: bit 4, SVMDIS, set by firmware that locks SVM off (APM 15.30.1).
 const VM_CR: u32 = 0xc001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
@@ -494,32 +495,5 @@ impl<'a> Vmcb<'a> {
     /// Why the guest last exited.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode(self.u64_at(offset::EXITCODE))
-    }
-
-    /// Runs the guest until its next exit. The guest's general-purpose registers other than
-    /// RAX and RSP are not kept (no guest of this stage needs them).
-    pub fn run(&mut self) -> ExitCode {
-        let vmcb = self.page.address();
-        // SAFETY: SVM is on (`enable`) and the VMCB is valid or VMRUN exits with INVALID;
-        // VMRUN saves the host's state in the host save area and restores RSP, RIP and RAX on
-        // #VMEXIT; every other general-purpose register is the guest's then, so all are
-        // declared clobbered, and RBX and RBP (which asm! cannot clobber) are saved around.
-        // CLGI/STGI keep interrupts and NMIs from the host's side between the two.
-        unsafe {
-            core::arch::asm!(
-                "push rbx",
-                "push rbp",
-                "clgi",
-                "vmrun rax",
-                "stgi",
-                "pop rbp",
-                "pop rbx",
-                inout("rax") vmcb => _,
-                out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
-                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-            );
-        }
-        self.exit_code()
     }
 }

@@ -338,6 +338,18 @@ impl Board {
         })
     }
 
+    /// The root cell's default kernel command line: `linux-append`, or
+    /// `multiboot-linux-append` on an x86 board; `None` for a board that boots no Linux.
+    pub fn linux_append(&self) -> Option<&str> {
+        self.linux
+            .as_ref()
+            .map(|linux| linux.append.as_str())
+            .or(self
+                .multiboot
+                .as_ref()
+                .map(|multiboot| multiboot.append.as_str()))
+    }
+
     /// How the board boots Linux; an error saying what to do for boards that do not.
     pub fn linux(&self) -> Result<&LinuxBoot> {
         self.linux.as_ref().with_context(|| {

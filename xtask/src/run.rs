@@ -256,12 +256,7 @@ fn linux_files(
         );
     };
     let shown = |path: &Path| workspace.relative(path).to_owned();
-    let board_append = board
-        .linux
-        .as_ref()
-        .map(|linux| &linux.append)
-        .or(board.multiboot.as_ref().map(|multiboot| &multiboot.append));
-    let append = match (&args.append, board_append) {
+    let append = match (&args.append, board.linux_append()) {
         (Some(append), _) => {
             check_actions("--append", append)?;
             append.clone()
@@ -269,7 +264,7 @@ fn linux_files(
         (None, Some(append)) if args.demo => {
             append_with_actions(append, &[Action::Script(crate::scripts::Script::DemoStart)])
         }
-        (None, Some(append)) => append.clone(),
+        (None, Some(append)) => append.to_owned(),
         (None, None) => bail!(
             "--bare: board {} has no `linux-append` in its [package.metadata.cellvisor] table: \
              pass --append",

@@ -1151,8 +1151,9 @@ fn resolve<'a>(boards: &'a [Board], case: &Case<'_>) -> Result<Resolved<'a>> {
     let append = match case.actions {
         None => None,
         Some(actions) => {
-            let base = match &board.multiboot {
-                Some(multiboot) => &multiboot.append,
+            // Without a command line the board boots no Linux: `linux()` says so.
+            let base = match board.linux_append() {
+                Some(base) => base,
                 None => {
                     &board
                         .linux()

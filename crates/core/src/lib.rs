@@ -359,6 +359,25 @@ impl<A: Arch> Hypervisor<A> {
         })
     }
 
+    /// Whether cell `cell`'s second-stage tables map `ipa` just now. Answered under the
+    /// table lock, so a change in progress is finished first: a CPU of a live cell can fault
+    /// in the break-before-make window of a change to its tables (the root cell while a cell
+    /// takes memory from it), and a fault at an address this answers `true` for is such a
+    /// spurious one, to be retried rather than reported.
+    pub fn maps(&self, cell: CellId, ipa: u64) -> bool {
+        let memory = self.arch.table_memory();
+        self.tables.get().is_some_and(|t| {
+            t.lock()
+                .trees
+                .get(cell.0 as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|tree| {
+                    tree.translate(&memory, cellvisor_paging::GuestPhysAddr::new(ipa))
+                        .is_some()
+                })
+        })
+    }
+
     /// Translation-table pages of cell `cell`'s tree (0 when the slot is empty).
     pub fn table_pages(&self, cell: CellId) -> usize {
         let memory = self.arch.table_memory();

@@ -32,6 +32,13 @@ fn a_cell_lives_and_dies_and_the_machine_is_as_before() {
         }));
         assert!(m.hv.cell(CellId(1)).tables() != 0);
         assert!(arch.root_flushes() > 0, "the live root cell lost memory");
+        // The root cell no longer maps the cell's RAM, but still the RAM around it.
+        assert!(!m.hv.maps(CellId(0), 0x7f00_0000));
+        assert!(!m.hv.maps(CellId(0), 0x7fff_efff));
+        assert!(m.hv.maps(CellId(0), 0x7eff_ffff));
+        assert!(m.hv.maps(CellId(1), 0));
+        assert!(!m.hv.maps(CellId(1), 0xff_f000));
+        assert!(!m.hv.maps(CellId(7), 0));
         let created = m.snapshot();
         assert!(created.memory_free < before.memory_free);
         assert_eq!(created.root_memory, before.root_memory - 0xff_f000);

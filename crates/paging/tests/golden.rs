@@ -2044,3 +2044,58 @@ mod long_mode {
         assert_eq!(t.mappings(&mem).count(), 0);
     }
 }
+
+/// The qemu-x86 root cell's case: RAM below 2 GiB in 1 GiB and 2 MiB leaves, then a cell's
+/// 16 MiB less a page taken out of the middle: the split keeps every other page mapped to
+/// itself, with its attributes, in both nested formats.
+#[test]
+fn taking_a_range_out_of_a_large_leaf_keeps_the_rest() {
+    fn check<F: Format<Input = GuestPhysAddr> + Copy>(format: F) {
+        let mut mem = fake();
+        let mut table = PageTable::new(format, &mut mem).unwrap();
+        for (start, end) in [(0x180_0000u64, 0x7000_0000u64), (0x7000_0000, 0x8000_0000)] {
+            table
+                .map(
+                    &mut mem,
+                    &mut NotLive,
+                    Mapping {
+                        input: gpa(start),
+                        output: pa(start),
+                        size: end - start,
+                        attributes: Attributes::RAM_RWX,
+                    },
+                    MapMode::New,
+                )
+                .unwrap();
+        }
+        table
+            .unmap(&mut mem, &mut NotLive, gpa(0x7000_0000), 0xff_f000)
+            .unwrap();
+        for address in [
+            0x180_0000u64,
+            0x4000_0000,
+            0x6fff_ffff,
+            0x70ff_f000,
+            0x7100_0000,
+            0x7dc2_dbf0,
+            0x7ffa_5000,
+            0x7fff_ffff,
+        ] {
+            let t = table.translate(&mem, gpa(address));
+            assert_eq!(
+                t.map(|t| (t.output.as_u64(), t.attributes)),
+                Some((address, Attributes::RAM_RWX)),
+                "{address:#x}"
+            );
+        }
+        for address in [0x7000_0000u64, 0x7080_0000, 0x70ff_efff] {
+            assert!(
+                table.translate(&mem, gpa(address)).is_none(),
+                "{address:#x}"
+            );
+        }
+    }
+    check(Npt::new(LargePages::ALL));
+    check(Ept::new(LargePages::ALL));
+    check(Stage2::new(40).unwrap());
+}

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
     about = "Manage the cells of a cellvisor system from its root cell",
     long_about = "Manage the cells of a cellvisor system from its root cell.\n\n\
         The hypervisor's management interface is found through the device tree \
-        (/proc/device-tree/chosen/cellvisor,management) and reached through /dev/mem: run as \
+        (/proc/device-tree/chosen/cellvisor,management) or, on x86, the kernel command line \
+        (cellvisor.management= in /proc/cmdline), and reached through /dev/mem: run as \
         root. `config check` works anywhere, offline.\n\n\
         A <CELL> is a cell name or a numeric cell id (0 is the root cell). Configuration CPU \
         numbers are the hypervisor's CPU indices and Linux's logical CPU numbers."

@@ -18,6 +18,13 @@ use crate::reason;
 /// Where Linux shows the device tree's property.
 pub const PROPERTY: &str = "/proc/device-tree/chosen/cellvisor,management";
 
+/// Where Linux shows its command line: on x86 (no device tree) the hypervisor appends
+/// `cellvisor.management=CONTROL,SIZE,DATA,SIZE` (hexadecimal with `0x`, or decimal).
+pub const CMDLINE: &str = "/proc/cmdline";
+
+/// The command-line word's name.
+const CMDLINE_WORD: &str = "cellvisor.management=";
+
 /// The memory device.
 pub const DEV_MEM: &str = "/dev/mem";
 
@@ -72,16 +79,54 @@ pub fn parse_property(bytes: &[u8]) -> Result<Areas> {
     Ok(areas)
 }
 
-/// Reads the property from `path` (normally [`PROPERTY`]).
-pub fn read_areas(path: &Path) -> Result<Areas> {
-    match std::fs::read(path) {
-        Ok(bytes) => parse_property(&bytes),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => bail!(
-            "no cellvisor management interface in the device tree (is this the root cell of a \
-             cellvisor system?)"
-        ),
-        Err(error) => bail!("cannot read {}: {}", path.display(), reason(&error)),
+/// The areas of a `cellvisor.management=` word of kernel command line `line`, if it has one.
+pub fn parse_cmdline(line: &str) -> Option<Result<Areas>> {
+    let value = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(CMDLINE_WORD))?;
+    let number = |text: &str| match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    };
+    let numbers: Vec<Option<u64>> = value.split(',').map(number).collect();
+    let [Some(control), Some(control_size), Some(data), Some(data_size)] = numbers[..] else {
+        return Some(Err(anyhow::anyhow!(
+            "{CMDLINE}: `{CMDLINE_WORD}{value}` is not four numbers (control base and size, data \
+             base and size)"
+        )));
+    };
+    let bytes: Vec<u8> = [control, control_size, data, data_size]
+        .iter()
+        .flat_map(|n| n.to_be_bytes())
+        .collect();
+    Some(parse_property(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace(PROPERTY, &format!("{CMDLINE} ({CMDLINE_WORD})"))
+        )
+    }))
+}
+
+/// The areas from the device tree's property at `property`, or else from the kernel command
+/// line at `cmdline` (normally [`PROPERTY`] and [`CMDLINE`]).
+pub fn locate(property: &Path, cmdline: &Path) -> Result<Areas> {
+    match std::fs::read(property) {
+        Ok(bytes) => return parse_property(&bytes),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => bail!("cannot read {}: {}", property.display(), reason(&error)),
     }
+    let line = match std::fs::read_to_string(cmdline) {
+        Ok(line) => line,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(error) => bail!("cannot read {}: {}", cmdline.display(), reason(&error)),
+    };
+    parse_cmdline(&line).unwrap_or_else(|| {
+        bail!(
+            "no cellvisor management interface in the device tree nor on the kernel command \
+             line (is this the root cell of a cellvisor system?)"
+        )
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -285,7 +330,7 @@ mod linux {
 
 /// Opens the management interface of the running hypervisor.
 pub fn open() -> Result<Box<dyn Device>> {
-    let areas = read_areas(Path::new(PROPERTY))?;
+    let areas = locate(Path::new(PROPERTY), Path::new(CMDLINE))?;
     #[cfg(target_os = "linux")]
     {
         Ok(Box::new(DevMem::open(&areas)?))
@@ -361,14 +406,59 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_property_says_what_it_means() {
-        let error = read_areas(Path::new("/nonexistent/cellvisor,management"))
+    fn the_command_line_word_stands_in_for_the_property() {
+        let areas = parse_cmdline(
+            "console=ttyS0 cellvisor.management=0x1001000,0x1000,0x1002000,1048576 quiet",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(areas.control, (0x100_1000, 0x1000));
+        assert_eq!(areas.data, (0x100_2000, 0x10_0000));
+        assert!(parse_cmdline("console=ttyS0 quiet").is_none());
+        let error = parse_cmdline("cellvisor.management=0x1000,0x1000,zz,0x1000")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not four numbers"), "{error}");
+        let error = parse_cmdline("cellvisor.management=0x1000,0x10,0x2000,0x1000")
+            .unwrap()
             .unwrap_err()
             .to_string();
         assert_eq!(
             error,
-            "no cellvisor management interface in the device tree (is this the root cell of a \
-             cellvisor system?)"
+            "/proc/cmdline (cellvisor.management=): unusable control page (control page 0x1000 \
+             (0x10 bytes), data window 0x2000 (0x1000 bytes))"
+        );
+        let missing = Path::new("/nonexistent/cellvisor,management");
+        let cmdline =
+            std::env::temp_dir().join(format!("cellvisor-cmdline-{}", std::process::id()));
+        std::fs::write(
+            &cmdline,
+            "ro cellvisor.management=0x1000,0x1000,0x2000,0x1000\n",
+        )
+        .unwrap();
+        assert_eq!(locate(missing, &cmdline).unwrap().data, (0x2000, 0x1000));
+        std::fs::write(&cmdline, "ro quiet\n").unwrap();
+        let error = locate(missing, &cmdline).unwrap_err().to_string();
+        assert!(
+            error.starts_with("no cellvisor management interface in the device tree nor"),
+            "{error}"
+        );
+        std::fs::remove_file(&cmdline).unwrap();
+    }
+
+    #[test]
+    fn a_missing_property_says_what_it_means() {
+        let error = locate(
+            Path::new("/nonexistent/cellvisor,management"),
+            Path::new("/nonexistent/cmdline"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "no cellvisor management interface in the device tree nor on the kernel command \
+             line (is this the root cell of a cellvisor system?)"
         );
     }
 }

@@ -7,7 +7,12 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
         return;
     }
-    for (name, value) in [("HYP_BASE", 0x0100_0000u64), ("BOOT_STACK_SIZE", 0x1_0000)] {
+    for (name, value) in [
+        ("HYP_BASE", 0x0100_0000u64),
+        // The hypervisor region of config/system.toml.
+        ("HYP_SIZE", 0x80_0000),
+        ("BOOT_STACK_SIZE", 0x1_0000),
+    ] {
         println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");
     }
     println!("cargo:rustc-link-arg-bins=-Tcellvisor-x86.ld");

@@ -21,8 +21,9 @@
 //! # optional, with linux-dtb: devices whose clocks come from firmware QEMU does not model get
 //! # a fixed clock instead in the tree QEMU passes (see qemu_dtb.rs)
 //! linux-dtb-fixed-clock = { frequency = 100_000_000, nodes = ["/axi/serial@ff000000"] }
-//! # Or, on x86 for now, instead of the four keys: Linux from the Multiboot modules (see
-//! # `MultibootLinux`), with this default kernel command line.
+//! # Or, on x86, instead of the four keys: Linux and the system configuration
+//! # (config/system.toml) from the Multiboot modules (see `MultibootLinux`), with this
+//! # default kernel command line.
 //! multiboot-linux-append = "console=ttyS0"
 //! ```
 
@@ -64,11 +65,12 @@ pub struct Board {
     pub multiboot: Option<MultibootLinux>,
 }
 
-/// How an x86 board boots Linux as its root cell while it has no system configuration yet
-/// (issue "x86"): QEMU's Multiboot loader starts the hypervisor (`-kernel`) with the root
-/// cell's bzImage and initramfs as its modules (`-initrd "bzImage,initramfs"`) and the
-/// kernel command line as the hypervisor's own (`-append`); the hypervisor loads the kernel
-/// through the Linux boot protocol.
+/// How an x86 board boots Linux as its root cell: QEMU's Multiboot loader starts the
+/// hypervisor (`-kernel`) with the root cell's bzImage, its initramfs and the compiled system
+/// configuration (`config/system.toml` of the board crate, or `--config`) as its modules
+/// (`-initrd "bzImage,initramfs,system.bin"`) and the kernel command line as the
+/// hypervisor's own (`-append`); the hypervisor loads the kernel through the Linux boot
+/// protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultibootLinux {
     /// The default kernel command line (`multiboot-linux-append`).

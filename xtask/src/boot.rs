@@ -60,6 +60,8 @@ pub enum Boot {
     MultibootRootCell {
         /// The hypervisor image (`cellvisor.bin`, with a Multiboot header).
         image: PathBuf,
+        /// The compiled system configuration (the third module).
+        config: PathBuf,
         /// The root cell's Linux (no device tree).
         linux: LinuxFiles,
     },
@@ -93,8 +95,12 @@ impl Boot {
                     .load(config, addresses.config_address)
                     .load(&linux.kernel, addresses.kernel_address)
             }
-            Self::MultibootRootCell { image, linux } => Qemu::new(board, options, image)?
-                .multiboot(&[&linux.kernel, &linux.initrd], &linux.append),
+            Self::MultibootRootCell {
+                image,
+                config,
+                linux,
+            } => Qemu::new(board, options, image)?
+                .multiboot(&[&linux.kernel, &linux.initrd, config], &linux.append),
         })
     }
 }

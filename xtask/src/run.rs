@@ -193,15 +193,14 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
         }
         Mode::Bare => Boot::Bare(linux.expect("resolved above")),
         Mode::RootCell if board.multiboot.is_some() => {
-            if args.config.is_some() {
-                bail!(
-                    "--config: board {} has no system configuration yet (its root cell boots from the Multiboot modules)",
-                    board.name
-                );
-            }
             let image = image::build(workspace, board, args.kind())?;
+            let config = match &args.config {
+                Some(config) => compiled_config(workspace, board, &user_path(cwd, config))?,
+                None => compiled_config(workspace, board, &board.dir.join(MULTIBOOT_CONFIG))?,
+            };
             Boot::MultibootRootCell {
                 image: shown(&image.bin),
+                config: shown(&config),
                 linux: linux.expect("resolved above"),
             }
         }
@@ -305,6 +304,24 @@ fn linux_files(
 
 /// The compiled system configuration to load: `--config` (a .toml is compiled into
 /// `target/run/<board>/`), or the board's for the GIC version.
+/// The system configuration of a board that boots by Multiboot, relative to its crate.
+pub const MULTIBOOT_CONFIG: &str = "config/system.toml";
+
+/// `path` (TOML or binary) compiled into `target/run/<board>/`, or the binary itself.
+fn compiled_config(workspace: &Workspace, board: &Board, path: &Path) -> Result<PathBuf> {
+    let (bytes, _) = boot::read_config("--config", path)?;
+    if path.extension().is_some_and(|e| e == "bin") {
+        return Ok(path.to_owned());
+    }
+    let dir = workspace.target_dir.join("run").join(&board.name);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut name = path.file_stem().unwrap_or_default().to_owned();
+    name.push(".bin");
+    let binary = dir.join(name);
+    fs::write(&binary, &bytes).with_context(|| format!("cannot write {}", binary.display()))?;
+    Ok(binary)
+}
+
 fn config_file(
     workspace: &Workspace,
     cwd: &Path,

@@ -48,11 +48,14 @@ pub enum Script {
     /// The root cell as an adversary: concurrent tools, management commands with fields out
     /// of range, a 32-bit process reading outside the root cell on every CPU.
     HostileRoot,
+    /// The management interface without an inmate: info, create, list, destroy, and 20
+    /// create/destroy cycles that must not lose memory (x86, whose cells do not run yet).
+    Manage,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 10] = [
+    pub const ALL: [Script; 11] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -63,6 +66,7 @@ impl Script {
         Self::Hostile,
         Self::Soak,
         Self::HostileRoot,
+        Self::Manage,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -78,6 +82,7 @@ impl Script {
             Self::Hostile => "hostile",
             Self::Soak => "soak",
             Self::HostileRoot => "hostile-root",
+            Self::Manage => "manage",
         }
     }
 
@@ -93,6 +98,7 @@ impl Script {
             Self::Hostile => include_str!("scripts/hostile.sh"),
             Self::Soak => include_str!("scripts/soak.sh"),
             Self::HostileRoot => include_str!("scripts/hostile-root.sh"),
+            Self::Manage => include_str!("scripts/manage.sh"),
         }
     }
 

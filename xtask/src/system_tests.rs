@@ -118,9 +118,10 @@ const X86_BARE: &[Pattern] = &[
 
 /// What `/init` of the x86 root cell runs: the hypervisor's first byte (the board's link
 /// address, 16 MiB) is read through `/dev/mem`; through the stock kernel's MSR driver
-/// (`msr.ko`), EFER is read and `VM_HSAVE_PA` (SVM's host save area) written.
+/// (`msr.ko`), EFER is read and `VM_HSAVE_PA` (SVM's host save area) written; the
+/// `cellvisor` tool creates, lists and destroys the demo cell, and 20 cycles more.
 const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,\
-     msr-read:0xc0000080,msr-write:0xc0010117,dmesg,poweroff";
+     msr-read:0xc0000080,msr-write:0xc0010117,script:manage,dmesg,poweroff";
 
 /// Debian's amd64 kernel as the root cell on every CPU: loaded by the hypervisor from the
 /// Multiboot modules, its e820 map without the hypervisor's memory; the other CPUs started
@@ -130,9 +131,9 @@ const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,
 const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Line("cellvisor {version} on {board}: {smp}/{smp} CPUs in long mode"),
     Pattern::Contains(&[
-        "cellvisor: root cell: Linux at 0x",
+        "cellvisor: root cell \"linux\": Linux at 0x",
         " on {smp} CPUs, ",
-        "hypervisor 0x1000000-",
+        "hypervisor 0x1000000-0x17fffff reserved, management page 0x",
     ]),
     Pattern::Contains(&["BIOS-e820: [mem 0x0000000001000000-", "] reserved"]),
     Pattern::Contains(&["smp: Brought up 1 node, {smp} CPUs"]),
@@ -155,12 +156,24 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     // A write of VM_HSAVE_PA (0xc0010117) is a #GP (APM 15.30.4): WRMSR fails, dd exits 1.
     Pattern::Contains(&["cellvisor-initramfs: msr-write 0xc0010117 status=1"]),
+    // The management interface from root userspace: the hypervisor's facts, the demo cell
+    // (CPU 3, RAM from the loadable region, COM2's ports and IRQ 3) created and destroyed, 20
+    // cycles more without a lost frame.
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: info status=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: create status=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: state=created"]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: destroy status=0"]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script manage: cellvisor-demo: manage cycles=20 failed=0 ",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: manage memory kept"]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage done status=0"]),
     Pattern::Contains(&[DMESG_DONE]),
     // The power-off is seen (the PM1a control port traps), with the exits: the local APIC's
     // page and EFER trap.
     Pattern::Contains(&[
         "cellvisor: root cell: ACPI sleep (PM1a control ",
-        ": exits on {smp} CPUs: apic ",
+        ": exits on {smp} CPUs: hlt ",
     ]),
 ];
 
@@ -1484,8 +1497,10 @@ fn run_one(
                 append: case.append.clone().expect("Linux cases have actions"),
             };
             if case.boots == Boots::RootCell {
+                let images = workspace.target_dir.join("images").join(&board.name);
                 Boot::MultibootRootCell {
                     image: image(Kind::Normal),
+                    config: shown(&images.join("system.bin")),
                     linux,
                 }
             } else {
@@ -2075,14 +2090,15 @@ mod tests {
         assert_eq!(
             word,
             "cellvisor.actions=info,clock,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,\
-             msr-write:0xc0010117,dmesg,poweroff"
+             msr-write:0xc0010117,script:manage,dmesg,poweroff"
         );
         let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
         assert_eq!(
-            actions[4..7],
+            actions[4..8],
             [
                 initramfs::Action::MsrRead(0xc000_0080),
                 initramfs::Action::MsrWrite(0xc001_0117),
+                initramfs::Action::Script(crate::scripts::Script::Manage),
                 initramfs::Action::Dmesg
             ]
         );

@@ -107,9 +107,11 @@ cellvisor_entry32:
     mov eax, cr4
     or eax, 1 << 5
     mov cr4, eax
+    // EFER.LME, and EFER.NXE: the nested page tables' NX bit (regions without "execute")
+    // is reserved, and every access through it faults, unless the host's NXE is set.
     mov ecx, 0xc0000080
     rdmsr
-    or eax, 1 << 8
+    or eax, 1 << 8 | 1 << 11
     wrmsr
     mov eax, cr0
     or eax, 0x80000001

@@ -71,3 +71,35 @@ pub fn access(
         None => Ok(Outcome::Read(0)),
     }
 }
+
+/// Moves interrupt lines (global system interrupts, the IOAPIC's pins from 0) between the
+/// root cell and another cell: to a cell they are masked and the root cell's entries kept;
+/// back to the root cell, every pin of the cell returns with the entry the root cell had.
+pub fn transfer(
+    from: cellvisor_cell::CellId,
+    to: cellvisor_cell::CellId,
+    irqs: &[u32],
+) -> Result<(), &'static str> {
+    use cellvisor_cell::CellId;
+    let mut guard = IOAPIC.lock();
+    let ioapic = guard.as_mut().ok_or("no IOAPIC")?;
+    let mut pins = heapless::Vec::<u8, 256>::new();
+    for &irq in irqs {
+        let pin = u8::try_from(irq)
+            .ok()
+            .filter(|&pin| pin < ioapic.pins())
+            .ok_or("an interrupt line the IOAPIC does not have")?;
+        pins.push(pin).map_err(|_| "too many interrupt lines")?;
+    }
+    match (from, to) {
+        (CellId::ROOT, CellId::ROOT) => Ok(()),
+        (CellId::ROOT, cell) => ioapic
+            .assign(&mut Physical, cell, &pins)
+            .map_err(|_| "a pin is not the root cell's"),
+        (cell, CellId::ROOT) => {
+            ioapic.release(&mut Physical, cell);
+            Ok(())
+        }
+        _ => Err("lines move only between the root cell and another cell"),
+    }
+}

@@ -3,8 +3,9 @@
 //! The x86-64 backend of cellvisor, as far as it goes today: the Multiboot entry into long
 //! mode ([`boot`]), the serial console ([`serial`]), the choice of virtualization extension
 //! by CPUID ([`cpu`]), the other CPUs ([`smp`]), and Debian's amd64 kernel as the root cell on
-//! the boot CPU under SVM ([`loader`], [`root_linux`]). The core's traits, the root cell on
-//! every CPU and on VMX, and cells follow (issue "x86").
+//! every CPU under SVM ([`loader`], [`root_linux`]), over `cellvisor-core` ([`hv`]): the
+//! root cell's tables and the management interface are the core's. Cells that run, and the
+//! root cell on VMX, follow (issue "x86").
 
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(missing_docs)]
@@ -24,6 +25,8 @@ mod first_guest;
 mod first_vmx_guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod gdt;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod hv;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod ioapic;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
@@ -111,7 +114,16 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
     let mut apic_ids = heapless::Vec::<u32, { firmware::MAX_CPUS }>::new();
     match firmware::cpus() {
         Ok((ids, left_out)) => {
-            apic_ids = ids.clone();
+            // Hypervisor CPU numbers: the boot CPU is 0, the others follow in the MADT's
+            // order (the order `smp::start` numbers them in).
+            let boot = smp::apic_id();
+            let _ = apic_ids.push(boot);
+            for &id in ids.iter().filter(|&&id| id != boot) {
+                let _ = apic_ids.push(id);
+            }
+            hv::set_apic_ids(&apic_ids);
+            let tsc = hv::calibrate();
+            let _ = writeln!(console, "cellvisor: TSC at {} kHz", tsc / 1000);
             let started = smp::start(&ids, ap_entry);
             let _guard = lock_console();
             let _ = writeln!(

@@ -68,6 +68,8 @@ pub struct Handoff {
     pub kernel: Option<Module>,
     /// The second module: its initramfs.
     pub initrd: Option<Module>,
+    /// The third module: the system configuration (`cellvisor-config compile`).
+    pub config: Option<Module>,
     /// Modules beyond those (ignored).
     pub extra_modules: usize,
 }
@@ -141,6 +143,7 @@ pub fn read(info: u32) -> Result<Handoff, LoaderError> {
         cmdline,
         kernel: None,
         initrd: None,
+        config: None,
         extra_modules: 0,
     };
     for (index, module) in multiboot.modules().into_iter().flatten().enumerate() {
@@ -152,6 +155,7 @@ pub fn read(info: u32) -> Result<Handoff, LoaderError> {
         match index {
             0 => handoff.kernel = Some(module),
             1 => handoff.initrd = Some(module),
+            2 => handoff.config = Some(module),
             _ => handoff.extra_modules += 1,
         }
     }

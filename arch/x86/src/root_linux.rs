@@ -3,7 +3,8 @@
 //! e820 map without the hypervisor's memory, and the exits a passed-through root cell takes.
 //!
 //! The root cell on x86 so far: every CPU (the others start when its kernel sends them INIT
-//! and a start-up IPI, and CPU hotplug works the same way), no management interface yet. An
+//! and a start-up IPI, and CPU hotplug works the same way), its tables, books and management
+//! interface from `cellvisor-core` ([`HV`]) and the system configuration (module 2). An
 //! access to the hypervisor's memory is reported and answered with a general-protection
 //! fault; a triple fault, an invalid state or an exit nothing handles is reported with the
 //! vCPU's registers and code, and the CPU parked.
@@ -16,15 +17,15 @@ use cellvisor_apic::{IpiKind, Topology};
 use cellvisor_config::CpuSet;
 use cellvisor_sync::Mutex;
 
+use cellvisor_cell::CellId;
+use cellvisor_config::{MemoryFlags, SystemConfigView};
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
-use cellvisor_paging::{
-    Attributes, FramePool, GuestPhysAddr, LargePages, LinearMemory, MapMode, Mapping, NotLive, Npt,
-    PageTable, PhysAddr, TableMemory,
-};
+use cellvisor_paging::{LargePages, Npt, PhysAddr};
 
 use crate::decode::{self, Direction, Source};
 use crate::firmware::MAX_CPUS;
+use crate::hv::{self, HV};
 use crate::ioapic;
 use crate::loader::Handoff;
 use crate::page::Page;
@@ -47,12 +48,22 @@ const NPF_USER: u64 = 1 << 2;
 const NPF_FETCH: u64 = 1 << 4;
 /// The root cell's address space ID.
 const ROOT_ASID: u32 = 1;
-/// Frames for the root cell's nested page tables: 4 GiB in 1 GiB pages but for the first
-/// GiB, which has the hypervisor's hole (2 MiB pages, 4 KiB ones at its edges).
-const ROOT_TABLE_FRAMES: usize = 16;
+/// VMCB `TLB_CONTROL`: flush this guest's ASID at the entry.
+const TLB_FLUSH_ASID: u8 = 3;
 
-static ROOT_TABLES: [Page; ROOT_TABLE_FRAMES] = [const { Page::new() }; ROOT_TABLE_FRAMES];
 static HOST_SAVE: Page = Page::new();
+
+/// Largest system configuration the hypervisor takes.
+const CONFIG_CAPACITY: usize = 64 << 10;
+
+/// The system configuration, copied out of its Multiboot module (root-cell RAM) at boot.
+#[repr(C, align(4096))]
+struct ConfigBuffer(UnsafeCell<[u8; CONFIG_CAPACITY]>);
+
+// SAFETY: written once by the boot CPU before any other CPU looks at it, read-only after.
+unsafe impl Sync for ConfigBuffer {}
+
+static CONFIG: ConfigBuffer = ConfigBuffer(UnsafeCell::new([0; CONFIG_CAPACITY]));
 
 /// A permission map: pages the CPU reads while the root cell runs.
 #[repr(C, align(4096))]
@@ -79,12 +90,17 @@ const APIC_BASE: u32 = 0x1b;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 /// `IA32_APIC_BASE` bits 51:12: the page.
 const APIC_BASE_PAGE: u64 = 0x000f_ffff_ffff_f000;
+/// `RFLAGS.IF`: interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
 /// `SLP_EN` in the ACPI PM1 control register: the write that enters a sleep state.
 const SLP_EN: u64 = 1 << 13;
 
 /// What a CPU of the root cell exited for, by reason.
 #[derive(Debug)]
 struct Exits {
+    retried: AtomicU64,
+    hlt: AtomicU64,
+    mgmt: AtomicU64,
     apic: AtomicU64,
     ioapic: AtomicU64,
     pci: AtomicU64,
@@ -98,6 +114,9 @@ struct Exits {
 impl Exits {
     const fn new() -> Self {
         Self {
+            retried: AtomicU64::new(0),
+            hlt: AtomicU64::new(0),
+            mgmt: AtomicU64::new(0),
             apic: AtomicU64::new(0),
             ioapic: AtomicU64::new(0),
             pci: AtomicU64::new(0),
@@ -113,9 +132,11 @@ impl Exits {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counts: apic, ioapic, pci, cpuid, msr, io, npf, svm.
-    fn get(&self) -> [u64; 8] {
+    /// The counts: hlt, mgmt, apic, ioapic, pci, cpuid, msr, io, npf, svm, retried.
+    fn get(&self) -> [u64; 11] {
         [
+            &self.hlt,
+            &self.mgmt,
             &self.apic,
             &self.ioapic,
             &self.pci,
@@ -124,6 +145,7 @@ impl Exits {
             &self.io,
             &self.npf,
             &self.svm,
+            &self.retried,
         ]
         .map(|counter| counter.load(Ordering::Relaxed))
     }
@@ -176,8 +198,27 @@ pub enum RootError {
     Map(cellvisor_linux::memory_map::MapError),
     /// The zero page or command line would not be in RAM.
     LowMemory,
-    /// The nested page tables.
-    Tables(cellvisor_paging::Error),
+    /// No third Multiboot module.
+    NoConfig,
+    /// The system configuration module is larger than the hypervisor takes.
+    ConfigSize(u64),
+    /// The system configuration does not parse or check.
+    Config(cellvisor_config::Error),
+    /// The configuration's hypervisor memory does not hold the image.
+    HypervisorRegion {
+        /// The configuration's region.
+        region: (u64, u64),
+        /// The image, `.bss` included.
+        image: (u64, u64),
+    },
+    /// RAM of the firmware's map that the root cell's configuration does not give it.
+    RamNotConfigured(u64, u64),
+    /// The root cell's tables or management interface.
+    Install(cellvisor_core::MachineError),
+    /// The root cell's books.
+    Registry(cellvisor_cell::RootError),
+    /// The command line with the management interface's address is too long.
+    Cmdline,
     /// SVM.
     Svm(svm::EnableError),
 }
@@ -196,7 +237,28 @@ impl fmt::Display for RootError {
                 f,
                 "the zero page ({ZERO_PAGE:#x}) and command line ({CMDLINE:#x}) are not in RAM"
             ),
-            Self::Tables(e) => write!(f, "the root cell's nested page tables: {e}"),
+            Self::NoConfig => f.write_str(
+                "no system configuration: the third Multiboot module must be one (cellvisor-config compile)",
+            ),
+            Self::ConfigSize(size) => write!(
+                f,
+                "the system configuration (module 2) has {size} bytes; at most {CONFIG_CAPACITY} are taken"
+            ),
+            Self::Config(e) => write!(f, "the system configuration (module 2): {e}"),
+            Self::HypervisorRegion { region, image } => write!(
+                f,
+                "system configuration: hypervisor memory [{:#x}, {:#x}) does not hold the image [{:#x}, {:#x})",
+                region.0, region.1, image.0, image.1
+            ),
+            Self::RamNotConfigured(start, end) => write!(
+                f,
+                "the firmware's RAM [{start:#x}, {end:#x}) is neither the root cell's (a memory region without \"io\"), loadable nor the hypervisor's in the system configuration"
+            ),
+            Self::Install(e) => write!(f, "the root cell: {e}"),
+            Self::Registry(e) => write!(f, "the root cell: {e}"),
+            Self::Cmdline => f.write_str(
+                "the command line and the management interface's address take more than 4095 bytes",
+            ),
             Self::Svm(e) => write!(f, "{e}"),
         }
     }
@@ -213,16 +275,103 @@ pub struct Prepared {
     pub map: MemoryMap,
 }
 
-/// Loads the kernel and writes the zero page and command line, builds the nested page
-/// tables: everything but the hypervisor's memory, one to one.
-pub fn prepare(handoff: &Handoff, ecam: Option<pci::Ecam>) -> Result<Prepared, RootError> {
+/// Copies the system configuration out of its Multiboot module into the hypervisor and
+/// parses it.
+pub fn system_config(handoff: &Handoff) -> Result<SystemConfigView<'static>, RootError> {
+    let module = handoff.config.ok_or(RootError::NoConfig)?;
+    let size = module.len() as usize;
+    if size > CONFIG_CAPACITY {
+        return Err(RootError::ConfigSize(module.len()));
+    }
+    let buffer = CONFIG.0.get().cast::<u8>();
+    // SAFETY: the module lies below 4 GiB (checked by the loader), mapped one to one; the
+    // buffer is the image's own, written here once by the boot CPU before any other CPU
+    // reads it, and never again.
+    let bytes = unsafe {
+        core::ptr::copy_nonoverlapping(module.start as *const u8, buffer, size);
+        core::slice::from_raw_parts(buffer.cast_const(), size)
+    };
+    SystemConfigView::parse(bytes).map_err(RootError::Config)
+}
+
+/// Whether `[start, end)` is all RAM the root cell's configuration gives it (regions without
+/// `io` and not loadable); the first address that is not, if any.
+fn first_unconfigured(config: &SystemConfigView<'_>, start: u64, end: u64) -> Option<u64> {
+    let mut at = start;
+    while at < end {
+        let next = config
+            .root_cell()
+            .memory_regions()
+            .filter(|r| !r.flags.intersects(MemoryFlags::IO | MemoryFlags::LOADABLE))
+            .find(|r| (r.phys_start..r.phys_start.saturating_add(r.size)).contains(&at))
+            .map(|r| r.phys_start.saturating_add(r.size));
+        at = next?;
+    }
+    None
+}
+
+/// The root cell's CPUs: those of its configuration that run the hypervisor.
+fn configured_cpus(config: &SystemConfigView<'_>, online: usize) -> u64 {
+    config
+        .root_cell()
+        .cpus()
+        .iter()
+        .filter(|&cpu| (cpu as usize) < online.min(64))
+        .fold(0, |mask, cpu| mask | 1 << cpu)
+}
+
+/// Loads the kernel and writes the zero page and the command line (with the management
+/// interface's address appended), and builds the root cell's nested page tables and books
+/// from the system configuration: its e820 map has the hypervisor's memory and the loadable
+/// memory reserved, and every RAM range left must be the root cell's in the configuration.
+pub fn prepare(
+    handoff: &Handoff,
+    config: &SystemConfigView<'static>,
+    online: usize,
+) -> Result<Prepared, RootError> {
     let kernel = handoff.kernel.ok_or(RootError::NoKernel)?;
     let image = BzImage::parse(kernel.bytes()).map_err(RootError::Image)?;
-    let (hyp_start, hyp_end) = hypervisor_memory();
+    let region = config.hypervisor_memory();
+    let region = (region.start, region.start.saturating_add(region.size));
+    let (image_start, image_end) = hypervisor_memory();
+    if image_start < region.0 || image_end > region.1 {
+        return Err(RootError::HypervisorRegion {
+            region,
+            image: (image_start, image_end),
+        });
+    }
     let mut map = handoff.map.clone();
-    map.set(hyp_start, hyp_end - hyp_start, Kind::Reserved)
+    map.set(region.0, region.1 - region.0, Kind::Reserved)
         .map_err(RootError::Map)?;
-    let cmdline = handoff.cmdline.as_bytes();
+    for loadable in config
+        .root_cell()
+        .memory_regions()
+        .filter(|r| r.flags.contains(MemoryFlags::LOADABLE))
+    {
+        map.set(loadable.phys_start, loadable.size, Kind::Reserved)
+            .map_err(RootError::Map)?;
+    }
+    for ram in map.ranges().iter().filter(|r| r.kind == Kind::Ram) {
+        if let Some(at) = first_unconfigured(config, ram.start, ram.end()) {
+            return Err(RootError::RamNotConfigured(at, ram.end()));
+        }
+    }
+
+    let control = hv::CONTROL_PAGE.address();
+    let data = hv::DATA_WINDOW.address();
+    let mut cmdline = heapless::String::<4096>::new();
+    write!(
+        cmdline,
+        "{} cellvisor.management={control:#x},{:#x},{data:#x},{:#x}",
+        handoff.cmdline,
+        cellvisor_abi::mgmt::PAGE_SIZE,
+        hv::DATA_WINDOW_SIZE
+    )
+    .map_err(|_| RootError::Cmdline)?;
+    let cmdline = cmdline.trim_start().as_bytes();
+    if cmdline.len() > 0xfff {
+        return Err(RootError::Cmdline);
+    }
     if !map.is_all(ZERO_PAGE, 0x1000, Kind::Ram) || !map.is_all(CMDLINE, 0x1000, Kind::Ram) {
         return Err(RootError::LowMemory);
     }
@@ -236,7 +385,7 @@ pub fn prepare(handoff: &Handoff, ecam: Option<pci::Ecam>) -> Result<Prepared, R
     let load = image.place(&map, &avoid).map_err(RootError::Place)?;
     let mut params = BootParams::new(&image);
     params
-        .set_cmdline(CMDLINE, cmdline.len().min(0xfff))
+        .set_cmdline(CMDLINE, cmdline.len())
         .map_err(RootError::Params)?;
     params
         .set_initrd(initrd.0, initrd.1)
@@ -257,72 +406,40 @@ pub fn prepare(handoff: &Handoff, ecam: Option<pci::Ecam>) -> Result<Prepared, R
             params.as_bytes().len(),
         );
         let line = CMDLINE as *mut u8;
-        let len = cmdline.len().min(0xfff);
-        core::ptr::copy_nonoverlapping(cmdline.as_ptr(), line, len);
-        line.add(len).write(0);
+        core::ptr::copy_nonoverlapping(cmdline.as_ptr(), line, cmdline.len());
+        line.add(cmdline.len()).write(0);
     }
 
-    let tables = root_tables(hyp_start, hyp_end, ecam, &map)?;
+    let tables = HV
+        .install_root(
+            config,
+            Npt::new(LargePages::ALL),
+            PhysAddr::new(hv::TABLE_POOL.as_ptr() as u64),
+            hv::TABLE_FRAMES,
+            configured_cpus(config, online),
+            Some((data, hv::DATA_WINDOW_SIZE as u64)),
+        )
+        .map_err(RootError::Install)?;
+    // The image is all hypervisor memory but the table pool (its `.bss` runs to the end).
+    let memory_total = region.1 - region.0;
+    let image_size = memory_total.saturating_sub((hv::TABLE_FRAMES * 4096) as u64);
+    HV.init_management(
+        cellvisor_core::Interface {
+            control,
+            data,
+            data_size: hv::DATA_WINDOW_SIZE as u64,
+            memory_total,
+            image: image_size,
+            cpus: online as u32,
+        },
+        config,
+    )
+    .map_err(RootError::Registry)?;
     Ok(Prepared {
         entry: load,
-        tables,
+        tables: tables.root,
         map,
     })
-}
-
-/// Nested page tables for the root cell: the first 4 GiB and any RAM above, one to one, but
-/// for the hypervisor's memory and the register pages that trap: the ECAM window (see `pci`),
-/// the IOAPIC's and the local APIC's (see `ioapic` and `xapic`).
-fn root_tables(
-    hyp_start: u64,
-    hyp_end: u64,
-    ecam: Option<pci::Ecam>,
-    map: &MemoryMap,
-) -> Result<PhysAddr, RootError> {
-    let mut memory = TableMemory {
-        frames: FramePool::<ROOT_TABLE_FRAMES>::new(PhysAddr::new(ROOT_TABLES.as_ptr() as u64)),
-        // SAFETY: the first 4 GiB are mapped one to one (boot.rs); the pool's frames are
-        // ROOT_TABLES, which nothing else uses.
-        memory: unsafe { LinearMemory::new(0) },
-    };
-    let top = map
-        .ranges()
-        .iter()
-        .filter(|r| r.kind == Kind::Ram)
-        .map(|r| (r.end() + 0xfff) & !0xfff)
-        .max()
-        .unwrap_or(0)
-        .max(1 << 32);
-    let mut table =
-        PageTable::new(Npt::new(LargePages::ALL), &mut memory).map_err(RootError::Tables)?;
-    let mut holes: heapless::Vec<(u64, u64), 4> = heapless::Vec::new();
-    let _ = holes.push((hyp_start, hyp_end));
-    if let Some(ecam) = ecam {
-        let _ = holes.push((ecam.base, ecam.base + ecam.size()));
-    }
-    let _ = holes.push((ioapic::BASE, ioapic::BASE + 0x1000));
-    let _ = holes.push((xapic::BASE, xapic::BASE + 0x1000));
-    holes.sort_unstable();
-    let mut at = 0;
-    for (start, end) in holes.iter().copied().chain(core::iter::once((top, top))) {
-        if start > at {
-            table
-                .map(
-                    &mut memory,
-                    &mut NotLive,
-                    Mapping {
-                        input: GuestPhysAddr::new(at),
-                        output: PhysAddr::new(at),
-                        size: start - at,
-                        attributes: Attributes::RAM_RWX,
-                    },
-                    MapMode::New,
-                )
-                .map_err(RootError::Tables)?;
-        }
-        at = at.max(end);
-    }
-    Ok(table.root())
 }
 
 /// What every CPU of the root cell shares, set once by the boot CPU before any vCPU runs.
@@ -336,10 +453,8 @@ struct Shared {
     tables: u64,
     /// The PM1a control port, if it traps.
     power: Option<u16>,
-    /// The root cell's CPUs.
-    cpus: CpuSet,
-    /// Each CPU's APIC ID.
-    apic_ids: heapless::Vec<u32, MAX_CPUS>,
+    /// The CPUs running the hypervisor.
+    online: usize,
 }
 
 static SHARED: spin::Once<Shared> = spin::Once::new();
@@ -347,18 +462,15 @@ static SHARED: spin::Once<Shared> = spin::Once::new();
 /// The machine's CPUs and the logical IDs their software set, for the root cell's IPIs.
 static TOPOLOGY: Mutex<Option<Topology>> = Mutex::new(None);
 
-/// A CPU's requests from other CPUs: [`INIT`], and a start-up IPI ([`SIPI`] with the vector
-/// in bits 7:0).
-const INIT: u32 = 1 << 31;
-const SIPI: u32 = 1 << 8;
+/// The root cell's CPUs just now (cells borrow some).
+fn root_cpus() -> CpuSet {
+    CpuSet::from_words([HV.cell(CellId::ROOT).cpus()])
+}
 
 /// What a CPU of the root cell has of its own.
 struct PerCpu {
     vmcb: Page,
     host_state: Page,
-    mailbox: AtomicU32,
-    /// Another CPU asked something of this one and sent it an NMI.
-    kicked: AtomicBool,
     /// The root cell sent this CPU an NMI (the hypervisor sent it and injects it).
     root_nmi: AtomicBool,
     /// Its exits since boot.
@@ -371,23 +483,15 @@ static CPUS: [PerCpu; MAX_CPUS] = [const {
     PerCpu {
         vmcb: Page::new(),
         host_state: Page::new(),
-        mailbox: AtomicU32::new(0),
-        kicked: AtomicBool::new(false),
         root_nmi: AtomicBool::new(false),
         exits: Exits::new(),
         reports: AtomicU32::new(0),
     }
 }; MAX_CPUS];
 
-/// CPU `cpu`'s own state and APIC ID, once the root cell runs.
-fn target(cpu: u32) -> Option<(&'static PerCpu, u32)> {
-    let shared = SHARED.get()?;
-    Some((CPUS.get(cpu as usize)?, *shared.apic_ids.get(cpu as usize)?))
-}
-
 /// Sends the root cell's NMI to `cpu`: marked, so that the NMI exit it causes injects it.
 fn root_nmi(cpu: u32) {
-    let Some((per_cpu, apic_id)) = target(cpu) else {
+    let (Some(per_cpu), Some(apic_id)) = (CPUS.get(cpu as usize), hv::apic_id(cpu as usize)) else {
         return;
     };
     per_cpu.root_nmi.store(true, Ordering::SeqCst);
@@ -399,24 +503,29 @@ fn event_pending(vmcb: &Vmcb<'_>) -> bool {
     vmcb.u64_at(svm::offset::EVENTINJ) & 1 << 31 != 0
 }
 
-/// Asks `cpu` for an INIT or a start-up and kicks it out of its guest or its sleep.
-fn request(cpu: u32, kind: IpiKind) {
-    let Some((per_cpu, apic_id)) = target(cpu) else {
-        return;
-    };
+/// The root cell's INIT or start-up IPI from CPU `from` for its CPU `cpu`. INIT stops the
+/// vCPU: it powers off and parks ([`HV`]'s park loop), and this CPU waits for that (about
+/// 100 ms at most), so that the start-up IPIs after it find the CPU off. A start-up IPI is
+/// the core's power-on at the vector's page, in real mode; for a CPU that runs it is
+/// ignored, as the hardware does.
+fn request(from: u32, cpu: u32, kind: IpiKind) {
+    let cpu = cpu as usize;
     match kind {
-        IpiKind::Init => per_cpu.mailbox.store(INIT, Ordering::SeqCst),
-        IpiKind::Startup(vector) => {
-            let _ = per_cpu
-                .mailbox
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
-                    Some(m & INIT | SIPI | u32::from(vector))
-                });
+        IpiKind::Init => {
+            if !HV.stop_cpu(cpu) {
+                let _guard = crate::lock_console();
+                let _ = writeln!(
+                    crate::console(),
+                    "cellvisor: cell \"root\" (CPU {from}): CPU {cpu} did not stop for its INIT within 100 ms"
+                );
+            }
         }
-        _ => return,
+        IpiKind::Startup(vector) => {
+            let caller = HV.owner(from as usize);
+            let _ = HV.power_on(caller, cpu, u64::from(vector) << 12, 0, 0x1000);
+        }
+        _ => {}
     }
-    per_cpu.kicked.store(true, Ordering::SeqCst);
-    xapic::send_physical(apic_id, xapic::ICR_NMI);
 }
 
 /// Prepares the root cell's Linux and runs it on this (the boot) CPU; returns only if it
@@ -430,11 +539,19 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
             return;
         }
     };
+    let config = match system_config(handoff) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = writeln!(console, "cellvisor: root cell: {e}");
+            return;
+        }
+    };
     // The ECAM window below 4 GiB (the boot map's), or none: then mechanism #1 alone.
     let ecam = crate::firmware::ecam()
         .ok()
         .filter(|ecam| ecam.base + ecam.size() <= 1 << 32);
-    let prepared = match prepare(handoff, ecam) {
+    let online = apic_ids.len();
+    let prepared = match prepare(handoff, &config, online) {
         Ok(prepared) => prepared,
         Err(e) => {
             let _ = writeln!(console, "cellvisor: root cell: {e}");
@@ -445,7 +562,6 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
         let _ = writeln!(console, "cellvisor: root cell: {}", RootError::Svm(e));
         return;
     }
-    let cpus = topology.all();
     *TOPOLOGY.lock() = Some(topology);
     ioapic::probe();
     if let Some(ecam) = ecam {
@@ -458,19 +574,22 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
         map: prepared.map.clone(),
         tables: prepared.tables.as_u64(),
         power,
-        cpus,
-        apic_ids: apic_ids.iter().copied().take(MAX_CPUS).collect(),
+        online,
     });
     let (hyp_start, hyp_end) = hypervisor_memory();
     let _ = writeln!(
         console,
-        "cellvisor: root cell: Linux at {:#x} on {} CPUs, {} e820 ranges, hypervisor {hyp_start:#x}-{:#x} reserved, command line \"{}\"",
+        "cellvisor: root cell \"{}\": Linux at {:#x} on {} CPUs, {} e820 ranges, hypervisor {hyp_start:#x}-{:#x} reserved, management page {:#x}, {} of {} table frames",
+        config.root_cell().name(),
         prepared.entry,
-        shared.cpus.len(),
+        root_cpus().len(),
         prepared.map.ranges().len(),
         hyp_end - 1,
-        handoff.cmdline
+        hv::CONTROL_PAGE.address(),
+        HV.frame_usage().0,
+        HV.frame_usage().1,
     );
+    HV.cpu(0).power.set_on();
     let mut vmcb = Vmcb::new(&CPUS[0].vmcb);
     vmcb.reset_protected_mode(prepared.entry, (BOOT_CS, BOOT_DS), shared.tables, ROOT_ASID);
     root_intercepts(&mut vmcb);
@@ -481,37 +600,39 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
     let _ = vcpu(console, 0, shared, &mut vmcb, &mut regs);
 }
 
-/// An application processor of the root cell, with SVM on: it sleeps until the kernel's
-/// INIT and start-up IPI for it, then runs the kernel's vCPU from the start-up vector, until
-/// the next INIT (a CPU taken offline and brought back).
+/// An application processor, with SVM on: it waits in the core's park loop until its cell
+/// gives it a vCPU: the root cell's kernel with INIT and a start-up IPI (CPU hotplug), then
+/// runs it from the start-up vector until the next INIT, which powers it off and parks it
+/// again.
 pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
     let Some(per_cpu) = CPUS.get(cpu as usize) else {
         crate::halt()
     };
-    let mut waiting_for_startup = false;
     loop {
-        crate::wait::wait(&per_cpu.mailbox);
-        // The kick first, then the mailbox: a request that comes in between kicks again, so
-        // the vCPU started below cannot miss it.
-        per_cpu.kicked.store(false, Ordering::SeqCst);
-        let requests = per_cpu.mailbox.swap(0, Ordering::SeqCst);
-        if requests & INIT != 0 {
-            xapic::init_reset();
-            waiting_for_startup = true;
-        }
-        if requests & SIPI == 0 || !waiting_for_startup {
+        let Some(entry) = HV.park(cpu as usize) else {
+            continue;
+        };
+        let Some(shared) = SHARED.get() else { continue };
+        if entry.cell != CellId::ROOT {
+            {
+                let _guard = crate::lock_console();
+                let _ = writeln!(
+                    console,
+                    "cellvisor: cell \"{}\" (CPU {cpu}): cells other than the root cell cannot run on x86 yet: stopped",
+                    HV.name_of(cpu as usize)
+                );
+            }
+            HV.stop_cell_from_inside(cpu as usize, cellvisor_abi::CellState::Failed);
             continue;
         }
-        waiting_for_startup = false;
-        let Some(shared) = SHARED.get() else { continue };
-        let vector = (requests & 0xff) as u16;
         let mut vmcb = Vmcb::new(&per_cpu.vmcb);
-        vmcb.reset_real_mode_at(vector << 8, 0, shared.tables, ROOT_ASID);
+        vmcb.reset_real_mode_at((entry.pc >> 4) as u16, 0, shared.tables, ROOT_ASID);
         root_intercepts(&mut vmcb);
         let mut regs = GuestRegisters::default();
         if vcpu(console, cpu, shared, &mut vmcb, &mut regs).is_err() {
             crate::halt()
         }
+        HV.cpu(cpu as usize).power.power_off();
     }
 }
 
@@ -519,6 +640,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
 /// the permission maps; VMRUN.
 fn root_intercepts(vmcb: &mut Vmcb<'_>) {
     let misc = svm::INTERCEPT_CPUID
+        | svm::INTERCEPT_HLT
         | svm::INTERCEPT_SHUTDOWN
         | svm::INTERCEPT_NMI
         | svm::INTERCEPT_MSR
@@ -582,42 +704,85 @@ fn vcpu(
     regs: &mut GuestRegisters,
 ) -> Result<(), Stopped> {
     let per_cpu = &CPUS[cpu as usize];
-    let mut apic = LocalApic::new(cpu, shared.cpus, true);
+    let kick = &hv::KICKS[cpu as usize];
+    let mut apic = LocalApic::new(cpu, root_cpus(), true);
     let exits = &per_cpu.exits;
+    let mut idle_hlt = false;
     loop {
         // The root cell's NMI, unless an exception is being injected (it waits a round).
         if !event_pending(vmcb) && per_cpu.root_nmi.swap(false, Ordering::SeqCst) {
             vmcb.inject_nmi();
         }
-        let exit = vmcb.enter(regs, &per_cpu.host_state, &per_cpu.kicked);
-        // The first entry flushed this CPU's TLB (the reset asks for it); the nested tables
-        // do not change while the root cell runs alone, so later entries keep it.
+        // The root cell's tables changed since this CPU's last entry (a cell took or gave
+        // back memory): its cached translations go.
+        if hv::root_entering(cpu as usize) {
+            vmcb.set_u8(svm::offset::TLB_CONTROL, TLB_FLUSH_ASID);
+        }
+        let exit = vmcb.enter(regs, &per_cpu.host_state, &kick.kicked);
+        hv::root_left(cpu as usize);
+        // The first entry flushed this CPU's TLB (the reset asks for it); later entries keep
+        // it unless the tables change.
         if exit.is_some() {
             vmcb.set_u8(svm::offset::TLB_CONTROL, 0);
         }
-        // A kick (before entering, or as the NMI exit): an INIT ends this vCPU; a start-up
-        // IPI for a running CPU is ignored, as the hardware does.
+        // A kick (before entering, or as the NMI exit): a stop request (the root cell's INIT
+        // for this CPU) ends this vCPU.
         if matches!(exit, None | Some(ExitCode::NMI))
-            && per_cpu.kicked.swap(false, Ordering::SeqCst)
+            && kick.kicked.swap(false, Ordering::SeqCst)
+            && HV.take_stop(cpu as usize)
         {
-            if per_cpu.mailbox.load(Ordering::SeqCst) & INIT != 0 {
-                return Ok(());
-            }
-            let _ = per_cpu
-                .mailbox
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
-                    (m & INIT == 0).then_some(0)
-                });
+            return Ok(());
         }
         let Some(exit) = exit else { continue };
+        // An event the exit interrupted is delivered at the next entry (a handler below may
+        // replace it with an exception of its own).
+        vmcb.reinject_interrupted_event();
+        // After an idle HLT ran in the guest (below), HLT traps again.
+        if idle_hlt {
+            idle_hlt = false;
+            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
+        }
+        if exit == ExitCode::HLT {
+            Exits::count(&exits.hlt);
+            if vmcb.u64_at(svm::offset::RFLAGS) & RFLAGS_IF == 0 {
+                // HLT with interrupts disabled: the CPU stops for good (Linux's offline CPU,
+                // a halt or a panic); only INIT would wake it. Its vCPU powers off, and the
+                // CPU parks, where a cell may take it and the root cell's INIT and start-up
+                // IPI find it.
+                return Ok(());
+            }
+            // An idle HLT: run in the guest, once, where it waits for an interrupt (the exit
+            // that interrupt causes, at the latest its EOI's, makes HLT trap again).
+            idle_hlt = true;
+            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
+            continue;
+        }
         // A register page that traps: decoded and emulated.
         if exit == ExitCode::NPF {
+            let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+            if HV.mgmt_contains(gpa) {
+                Exits::count(&exits.mgmt);
+                if let Err(e) = emulate_management(cpu, gpa, vmcb, regs, &shared.map) {
+                    vmcb.inject_exception(13, Some(0));
+                    if may_report(console, cpu, per_cpu) {
+                        let _guard = crate::lock_console();
+                        let _ = writeln!(
+                            console,
+                            "cellvisor: cell \"root\" (CPU {cpu}): management page access at RIP {:#x} not emulated: {e}: #GP injected",
+                            vmcb.u64_at(svm::offset::RIP)
+                        );
+                    }
+                }
+                continue;
+            }
             if let Some(page) = trapped_page(shared, vmcb) {
                 let (counter, result) = match page {
-                    TrappedPage::LocalApic => (
-                        &exits.apic,
-                        emulate_apic(console, vmcb, regs, &shared.map, &mut apic),
-                    ),
+                    TrappedPage::LocalApic => (&exits.apic, {
+                        apic.cell_cpus = root_cpus();
+                        emulate_apic(console, vmcb, regs, &shared.map, &mut apic)
+                    }),
                     TrappedPage::IoApic => (
                         &exits.ioapic,
                         emulate_ioapic(console, cpu, shared, vmcb, regs),
@@ -663,6 +828,13 @@ fn vcpu(
                 vmcb.inject_exception(6, None);
             }
             ExitCode::NPF => {
+                // A fault in the break-before-make window of a change to the root cell's
+                // tables (a cell taking or giving back memory): the address is mapped once
+                // the change is done, and the access is retried.
+                if HV.maps(CellId::ROOT, vmcb.u64_at(svm::offset::EXITINFO2)) {
+                    Exits::count(&exits.retried);
+                    continue;
+                }
                 Exits::count(&exits.npf);
                 // The root cell touched memory it does not have (the hypervisor's): it is
                 // told with a general-protection fault at the access, which kills a user
@@ -679,7 +851,7 @@ fn vcpu(
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
-                        "cellvisor: cell \"root\" (CPU {cpu}): {what} at {:#x} (RIP {:#x}, {}) is outside its memory: #GP injected",
+                        "cellvisor: cell \"root\" (CPU {cpu}): {what} at {:#x} (RIP {:#x}, {}, fault code {info:#x}) is outside its memory: #GP injected",
                         vmcb.u64_at(svm::offset::EXITINFO2),
                         vmcb.u64_at(svm::offset::RIP),
                         if info & NPF_USER != 0 { "user" } else { "kernel" }
@@ -758,27 +930,27 @@ fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
 
 /// Prints the exits of every CPU of the root cell: the total, then one line per CPU.
 fn report_exits(console: &mut Serial, shared: &Shared, why: fmt::Arguments<'_>) {
-    let mut total = [0u64; 8];
-    for cpu in shared.cpus.iter() {
-        for (sum, count) in total.iter_mut().zip(CPUS[cpu as usize].exits.get()) {
+    let mut total = [0u64; 11];
+    for per_cpu in CPUS.iter().take(shared.online) {
+        for (sum, count) in total.iter_mut().zip(per_cpu.exits.get()) {
             *sum += count;
         }
     }
-    let line = |console: &mut Serial, counts: [u64; 8]| {
-        let [apic, ioapic, pci, cpuid, msr, io, npf, svm] = counts;
+    let line = |console: &mut Serial, counts: [u64; 11]| {
+        let [hlt, mgmt, apic, ioapic, pci, cpuid, msr, io, npf, svm, retried] = counts;
         let _ = writeln!(
             console,
-            "apic {apic}, ioapic {ioapic}, pci {pci}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}"
+            "hlt {hlt}, mgmt {mgmt}, apic {apic}, ioapic {ioapic}, pci {pci}, cpuid {cpuid}, msr {msr}, io {io}, npf {npf}, svm {svm}, npf retried {retried}"
         );
     };
     let _guard = crate::lock_console();
     let _ = write!(
         console,
         "cellvisor: root cell: {why}: exits on {} CPUs: ",
-        shared.cpus.len()
+        shared.online
     );
     line(console, total);
-    for cpu in shared.cpus.iter() {
+    for cpu in 0..shared.online {
         let _ = write!(console, "  CPU {cpu}: ");
         line(console, CPUS[cpu as usize].exits.get());
     }
@@ -849,7 +1021,7 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
         mask
     } else if (pci::PORTS.0..=pci::PORTS.1).contains(&port) {
         let write = (!input).then_some(stored as u32);
-        match pci_access(console, cpu, shared, pci::Target::Port(port), size, write) {
+        match pci_access(console, cpu, pci::Target::Port(port), size, write) {
             Some(value) => u64::from(value),
             None => mask,
         }
@@ -868,7 +1040,6 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
 fn pci_access(
     console: &mut Serial,
     cpu: u32,
-    shared: &Shared,
     target: pci::Target,
     size: u8,
     write: Option<u32>,
@@ -876,9 +1047,10 @@ fn pci_access(
     let outcome = {
         let topology = TOPOLOGY.lock();
         let topology = topology.as_ref()?;
+        let root_cpus = root_cpus();
         let msi = pci::X86Msi {
             topology,
-            root_cpus: &shared.cpus,
+            root_cpus: &root_cpus,
         };
         pci::access(&msi, cellvisor_cell::CellId::ROOT, cpu, target, size, write)
     };
@@ -915,8 +1087,8 @@ fn emulate_ecam(
     let (access, stored) = decode_access(vmcb, regs, &shared.map)?;
     let size = access.size.min(4);
     let write = stored.map(|value| value as u32);
-    let loaded = pci_access(console, cpu, shared, pci::Target::Ecam(offset), size, write)
-        .unwrap_or(u32::MAX);
+    let loaded =
+        pci_access(console, cpu, pci::Target::Ecam(offset), size, write).unwrap_or(u32::MAX);
     complete(vmcb, regs, access, loaded);
     Ok(())
 }
@@ -1057,15 +1229,18 @@ fn decode_access(
 
 /// Completes a decoded access: a load gets `value`, and RIP moves past the instruction.
 fn complete(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters, access: decode::Access, value: u32) {
+    complete_wide(vmcb, regs, access, u64::from(value));
+}
+
+/// [`complete`] for registers up to 64 bits wide.
+fn complete_wide(
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+    access: decode::Access,
+    value: u64,
+) {
     if let Direction::Read(n) = access.direction {
-        set_register(
-            vmcb,
-            regs,
-            n,
-            access.size,
-            access.high_byte,
-            u64::from(value),
-        );
+        set_register(vmcb, regs, n, access.size, access.high_byte, value);
     }
     let rip = vmcb.u64_at(svm::offset::RIP);
     vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
@@ -1111,7 +1286,7 @@ fn emulate_apic(
                     // INIT and start-up IPIs for the root cell's own CPUs: CPU 0 (which
                     // Linux never restarts) keeps running; the others are asked.
                     for target in cpus.iter().filter(|&target| target != 0) {
-                        request(target, kind);
+                        request(cpu, target, kind);
                     }
                 }
                 Err(violation) => {
@@ -1126,6 +1301,23 @@ fn emulate_apic(
         Some(_) => {}
     }
     complete(vmcb, regs, access, loaded);
+    Ok(())
+}
+
+/// A root-cell access to the management control page: decoded, and done by the core.
+fn emulate_management(
+    cpu: u32,
+    gpa: u64,
+    vmcb: &mut Vmcb<'_>,
+    regs: &mut GuestRegisters,
+    map: &MemoryMap,
+) -> Result<(), EmulationError> {
+    let (access, stored) = decode_access(vmcb, regs, map)?;
+    let loaded = match stored {
+        Some(value) => HV.mgmt_access(cpu as usize, gpa, true, value),
+        None => HV.mgmt_access(cpu as usize, gpa, false, 0),
+    };
+    complete_wide(vmcb, regs, access, loaded.unwrap_or(0));
     Ok(())
 }
 
@@ -1145,9 +1337,10 @@ fn emulate_ioapic(
         size: access.size,
         write: stored.map(|value| value as u32),
     };
+    let root_cpus = root_cpus();
     let by = cellvisor_apic::Accessor {
         cell: cellvisor_cell::CellId::ROOT,
-        cpus: &shared.cpus,
+        cpus: &root_cpus,
         cpu,
     };
     let outcome = {
@@ -1181,8 +1374,10 @@ fn cpuid(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
     let subleaf = regs.rcx as u32;
     let mut result = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     match leaf {
-        // x2APIC (ECX bit 21): the root cell stays in xAPIC mode, whose page traps.
-        1 => result.ecx &= !(1 << 21),
+        // x2APIC (ECX bit 21): the root cell stays in xAPIC mode, whose page traps. MONITOR
+        // and MWAIT (ECX bit 3): an offline CPU of Linux then waits in HLT with interrupts
+        // disabled, which the hypervisor sees (`vcpu`).
+        1 => result.ecx &= !(1 << 21 | 1 << 3),
         // SVM (ECX bit 2).
         0x8000_0001 => result.ecx &= !(1 << 2),
         // The SVM feature leaf.

@@ -22,8 +22,9 @@ const ICR_INIT: u32 = 0b101 << 8 | 1 << 14;
 const ICR_STARTUP: u32 = 0b110 << 8;
 const ICR_PENDING: u32 = 1 << 12;
 
-/// Each application processor's stack.
-const STACK_SIZE: usize = 16 * 1024;
+/// Each application processor's stack: as large as the boot CPU's, for the management
+/// commands it may run for the root cell (16 KiB overflowed into the next CPU's).
+const STACK_SIZE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
 struct Stack([u8; STACK_SIZE]);
@@ -70,9 +71,11 @@ tr_protected:
     mov cr4, eax
     mov eax, dword ptr [TR_CR3]
     mov cr3, eax
+    // EFER.LME, and EFER.NXE: the nested page tables' NX bit (regions without "execute")
+    // is reserved, and every access through it faults, unless the host's NXE is set.
     mov ecx, 0xc0000080
     rdmsr
-    or eax, 1 << 8
+    or eax, 1 << 8 | 1 << 11
     wrmsr
     mov eax, cr0
     or eax, 0x80000000

@@ -39,6 +39,8 @@ pub mod offset {
     pub const EXITINFO1: usize = 0x078;
     /// Exit information 2.
     pub const EXITINFO2: usize = 0x080;
+    /// The event the guest was delivering when it exited (`EVENTINJ`'s format, APM 15.7.2).
+    pub const EXITINTINFO: usize = 0x088;
     /// Bit 0: nested paging.
     pub const NP_ENABLE: usize = 0x090;
     /// An event to inject on the next VMRUN (APM 15.20): vector (7:0), type (10:8), error
@@ -488,6 +490,38 @@ impl<'a> Vmcb<'a> {
     }
 
     /// Injects an NMI on the next VMRUN.
+    /// After an exit during the delivery of an event (an external interrupt the local APIC
+    /// already moved into service, an NMI, an exception): the event is injected again at the
+    /// next entry, or it would be lost, and with an interrupt its in-service bit would block
+    /// every interrupt of its priority and below for good (APM 15.7.2). Software interrupts
+    /// and the exceptions of INT3 and INTO are not: RIP still points at their instruction,
+    /// which runs again.
+    pub fn reinject_interrupted_event(&mut self) {
+        const VALID: u64 = 1 << 31;
+        const TYPE_EXCEPTION: u64 = 3;
+        const TYPE_SOFTWARE: u64 = 4;
+        let event = self.u64_at(offset::EXITINTINFO);
+        if event & VALID == 0 {
+            return;
+        }
+        const TYPE_INTERRUPT: u64 = 0;
+        const TYPE_NMI: u64 = 2;
+        let (vector, kind) = (event & 0xff, (event >> 8) & 0b111);
+        let software = kind == TYPE_SOFTWARE || (kind == TYPE_EXCEPTION && matches!(vector, 3 | 4));
+        if software {
+            return;
+        }
+        // QEMU's TCG reports every event it was delivering as an exception: an NMI injected
+        // as exception 2 is invalid (VMRUN fails), and vectors from 32 are interrupts.
+        let kind = match (kind, vector) {
+            (TYPE_EXCEPTION, 2) => TYPE_NMI,
+            (TYPE_EXCEPTION, 32..) => TYPE_INTERRUPT,
+            (kind, _) => kind,
+        };
+        self.set_u64(offset::EVENTINJ, event & !(0b111 << 8) | kind << 8);
+    }
+
+    /// Injects an NMI at the next entry.
     pub fn inject_nmi(&mut self) {
         self.set_u64(offset::EVENTINJ, 2 | 2 << 8 | 1 << 31);
     }

@@ -1,0 +1,28 @@
+# The management interface without an inmate (x86, whose cells do not run yet): the
+# hypervisor's facts, a cell created, listed and destroyed, then 20 create/destroy cycles;
+# the hypervisor's free memory must be the same before and after.
+step info cellvisor info
+before=$(memory_free)
+step create cellvisor cell create "$CELL_CONFIG"
+step list cellvisor cell list
+state=$(cell_state)
+mark "state=$state"
+step destroy cellvisor cell destroy "$CELL"
+failed=0
+cycle=1
+while [ $cycle -le 20 ]; do
+    if ! { cellvisor cell create "$CELL_CONFIG" >/dev/null &&
+        cellvisor cell destroy "$CELL" >/dev/null; }; then
+        failed=$((failed + 1))
+        mark "cycle $cycle failed"
+        cellvisor cell destroy "$CELL" >/dev/null 2>&1
+    fi
+    cycle=$((cycle + 1))
+done
+after=$(memory_free)
+mark "manage cycles=20 failed=$failed memory_free before=$before after=$after"
+if [ -n "$before" ] && [ "$before" = "$after" ]; then
+    mark "manage memory kept"
+else
+    mark "manage memory leaked"
+fi

@@ -81,7 +81,13 @@ const ROOT_BANNER: &str = "cellvisor: root cell ";
 
 /// `cargo xtask bench`.
 pub fn run(workspace: &Workspace, args: &BenchArgs) -> Result<()> {
-    let boards = board::linux_boards(&workspace.boards, args.board.as_deref())?;
+    let boards = match args.board.as_deref() {
+        // A Multiboot board (x86) boots Linux without the Arm keys.
+        Some(name) if board::find(&workspace.boards, name)?.multiboot.is_some() => {
+            vec![board::find(&workspace.boards, name)?]
+        }
+        name => board::linux_boards(&workspace.boards, name)?,
+    };
     run_in(
         workspace,
         args,
@@ -122,6 +128,10 @@ fn run_in(
     let mut results = Vec::new();
     for board in boards {
         qemu::require(&board.qemu)?;
+        if board.multiboot.is_some() {
+            results.push(bench_multiboot(workspace, args, board, &dir)?);
+            continue;
+        }
         let gic = board.require_gic(args.gic)?;
         results.push(bench_board(workspace, args, board, gic, &dir)?);
     }
@@ -333,6 +343,107 @@ fn bench_board(
     }))
 }
 
+/// The figures of a Multiboot (x86) board: image, boot ratio, the idle and busy root cell's
+/// exits per second and the hypervisor's instructions per exit (the TSC from the exit to the
+/// next entry, which under `-icount shift=0` counts instructions). No cell runs on x86 yet:
+/// the bench script skips the demo cell (`BENCH_CELL=0`), and its figures are empty.
+fn bench_multiboot(
+    workspace: &Workspace,
+    args: &BenchArgs,
+    board: &Board,
+    dir: &Path,
+) -> Result<Value> {
+    let name = board.name.clone();
+    println!("==> {name}");
+    let image = image::build(workspace, board, Kind::Normal)?;
+    let bin_size = fs::metadata(&image.bin)
+        .with_context(|| format!("cannot read {}", image.bin.display()))?
+        .len();
+    let (files, versions) = linux::prepare_board(workspace, board, false)?;
+    let images = workspace.target_dir.join("images").join(&board.name);
+    let config = images.join("system.bin");
+    let shown = |path: &Path| workspace.relative(path).to_owned();
+    let base = board
+        .multiboot
+        .as_ref()
+        .map(|m| m.append.clone())
+        .unwrap_or_default();
+    let timeout = Duration::from_secs(args.timeout);
+    let options = Options {
+        cpu: args.cpu.clone(),
+        icount: true,
+        ..Options::default()
+    };
+    let plain = [Action::Clock, Action::Poweroff];
+    let linux = LinuxFiles {
+        kernel: shown(&files.image),
+        initrd: shown(&files.initramfs),
+        dtb: None,
+        append: append_with_actions(&base, &plain),
+    };
+    let bare = Boot::Bare(linux.clone()).qemu(board, &options)?;
+    println!("--> bare Linux: {bare}");
+    let bare = measure(&bare, timeout, &dir.join(format!("{name}-bare.log")))
+        .context("bare Linux boot")?;
+
+    let actions = [
+        Action::Clock,
+        Action::Script(Script::Bench),
+        Action::Poweroff,
+    ];
+    let variables = format!(
+        "IDLE_SECONDS={} BUSY_ROUNDS={} BENCH_CELL=0",
+        args.idle, args.busy_rounds
+    );
+    let root = Boot::MultibootRootCell {
+        image: shown(&image.bin),
+        config: shown(&config),
+        linux: LinuxFiles {
+            append: append_with_actions(&format!("{base} {variables}"), &actions),
+            ..linux
+        },
+    }
+    .qemu(board, &options)?;
+    println!("--> root cell: {root}");
+    let log = dir.join(format!("{name}-root.log"));
+    let root = measure_with_silence(&root, timeout, BUSY_SILENCE, &log)
+        .context("root cell boot with the bench script")?;
+    let snapshots = Snapshots::parse(&root.lines)
+        .with_context(|| format!("{}", workspace.relative(&log).display()))?;
+    let frequency = snapshots.frequency_of("idle-before-clock")?;
+    let info_root: Info = snapshots.json("info-root")?;
+    Ok(json!({
+        "board": board.name,
+        "gic": Value::Null,
+        "cpu": options.cpu.as_deref().or(board.cpu.as_deref()),
+        "kernel": versions.kernel_release,
+        "timer_frequency_hz": frequency,
+        "image": {
+            "bin_bytes": bin_size,
+            "text": image.sizes.text,
+            "rodata": image.sizes.rodata,
+            "data": image.sizes.data,
+            "bss": image.sizes.bss,
+            "stacks": image.sizes.stacks,
+        },
+        "boot": {
+            "bare_s": bare.time,
+            "root_cell_s": root.time,
+            "ratio": root.time / bare.time,
+        },
+        "timer_latency_ns": { "bare": Value::Null, "cell": Value::Null, "ratio": Value::Null },
+        "instructions_per_trap": { "root_cell": snapshots.costs("root-stats")? },
+        "traps_per_second": { "idle": snapshots.rates("idle")?, "busy": snapshots.rates("busy")? },
+        "memory": {
+            "total": info_root.memory_total,
+            "used_root_only": info_root.memory_used,
+            "cells": info_root.cells,
+            "cpus": info_root.cpus,
+        },
+        "root_stage2": { "table_pages": info_root.root_table_pages },
+    }))
+}
+
 /// `cellvisor info --json`.
 #[derive(Debug, Deserialize)]
 struct Info {
@@ -458,7 +569,12 @@ impl Snapshots {
 
     /// The counter frequency `guest-clock` printed (`… ticks at <Hz> Hz)`).
     fn frequency(&self) -> Result<u64> {
-        let line = self.body("create-clock")?.join(" ");
+        self.frequency_of("create-clock")
+    }
+
+    /// The counter frequency `guest-clock` printed in snapshot `name`.
+    fn frequency_of(&self, name: &str) -> Result<u64> {
+        let line = self.body(name)?.join(" ");
         let hz = line
             .rsplit_once(" ticks at ")
             .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -559,11 +675,15 @@ fn report(results: &[Value], command: &str) -> String {
                 other => other.to_string().trim_matches('"').to_owned(),
             }
         };
+        let gic = if r["gic"].is_null() {
+            "APIC".to_owned()
+        } else {
+            format!("GICv{}", f("gic"))
+        };
         let _ = writeln!(
             w,
-            "## {} GICv{} (CPU {}, kernel {}, counter {} Hz)\n",
+            "## {} {gic} (CPU {}, kernel {}, counter {} Hz)\n",
             f("board"),
-            f("gic"),
             f("cpu"),
             f("kernel"),
             f("timer_frequency_hz")

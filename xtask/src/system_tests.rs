@@ -160,6 +160,10 @@ const X86_ROOT_CELL: &[Pattern] = &[
     // (CPU 3, RAM from the loadable region, COM2's ports and IRQ 3) created and destroyed, 20
     // cycles more without a lost frame.
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: info status=0"]),
+    // The core's trap counters, fed by the x86 exits: the idle root cell's local APIC (its
+    // timer's EOIs) and its management accesses.
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cell \"linux\": traps by CPU and reason"]),
+    Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: stats status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: create status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: state=created"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: destroy status=0"]),

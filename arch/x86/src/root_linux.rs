@@ -18,6 +18,7 @@ use cellvisor_config::CpuSet;
 use cellvisor_sync::Mutex;
 
 use cellvisor_cell::CellId;
+use cellvisor_core::TrapReason;
 use cellvisor_config::{MemoryFlags, SystemConfigView};
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
@@ -690,6 +691,33 @@ fn trapped_page(shared: &Shared, vmcb: &Vmcb<'_>) -> Option<TrappedPage> {
     }
 }
 
+/// The core's reason for an exit, for its counters (`cellvisor cell stats`).
+fn trap_reason(shared: &Shared, vmcb: &Vmcb<'_>, exit: ExitCode) -> TrapReason {
+    match exit {
+        ExitCode::NPF => {
+            let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+            if HV.mgmt_contains(gpa) {
+                return TrapReason::Management;
+            }
+            match trapped_page(shared, vmcb) {
+                // The interrupt command register (its low and high halves).
+                Some(TrappedPage::LocalApic) if matches!(gpa & 0xfff, 0x300 | 0x310) => {
+                    TrapReason::SgiRegister
+                }
+                Some(TrappedPage::LocalApic) => TrapReason::Redistributor,
+                Some(TrappedPage::IoApic) => TrapReason::Distributor,
+                Some(TrappedPage::Ecam) => TrapReason::Other,
+                None if HV.maps(CellId::ROOT, gpa) => TrapReason::Other,
+                None => TrapReason::OutsideConfig,
+            }
+        }
+        ExitCode::CPUID | ExitCode::MSR => TrapReason::OtherSysreg,
+        ExitCode::NMI => TrapReason::Irq,
+        ExitCode::VMRUN | ExitCode::VMMCALL => TrapReason::Smccc,
+        _ => TrapReason::Other,
+    }
+}
+
 /// The vCPU stopped for good: reported, the CPU parks.
 #[derive(Debug)]
 struct Stopped;
@@ -707,6 +735,7 @@ fn vcpu(
     let kick = &hv::KICKS[cpu as usize];
     let mut apic = LocalApic::new(cpu, root_cpus(), true);
     let exits = &per_cpu.exits;
+    let counters = &HV.cpu(cpu as usize).counters;
     let mut idle_hlt = false;
     loop {
         // The root cell's NMI, unless an exception is being injected (it waits a round).
@@ -718,7 +747,11 @@ fn vcpu(
         if hv::root_entering(cpu as usize) {
             vmcb.set_u8(svm::offset::TLB_CONTROL, TLB_FLUSH_ASID);
         }
+        // The previous exit's handler is done: its cost is the TSC from the exit to here
+        // (instructions, under `-icount shift=0`).
+        counters.measure(hv::now(), 64);
         let exit = vmcb.enter(regs, &per_cpu.host_state, &kick.kicked);
+        let exited = hv::now();
         hv::root_left(cpu as usize);
         // The first entry flushed this CPU's TLB (the reset asks for it); later entries keep
         // it unless the tables change.
@@ -734,6 +767,8 @@ fn vcpu(
             return Ok(());
         }
         let Some(exit) = exit else { continue };
+        counters.start(exited);
+        HV.count(cpu as usize, trap_reason(shared, vmcb, exit));
         // An event the exit interrupted is delivered at the next entry (a handler below may
         // replace it with an exception of its own).
         vmcb.reinject_interrupted_event();

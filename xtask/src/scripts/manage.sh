@@ -1,7 +1,8 @@
 # The management interface without an inmate (x86, whose cells do not run yet): the
-# hypervisor's facts, a cell created, listed and destroyed, then 20 create/destroy cycles;
+# hypervisor's facts, the root cell's trap counters, a cell created, listed and destroyed, then 20 create/destroy cycles;
 # the hypervisor's free memory must be the same before and after.
 step info cellvisor info
+step stats cellvisor cell stats 0
 before=$(memory_free)
 step create cellvisor cell create "$CELL_CONFIG"
 step list cellvisor cell list

@@ -11,7 +11,10 @@ fn main() {
         ("HYP_BASE", 0x0100_0000u64),
         // The hypervisor region of config/system.toml.
         ("HYP_SIZE", 0x80_0000),
-        ("BOOT_STACK_SIZE", 0x1_0000),
+        // The boot CPU builds the root cell's books (the core's registry, tens of KiB, moved
+        // through the stack): 64 KiB overflowed (each stack's lowest word is a canary that
+        // every exit checks, smp.rs).
+        ("BOOT_STACK_SIZE", 0x4_0000),
     ] {
         println!("cargo:rustc-link-arg-bins=--defsym={name}={value:#x}");
     }

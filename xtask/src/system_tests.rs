@@ -162,10 +162,17 @@ const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: info status=0"]),
     // The core's trap counters, fed by the x86 exits: the idle root cell's local APIC (its
     // timer's EOIs) and its management accesses.
-    Pattern::Contains(&["cellvisor-initramfs: script manage: cell \"linux\": traps by CPU and reason"]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script manage: cell \"linux\": traps by CPU and reason",
+    ]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: stats status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: create status=0"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: state=created"]),
+    // COM2's ports went with the cell: the root cell's read through /dev/port is refused.
+    Pattern::Contains(&[
+        "cellvisor: cell \"root\" (CPU ",
+        "): read of I/O port 0x2f8: not the root cell's: reads all ones",
+    ]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: destroy status=0"]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script manage: cellvisor-demo: manage cycles=20 failed=0 ",

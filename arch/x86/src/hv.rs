@@ -8,6 +8,7 @@
 //! | `Translation` | AMD nested page tables; TLB flushes by ASID at the next entry |
 //! | `Vcpus` | the local APIC reset on retire; a fresh VMCB on every entry from the park loop |
 //! | `InterruptChip` | IOAPIC pins ([`crate::ioapic`]) |
+//! | `IoPorts` | the root cell's I/O permission map |
 //! | `Output` | the 8250 ([`crate::serial`]), copied into the core's ring |
 
 use core::fmt::Write as _;
@@ -15,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
-use cellvisor_core::arch::{Cpus, InterruptChip, Memory, Output, Translation, Vcpus};
+use cellvisor_core::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
 use cellvisor_core::Hypervisor;
 use cellvisor_paging::{GuestPhysAddr, LinearMemory, Mapping, Npt, PhysAddr};
 
@@ -418,6 +419,29 @@ impl InterruptChip for X86 {
             cpus: cpus.count_ones().into(),
             reserved: 0.into(),
         }
+    }
+}
+
+impl IoPorts for X86 {
+    fn move_ports(
+        &self,
+        from: CellId,
+        to: CellId,
+        base: u32,
+        count: u32,
+    ) -> Result<(), &'static str> {
+        if base.saturating_add(count) > 0x1_0000 {
+            return Err("ports beyond 0xffff");
+        }
+        match (from, to) {
+            (CellId::ROOT, CellId::ROOT) => {}
+            // The root cell's map only: cells do not run on x86 yet (their own map comes
+            // with their vCPUs).
+            (CellId::ROOT, _) => crate::root_linux::move_root_ports(base, count, false),
+            (_, CellId::ROOT) => crate::root_linux::move_root_ports(base, count, true),
+            _ => return Err("ports move only between the root cell and another cell"),
+        }
+        Ok(())
     }
 }
 

@@ -77,6 +77,7 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
     let board = unsafe { cellvisor_x86_board() };
     let mut console = serial::Serial::new(board.uart_port);
     exception::init();
+    smp::mark_stack(0);
     exception::load();
     let _ = writeln!(
         console,
@@ -199,6 +200,7 @@ static AP_HOST_SAVE: [page::Page; firmware::MAX_CPUS] =
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 extern "C" fn ap_entry(cpu: u64) -> ! {
     use core::fmt::Write as _;
+    smp::mark_stack(cpu as usize);
     exception::load();
     // SAFETY: defined by `board!`.
     let board = unsafe { cellvisor_x86_board() };

@@ -68,6 +68,14 @@ pub fn intercept_ports(map: &mut [u8; IOPM_SIZE], port: u16, len: u16) {
     }
 }
 
+/// Lets accesses to the `len` ports from `port` through (ports beyond 0xffff are ignored).
+pub fn pass_ports(map: &mut [u8; IOPM_SIZE], port: u32, len: u32) {
+    for p in port..port.saturating_add(len).min(0x1_0000) {
+        let p = p as usize;
+        map[p / 8] &= !(1 << (p % 8));
+    }
+}
+
 /// Whether an access of `size` bytes (1, 2 or 4) to `port` exits.
 pub fn port_intercepted(map: &[u8; IOPM_SIZE], port: u16, size: u8) -> bool {
     (u32::from(port)..u32::from(port) + u32::from(size)).any(|p| {
@@ -137,5 +145,11 @@ mod tests {
         intercept_ports(&mut map, 0xffff, 1);
         assert!(port_intercepted(&map, 0xfffe, 4));
         assert_eq!(map.iter().map(|b| b.count_ones()).sum::<u32>(), 3);
+        // Passed again: only what was asked for.
+        pass_ports(&mut map, 0x605, 0x1_0000);
+        assert!(port_intercepted(&map, 0x604, 1));
+        assert!(!port_intercepted(&map, 0x605, 1));
+        assert!(!port_intercepted(&map, 0xffff, 1));
+        assert_eq!(map.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
     }
 }

@@ -18,8 +18,8 @@ use cellvisor_config::CpuSet;
 use cellvisor_sync::Mutex;
 
 use cellvisor_cell::CellId;
-use cellvisor_core::TrapReason;
 use cellvisor_config::{MemoryFlags, SystemConfigView};
+use cellvisor_core::TrapReason;
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
 use cellvisor_paging::{LargePages, Npt, PhysAddr};
@@ -569,7 +569,7 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
         pci::init(ecam);
     }
     let power = power_control();
-    fill_permissions(power);
+    fill_permissions(power, &config);
     let shared = SHARED.call_once(|| Shared {
         ecam,
         map: prepared.map.clone(),
@@ -767,6 +767,15 @@ fn vcpu(
             return Ok(());
         }
         let Some(exit) = exit else { continue };
+        if crate::smp::stack_overflowed(cpu as usize) {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor: FATAL: CPU {cpu}: the hypervisor's stack overflowed (its lowest word was overwritten): parked"
+            );
+            report(console, cpu, vmcb, regs, exit);
+            crate::halt();
+        }
         counters.start(exited);
         HV.count(cpu as usize, trap_reason(shared, vmcb, exit));
         // An event the exit interrupted is delivered at the next entry (a handler below may
@@ -912,13 +921,48 @@ fn power_control() -> Option<u16> {
     u16::try_from(address).ok()
 }
 
+/// Whether the root cell's accesses to `port` exit whoever owns it: the PM1a control port
+/// `power` (the root cell's power-off is reported) and the PCI configuration ports.
+fn always_trapped(port: u32, power: Option<u16>) -> bool {
+    let (first, last) = pci::PORTS;
+    (u32::from(first)..=u32::from(last)).contains(&port)
+        || power.is_some_and(|p| (u32::from(p)..u32::from(p) + 2).contains(&port))
+}
+
+/// The root cell's I/O permission map after ports moved: ports a cell took exit for the root
+/// cell, ports it gave back no longer do (unless they always exit, [`always_trapped`]).
+/// Called by the core under its management lock, the only writer after boot.
+pub fn move_root_ports(base: u32, count: u32, to_root: bool) {
+    let power = SHARED.get().and_then(|s| s.power);
+    // SAFETY: the management lock's holder is the only writer; root-cell CPUs' accesses
+    // read the map in hardware, and see each bit before or after the change, both of which
+    // are safe for the root cell (a port not yet or no longer its reads as all ones).
+    let iopm = unsafe { &mut *IOPM.0.get() };
+    for port in base..base.saturating_add(count).min(0x1_0000) {
+        if to_root && !always_trapped(port, power) {
+            crate::permission::pass_ports(iopm, port, 1);
+        } else {
+            intercept_ports(iopm, port as u16, 1);
+        }
+    }
+}
+
 /// Fills the permission maps: `EFER`, SVM's MSRs and `IA32_APIC_BASE` writes exit, and so do
-/// the PM1a control port `power` (the root cell's power-off is reported) and the PCI
-/// configuration ports.
-fn fill_permissions(power: Option<u16>) {
+/// the ports of [`always_trapped`] and every port the configuration does not give the root
+/// cell.
+fn fill_permissions(power: Option<u16>, config: &SystemConfigView<'_>) {
     // SAFETY: the boot CPU alone, before any root-cell vCPU runs; nothing else writes the
     // maps.
     let (msrpm, iopm) = unsafe { (&mut *MSRPM.0.get(), &mut *IOPM.0.get()) };
+    for port in 0..0x1_0000u32 {
+        let owned = config
+            .root_cell()
+            .port_ranges()
+            .any(|r| (r.base..r.base.saturating_add(r.size)).contains(&port));
+        if !owned {
+            intercept_ports(iopm, port as u16, 1);
+        }
+    }
     for msr in core::iter::once(EFER).chain(SVM_MSRS) {
         // Every one of them is in the map's ranges (checked by the unit tests' layout).
         let _ = intercept_msr(msrpm, msr, true, true);
@@ -1061,6 +1105,17 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
             None => mask,
         }
     } else {
+        // A port the root cell does not have (a cell's, or not in its configuration):
+        // reads all ones, writes dropped, reported.
+        if may_report(console, cpu, &CPUS[cpu as usize]) {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor: cell \"root\" (CPU {cpu}): {} of I/O port {port:#x}: not the root cell's: {}",
+                if input { "read" } else { "write" },
+                if input { "reads all ones" } else { "dropped" }
+            );
+        }
         mask
     };
     if input {

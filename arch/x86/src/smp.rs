@@ -240,6 +240,39 @@ pub fn start(apic_ids: &[u32], entry: extern "C" fn(u64) -> !) -> u32 {
     STARTED.load(Ordering::Acquire)
 }
 
+/// What the lowest word of every stack holds while nothing overflowed it.
+const STACK_CANARY: u64 = 0x5354_4143_4b5f_4f4b;
+
+unsafe extern "C" {
+    /// The boot CPU's stack (linker script): only its address is used.
+    static __boot_stack_bottom: u8;
+}
+
+/// The lowest word of CPU `cpu`'s stack (0: the boot CPU's).
+fn stack_bottom(cpu: usize) -> Option<*mut u64> {
+    if cpu == 0 {
+        return Some((&raw const __boot_stack_bottom).cast_mut().cast());
+    }
+    // Only an address is computed; nothing is read or written here.
+    let stacks = (&raw mut STACKS).cast::<Stack>();
+    (cpu - 1 < crate::firmware::MAX_CPUS).then(|| stacks.wrapping_add(cpu - 1).cast::<u64>())
+}
+
+/// Marks the bottom of CPU `cpu`'s stack (on that CPU, early: far from the bottom).
+pub fn mark_stack(cpu: usize) {
+    if let Some(bottom) = stack_bottom(cpu) {
+        // SAFETY: the lowest word of this CPU's own stack, which it has not reached.
+        unsafe { bottom.write_volatile(STACK_CANARY) };
+    }
+}
+
+/// Whether CPU `cpu`'s stack overflowed since [`mark_stack`] (the canary is gone; the
+/// memory below it may be damaged).
+pub fn stack_overflowed(cpu: usize) -> bool {
+    // SAFETY: the lowest word of a stack of the image, read only.
+    stack_bottom(cpu).is_some_and(|bottom| unsafe { bottom.read_volatile() } != STACK_CANARY)
+}
+
 /// Called by each application processor once it runs Rust.
 pub fn started() {
     STARTED.fetch_add(1, Ordering::Release);

@@ -4,7 +4,7 @@
 use core::fmt;
 
 use cellvisor_abi::{CellState, Error as Code};
-use cellvisor_config::{AddressRange, CellName, IrqRange};
+use cellvisor_config::{AddressRange, CellName, IrqRange, PortRange};
 
 use crate::id::CellId;
 use crate::partition::Failure;
@@ -122,6 +122,31 @@ pub enum Problem {
         /// The line.
         line: u32,
     },
+    /// More I/O port ranges than a cell may have ([`MAX_PORT_RANGES`](crate::MAX_PORT_RANGES)).
+    TooManyPortRanges {
+        /// How many the configuration has.
+        count: usize,
+    },
+    /// An I/O port belongs to another cell.
+    PortTaken {
+        /// Index of the range.
+        index: usize,
+        /// The range.
+        range: PortRange,
+        /// The first port of the range the other cell has.
+        port: u32,
+        /// Its cell.
+        by: CellName,
+    },
+    /// An I/O port is not among the root cell's.
+    PortNotOwned {
+        /// Index of the range.
+        index: usize,
+        /// The range.
+        range: PortRange,
+        /// The first port the root cell does not have.
+        port: u32,
+    },
 }
 
 impl Problem {
@@ -135,7 +160,9 @@ impl Problem {
             | Problem::MemoryTaken { .. }
             | Problem::MemoryNotOwned { .. }
             | Problem::IrqTaken { .. }
-            | Problem::IrqNotOwned { .. } => Code::NotOwned,
+            | Problem::IrqNotOwned { .. }
+            | Problem::PortTaken { .. }
+            | Problem::PortNotOwned { .. } => Code::NotOwned,
             Problem::BadName
             | Problem::Unsupported { .. }
             | Problem::NoCpu
@@ -144,7 +171,8 @@ impl Problem {
             | Problem::TooManyRegions { .. }
             | Problem::MemoryOverlap { .. }
             | Problem::MemorySpansRootRegions { .. }
-            | Problem::IrqBeyondLimit { .. } => Code::BadConfig,
+            | Problem::IrqBeyondLimit { .. }
+            | Problem::TooManyPortRanges { .. } => Code::BadConfig,
         }
     }
 }
@@ -217,6 +245,24 @@ impl fmt::Display for Problem {
             Problem::IrqNotOwned { index, range, line } => write!(
                 f,
                 "irq range {index} ({range}): line {line} not owned by the root cell"
+            ),
+            Problem::TooManyPortRanges { count } => write!(
+                f,
+                "{count} I/O port ranges; a cell has at most {}",
+                crate::MAX_PORT_RANGES
+            ),
+            Problem::PortTaken {
+                index,
+                range,
+                port,
+                by,
+            } => write!(
+                f,
+                "port range {index} ({range}): port {port:#x} belongs to cell \"{by}\""
+            ),
+            Problem::PortNotOwned { index, range, port } => write!(
+                f,
+                "port range {index} ({range}): port {port:#x} not owned by the root cell"
             ),
         }
     }
@@ -514,6 +560,11 @@ pub enum RootError {
         /// The line.
         line: u32,
     },
+    /// More I/O port ranges than [`MAX_PORT_RANGES`](crate::MAX_PORT_RANGES).
+    TooManyPortRanges {
+        /// Ranges given.
+        count: usize,
+    },
 }
 
 impl fmt::Display for RootError {
@@ -539,6 +590,11 @@ impl fmt::Display for RootError {
                 f,
                 "interrupt line {line} is beyond the {} lines supported",
                 IrqSet::LINES
+            ),
+            RootError::TooManyPortRanges { count } => write!(
+                f,
+                "{count} I/O port ranges, at most {}",
+                crate::MAX_PORT_RANGES
             ),
         }
     }

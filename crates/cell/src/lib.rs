@@ -40,4 +40,4 @@ pub use id::CellId;
 pub use irq::IrqSet;
 pub use partition::{Failure, Partition, Step};
 pub use region::{Region, Regions, MAX_REGIONS};
-pub use registry::{first_shared_irq, Cell, Registry};
+pub use registry::{first_shared_irq, Cell, Ports, Registry, MAX_PORT_RANGES};

@@ -57,6 +57,16 @@ pub trait Partition {
     /// Routes a shared interrupt line (an SPI on Arm) from one cell to another.
     fn move_irq(&mut self, irq: u32, from: CellId, to: CellId) -> Result<(), Self::Error>;
 
+    /// Hands the I/O ports `[base, base + count)` from one cell to another (x86; a cell
+    /// configuration on Arm has none, so this is never called there).
+    fn move_ports(
+        &mut self,
+        base: u32,
+        count: u32,
+        from: CellId,
+        to: CellId,
+    ) -> Result<(), Self::Error>;
+
     /// Hands a CPU from one cell to another. A CPU that goes to a new cell waits there for
     /// the cell's start; a CPU that returns to the root cell stays offline there until the
     /// root cell brings it online (PSCI `CPU_ON`, INIT/SIPI).
@@ -89,6 +99,16 @@ pub enum Step {
     MoveIrqToCell {
         /// The line.
         irq: u32,
+    },
+    /// [`Partition::move_ports`] of a port range of the cell's from the root cell to it.
+    MovePortsToCell {
+        /// Index of the cell's port range.
+        range: usize,
+    },
+    /// [`Partition::move_ports`] of a port range of the cell's back to the root cell.
+    MovePortsToRoot {
+        /// Index of the cell's port range.
+        range: usize,
     },
     /// [`Partition::move_cpu`] from the root cell to the cell.
     MoveCpuToCell {
@@ -131,6 +151,8 @@ impl Step {
             Step::UnmapFromCell { region } => Step::MapIntoCell { region },
             Step::MoveIrqToCell { irq } => Step::MoveIrqToRoot { irq },
             Step::MoveIrqToRoot { irq } => Step::MoveIrqToCell { irq },
+            Step::MovePortsToCell { range } => Step::MovePortsToRoot { range },
+            Step::MovePortsToRoot { range } => Step::MovePortsToCell { range },
             Step::MoveCpuToCell { cpu } => Step::MoveCpuToRoot { cpu },
             Step::MoveCpuToRoot { cpu } => Step::MoveCpuToCell { cpu },
         }
@@ -158,6 +180,12 @@ impl fmt::Display for Step {
             Step::MoveIrqToCell { irq } => write!(f, "moving interrupt line {irq} to the cell"),
             Step::MoveIrqToRoot { irq } => {
                 write!(f, "returning interrupt line {irq} to the root cell")
+            }
+            Step::MovePortsToCell { range } => {
+                write!(f, "moving I/O port range {range} to the cell")
+            }
+            Step::MovePortsToRoot { range } => {
+                write!(f, "returning I/O port range {range} to the root cell")
             }
             Step::MoveCpuToCell { cpu } => write!(f, "moving CPU {cpu} to the cell"),
             Step::MoveCpuToRoot { cpu } => write!(f, "returning CPU {cpu} to the root cell"),

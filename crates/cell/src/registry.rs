@@ -2,7 +2,8 @@
 
 use cellvisor_abi::{CellRecord, CellState};
 use cellvisor_config::{
-    AddressRange, Architecture, CellName, CellView, IrqRange, MemoryFlags, SystemConfigView,
+    AddressRange, Architecture, CellName, CellView, IrqRange, MemoryFlags, PortRange,
+    SystemConfigView,
 };
 
 use crate::error::{CreateError, DestroyError, LoadError, Problem, RootError, StateError};
@@ -27,6 +28,8 @@ pub struct Cell {
     pub regions: Regions,
     /// Shared interrupt lines (SPIs on Arm): per-CPU lines are every cell's and not listed.
     pub irqs: IrqSet,
+    /// I/O port ranges (x86).
+    pub ports: Ports,
     /// Where the cell's CPUs start (guest-physical).
     pub reset_address: u64,
 }
@@ -83,6 +86,12 @@ pub const fn first_shared_irq(architecture: Architecture) -> u32 {
     }
 }
 
+/// I/O port ranges a cell may have.
+pub const MAX_PORT_RANGES: usize = 16;
+
+/// A cell's I/O port ranges.
+pub type Ports = heapless::Vec<PortRange, MAX_PORT_RANGES>;
+
 /// The cells of a machine and what each owns, with Jailhouse semantics: at boot the root
 /// cell owns every CPU, memory region and interrupt line it is given; [`create`] moves
 /// resources from it to a new cell, [`destroy`] gives them all back.
@@ -126,6 +135,7 @@ impl<const CELLS: usize> Registry<CELLS> {
             root_cpus,
             root_regions,
             root_irqs.iter().copied(),
+            core::iter::empty(),
             first_shared_irq,
         )
     }
@@ -151,11 +161,17 @@ impl<const CELLS: usize> Registry<CELLS> {
                 .push(region.into())
                 .map_err(|_| RootError::TooManyRegions { count })?;
         }
+        if root.port_ranges().len() > MAX_PORT_RANGES {
+            return Err(RootError::TooManyPortRanges {
+                count: root.port_ranges().len(),
+            });
+        }
         Self::build(
             root.name(),
             cpus,
             &regions,
             root.irq_ranges(),
+            root.port_ranges(),
             first_shared_irq(system.architecture()),
         )
     }
@@ -165,6 +181,7 @@ impl<const CELLS: usize> Registry<CELLS> {
         root_cpus: u64,
         root_regions: &[Region],
         root_irqs: impl Iterator<Item = IrqRange>,
+        root_ports: impl Iterator<Item = PortRange>,
         first_shared_irq: u32,
     ) -> Result<Self, RootError> {
         const { assert!(CELLS >= 1, "a registry holds the root cell at least") };
@@ -206,6 +223,7 @@ impl<const CELLS: usize> Registry<CELLS> {
             cpus: root_cpus,
             regions: regions.clone(),
             irqs,
+            ports: root_ports.take(MAX_PORT_RANGES).collect(),
             reset_address: 0,
         });
         Ok(Registry {
@@ -363,7 +381,6 @@ impl<const CELLS: usize> Registry<CELLS> {
         for (what, count) in [
             ("PCI devices", config.pci_devices().len()),
             ("stream IDs", config.stream_ids().len()),
-            ("I/O ports", config.port_ranges().len()),
         ] {
             if count != 0 {
                 return Err(Problem::Unsupported { what });
@@ -436,6 +453,18 @@ impl<const CELLS: usize> Registry<CELLS> {
             }
         }
 
+        let count = config.port_ranges().len();
+        if count > MAX_PORT_RANGES {
+            return Err(Problem::TooManyPortRanges { count });
+        }
+        let mut ports = Ports::new();
+        for (index, range) in config.port_ranges().enumerate() {
+            self.check_ports(index, range)?;
+            ports
+                .push(range)
+                .map_err(|_| Problem::TooManyPortRanges { count })?;
+        }
+
         let lent = self
             .others()
             .flat_map(|c| c.regions.iter())
@@ -453,10 +482,51 @@ impl<const CELLS: usize> Registry<CELLS> {
                 cpus,
                 regions,
                 irqs,
+                ports,
                 reset_address: config.cpu_reset_address(),
             },
             root_regions,
         })
+    }
+
+    /// Checks port range `index` of a new cell: every port the root cell's (its ranges at
+    /// boot), none another cell's. The ranges of one cell may overlap each other.
+    fn check_ports(&self, index: usize, range: PortRange) -> Result<(), Problem> {
+        let end = range.base.saturating_add(range.size);
+        if let Some((port, by)) = self.others().find_map(|c| {
+            c.ports
+                .iter()
+                .find(|theirs| theirs.overlaps(&range))
+                .map(|theirs| (theirs.base.max(range.base), c.name))
+        }) {
+            return Err(Problem::PortTaken {
+                index,
+                range,
+                port,
+                by,
+            });
+        }
+        let mut at = range.base;
+        while at < end {
+            let next = self
+                .root()
+                .ports
+                .iter()
+                .filter(|r| (r.base..r.base.saturating_add(r.size)).contains(&at))
+                .map(|r| r.base.saturating_add(r.size))
+                .max();
+            match next {
+                Some(next) => at = next,
+                None => {
+                    return Err(Problem::PortNotOwned {
+                        index,
+                        range,
+                        port: at,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks region `i` of a new cell against its earlier regions, the other cells and the
@@ -647,6 +717,7 @@ fn plan(cell: &Cell) -> impl DoubleEndedIterator<Item = Step> + Clone + '_ {
         .into_iter()
         .chain(regions)
         .chain(cell.irqs.iter().map(|irq| Step::MoveIrqToCell { irq }))
+        .chain((0..cell.ports.len()).map(|range| Step::MovePortsToCell { range }))
         .chain(cell.cpu_list().map(|cpu| Step::MoveCpuToCell { cpu }))
 }
 
@@ -727,6 +798,14 @@ fn perform<P: Partition>(
         },
         Step::MoveIrqToCell { irq } => partition.move_irq(irq, CellId::ROOT, id),
         Step::MoveIrqToRoot { irq } => partition.move_irq(irq, id, CellId::ROOT),
+        Step::MovePortsToCell { range } => match cell.ports.get(range) {
+            Some(r) => partition.move_ports(r.base, r.size, CellId::ROOT, id),
+            None => Ok(()),
+        },
+        Step::MovePortsToRoot { range } => match cell.ports.get(range) {
+            Some(r) => partition.move_ports(r.base, r.size, id, CellId::ROOT),
+            None => Ok(()),
+        },
         Step::MoveCpuToCell { cpu } => partition.move_cpu(cpu, CellId::ROOT, id),
         Step::MoveCpuToRoot { cpu } => partition.move_cpu(cpu, id, CellId::ROOT),
     }

@@ -7,7 +7,7 @@ use cellvisor_cell::{
     CellId, CreateError, DestroyError, Failure, IrqSet, LoadError, Region, Registry, RootError,
     StateError, Step, MAX_REGIONS,
 };
-use cellvisor_config::{CellConfigView, IrqRange, MemoryFlags};
+use cellvisor_config::{CellConfigView, IrqRange, MemoryFlags, PortRange};
 use common::*;
 
 type Reg = Registry<4>;
@@ -1054,4 +1054,151 @@ fn the_root_cell_description_is_checked() {
         error.to_string(),
         "root cell: interrupt line 1024 is beyond the 1024 lines supported"
     );
+}
+
+/// An x86 system: the root cell has the legacy ports and COM1 to COM4, not the PCI
+/// configuration ports (which the hypervisor keeps).
+const X86_SYSTEM: &str = r#"
+architecture = "x86_64"
+
+[hypervisor]
+start = 0x100_0000
+size = 0x80_0000
+
+[interrupt-controller]
+type = "apic"
+
+[[interrupt-controller.ioapic]]
+address = 0xfec0_0000
+
+[root-cell]
+name = "linux"
+cpus = "0-3"
+irqs = ["0-23"]
+ports = ["0-0xcf7", "0xd00-0xffff"]
+
+[[root-cell.memory]]
+phys = 0x180_0000
+size = 0x6e80_0000
+flags = ["read", "write", "execute", "dma"]
+
+[[root-cell.memory]]
+phys = 0x7000_0000
+size = 0x200_0000
+flags = ["read", "write", "execute", "dma", "loadable"]
+"#;
+
+/// An x86 cell with ports `ports` (TOML) and 16 MiB of the loadable RAM; on CPU 3 also
+/// COM2's interrupt and the first 16 MiB, on another CPU the second.
+fn x86_cell(name: &str, cpu: u32, ports: &str) -> Vec<u8> {
+    let (irqs, phys) = if cpu == 3 {
+        ("[3]", 0x7000_0000)
+    } else {
+        ("[]", 0x7100_0000)
+    };
+    cell_bytes(&format!(
+        r#"architecture = "x86_64"
+name = "{name}"
+cpus = [{cpu}]
+irqs = {irqs}
+ports = {ports}
+
+[[memory]]
+phys = {phys:#x}
+virt = 0
+size = 0x100_0000
+flags = ["read", "write", "execute", "loadable"]
+"#
+    ))
+}
+
+#[test]
+fn io_ports_move_to_a_cell_and_back() {
+    let mut registry: Reg = registry(&system_bytes(X86_SYSTEM));
+    let before = registry.clone();
+    let mut fake = Fake::new(&registry);
+    let initial = fake.machine.clone();
+    let com2 = x86_cell("com2", 3, r#"["0x2f8-0x2ff", 0x80]"#);
+    let id = registry
+        .create(view(&com2).cell(), 1 << 3, &mut fake)
+        .unwrap();
+    let cell = registry.cell(id).unwrap();
+    assert_eq!(
+        cell.ports.as_slice(),
+        &[
+            PortRange {
+                base: 0x2f8,
+                size: 8
+            },
+            PortRange {
+                base: 0x80,
+                size: 1
+            }
+        ]
+    );
+    assert!(fake.calls.contains(&Call::MovePorts(0x2f8, 8, 0, 1)));
+    assert!(fake.calls.contains(&Call::MovePorts(0x80, 1, 0, 1)));
+    assert_eq!(fake.machine, Machine::of(&registry));
+    assert_eq!(fake.machine.ports.get(&0x2ff), Some(&1));
+    assert_eq!(fake.machine.ports.get(&0x300), None);
+
+    // Another cell cannot have them, nor ports the root cell never had.
+    let twin = x86_cell("twin", 2, r#"["0x2fc-0x303"]"#);
+    rejected(
+        &mut registry,
+        &twin,
+        1 << 2,
+        "cell \"twin\": port range 0 (0x2fc-0x303): port 0x2fc belongs to cell \"com2\"",
+        Code::NotOwned,
+    );
+    let pci = x86_cell("pci", 2, r#"["0xcf0-0xcff"]"#);
+    rejected(
+        &mut registry,
+        &pci,
+        1 << 2,
+        "cell \"pci\": port range 0 (0xcf0-0xcff): port 0xcf8 not owned by the root cell",
+        Code::NotOwned,
+    );
+    // Ports the root cell has in two ranges that touch are its.
+    let mut split: Reg = registry_with_ports(r#"["0-0x2fb", "0x2fc-0xffff"]"#);
+    let mut split_fake = Fake::new(&split);
+    split
+        .create(view(&com2).cell(), 1 << 3, &mut split_fake)
+        .unwrap();
+
+    fake.calls.clear();
+    registry.destroy(id, &mut fake).unwrap();
+    assert_eq!(registry, before);
+    assert_eq!(fake.machine, initial);
+    assert!(fake.calls.contains(&Call::MovePorts(0x2f8, 8, 1, 0)));
+}
+
+/// [`X86_SYSTEM`] with the root cell's ports `ports`.
+fn registry_with_ports(ports: &str) -> Reg {
+    registry(&system_bytes(&X86_SYSTEM.replace(
+        r#"ports = ["0-0xcf7", "0xd00-0xffff"]"#,
+        &format!("ports = {ports}"),
+    )))
+}
+
+#[test]
+fn a_failed_port_move_is_rolled_back() {
+    let mut registry: Reg = registry(&system_bytes(X86_SYSTEM));
+    let before = registry.clone();
+    let com2 = x86_cell("com2", 3, r#"["0x2f8-0x2ff"]"#);
+    let mut fake = Fake::new(&registry);
+    let initial = fake.machine.clone();
+    // Calls: create tables, unmap, map, move line 3, move the ports (fails).
+    fake.fail_at(4);
+    let error = registry
+        .create(view(&com2).cell(), 1 << 3, &mut fake)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("moving I/O port range 0 to the cell"),
+        "{error}"
+    );
+    assert_eq!(registry, before);
+    assert_eq!(fake.machine, initial);
 }

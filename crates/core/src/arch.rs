@@ -8,6 +8,7 @@
 //! | [`Translation`] | second-stage format, table memory, TLB flushes | VMSA stage 2, `tlbi` | EPT or NPT, INVEPT / ASID flush |
 //! | [`Vcpus`] | retire and activate a vCPU on a CPU | GIC CPU interface, HCR/VTTBR, scrub | VMCS/VMCB, APIC |
 //! | [`InterruptChip`] | move interrupt lines between cells | GIC distributor | IOAPIC, interrupt remapping |
+//! | [`IoPorts`] | move I/O ports between cells | none (a configuration has none) | the I/O permission maps |
 //! | [`Output`] | the hypervisor console | PL011, Cadence UART | 8250 |
 //!
 //! Every method is called with the core's own locks as documented on it; none may call back
@@ -119,6 +120,19 @@ pub trait InterruptChip {
     fn platform(&self, cpus: u64, console: (u32, u64)) -> comm::Platform;
 }
 
+/// I/O ports (x86).
+pub trait IoPorts {
+    /// Moves ports `[base, base + count)` from cell `from` to cell `to`: the new owner's
+    /// accesses reach them, the old owner's trap. On error nothing changed.
+    fn move_ports(
+        &self,
+        from: CellId,
+        to: CellId,
+        base: u32,
+        count: u32,
+    ) -> Result<(), &'static str>;
+}
+
 /// The hypervisor console.
 pub trait Output {
     /// Prints to the console. The architecture copies what it prints into the core's ring
@@ -132,6 +146,9 @@ pub trait Output {
 }
 
 /// Everything the core needs from an architecture.
-pub trait Arch: Cpus + Memory + Translation + Vcpus + InterruptChip + Output + Sync {}
+pub trait Arch:
+    Cpus + Memory + Translation + Vcpus + InterruptChip + IoPorts + Output + Sync
+{
+}
 
-impl<T: Cpus + Memory + Translation + Vcpus + InterruptChip + Output + Sync> Arch for T {}
+impl<T: Cpus + Memory + Translation + Vcpus + InterruptChip + IoPorts + Output + Sync> Arch for T {}

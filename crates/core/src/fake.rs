@@ -11,7 +11,7 @@
 //! - [`FakeArch::fail_irq_moves`] and a small table pool make machine steps fail, to test
 //!   rollback; [`FakeArch::set_activation_delay`] keeps a CPU entering a cell for a while.
 
-use crate::arch::{Cpus, InterruptChip, Memory, Output, Translation, Vcpus};
+use crate::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
 use crate::{Hypervisor, Verdict, MAX_CPUS};
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
@@ -155,6 +155,17 @@ pub enum Event {
         to: u32,
         /// Lines.
         irqs: Vec<u32>,
+    },
+    /// [`IoPorts::move_ports`].
+    MovePorts {
+        /// Old owner.
+        from: u32,
+        /// New owner.
+        to: u32,
+        /// First port.
+        base: u32,
+        /// Ports.
+        count: u32,
     },
     /// [`Translation::flush_cell`].
     FlushCell(u32),
@@ -437,6 +448,24 @@ impl Vcpus for FakeArch {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
+    }
+}
+
+impl IoPorts for FakeArch {
+    fn move_ports(
+        &self,
+        from: CellId,
+        to: CellId,
+        base: u32,
+        count: u32,
+    ) -> Result<(), &'static str> {
+        self.log(Event::MovePorts {
+            from: from.0,
+            to: to.0,
+            base,
+            count,
+        });
+        Ok(())
     }
 }
 

@@ -45,6 +45,8 @@ pub enum MachineError {
     NoMemory,
     /// The interrupt controller refused to move a line.
     Irq(&'static str),
+    /// I/O ports could not move.
+    Ports(&'static str),
 }
 
 impl core::fmt::Display for MachineError {
@@ -53,6 +55,7 @@ impl core::fmt::Display for MachineError {
             Self::Paging(e) => write!(f, "second-stage tables: {e}"),
             Self::NoMemory => f.write_str("out of hypervisor memory"),
             Self::Irq(e) => write!(f, "interrupt controller: {e}"),
+            Self::Ports(e) => write!(f, "I/O ports: {e}"),
         }
     }
 }
@@ -379,6 +382,19 @@ impl<A: Arch> cellvisor_cell::Partition for Machine<'_, A> {
             .arch
             .move_irqs(from, to, &[irq])
             .map_err(MachineError::Irq)
+    }
+
+    fn move_ports(
+        &mut self,
+        base: u32,
+        count: u32,
+        from: CellId,
+        to: CellId,
+    ) -> Result<(), Self::Error> {
+        self.0
+            .arch
+            .move_ports(from, to, base, count)
+            .map_err(MachineError::Ports)
     }
 
     fn move_cpu(&mut self, cpu: u32, _from: CellId, to: CellId) -> Result<(), Self::Error> {

@@ -45,6 +45,8 @@ pub enum Call {
     UnmapFromCell(u32, Region),
     MoveIrq(u32, u32, u32),
     MoveCpu(u32, u32, u32),
+    /// Ports `[base, base + count)` from one cell to another.
+    MovePorts(u32, u32, u32, u32),
     CreateTables(u32),
     DestroyTables(u32),
 }
@@ -59,6 +61,7 @@ impl Call {
             Call::UnmapFromCell(c, r) => Call::MapIntoCell(c, r),
             Call::MoveIrq(i, f, t) => Call::MoveIrq(i, t, f),
             Call::MoveCpu(i, f, t) => Call::MoveCpu(i, t, f),
+            Call::MovePorts(b, n, f, t) => Call::MovePorts(b, n, t, f),
             Call::CreateTables(c) => Call::DestroyTables(c),
             Call::DestroyTables(c) => Call::CreateTables(c),
         }
@@ -95,6 +98,9 @@ pub struct Machine {
     pub irqs: BTreeMap<u32, u32>,
     /// Owner of each CPU.
     pub cpus: BTreeMap<u32, u32>,
+    /// Owner of each I/O port a cell other than the root cell has (the others are the root
+    /// cell's).
+    pub ports: BTreeMap<u32, u32>,
 }
 
 /// A region as an ordered key.
@@ -152,6 +158,13 @@ impl Machine {
             }
             for cpu in cell.cpu_list() {
                 machine.cpus.insert(cpu, cell.id.0);
+            }
+            if !cell.is_root() {
+                for range in &cell.ports {
+                    for port in range.base..range.base + range.size {
+                        machine.ports.insert(port, cell.id.0);
+                    }
+                }
             }
         }
         machine
@@ -332,6 +345,29 @@ impl Partition for Fake {
             "line {irq} moved to a cell without tables"
         );
         *owner = to.0;
+        Ok(())
+    }
+
+    fn move_ports(
+        &mut self,
+        base: u32,
+        count: u32,
+        from: CellId,
+        to: CellId,
+    ) -> Result<(), Injected> {
+        self.call(Call::MovePorts(base, count, from.0, to.0))?;
+        for port in base..base + count {
+            let owner = self.machine.ports.get(&port).copied().unwrap_or(0);
+            assert_eq!(
+                owner, from.0,
+                "port {port:#x} moved from a cell that does not own it"
+            );
+            if to.0 == 0 {
+                self.machine.ports.remove(&port);
+            } else {
+                self.machine.ports.insert(port, to.0);
+            }
+        }
         Ok(())
     }
 

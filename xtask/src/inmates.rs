@@ -48,10 +48,19 @@ const LOAD_ADDRESS: u64 = 0;
 /// `.bss` and stacks, must fit.
 const MAX_IMAGE_SIZE: u64 = 16 << 20;
 
+/// The package of the x86 inmates (`examples/inmates/x86`): 64-bit programs entered in
+/// 32-bit protected mode, linked at 0 without relocations.
+pub const PACKAGE_X86: &str = "cellvisor-inmates-x86";
+/// Its binaries.
+pub const INMATES_X86: [&str; 2] = ["uart-demo", "wild-demo"];
+/// The x86 inmates' Rust target.
+const TARGET_X86: &str = "x86_64-unknown-none";
+
 /// Whether the inmates run on `board`: they are built for [`TARGET`] whatever the board's
-/// image (its hypervisor may be soft-float); any bare-metal AArch64 board runs them.
+/// image (its hypervisor may be soft-float); any bare-metal AArch64 board runs them, and
+/// the x86 ones any x86-64 board.
 pub fn runs_on(board: &Board) -> bool {
-    board.target.starts_with(TARGET)
+    board.target.starts_with(TARGET) || board.target == TARGET_X86
 }
 
 /// Builds the inmates for `board` and writes their flat images; returns their paths, in the
@@ -59,15 +68,20 @@ pub fn runs_on(board: &Board) -> bool {
 pub fn build(workspace: &Workspace, board: &Board) -> Result<Vec<PathBuf>> {
     if !runs_on(board) {
         bail!(
-            "board {}: the inmates are AArch64 programs ({TARGET}), the board's target is {}",
+            "board {}: the inmates are AArch64 ({TARGET}) or x86-64 ({TARGET_X86}) programs, the board's target is {}",
             board.name,
             board.target
         );
     }
-    crate::require_target(TARGET)?;
-    Cargo::new(["build", "--release", "-p", PACKAGE, "--target", TARGET]).run()?;
+    let (package, target, names, machine): (_, _, &[&str], _) = if board.target == TARGET_X86 {
+        (PACKAGE_X86, TARGET_X86, &INMATES_X86, elf::EM_X86_64)
+    } else {
+        (PACKAGE, TARGET, &INMATES, elf::EM_AARCH64)
+    };
+    crate::require_target(target)?;
+    Cargo::new(["build", "--release", "-p", package, "--target", target]).run()?;
 
-    let built = workspace.target_dir.join(TARGET).join("release");
+    let built = workspace.target_dir.join(target).join("release");
     let dir = workspace
         .target_dir
         .join("images")
@@ -75,11 +89,11 @@ pub fn build(workspace: &Workspace, board: &Board) -> Result<Vec<PathBuf>> {
         .join("inmates");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
-    for name in INMATES {
+    for name in names {
         let source = built.join(name);
         let data =
             fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
-        let flat = flatten(&data).with_context(|| format!("{}", source.display()))?;
+        let flat = flatten_for(&data, machine).with_context(|| format!("{}", source.display()))?;
         let elf = dir.join(format!("{name}.elf"));
         let bin = dir.join(format!("{name}.bin"));
         fs::write(&elf, &data).with_context(|| format!("cannot write {}", elf.display()))?;
@@ -101,11 +115,25 @@ type Header = elf::FileHeader64<Endianness>;
 /// (position-independent or not) linked at guest-physical 0, entered at its first byte, that
 /// fits the demo cells' RAM, and whose dynamic relocations (if any) the runtime can apply:
 /// R_AARCH64_RELATIVE entries of 64-bit aligned places in the image, listed in the image.
+#[cfg(test)]
 pub fn flatten(data: &[u8]) -> Result<Vec<u8>> {
+    flatten_for(data, elf::EM_AARCH64)
+}
+
+/// [`flatten`] for an ELF of `machine` (`EM_AARCH64` or `EM_X86_64`; an x86 inmate is linked
+/// without dynamic relocations, and any it had would be refused).
+fn flatten_for(data: &[u8], machine: elf::Machine) -> Result<Vec<u8>> {
     let header = Header::parse(data).context("not a 64-bit ELF file")?;
     let endian = header.endian().context("bad ELF byte order")?;
-    if header.e_machine(endian) != elf::EM_AARCH64 {
-        bail!("not an AArch64 ELF file");
+    if header.e_machine(endian) != machine {
+        bail!(
+            "not an {} ELF file",
+            if machine == elf::EM_X86_64 {
+                "x86-64"
+            } else {
+                "AArch64"
+            }
+        );
     }
     let kind = header.e_type(endian);
     if kind != elf::ET_EXEC && kind != elf::ET_DYN {

@@ -51,11 +51,14 @@ pub enum Script {
     /// The management interface without an inmate: info, create, list, destroy, and 20
     /// create/destroy cycles that must not lose memory (x86, whose cells do not run yet).
     Manage,
+    /// Cells on x86: the demo cell's life with the x86 `uart-demo`, `wild-demo` stopped and
+    /// reported, 20 create/load/start/destroy cycles.
+    CellsX86,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 11] = [
+    pub const ALL: [Script; 12] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -67,6 +70,7 @@ impl Script {
         Self::Soak,
         Self::HostileRoot,
         Self::Manage,
+        Self::CellsX86,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -83,6 +87,7 @@ impl Script {
             Self::Soak => "soak",
             Self::HostileRoot => "hostile-root",
             Self::Manage => "manage",
+            Self::CellsX86 => "x86-cells",
         }
     }
 
@@ -99,6 +104,7 @@ impl Script {
             Self::Soak => include_str!("scripts/soak.sh"),
             Self::HostileRoot => include_str!("scripts/hostile-root.sh"),
             Self::Manage => include_str!("scripts/manage.sh"),
+            Self::CellsX86 => include_str!("scripts/x86-cells.sh"),
         }
     }
 

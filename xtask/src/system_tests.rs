@@ -121,7 +121,7 @@ const X86_BARE: &[Pattern] = &[
 /// (`msr.ko`), EFER is read and `VM_HSAVE_PA` (SVM's host save area) written; the
 /// `cellvisor` tool creates, lists and destroys the demo cell, and 20 cycles more.
 const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,\
-     msr-read:0xc0000080,msr-write:0xc0010117,script:manage,dmesg,poweroff";
+     msr-read:0xc0000080,msr-write:0xc0010117,script:manage,script:x86-cells,dmesg,poweroff";
 
 /// Debian's amd64 kernel as the root cell on every CPU: loaded by the hypervisor from the
 /// Multiboot modules, its e820 map without the hypervisor's memory; the other CPUs started
@@ -179,6 +179,31 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: manage memory kept"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage done status=0"]),
+    // Cells on x86: the x86 uart-demo runs in the demo cell (64-bit, its local APIC timer)
+    // and approves its shutdown; wild-demo's access outside its memory stops its cell; 20
+    // create/load/start/destroy cycles.
+    Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: start status=0"]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: running state=running",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: shutdown status=0",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: destroy status=0"]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"demo\" (CPU 3): read at 0x40000000 (RIP ",
+        ") is outside its memory: cell stopped",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: wild state=failed",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: wild-destroy status=0",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: x86 cycles=20 failed=0 ",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: script x86-cells done status=0"]),
     Pattern::Contains(&[DMESG_DONE]),
     // The power-off is seen (the PM1a control port traps), with the exits: the local APIC's
     // page and EFER trap.
@@ -2101,15 +2126,16 @@ mod tests {
         assert_eq!(
             word,
             "cellvisor.actions=info,clock,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,\
-             msr-write:0xc0010117,script:manage,dmesg,poweroff"
+             msr-write:0xc0010117,script:manage,script:x86-cells,dmesg,poweroff"
         );
         let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
         assert_eq!(
-            actions[4..8],
+            actions[4..9],
             [
                 initramfs::Action::MsrRead(0xc000_0080),
                 initramfs::Action::MsrWrite(0xc001_0117),
                 initramfs::Action::Script(crate::scripts::Script::Manage),
+                initramfs::Action::Script(crate::scripts::Script::CellsX86),
                 initramfs::Action::Dmesg
             ]
         );

@@ -195,7 +195,7 @@ pub fn prepare(workspace: &Workspace, board: &Board, target: Target) -> Result<R
         inmates(workspace, board)?
     } else {
         println!(
-            "{}: the inmates are AArch64 programs, the board's target is {}: the initramfs gets none",
+            "{}: no inmates for the board's target {}: the initramfs gets none",
             board.name, board.target
         );
         Vec::new()

@@ -435,10 +435,14 @@ impl IoPorts for X86 {
         }
         match (from, to) {
             (CellId::ROOT, CellId::ROOT) => {}
-            // The root cell's map only: cells do not run on x86 yet (their own map comes
-            // with their vCPUs).
-            (CellId::ROOT, _) => crate::root_linux::move_root_ports(base, count, false),
-            (_, CellId::ROOT) => crate::root_linux::move_root_ports(base, count, true),
+            (CellId::ROOT, cell) => {
+                crate::iomap::move_root_ports(base, count, false);
+                crate::iomap::move_cell_ports(cell, base, count, true);
+            }
+            (cell, CellId::ROOT) => {
+                crate::iomap::move_cell_ports(cell, base, count, false);
+                crate::iomap::move_root_ports(base, count, true);
+            }
             _ => return Err("ports move only between the root cell and another cell"),
         }
         Ok(())

@@ -30,6 +30,8 @@ pub mod hv;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod ioapic;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod iomap;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod loader;
 #[cfg(target_arch = "x86_64")]
 pub mod page;

@@ -28,10 +28,11 @@ use crate::decode::{self, Direction, Source};
 use crate::firmware::MAX_CPUS;
 use crate::hv::{self, HV};
 use crate::ioapic;
+use crate::iomap::{cell_iopm, CELL_MSRPM, IOPM, MSRPM};
 use crate::loader::Handoff;
 use crate::page::Page;
 use crate::pci;
-use crate::permission::{intercept_msr, intercept_ports, IOPM_SIZE, MSRPM_SIZE};
+use crate::permission::{intercept_msr, intercept_ports};
 use crate::serial::Serial;
 use crate::svm::{self, ExitCode, GuestRegisters, Vmcb, EFER, EFER_SVME};
 use crate::walk;
@@ -65,17 +66,6 @@ struct ConfigBuffer(UnsafeCell<[u8; CONFIG_CAPACITY]>);
 unsafe impl Sync for ConfigBuffer {}
 
 static CONFIG: ConfigBuffer = ConfigBuffer(UnsafeCell::new([0; CONFIG_CAPACITY]));
-
-/// A permission map: pages the CPU reads while the root cell runs.
-#[repr(C, align(4096))]
-struct Bitmap<const N: usize>(UnsafeCell<[u8; N]>);
-
-// SAFETY: written once by the boot CPU before the root cell runs, read by the CPU only
-// afterwards.
-unsafe impl<const N: usize> Sync for Bitmap<N> {}
-
-static MSRPM: Bitmap<MSRPM_SIZE> = Bitmap(UnsafeCell::new([0; MSRPM_SIZE]));
-static IOPM: Bitmap<IOPM_SIZE> = Bitmap(UnsafeCell::new([0; IOPM_SIZE]));
 
 /// The `EFER` bits the root cell may write: SCE, LME, LMA, NXE, FFXSR, TCE, AutoIBRS (AMD
 /// APM Vol. 2 §3.1.7); anything else is a #GP, as on a CPU without SVM.
@@ -615,15 +605,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
         };
         let Some(shared) = SHARED.get() else { continue };
         if entry.cell != CellId::ROOT {
-            {
-                let _guard = crate::lock_console();
-                let _ = writeln!(
-                    console,
-                    "cellvisor: cell \"{}\" (CPU {cpu}): cells other than the root cell cannot run on x86 yet: stopped",
-                    HV.name_of(cpu as usize)
-                );
-            }
-            HV.stop_cell_from_inside(cpu as usize, cellvisor_abi::CellState::Failed);
+            run_cell(console, cpu, shared, entry);
             continue;
         }
         let mut vmcb = Vmcb::new(&per_cpu.vmcb);
@@ -634,6 +616,184 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
             crate::halt()
         }
         HV.cpu(cpu as usize).power.power_off();
+    }
+}
+
+/// A vCPU of a cell other than the root cell on `cpu`, from its reset address in 32-bit
+/// protected mode with flat segments (the inmate loads its own GDT and page tables), until
+/// it is stopped or breaks the rules: then it returns, and the CPU parks.
+///
+/// What a cell's vCPU may do: its memory (nested tables), its I/O ports (its permission
+/// map), its local APIC as the policy of `cellvisor-apic` allows for a cell (timer, EOI,
+/// IPIs to its own CPUs), CPUID, `EFER`, HLT. Anything else (another port, an MSR, memory
+/// outside its configuration, a triple fault) stops the cell and is reported.
+fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_core::Entry) {
+    let cell = entry.cell;
+    let Some(per_cpu) = CPUS.get(cpu as usize) else {
+        return;
+    };
+    let Some(iopm) = cell_iopm(cell) else {
+        return;
+    };
+    let kick = &hv::KICKS[cpu as usize];
+    let counters = &HV.cpu(cpu as usize).counters;
+    let cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
+    let mut apic = LocalApic::new(cpu, cell_cpus, false);
+    let mut vmcb = Vmcb::new(&per_cpu.vmcb);
+    vmcb.reset_protected_mode(
+        entry.pc,
+        (BOOT_CS, BOOT_DS),
+        hv::active_tables(cpu as usize),
+        cell.0 + 1,
+    );
+    let misc = svm::INTERCEPT_CPUID
+        | svm::INTERCEPT_HLT
+        | svm::INTERCEPT_SHUTDOWN
+        | svm::INTERCEPT_NMI
+        | svm::INTERCEPT_MSR
+        | svm::INTERCEPT_IOIO;
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
+    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, CELL_MSRPM.address());
+    vmcb.set_u64(svm::offset::IOPM_BASE_PA, iopm.address());
+    let mut regs = GuestRegisters::default();
+    let mut idle_hlt = false;
+    let stop = |what: fmt::Arguments<'_>| {
+        let name = HV.name_of(cpu as usize);
+        HV.note(
+            cpu as usize,
+            cell,
+            format_args!("cellvisor: cell \"{name}\" (CPU {cpu}): {what}: cell stopped\n"),
+        );
+        let _ = HV.violation(cpu as usize);
+    };
+    loop {
+        counters.measure(hv::now(), 64);
+        let exit = vmcb.enter(&mut regs, &per_cpu.host_state, &kick.kicked);
+        let exited = hv::now();
+        if exit.is_some() {
+            vmcb.set_u8(svm::offset::TLB_CONTROL, 0);
+        }
+        if matches!(exit, None | Some(ExitCode::NMI))
+            && kick.kicked.swap(false, Ordering::SeqCst)
+            && HV.take_stop(cpu as usize)
+        {
+            return;
+        }
+        let Some(exit) = exit else { continue };
+        if crate::smp::stack_overflowed(cpu as usize) {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                console,
+                "cellvisor: FATAL: CPU {cpu}: the hypervisor's stack overflowed: parked"
+            );
+            crate::halt();
+        }
+        counters.start(exited);
+        vmcb.reinject_interrupted_event();
+        if idle_hlt {
+            idle_hlt = false;
+            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
+        }
+        let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+        let reason = match exit {
+            ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
+                if matches!(gpa & 0xfff, 0x300 | 0x310) {
+                    TrapReason::SgiRegister
+                } else {
+                    TrapReason::Redistributor
+                }
+            }
+            ExitCode::CPUID | ExitCode::MSR => TrapReason::OtherSysreg,
+            ExitCode::NMI => TrapReason::Irq,
+            ExitCode::HLT => TrapReason::Other,
+            _ => TrapReason::OutsideConfig,
+        };
+        HV.count(cpu as usize, reason);
+        match exit {
+            ExitCode::NMI => {}
+            ExitCode::HLT => {
+                // Idle or parked (interrupts disabled): the HLT runs in the guest, where an
+                // interrupt or a kick ends it.
+                idle_hlt = true;
+                let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+                vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
+            }
+            ExitCode::CPUID => {
+                cpuid(&mut vmcb, &mut regs);
+                let rip = vmcb.u64_at(svm::offset::RIP);
+                vmcb.set_u64(svm::offset::RIP, rip + 2);
+            }
+            ExitCode::MSR if regs.rcx as u32 == EFER => msr(&mut vmcb, &mut regs),
+            ExitCode::MSR => {
+                let write = vmcb.u64_at(svm::offset::EXITINFO1) & 1 != 0;
+                stop(format_args!(
+                    "{} of MSR {:#x} at RIP {:#x}",
+                    if write { "write" } else { "read" },
+                    regs.rcx as u32,
+                    vmcb.u64_at(svm::offset::RIP)
+                ));
+                return;
+            }
+            ExitCode::IOIO => {
+                let info = vmcb.u64_at(svm::offset::EXITINFO1);
+                stop(format_args!(
+                    "{} of I/O port {:#x} at RIP {:#x}: not the cell's",
+                    if info & 1 != 0 { "read" } else { "write" },
+                    info >> 16 & 0xffff,
+                    vmcb.u64_at(svm::offset::RIP)
+                ));
+                return;
+            }
+            ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
+                apic.cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
+                if let Err(e) = emulate_apic(
+                    console,
+                    &mut vmcb,
+                    &mut regs,
+                    GuestRam::Cell(cell),
+                    &mut apic,
+                ) {
+                    stop(format_args!(
+                        "local APIC access at RIP {:#x} not emulated: {e}",
+                        vmcb.u64_at(svm::offset::RIP)
+                    ));
+                    return;
+                }
+            }
+            ExitCode::NPF => {
+                let info = vmcb.u64_at(svm::offset::EXITINFO1);
+                let what = if info & NPF_FETCH != 0 {
+                    "instruction fetch"
+                } else if info & NPF_WRITE != 0 {
+                    "write"
+                } else {
+                    "read"
+                };
+                stop(format_args!(
+                    "{what} at {gpa:#x} (RIP {:#x}) is outside its memory",
+                    vmcb.u64_at(svm::offset::RIP)
+                ));
+                return;
+            }
+            ExitCode::SHUTDOWN => {
+                stop(format_args!(
+                    "triple fault at RIP {:#x}",
+                    vmcb.u64_at(svm::offset::RIP)
+                ));
+                return;
+            }
+            other => {
+                stop(format_args!(
+                    "exit {:#x} at RIP {:#x} not handled",
+                    other.0,
+                    vmcb.u64_at(svm::offset::RIP)
+                ));
+                return;
+            }
+        }
+        let _ = shared;
     }
 }
 
@@ -648,8 +808,8 @@ fn root_intercepts(vmcb: &mut Vmcb<'_>) {
         | svm::INTERCEPT_IOIO;
     vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
     vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
-    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.0.get() as u64);
-    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.0.get() as u64);
+    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.address());
+    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.address());
 }
 
 /// A register page of the machine's that traps for the root cell.
@@ -808,7 +968,9 @@ fn vcpu(
             let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
             if HV.mgmt_contains(gpa) {
                 Exits::count(&exits.mgmt);
-                if let Err(e) = emulate_management(cpu, gpa, vmcb, regs, &shared.map) {
+                if let Err(e) =
+                    emulate_management(cpu, gpa, vmcb, regs, GuestRam::Root(&shared.map))
+                {
                     vmcb.inject_exception(13, Some(0));
                     if may_report(console, cpu, per_cpu) {
                         let _guard = crate::lock_console();
@@ -825,7 +987,7 @@ fn vcpu(
                 let (counter, result) = match page {
                     TrappedPage::LocalApic => (&exits.apic, {
                         apic.cell_cpus = root_cpus();
-                        emulate_apic(console, vmcb, regs, &shared.map, &mut apic)
+                        emulate_apic(console, vmcb, regs, GuestRam::Root(&shared.map), &mut apic)
                     }),
                     TrappedPage::IoApic => (
                         &exits.ioapic,
@@ -906,7 +1068,7 @@ fn vcpu(
             _ => {
                 let _guard = crate::lock_console();
                 report(console, cpu, vmcb, regs, exit);
-                if let Ok((bytes, len)) = fetch(vmcb, &shared.map) {
+                if let Ok((bytes, len)) = fetch(vmcb, GuestRam::Root(&shared.map)) {
                     let _ = writeln!(console, "  code at RIP: {:02x?}", &bytes[..len.min(16)]);
                 }
                 return Err(Stopped);
@@ -921,39 +1083,18 @@ fn power_control() -> Option<u16> {
     u16::try_from(address).ok()
 }
 
-/// Whether the root cell's accesses to `port` exit whoever owns it: the PM1a control port
-/// `power` (the root cell's power-off is reported) and the PCI configuration ports.
-fn always_trapped(port: u32, power: Option<u16>) -> bool {
-    let (first, last) = pci::PORTS;
-    (u32::from(first)..=u32::from(last)).contains(&port)
-        || power.is_some_and(|p| (u32::from(p)..u32::from(p) + 2).contains(&port))
-}
-
-/// The root cell's I/O permission map after ports moved: ports a cell took exit for the root
-/// cell, ports it gave back no longer do (unless they always exit, [`always_trapped`]).
-/// Called by the core under its management lock, the only writer after boot.
-pub fn move_root_ports(base: u32, count: u32, to_root: bool) {
-    let power = SHARED.get().and_then(|s| s.power);
-    // SAFETY: the management lock's holder is the only writer; root-cell CPUs' accesses
-    // read the map in hardware, and see each bit before or after the change, both of which
-    // are safe for the root cell (a port not yet or no longer its reads as all ones).
-    let iopm = unsafe { &mut *IOPM.0.get() };
-    for port in base..base.saturating_add(count).min(0x1_0000) {
-        if to_root && !always_trapped(port, power) {
-            crate::permission::pass_ports(iopm, port, 1);
-        } else {
-            intercept_ports(iopm, port as u16, 1);
-        }
-    }
-}
-
 /// Fills the permission maps: `EFER`, SVM's MSRs and `IA32_APIC_BASE` writes exit, and so do
-/// the ports of [`always_trapped`] and every port the configuration does not give the root
+/// the ports of [`crate::iomap::always_trapped`] and every port the configuration does not give the root
 /// cell.
 fn fill_permissions(power: Option<u16>, config: &SystemConfigView<'_>) {
     // SAFETY: the boot CPU alone, before any root-cell vCPU runs; nothing else writes the
     // maps.
-    let (msrpm, iopm) = unsafe { (&mut *MSRPM.0.get(), &mut *IOPM.0.get()) };
+    let (msrpm, iopm) = unsafe { (MSRPM.bytes(), IOPM.bytes()) };
+    // SAFETY: as above.
+    unsafe { CELL_MSRPM.bytes().fill(0xff) };
+    if let Some(port) = power {
+        crate::iomap::POWER_PORT.store(u32::from(port), Ordering::Release);
+    }
     for port in 0..0x1_0000u32 {
         let owned = config
             .root_cell()
@@ -1174,7 +1315,7 @@ fn emulate_ecam(
         return Ok(());
     };
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ecam.base;
-    let (access, stored) = decode_access(vmcb, regs, &shared.map)?;
+    let (access, stored) = decode_access(vmcb, regs, GuestRam::Root(&shared.map))?;
     let size = access.size.min(4);
     let write = stored.map(|value| value as u32);
     let loaded =
@@ -1207,7 +1348,7 @@ impl fmt::Display for EmulationError {
 /// Reads the instruction at the guest's RIP through its page tables, from its RAM only.
 fn fetch(
     vmcb: &Vmcb<'_>,
-    map: &MemoryMap,
+    ram: GuestRam<'_>,
 ) -> Result<([u8; decode::MAX_LEN], usize), EmulationError> {
     let efer = vmcb.u64_at(svm::offset::EFER);
     let cs_long = vmcb.u16_at(svm::offset::CS + 2) & (1 << 9) != 0;
@@ -1216,37 +1357,57 @@ fn fetch(
     }
     let cr3 = vmcb.u64_at(svm::offset::CR3);
     let rip = vmcb.u64_at(svm::offset::RIP);
-    let ram = |gpa: u64| map.is_all(gpa & !0xfff, 0x1000, Kind::Ram);
     let read_entry = |gpa: u64| {
-        // SAFETY: 8 aligned bytes of the root cell's RAM (checked), below 4 GiB or in the
-        // RAM the boot map covers; page tables the guest may change at any time, which only
+        let pa = ram.physical(gpa).filter(|_| gpa.is_multiple_of(8))?;
+        // SAFETY: 8 aligned bytes of the guest's RAM (checked), below 4 GiB, mapped one to
+        // one in the hypervisor; page tables the guest may change at any time, which only
         // makes the translation the guest's problem.
-        (ram(gpa) && gpa.is_multiple_of(8) && gpa < 1 << 32)
-            .then(|| unsafe { (gpa as *const u64).read_volatile() })
+        Some(unsafe { (pa as *const u64).read_volatile() })
     };
     let mut bytes = [0u8; decode::MAX_LEN];
     let mut len = 0;
     while len < bytes.len() {
         let linear = rip.wrapping_add(len as u64);
-        let gpa = match walk::translate(cr3, linear, read_entry) {
-            Ok(gpa) if ram(gpa) && gpa < 1 << 32 => gpa,
-            Ok(gpa) => {
-                if len == 0 {
+        let pa = match walk::translate(cr3, linear, read_entry) {
+            Ok(gpa) => match ram.physical(gpa) {
+                Some(pa) => pa,
+                None if len == 0 => {
                     return Err(EmulationError::Fetch(walk::WalkError::Unreadable(gpa)));
                 }
-                break;
-            }
+                None => break,
+            },
             Err(e) if len == 0 => return Err(EmulationError::Fetch(e)),
             Err(_) => break,
         };
-        let in_page = (0x1000 - (gpa & 0xfff)) as usize;
+        let in_page = (0x1000 - (pa & 0xfff)) as usize;
         for i in 0..in_page.min(bytes.len() - len) {
-            // SAFETY: a byte of the root cell's RAM (checked), mapped one to one.
-            bytes[len + i] = unsafe { ((gpa + i as u64) as *const u8).read_volatile() };
+            // SAFETY: a byte of the guest's RAM (checked: the page of `pa`), mapped one to one.
+            bytes[len + i] = unsafe { ((pa + i as u64) as *const u8).read_volatile() };
         }
         len += in_page.min(bytes.len() - len);
     }
     Ok((bytes, len))
+}
+
+/// Where a guest's RAM is, for reading its instructions and page tables.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GuestRam<'a> {
+    /// The root cell's: identity, the RAM of the memory map it got.
+    Root(&'a MemoryMap),
+    /// Another cell's: through its nested tables, RAM only.
+    Cell(CellId),
+}
+
+impl GuestRam<'_> {
+    /// The physical address of guest-physical `gpa`, if it is the guest's RAM below 4 GiB
+    /// (the hypervisor's identity map).
+    fn physical(self, gpa: u64) -> Option<u64> {
+        let pa = match self {
+            Self::Root(map) => map.is_all(gpa & !0xfff, 0x1000, Kind::Ram).then_some(gpa)?,
+            Self::Cell(cell) => HV.ram_address(cell, gpa)?,
+        };
+        (pa < 1 << 32).then_some(pa)
+    }
 }
 
 /// General-purpose register `n` (0 RAX ... 15 R15) of the vCPU.
@@ -1302,9 +1463,9 @@ fn set_register(
 fn decode_access(
     vmcb: &Vmcb<'_>,
     regs: &GuestRegisters,
-    map: &MemoryMap,
+    ram: GuestRam<'_>,
 ) -> Result<(decode::Access, Option<u64>), EmulationError> {
-    let (bytes, len) = fetch(vmcb, map)?;
+    let (bytes, len) = fetch(vmcb, ram)?;
     let access = decode::decode(&bytes[..len]).map_err(EmulationError::Decode)?;
     let value = match access.direction {
         Direction::Read(_) => None,
@@ -1342,11 +1503,11 @@ fn emulate_apic(
     console: &mut Serial,
     vmcb: &mut Vmcb<'_>,
     regs: &mut GuestRegisters,
-    map: &MemoryMap,
+    ram: GuestRam<'_>,
     apic: &mut LocalApic,
 ) -> Result<(), EmulationError> {
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - xapic::BASE;
-    let (access, stored) = decode_access(vmcb, regs, map)?;
+    let (access, stored) = decode_access(vmcb, regs, ram)?;
     let mut loaded = 0;
     match stored {
         None if access.size == 4 => loaded = apic.read(offset),
@@ -1367,6 +1528,9 @@ fn emulate_apic(
                     vmcb.inject_exception(13, Some(0));
                     return Ok(());
                 }
+                // INIT, start-up and NMI IPIs between a cell's own CPUs are not done yet
+                // (the root cell's are CPU hotplug and its NMIs).
+                Ok(Request::Nmi(_) | Request::Power(..)) if !apic.root => {}
                 Ok(Request::Nmi(cpus)) => {
                     for target in cpus.iter() {
                         root_nmi(target);
@@ -1400,9 +1564,9 @@ fn emulate_management(
     gpa: u64,
     vmcb: &mut Vmcb<'_>,
     regs: &mut GuestRegisters,
-    map: &MemoryMap,
+    ram: GuestRam<'_>,
 ) -> Result<(), EmulationError> {
-    let (access, stored) = decode_access(vmcb, regs, map)?;
+    let (access, stored) = decode_access(vmcb, regs, ram)?;
     let loaded = match stored {
         Some(value) => HV.mgmt_access(cpu as usize, gpa, true, value),
         None => HV.mgmt_access(cpu as usize, gpa, false, 0),
@@ -1421,7 +1585,7 @@ fn emulate_ioapic(
     regs: &mut GuestRegisters,
 ) -> Result<(), EmulationError> {
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ioapic::BASE;
-    let (access, stored) = decode_access(vmcb, regs, &shared.map)?;
+    let (access, stored) = decode_access(vmcb, regs, GuestRam::Root(&shared.map))?;
     let request = cellvisor_apic::Access {
         offset,
         size: access.size,

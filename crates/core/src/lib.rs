@@ -378,6 +378,25 @@ impl<A: Arch> Hypervisor<A> {
         })
     }
 
+    /// Where cell `cell`'s address `ipa` is in physical memory, if its tables map it as
+    /// readable RAM (not device registers, which a read could change): for reading what a
+    /// cell's CPU executes and its page tables, to emulate an access. Under the table lock.
+    pub fn ram_address(&self, cell: CellId, ipa: u64) -> Option<u64> {
+        let memory = self.arch.table_memory();
+        let t = self.tables.get()?.lock();
+        let tree = t.trees.get(cell.0 as usize)?.as_ref()?;
+        let found = tree.translate(&memory, cellvisor_paging::GuestPhysAddr::new(ipa))?;
+        let readable = found
+            .attributes
+            .access
+            .contains(cellvisor_paging::Access::READ);
+        let ram = matches!(
+            found.attributes.memory,
+            cellvisor_paging::MemoryType::Normal(_)
+        );
+        (readable && ram).then_some(found.output.as_u64())
+    }
+
     /// Translation-table pages of cell `cell`'s tree (0 when the slot is empty).
     pub fn table_pages(&self, cell: CellId) -> usize {
         let memory = self.arch.table_memory();

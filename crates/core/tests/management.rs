@@ -37,6 +37,11 @@ fn a_cell_lives_and_dies_and_the_machine_is_as_before() {
         assert!(!m.hv.maps(CellId(0), 0x7fff_efff));
         assert!(m.hv.maps(CellId(0), 0x7eff_ffff));
         assert!(m.hv.maps(CellId(1), 0));
+        assert_eq!(m.hv.ram_address(CellId(1), 0x1234), Some(0x7f00_1234));
+        // The UART is mapped, but as device registers.
+        assert!(m.hv.maps(CellId(1), 0x904_0000));
+        assert_eq!(m.hv.ram_address(CellId(1), 0x904_0000), None);
+        assert_eq!(m.hv.ram_address(CellId(1), 0xff_f000), None);
         assert!(!m.hv.maps(CellId(1), 0xff_f000));
         assert!(!m.hv.maps(CellId(7), 0));
         let created = m.snapshot();

@@ -1,0 +1,42 @@
+# Cells on x86: the demo cell's whole life with the x86 `uart-demo` (64-bit, COM2, its local
+# APIC timer; it approves the shutdown), a cell that breaks its partition (`wild-demo`,
+# stopped and reported), and 20 create/load/start/destroy cycles that must not lose memory.
+UART_IMAGE=${UART_IMAGE:-$INMATES/uart-demo.bin}
+mark "cpus online=$(cat /sys/devices/system/cpu/online) before"
+step create cellvisor cell create "$CELL_CONFIG"
+step load cellvisor cell load "$CELL" "$UART_IMAGE" --config "$CELL_CONFIG"
+step start cellvisor cell start "$CELL"
+sleep 2
+step list cellvisor cell list
+state=$(cell_state)
+mark "running state=$state"
+step stats cellvisor cell stats "$CELL"
+step shutdown cellvisor cell shutdown "$CELL"
+step destroy cellvisor cell destroy "$CELL"
+mark "cpus online=$(cat /sys/devices/system/cpu/online) after"
+
+step wild-create cellvisor cell create "$CELL_CONFIG"
+step wild-load cellvisor cell load "$CELL" "$WILD_IMAGE" --config "$CELL_CONFIG"
+step wild-start cellvisor cell start "$CELL"
+wait_for_failed wild
+mark "wild state=$state"
+report=$(cellvisor console | grep "outside its memory" | tail -n 1)
+mark "wild console report: $report"
+step wild-destroy cellvisor cell destroy "$CELL"
+
+before=$(memory_free)
+failed=0
+cycle=1
+while [ $cycle -le 20 ]; do
+    if ! { cellvisor cell create "$CELL_CONFIG" >/dev/null &&
+        cellvisor cell load "$CELL" "$UART_IMAGE" --config "$CELL_CONFIG" >/dev/null &&
+        cellvisor cell start "$CELL" >/dev/null &&
+        cellvisor cell destroy "$CELL" >/dev/null; }; then
+        failed=$((failed + 1))
+        mark "cycle $cycle failed"
+        cellvisor cell destroy "$CELL" >/dev/null 2>&1
+    fi
+    cycle=$((cycle + 1))
+done
+after=$(memory_free)
+mark "x86 cycles=20 failed=$failed memory_free before=$before after=$after"

@@ -344,9 +344,10 @@ fn bench_board(
 }
 
 /// The figures of a Multiboot (x86) board: image, boot ratio, the idle and busy root cell's
-/// exits per second and the hypervisor's instructions per exit (the TSC from the exit to the
-/// next entry, which under `-icount shift=0` counts instructions). No cell runs on x86 yet:
-/// the bench script skips the demo cell (`BENCH_CELL=0`), and its figures are empty.
+/// exits per second, the hypervisor's instructions per exit (the TSC from the exit to the
+/// next entry, which under `-icount shift=0` counts instructions), and the demo cell with
+/// the x86 `timer-demo` (its latency on COM2). No bare run of the inmate: it needs the
+/// hypervisor's communication region for its TSC frequency.
 fn bench_multiboot(
     workspace: &Workspace,
     args: &BenchArgs,
@@ -392,9 +393,12 @@ fn bench_multiboot(
         Action::Poweroff,
     ];
     let variables = format!(
-        "IDLE_SECONDS={} BUSY_ROUNDS={} BENCH_CELL=0",
+        "IDLE_SECONDS={} BUSY_ROUNDS={}",
         args.idle, args.busy_rounds
     );
+    let uart = dir.join(format!("{name}-uart1.log"));
+    // QEMU appends to the file: start empty.
+    let _ = fs::remove_file(&uart);
     let root = Boot::MultibootRootCell {
         image: shown(&image.bin),
         config: shown(&config),
@@ -403,7 +407,8 @@ fn bench_multiboot(
             ..linux
         },
     }
-    .qemu(board, &options)?;
+    .qemu(board, &options)?
+    .second_serial(&shown(&uart));
     println!("--> root cell: {root}");
     let log = dir.join(format!("{name}-root.log"));
     let root = measure_with_silence(&root, timeout, BUSY_SILENCE, &log)
@@ -412,6 +417,17 @@ fn bench_multiboot(
         .with_context(|| format!("{}", workspace.relative(&log).display()))?;
     let frequency = snapshots.frequency_of("idle-before-clock")?;
     let info_root: Info = snapshots.json("info-root")?;
+    let info_cells: Info = snapshots.json("info-cells")?;
+    let uart_text =
+        fs::read_to_string(&uart).with_context(|| format!("cannot read {}", uart.display()))?;
+    let cell_latency =
+        Latency::find(&uart_text).context("timer-demo in the cell: no latency summary")?;
+    let create = snapshots.clock("create-clock")?;
+    let steps = json!({
+        "create_s": snapshots.clock("load-clock")? - create,
+        "load_s": snapshots.clock("start-clock")? - snapshots.clock("load-clock")?,
+        "start_s": snapshots.clock("started-clock")? - snapshots.clock("start-clock")?,
+    });
     Ok(json!({
         "board": board.name,
         "gic": Value::Null,
@@ -431,16 +447,21 @@ fn bench_multiboot(
             "root_cell_s": root.time,
             "ratio": root.time / bare.time,
         },
-        "timer_latency_ns": { "bare": Value::Null, "cell": Value::Null, "ratio": Value::Null },
-        "instructions_per_trap": { "root_cell": snapshots.costs("root-stats")? },
+        "timer_latency_ns": { "bare": Value::Null, "cell": cell_latency, "ratio": Value::Null },
+        "instructions_per_trap": {
+            "root_cell": snapshots.costs("root-stats")?,
+            "demo_cell": snapshots.costs("cell-stats")?,
+        },
         "traps_per_second": { "idle": snapshots.rates("idle")?, "busy": snapshots.rates("busy")? },
         "memory": {
-            "total": info_root.memory_total,
+            "total": info_cells.memory_total,
             "used_root_only": info_root.memory_used,
-            "cells": info_root.cells,
-            "cpus": info_root.cpus,
+            "used_root_and_demo_cell": info_cells.memory_used,
+            "cells": info_cells.cells,
+            "cpus": info_cells.cpus,
         },
         "root_stage2": { "table_pages": info_root.root_table_pages },
+        "cell_start": steps,
     }))
 }
 

@@ -329,7 +329,7 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
     if publishable.is_empty() {
         println!("==> no publishable library crate: cargo package skipped");
     } else {
-        forget_extracted_packages(&publishable)?;
+        forget_extracted_packages(&publishable, &workspace.target_dir)?;
         // One invocation for all of them, so that crates depending on each other package together.
         let mut package = Cargo::new(["package"]).args(publishable.iter().flat_map(|n| ["-p", n]));
         if env::var_os("CI").is_none() {
@@ -478,7 +478,27 @@ pub(crate) fn require_target(target: &str) -> Result<()> {
 /// <name>-<version>`. That directory is reused as long as it exists, so without this a crate
 /// whose content changed but whose version did not is verified against its old sources.
 /// Removing the directories only forces a fresh extraction.
-fn forget_extracted_packages(names: &[&str]) -> Result<()> {
+///
+/// The same holds for what cargo built from them: a crate from a registry is rebuilt only
+/// when its version changes, so the fingerprints of our crates in `target/debug` (where the
+/// verification builds) go too, and they are built again from the fresh sources.
+fn forget_extracted_packages(names: &[&str], target_dir: &std::path::Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(target_dir.join("debug").join(".fingerprint")) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            let ours = names.iter().any(|name| {
+                file_name
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| hash.chars().all(|c| c.is_ascii_hexdigit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            }
+        }
+    }
     let Some(home) = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

@@ -51,8 +51,8 @@ pub enum Script {
     /// The management interface without an inmate: info, create, list, destroy, and 20
     /// create/destroy cycles that must not lose memory (x86, whose cells do not run yet).
     Manage,
-    /// Cells on x86: the demo cell's life with the x86 `uart-demo`, `wild-demo` stopped and
-    /// reported, 20 create/load/start/destroy cycles.
+    /// Cells on x86: the Jailhouse demo with the x86 `timer-demo`, `wild-demo` stopped and
+    /// reported, 20 create/load/start/destroy cycles of `uart-demo`.
     CellsX86,
 }
 

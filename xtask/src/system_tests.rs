@@ -179,9 +179,9 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script manage: cellvisor-demo: manage memory kept"]),
     Pattern::Contains(&["cellvisor-initramfs: script manage done status=0"]),
-    // Cells on x86: the x86 uart-demo runs in the demo cell (64-bit, its local APIC timer)
+    // Cells on x86: the x86 timer-demo runs in the demo cell (64-bit, its local APIC timer)
     // and approves its shutdown; wild-demo's access outside its memory stops its cell; 20
-    // create/load/start/destroy cycles.
+    // create/load/start/destroy cycles of uart-demo.
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: start status=0"]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: running state=running",
@@ -702,7 +702,12 @@ impl<'a> Case<'a> {
             expect: X86_ROOT_CELL,
             order: Order::AnyOrder,
             until: Until::Exit,
-            checks: &[Check::DmesgLikeBare],
+            // The x86 timer-demo on COM2: 64-bit mode, its TSC-deadline timer, the latency
+            // summary after 1000 interrupts.
+            checks: &[
+                Check::DmesgLikeBare,
+                Check::SecondUart("timer-demo: samples=1000 latency ns min="),
+            ],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))
         }

@@ -52,6 +52,13 @@ pub fn intercept_msr(
     Ok(())
 }
 
+/// Lets reads and writes of `msr` through.
+pub fn pass_msr(map: &mut [u8; MSRPM_SIZE], msr: u32) -> Result<(), NotInMap> {
+    let (byte, bit) = msr_bits(msr)?;
+    map[byte] &= !(0b11 << bit);
+    Ok(())
+}
+
 /// Whether an access to `msr` exits.
 pub fn msr_intercepted(map: &[u8; MSRPM_SIZE], msr: u32, write: bool) -> bool {
     match msr_bits(msr) {
@@ -130,6 +137,17 @@ mod tests {
             intercept_msr(&mut map, 0x4000_0000, true, true),
             Err(NotInMap(0x4000_0000))
         );
+    }
+
+    #[test]
+    fn a_passed_msr_no_longer_exits_and_its_neighbours_still_do() {
+        let mut map = [0xff; MSRPM_SIZE];
+        assert_eq!(pass_msr(&mut map, 0x6e0), Ok(()));
+        assert!(!msr_intercepted(&map, 0x6e0, false));
+        assert!(!msr_intercepted(&map, 0x6e0, true));
+        assert!(msr_intercepted(&map, 0x6df, true));
+        assert!(msr_intercepted(&map, 0x6e1, false));
+        assert_eq!(pass_msr(&mut map, 0x4000_0000), Err(NotInMap(0x4000_0000)));
     }
 
     #[test]

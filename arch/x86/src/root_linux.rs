@@ -81,6 +81,8 @@ const APIC_BASE: u32 = 0x1b;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 /// `IA32_APIC_BASE` bits 51:12: the page.
 const APIC_BASE_PAGE: u64 = 0x000f_ffff_ffff_f000;
+/// `IA32_TSC_DEADLINE`.
+const TSC_DEADLINE: u32 = 0x6e0;
 /// `RFLAGS.IF`: interrupts enabled.
 const RFLAGS_IF: u64 = 1 << 9;
 /// `SLP_EN` in the ACPI PM1 control register: the write that enters a sleep state.
@@ -502,14 +504,12 @@ fn event_pending(vmcb: &Vmcb<'_>) -> bool {
 fn request(from: u32, cpu: u32, kind: IpiKind) {
     let cpu = cpu as usize;
     match kind {
-        IpiKind::Init => {
-            if !HV.stop_cpu(cpu) {
-                let _guard = crate::lock_console();
-                let _ = writeln!(
-                    crate::console(),
-                    "cellvisor: cell \"root\" (CPU {from}): CPU {cpu} did not stop for its INIT within 100 ms"
-                );
-            }
+        IpiKind::Init if !HV.stop_cpu(cpu) => {
+            let _guard = crate::lock_console();
+            let _ = writeln!(
+                crate::console(),
+                "cellvisor: cell \"root\" (CPU {from}): CPU {cpu} did not stop for its INIT within 100 ms"
+            );
         }
         IpiKind::Startup(vector) => {
             let caller = HV.owner(from as usize);
@@ -625,7 +625,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
 ///
 /// What a cell's vCPU may do: its memory (nested tables), its I/O ports (its permission
 /// map), its local APIC as the policy of `cellvisor-apic` allows for a cell (timer, EOI,
-/// IPIs to its own CPUs), CPUID, `EFER`, HLT. Anything else (another port, an MSR, memory
+/// IPIs to its own CPUs) and `IA32_TSC_DEADLINE`, CPUID, `EFER`, HLT. Anything else (another port, an MSR, memory
 /// outside its configuration, a triple fault) stops the cell and is reported.
 fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_core::Entry) {
     let cell = entry.cell;
@@ -1091,7 +1091,11 @@ fn fill_permissions(power: Option<u16>, config: &SystemConfigView<'_>) {
     // maps.
     let (msrpm, iopm) = unsafe { (MSRPM.bytes(), IOPM.bytes()) };
     // SAFETY: as above.
-    unsafe { CELL_MSRPM.bytes().fill(0xff) };
+    let cell_msrpm = unsafe { CELL_MSRPM.bytes() };
+    cell_msrpm.fill(0xff);
+    // IA32_TSC_DEADLINE arms the local APIC timer of the CPU it is written on, which is the
+    // cell's while the cell runs it (x86 timer-demo).
+    let _ = crate::permission::pass_msr(cell_msrpm, TSC_DEADLINE);
     if let Some(port) = power {
         crate::iomap::POWER_PORT.store(u32::from(port), Ordering::Release);
     }
@@ -1170,9 +1174,9 @@ fn report_exits(console: &mut Serial, shared: &Shared, why: fmt::Arguments<'_>) 
         shared.online
     );
     line(console, total);
-    for cpu in 0..shared.online {
+    for (cpu, per_cpu) in CPUS.iter().enumerate().take(shared.online) {
         let _ = write!(console, "  CPU {cpu}: ");
-        line(console, CPUS[cpu as usize].exits.get());
+        line(console, per_cpu.exits.get());
     }
 }
 

@@ -57,7 +57,7 @@ done
 
 # The demo cell: the time from `cell create` to the inmate's first instruction (the inmate
 # prints it on its own UART), its interrupt latency and trap costs, and the hypervisor's
-# memory with two cells. BENCH_CELL=0 (x86, whose cells do not run yet) skips it.
+# memory with two cells. BENCH_CELL=0 skips it.
 if [ "${BENCH_CELL:-1}" = 1 ]; then
     snapshot create-clock guest-clock
     step create cellvisor cell create "$CELL_CONFIG"

@@ -1,12 +1,13 @@
-# Cells on x86: the demo cell's whole life with the x86 `uart-demo` (64-bit, COM2, its local
-# APIC timer; it approves the shutdown), a cell that breaks its partition (`wild-demo`,
-# stopped and reported), and 20 create/load/start/destroy cycles that must not lose memory.
+# Cells on x86: the Jailhouse demo with the x86 `timer-demo` (64-bit, its local APIC timer in
+# TSC-deadline mode, latency reports on COM2; it approves the shutdown), a cell that breaks
+# its partition (`wild-demo`, stopped and reported), and 20 create/load/start/destroy cycles
+# of `uart-demo` that must not lose memory.
 UART_IMAGE=${UART_IMAGE:-$INMATES/uart-demo.bin}
 mark "cpus online=$(cat /sys/devices/system/cpu/online) before"
 step create cellvisor cell create "$CELL_CONFIG"
-step load cellvisor cell load "$CELL" "$UART_IMAGE" --config "$CELL_CONFIG"
+step load cellvisor cell load "$CELL" "$IMAGE" --config "$CELL_CONFIG"
 step start cellvisor cell start "$CELL"
-sleep 2
+sleep 3
 step list cellvisor cell list
 state=$(cell_state)
 mark "running state=$state"

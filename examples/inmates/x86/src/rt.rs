@@ -96,6 +96,43 @@ inmate_irq:
     pop rax
     iretq
 
+    // The timer's interrupt: its TSC at entry passed to `inmate_timer` (Rust), which may
+    // arm the next deadline; ended at the local APIC. The caller-saved registers are kept
+    // (no SSE: the target is soft-float).
+    .balign 16
+    .global inmate_timer_irq
+inmate_timer_irq:
+    push rax
+    push rdx
+    push rcx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rdi, rax
+    mov rax, qword ptr [rip + inmate_timer_handler]
+    test rax, rax
+    jz 5f
+    call rax
+5:
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rcx
+    pop rdx
+    pop rax
+    iretq
+
     // An exception: the inmate stops here, interrupts off.
     .balign 16
     .global inmate_exception
@@ -127,7 +164,18 @@ inmate_pd:
 
 extern "C" {
     fn inmate_irq();
+    fn inmate_timer_irq();
     fn inmate_exception();
+}
+
+/// What the timer's interrupt calls with the TSC at its entry (0: nothing), set by
+/// [`set_timer_handler`].
+#[export_name = "inmate_timer_handler"]
+static TIMER_HANDLER: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Makes the timer's interrupt call `handler` with the TSC at the interrupt's entry.
+pub fn set_timer_handler(handler: extern "C" fn(u64)) {
+    TIMER_HANDLER.store(handler as usize, core::sync::atomic::Ordering::Release);
 }
 
 /// COM2, the demo cell's 16550.
@@ -185,16 +233,26 @@ impl fmt::Write for Console {
     }
 }
 
-/// A local APIC register.
+/// A local APIC register. A plain `MOV` in assembly: the access traps, and the hypervisor
+/// decodes only the `MOV` forms (a volatile read in Rust may become part of another
+/// instruction, such as a `SUB` with a memory operand).
 pub fn apic_read(offset: u64) -> u32 {
+    let value: u32;
     // SAFETY: the local APIC's page, mapped by `_start` (the access traps and is emulated).
-    unsafe { ((LOCAL_APIC + offset) as *const u32).read_volatile() }
+    unsafe {
+        asm!("mov {value:e}, dword ptr [{at}]", at = in(reg) LOCAL_APIC + offset,
+             value = out(reg) value, options(nostack, readonly))
+    };
+    value
 }
 
-/// Writes a local APIC register.
+/// Writes a local APIC register (a plain `MOV`, see [`apic_read`]).
 pub fn apic_write(offset: u64, value: u32) {
     // SAFETY: as for `apic_read`.
-    unsafe { ((LOCAL_APIC + offset) as *mut u32).write_volatile(value) };
+    unsafe {
+        asm!("mov dword ptr [{at}], {value:e}", at = in(reg) LOCAL_APIC + offset,
+             value = in(reg) value, options(nostack))
+    };
 }
 
 /// One IDT entry (64-bit interrupt gate).
@@ -217,6 +275,8 @@ pub fn load_idt() {
     for vector in 0..256 {
         let handler = if vector < 32 {
             inmate_exception as *const () as u64
+        } else if vector == usize::from(TIMER_VECTOR) {
+            inmate_timer_irq as *const () as u64
         } else {
             inmate_irq as *const () as u64
         };
@@ -238,6 +298,67 @@ pub fn start_timer(count: u32) {
     apic_write(0x3e0, 0xb);
     apic_write(0x320, 1 << 17 | u32::from(TIMER_VECTOR));
     apic_write(0x380, count);
+}
+
+/// Whether the local APIC timer has a TSC-deadline mode (CPUID.1:ECX[24]).
+pub fn has_tsc_deadline() -> bool {
+    // CPUID exits to the hypervisor, which answers.
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    ecx & 1 << 24 != 0
+}
+
+/// Puts the local APIC timer in TSC-deadline mode with [`TIMER_VECTOR`], the APIC enabled.
+pub fn start_deadline_timer() {
+    apic_write(0xf0, 0x1ff);
+    apic_write(0x320, 0b10 << 17 | u32::from(TIMER_VECTOR));
+}
+
+/// Puts the local APIC timer in one-shot mode with [`TIMER_VECTOR`] (divide by 1), the APIC
+/// enabled, not yet counting.
+pub fn start_oneshot_timer() {
+    apic_write(0xf0, 0x1ff);
+    apic_write(0x3e0, 0xb);
+    apic_write(0x320, u32::from(TIMER_VECTOR));
+}
+
+/// Starts the one-shot timer with `count` ticks.
+pub fn arm_oneshot(count: u32) {
+    apic_write(0x380, count);
+}
+
+/// The one-shot timer's current count, with the TSC just before and just after reading it
+/// (the read traps: the count is sampled in between).
+pub fn current_count() -> (u64, u32, u64) {
+    let before = now();
+    let count = apic_read(0x390);
+    (before, count, now())
+}
+
+/// Arms the TSC deadline (`IA32_TSC_DEADLINE`, which the hypervisor lets a cell write for
+/// its own CPU's timer).
+pub fn set_deadline(tsc: u64) {
+    // SAFETY: the MSR arms this CPU's local APIC timer; no memory effect.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0x6e0u32, in("eax") tsc as u32, in("edx") (tsc >> 32) as u32,
+             options(nomem, nostack))
+    };
+}
+
+/// The TSC.
+pub fn now() -> u64 {
+    // SAFETY: RDTSC has no memory effect.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The TSC's frequency as the hypervisor measured it (the communication region's platform
+/// information), in Hz.
+pub fn tsc_frequency() -> u64 {
+    let at = COMM_REGION
+        + comm::offset::PLATFORM as u64
+        + core::mem::offset_of!(comm::Platform, timer_frequency) as u64;
+    // SAFETY: the communication region, mapped by the hypervisor and by `_start`; an
+    // aligned 64-bit field.
+    unsafe { (at as *const u64).read_volatile() }
 }
 
 /// Waits for the next interrupt.

@@ -13,6 +13,7 @@
 
 #[cfg(target_os = "none")]
 #[path = "../rt.rs"]
+#[allow(dead_code)]
 mod rt;
 
 #[cfg(target_os = "none")]

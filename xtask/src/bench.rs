@@ -186,10 +186,7 @@ fn bench_board(
 ) -> Result<Value> {
     let name = format!("{}-gicv{gic}", board.name);
     println!("==> {name}");
-    let image = image::build(workspace, board, Kind::Normal)?;
-    let bin_size = fs::metadata(&image.bin)
-        .with_context(|| format!("cannot read {}", image.bin.display()))?
-        .len();
+    let (image, bin_size) = built_image(workspace, board)?;
     let (files, versions) = linux::prepare_board(workspace, board, false)?;
     let images = workspace.target_dir.join("images").join(&board.name);
     let config = boot::board_config(board, gic, &images)?;
@@ -215,24 +212,11 @@ fn bench_board(
     };
 
     // Bare Linux to /init.
-    let bare = Boot::Bare(linux.clone()).qemu(board, &options)?;
-    println!("--> bare Linux: {bare}");
-    let bare = measure(&bare, timeout, &dir.join(format!("{name}-bare.log")))
-        .context("bare Linux boot")?;
+    let bare = bare_boot(board, &options, &linux, timeout, dir, &name)?;
 
     // The root cell with the bench script.
-    let actions = [
-        Action::Clock,
-        Action::Script(Script::Bench),
-        Action::Poweroff,
-    ];
-    let variables = format!(
-        "IDLE_SECONDS={} BUSY_ROUNDS={}",
-        args.idle, args.busy_rounds
-    );
-    let uart = dir.join(format!("{name}-uart1.log"));
-    // QEMU appends to the file: start empty.
-    let _ = fs::remove_file(&uart);
+    let (actions, variables) = (BENCH_ACTIONS, script_variables(args));
+    let uart = fresh_uart(dir, &name);
     let root = Boot::RootCell {
         image: shown(&image.bin),
         config: shown(&config),
@@ -295,26 +279,15 @@ fn bench_board(
         .and_then(|(_, n)| n.trim().parse::<u64>().ok())
         .context("timer-demo: no first-instruction line on the cell's UART")?;
     let first_s = first as f64 / frequency as f64;
-    let steps = json!({
-        "create_s": snapshots.clock("load-clock")? - create,
-        "load_s": snapshots.clock("start-clock")? - snapshots.clock("load-clock")?,
-        "start_s": snapshots.clock("started-clock")? - snapshots.clock("start-clock")?,
-        "create_to_first_instruction_s": first_s - create,
-    });
+    let mut steps = cell_steps(&snapshots)?;
+    steps["create_to_first_instruction_s"] = json!(first_s - create);
     Ok(json!({
         "board": board.name,
         "gic": gic,
         "cpu": options.cpu.as_deref().or(board.cpu.as_deref()),
         "kernel": versions.kernel_release,
         "timer_frequency_hz": frequency,
-        "image": {
-            "bin_bytes": bin_size,
-            "text": image.sizes.text,
-            "rodata": image.sizes.rodata,
-            "data": image.sizes.data,
-            "bss": image.sizes.bss,
-            "stacks": image.sizes.stacks,
-        },
+        "image": image_json(&image, bin_size),
         "boot": {
             "bare_s": bare.time,
             "root_cell_s": root.time,
@@ -343,6 +316,74 @@ fn bench_board(
     }))
 }
 
+/// The hypervisor image of `board`, built, and its file size.
+fn built_image(workspace: &Workspace, board: &Board) -> Result<(image::Image, u64)> {
+    let image = image::build(workspace, board, Kind::Normal)?;
+    let bin_size = fs::metadata(&image.bin)
+        .with_context(|| format!("cannot read {}", image.bin.display()))?
+        .len();
+    Ok((image, bin_size))
+}
+
+/// The image's sizes, for the results.
+fn image_json(image: &image::Image, bin_size: u64) -> Value {
+    json!({
+        "bin_bytes": bin_size,
+        "text": image.sizes.text,
+        "rodata": image.sizes.rodata,
+        "data": image.sizes.data,
+        "bss": image.sizes.bss,
+        "stacks": image.sizes.stacks,
+    })
+}
+
+/// What `/init` of the root cell runs for the bench.
+const BENCH_ACTIONS: [Action; 3] = [
+    Action::Clock,
+    Action::Script(Script::Bench),
+    Action::Poweroff,
+];
+
+/// Bare Linux to `/init` (the baseline of the boot ratio), its console in
+/// `<dir>/<name>-bare.log`.
+fn bare_boot(
+    board: &Board,
+    options: &Options,
+    linux: &LinuxFiles,
+    timeout: Duration,
+    dir: &Path,
+    name: &str,
+) -> Result<crate::run::Measured> {
+    let bare = Boot::Bare(linux.clone()).qemu(board, options)?;
+    println!("--> bare Linux: {bare}");
+    measure(&bare, timeout, &dir.join(format!("{name}-bare.log"))).context("bare Linux boot")
+}
+
+/// `<dir>/<name>-uart1.log`, removed (QEMU appends to the file).
+fn fresh_uart(dir: &Path, name: &str) -> std::path::PathBuf {
+    let uart = dir.join(format!("{name}-uart1.log"));
+    let _ = fs::remove_file(&uart);
+    uart
+}
+
+/// The bench script's variables on the kernel command line.
+fn script_variables(args: &BenchArgs) -> String {
+    format!(
+        "IDLE_SECONDS={} BUSY_ROUNDS={}",
+        args.idle, args.busy_rounds
+    )
+}
+
+/// The demo cell's create, load and start, in guest seconds.
+fn cell_steps(snapshots: &Snapshots) -> Result<Value> {
+    let create = snapshots.clock("create-clock")?;
+    Ok(json!({
+        "create_s": snapshots.clock("load-clock")? - create,
+        "load_s": snapshots.clock("start-clock")? - snapshots.clock("load-clock")?,
+        "start_s": snapshots.clock("started-clock")? - snapshots.clock("start-clock")?,
+    }))
+}
+
 /// The figures of a Multiboot (x86) board: image, boot ratio, the idle and busy root cell's
 /// exits per second, the hypervisor's instructions per exit (the TSC from the exit to the
 /// next entry, which under `-icount shift=0` counts instructions), and the demo cell with
@@ -356,10 +397,7 @@ fn bench_multiboot(
 ) -> Result<Value> {
     let name = board.name.clone();
     println!("==> {name}");
-    let image = image::build(workspace, board, Kind::Normal)?;
-    let bin_size = fs::metadata(&image.bin)
-        .with_context(|| format!("cannot read {}", image.bin.display()))?
-        .len();
+    let (image, bin_size) = built_image(workspace, board)?;
     let (files, versions) = linux::prepare_board(workspace, board, false)?;
     let images = workspace.target_dir.join("images").join(&board.name);
     let config = images.join("system.bin");
@@ -382,23 +420,10 @@ fn bench_multiboot(
         dtb: None,
         append: append_with_actions(&base, &plain),
     };
-    let bare = Boot::Bare(linux.clone()).qemu(board, &options)?;
-    println!("--> bare Linux: {bare}");
-    let bare = measure(&bare, timeout, &dir.join(format!("{name}-bare.log")))
-        .context("bare Linux boot")?;
+    let bare = bare_boot(board, &options, &linux, timeout, dir, &name)?;
 
-    let actions = [
-        Action::Clock,
-        Action::Script(Script::Bench),
-        Action::Poweroff,
-    ];
-    let variables = format!(
-        "IDLE_SECONDS={} BUSY_ROUNDS={}",
-        args.idle, args.busy_rounds
-    );
-    let uart = dir.join(format!("{name}-uart1.log"));
-    // QEMU appends to the file: start empty.
-    let _ = fs::remove_file(&uart);
+    let (actions, variables) = (BENCH_ACTIONS, script_variables(args));
+    let uart = fresh_uart(dir, &name);
     let root = Boot::MultibootRootCell {
         image: shown(&image.bin),
         config: shown(&config),
@@ -422,26 +447,14 @@ fn bench_multiboot(
         fs::read_to_string(&uart).with_context(|| format!("cannot read {}", uart.display()))?;
     let cell_latency =
         Latency::find(&uart_text).context("timer-demo in the cell: no latency summary")?;
-    let create = snapshots.clock("create-clock")?;
-    let steps = json!({
-        "create_s": snapshots.clock("load-clock")? - create,
-        "load_s": snapshots.clock("start-clock")? - snapshots.clock("load-clock")?,
-        "start_s": snapshots.clock("started-clock")? - snapshots.clock("start-clock")?,
-    });
+    let steps = cell_steps(&snapshots)?;
     Ok(json!({
         "board": board.name,
         "gic": Value::Null,
         "cpu": options.cpu.as_deref().or(board.cpu.as_deref()),
         "kernel": versions.kernel_release,
         "timer_frequency_hz": frequency,
-        "image": {
-            "bin_bytes": bin_size,
-            "text": image.sizes.text,
-            "rodata": image.sizes.rodata,
-            "data": image.sizes.data,
-            "bss": image.sizes.bss,
-            "stacks": image.sizes.stacks,
-        },
+        "image": image_json(&image, bin_size),
         "boot": {
             "bare_s": bare.time,
             "root_cell_s": root.time,

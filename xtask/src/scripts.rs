@@ -48,8 +48,8 @@ pub enum Script {
     /// The root cell as an adversary: concurrent tools, management commands with fields out
     /// of range, a 32-bit process reading outside the root cell on every CPU.
     HostileRoot,
-    /// The management interface without an inmate: info, create, list, destroy, and 20
-    /// create/destroy cycles that must not lose memory (x86, whose cells do not run yet).
+    /// The management interface without an inmate: info, stats, create, list, destroy, and
+    /// 20 create/destroy cycles that must not lose memory.
     Manage,
     /// Cells on x86: the Jailhouse demo with the x86 `timer-demo`, `wild-demo` stopped and
     /// reported, 20 create/load/start/destroy cycles of `uart-demo`.
@@ -213,6 +213,7 @@ mod tests {
             "memory_free",
             "wait_for_failed",
             "cell_state",
+            "cell_cycles",
             "now",
             "soak_cycle",
             "wait_stopped",

@@ -217,27 +217,12 @@ fn mapped(at: PhysAddr, len: u64) -> bool {
         .is_some_and(|end| end <= 1 << 32)
 }
 
-/// Copies between physical memory and the hypervisor, 8 bytes at a time where both sides
-/// allow it, each access volatile: the other side is memory a cell or root userspace can
-/// write at any time.
+/// [`cellvisor_core::arch::volatile_copy`] for ranges the caller checked with [`mapped`].
 fn volatile_copy(to: *mut u8, from: *const u8, len: usize) {
-    let mut done = 0;
-    if (to as usize | from as usize).is_multiple_of(8) {
-        while done + 8 <= len {
-            // SAFETY: the caller checked that both ranges are mapped for `len` bytes.
-            unsafe {
-                to.add(done)
-                    .cast::<u64>()
-                    .write_volatile(from.add(done).cast::<u64>().read_volatile())
-            };
-            done += 8;
-        }
-    }
-    while done < len {
-        // SAFETY: as above, single bytes.
-        unsafe { to.add(done).write_volatile(from.add(done).read_volatile()) };
-        done += 1;
-    }
+    // SAFETY: the core passes ranges it checked (data window, cell RAM, communication
+    // pages), never overlapping ones, and the callers below checked that they lie in the
+    // boot map's identity map.
+    unsafe { cellvisor_core::arch::volatile_copy(to, from, len) }
 }
 
 impl Memory for X86 {

@@ -605,7 +605,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
         };
         let Some(shared) = SHARED.get() else { continue };
         if entry.cell != CellId::ROOT {
-            run_cell(console, cpu, shared, entry);
+            run_cell(console, cpu, entry);
             continue;
         }
         let mut vmcb = Vmcb::new(&per_cpu.vmcb);
@@ -627,7 +627,7 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
 /// map), its local APIC as the policy of `cellvisor-apic` allows for a cell (timer, EOI,
 /// IPIs to its own CPUs) and `IA32_TSC_DEADLINE`, CPUID, `EFER`, HLT. Anything else (another port, an MSR, memory
 /// outside its configuration, a triple fault) stops the cell and is reported.
-fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_core::Entry) {
+fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
     let cell = entry.cell;
     let Some(per_cpu) = CPUS.get(cpu as usize) else {
         return;
@@ -646,16 +646,7 @@ fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_co
         hv::active_tables(cpu as usize),
         cell.0 + 1,
     );
-    let misc = svm::INTERCEPT_CPUID
-        | svm::INTERCEPT_HLT
-        | svm::INTERCEPT_SHUTDOWN
-        | svm::INTERCEPT_NMI
-        | svm::INTERCEPT_MSR
-        | svm::INTERCEPT_IOIO;
-    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
-    vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
-    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, CELL_MSRPM.address());
-    vmcb.set_u64(svm::offset::IOPM_BASE_PA, iopm.address());
+    set_intercepts(&mut vmcb, CELL_MSRPM.address(), iopm.address());
     let mut regs = GuestRegisters::default();
     let mut idle_hlt = false;
     let stop = |what: fmt::Arguments<'_>| {
@@ -681,21 +672,8 @@ fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_co
             return;
         }
         let Some(exit) = exit else { continue };
-        if crate::smp::stack_overflowed(cpu as usize) {
-            let _guard = crate::lock_console();
-            let _ = writeln!(
-                console,
-                "cellvisor: FATAL: CPU {cpu}: the hypervisor's stack overflowed: parked"
-            );
-            crate::halt();
-        }
+        after_exit(console, cpu, &mut vmcb, &regs, exit, &mut idle_hlt);
         counters.start(exited);
-        vmcb.reinject_interrupted_event();
-        if idle_hlt {
-            idle_hlt = false;
-            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
-        }
         let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
         let reason = match exit {
             ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
@@ -716,9 +694,7 @@ fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_co
             ExitCode::HLT => {
                 // Idle or parked (interrupts disabled): the HLT runs in the guest, where an
                 // interrupt or a kick ends it.
-                idle_hlt = true;
-                let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-                vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
+                run_hlt_in_guest(&mut vmcb, &mut idle_hlt);
             }
             ExitCode::CPUID => {
                 cpuid(&mut vmcb, &mut regs);
@@ -793,13 +769,17 @@ fn run_cell(console: &mut Serial, cpu: u32, shared: &Shared, entry: cellvisor_co
                 return;
             }
         }
-        let _ = shared;
     }
 }
 
-/// The VMCB's intercepts for a root-cell vCPU: CPUID, shutdown, NMIs (kicks), MSRs and I/O by
-/// the permission maps; VMRUN.
+/// The VMCB's intercepts for a root-cell vCPU (see [`set_intercepts`]).
 fn root_intercepts(vmcb: &mut Vmcb<'_>) {
+    set_intercepts(vmcb, MSRPM.address(), IOPM.address());
+}
+
+/// The VMCB's intercepts of every vCPU: CPUID, HLT, shutdown, NMIs (kicks), MSRs and I/O by
+/// the permission maps at `msrpm` and `iopm`; VMRUN.
+fn set_intercepts(vmcb: &mut Vmcb<'_>, msrpm: u64, iopm: u64) {
     let misc = svm::INTERCEPT_CPUID
         | svm::INTERCEPT_HLT
         | svm::INTERCEPT_SHUTDOWN
@@ -808,8 +788,8 @@ fn root_intercepts(vmcb: &mut Vmcb<'_>) {
         | svm::INTERCEPT_IOIO;
     vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc);
     vmcb.set_u32(svm::offset::INTERCEPT_MISC2, svm::INTERCEPT_VMRUN);
-    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, MSRPM.address());
-    vmcb.set_u64(svm::offset::IOPM_BASE_PA, IOPM.address());
+    vmcb.set_u64(svm::offset::MSRPM_BASE_PA, msrpm);
+    vmcb.set_u64(svm::offset::IOPM_BASE_PA, iopm);
 }
 
 /// A register page of the machine's that traps for the root cell.
@@ -849,6 +829,41 @@ fn trapped_page(shared: &Shared, vmcb: &Vmcb<'_>) -> Option<TrappedPage> {
     } else {
         None
     }
+}
+
+/// What every exit of a vCPU starts with: the stack canary checked (an overflow is reported
+/// with the vCPU's state and parks the CPU), an event the exit interrupted delivered again at
+/// the next entry (a handler may replace it with an exception of its own), and after an idle
+/// HLT that ran in the guest, HLT trapping again.
+fn after_exit(
+    console: &mut Serial,
+    cpu: u32,
+    vmcb: &mut Vmcb<'_>,
+    regs: &GuestRegisters,
+    exit: ExitCode,
+    idle_hlt: &mut bool,
+) {
+    if crate::smp::stack_overflowed(cpu as usize) {
+        let _guard = crate::lock_console();
+        let _ = writeln!(
+            console,
+            "cellvisor: FATAL: CPU {cpu}: the hypervisor's stack overflowed (its lowest word was overwritten): parked"
+        );
+        report(console, cpu, vmcb, regs, exit);
+        crate::halt();
+    }
+    vmcb.reinject_interrupted_event();
+    if core::mem::take(idle_hlt) {
+        let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+        vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
+    }
+}
+
+/// Lets the next entry run an HLT in the guest (the intercept off until the next exit).
+fn run_hlt_in_guest(vmcb: &mut Vmcb<'_>, idle_hlt: &mut bool) {
+    *idle_hlt = true;
+    let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
+    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
 }
 
 /// The core's reason for an exit, for its counters (`cellvisor cell stats`).
@@ -927,26 +942,9 @@ fn vcpu(
             return Ok(());
         }
         let Some(exit) = exit else { continue };
-        if crate::smp::stack_overflowed(cpu as usize) {
-            let _guard = crate::lock_console();
-            let _ = writeln!(
-                console,
-                "cellvisor: FATAL: CPU {cpu}: the hypervisor's stack overflowed (its lowest word was overwritten): parked"
-            );
-            report(console, cpu, vmcb, regs, exit);
-            crate::halt();
-        }
+        after_exit(console, cpu, vmcb, regs, exit, &mut idle_hlt);
         counters.start(exited);
         HV.count(cpu as usize, trap_reason(shared, vmcb, exit));
-        // An event the exit interrupted is delivered at the next entry (a handler below may
-        // replace it with an exception of its own).
-        vmcb.reinject_interrupted_event();
-        // After an idle HLT ran in the guest (below), HLT traps again.
-        if idle_hlt {
-            idle_hlt = false;
-            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
-        }
         if exit == ExitCode::HLT {
             Exits::count(&exits.hlt);
             if vmcb.u64_at(svm::offset::RFLAGS) & RFLAGS_IF == 0 {
@@ -958,9 +956,7 @@ fn vcpu(
             }
             // An idle HLT: run in the guest, once, where it waits for an interrupt (the exit
             // that interrupt causes, at the latest its EOI's, makes HLT trap again).
-            idle_hlt = true;
-            let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-            vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
+            run_hlt_in_guest(vmcb, &mut idle_hlt);
             continue;
         }
         // A register page that traps: decoded and emulated.

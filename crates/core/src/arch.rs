@@ -71,6 +71,35 @@ pub trait Memory {
     fn clean(&self, at: PhysAddr, len: u64);
 }
 
+/// Copies `len` bytes from `from` to `to`, 8 bytes at a time where both are 8-byte aligned,
+/// each access volatile: for an architecture's [`Memory`] over an identity map, where one side
+/// is memory a cell or root userspace can write at any time (so no Rust reference may point
+/// into it).
+///
+/// # Safety
+///
+/// Both ranges are mapped for `len` bytes and do not overlap.
+pub unsafe fn volatile_copy(to: *mut u8, from: *const u8, len: usize) {
+    let mut done = 0;
+    if (to as usize | from as usize).is_multiple_of(8) {
+        while done + 8 <= len {
+            // SAFETY: the caller guarantees both ranges are mapped for `len` bytes; aligned
+            // 8-byte accesses inside them.
+            unsafe {
+                to.add(done)
+                    .cast::<u64>()
+                    .write_volatile(from.add(done).cast::<u64>().read_volatile())
+            };
+            done += 8;
+        }
+    }
+    while done < len {
+        // SAFETY: as above, single bytes.
+        unsafe { to.add(done).write_volatile(from.add(done).read_volatile()) };
+        done += 1;
+    }
+}
+
 /// Second-stage translation: the format of a cell's tables and their TLB maintenance.
 pub trait Translation {
     /// The table format every cell uses (Arm stage 2, EPT or NPT).

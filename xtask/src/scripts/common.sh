@@ -47,3 +47,31 @@ wait_for_failed() {
         mark "$1 waited $tries s: state=$state"
     done
 }
+
+# cell_cycles COUNT [IMAGE]: COUNT cycles of create, load IMAGE (none: no load or start),
+# start and destroy of $CELL, each failure marked and cleaned up; leaves the hypervisor's free
+# memory before and after in $cycles_before and $cycles_after, the failures in $cycles_failed.
+cell_cycles() {
+    cycles_image=$2
+    cycles_before=$(memory_free)
+    cycles_failed=0
+    cycle=1
+    while [ $cycle -le "$1" ]; do
+        if [ -n "$cycles_image" ]; then
+            cellvisor cell create "$CELL_CONFIG" >/dev/null &&
+                cellvisor cell load "$CELL" "$cycles_image" --config "$CELL_CONFIG" >/dev/null &&
+                cellvisor cell start "$CELL" >/dev/null &&
+                cellvisor cell destroy "$CELL" >/dev/null
+        else
+            cellvisor cell create "$CELL_CONFIG" >/dev/null &&
+                cellvisor cell destroy "$CELL" >/dev/null
+        fi
+        if [ $? -ne 0 ]; then
+            cycles_failed=$((cycles_failed + 1))
+            mark "cycle $cycle failed"
+            cellvisor cell destroy "$CELL" >/dev/null 2>&1
+        fi
+        cycle=$((cycle + 1))
+    done
+    cycles_after=$(memory_free)
+}

@@ -25,19 +25,5 @@ report=$(cellvisor console | grep "outside its memory" | tail -n 1)
 mark "wild console report: $report"
 step wild-destroy cellvisor cell destroy "$CELL"
 
-before=$(memory_free)
-failed=0
-cycle=1
-while [ $cycle -le 20 ]; do
-    if ! { cellvisor cell create "$CELL_CONFIG" >/dev/null &&
-        cellvisor cell load "$CELL" "$UART_IMAGE" --config "$CELL_CONFIG" >/dev/null &&
-        cellvisor cell start "$CELL" >/dev/null &&
-        cellvisor cell destroy "$CELL" >/dev/null; }; then
-        failed=$((failed + 1))
-        mark "cycle $cycle failed"
-        cellvisor cell destroy "$CELL" >/dev/null 2>&1
-    fi
-    cycle=$((cycle + 1))
-done
-after=$(memory_free)
-mark "x86 cycles=20 failed=$failed memory_free before=$before after=$after"
+cell_cycles 20 "$UART_IMAGE"
+mark "x86 cycles=20 failed=$cycles_failed memory_free before=$cycles_before after=$cycles_after"

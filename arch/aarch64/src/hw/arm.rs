@@ -35,28 +35,11 @@ impl Cpus for Aarch64 {
     }
 }
 
-/// Copies between physical memory (identity mapped at EL2) and the hypervisor, 8 bytes at a
-/// time where both sides allow it, each access volatile: the other side is memory a cell or
-/// root userspace can write at any time, so no Rust reference may point into it.
+/// [`cellvisor_core::arch::volatile_copy`] for ranges the core checked, all mapped at EL2.
 fn volatile_copy(to: *mut u8, from: *const u8, len: usize) {
-    let mut done = 0;
-    if (to as usize | from as usize).is_multiple_of(8) {
-        while done + 8 <= len {
-            // SAFETY: the caller guarantees both ranges are mapped for `len` bytes; aligned
-            // 8-byte accesses inside them.
-            unsafe {
-                to.add(done)
-                    .cast::<u64>()
-                    .write_volatile(from.add(done).cast::<u64>().read_volatile())
-            };
-            done += 8;
-        }
-    }
-    while done < len {
-        // SAFETY: as above, single bytes.
-        unsafe { to.add(done).write_volatile(from.add(done).read_volatile()) };
-        done += 1;
-    }
+    // SAFETY: the core passes ranges it checked (data window, cell RAM, communication
+    // pages), all identity mapped at EL2, and never overlapping ones.
+    unsafe { cellvisor_core::arch::volatile_copy(to, from, len) }
 }
 
 impl Memory for Aarch64 {

@@ -191,7 +191,8 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: destroy status=0"]),
     Pattern::Contains(&[
-        "cellvisor: cell \"demo\" (CPU 3): read at 0x40000000 (RIP ",
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: wild console report: cellvisor: \
+         cell \"demo\" (CPU 3): read at 0x40000000 (RIP ",
         ") is outside its memory: cell stopped",
     ]),
     Pattern::Contains(&[
@@ -200,6 +201,14 @@ const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: wild-destroy status=0",
     ]),
+    // The report, from the hypervisor's console ring (its UART line may interleave with the
+    // root cell's output).
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: ipi console report: cellvisor: \
+         cell \"demo\" (CPU 3): local APIC write 0x40 at offset 0x300: interrupt command: CPU \
+         0 belongs to another cell: cell stopped",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: ipi state=failed"]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: x86 cycles=20 failed=0 ",
     ]),

@@ -13,6 +13,7 @@ use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use cellvisor_apic::lapic::LapicViolation;
 use cellvisor_apic::{IpiKind, Topology};
 use cellvisor_config::CpuSet;
 use cellvisor_sync::Mutex;
@@ -724,18 +725,27 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
             }
             ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
                 apic.cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
-                if let Err(e) = emulate_apic(
+                match emulate_apic(
                     console,
                     &mut vmcb,
                     &mut regs,
                     GuestRam::Cell(cell),
                     &mut apic,
                 ) {
-                    stop(format_args!(
-                        "local APIC access at RIP {:#x} not emulated: {e}",
-                        vmcb.u64_at(svm::offset::RIP)
-                    ));
-                    return;
+                    Ok(None) => {}
+                    Ok(Some((offset, value, violation))) => {
+                        stop(format_args!(
+                            "local APIC write {value:#x} at offset {offset:#x}: {violation}"
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        stop(format_args!(
+                            "local APIC access at RIP {:#x} not emulated: {e}",
+                            vmcb.u64_at(svm::offset::RIP)
+                        ));
+                        return;
+                    }
                 }
             }
             ExitCode::NPF => {
@@ -984,6 +994,7 @@ fn vcpu(
                     TrappedPage::LocalApic => (&exits.apic, {
                         apic.cell_cpus = root_cpus();
                         emulate_apic(console, vmcb, regs, GuestRam::Root(&shared.map), &mut apic)
+                            .map(|_| ())
                     }),
                     TrappedPage::IoApic => (
                         &exits.ioapic,
@@ -1497,15 +1508,16 @@ fn complete_wide(
     vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
 }
 
-/// A root-cell access to its local APIC's page: decided by `cellvisor-apic` and done.
-/// Registers are 32 bits wide: other sizes read 0 and write nothing.
+/// An access to a CPU's local APIC page: decided by `cellvisor-apic` and done. Registers
+/// are 32 bits wide: other sizes read 0 and write nothing. A write the policy refuses is
+/// skipped: reported here for the root cell, returned for another cell (which is stopped).
 fn emulate_apic(
     console: &mut Serial,
     vmcb: &mut Vmcb<'_>,
     regs: &mut GuestRegisters,
     ram: GuestRam<'_>,
     apic: &mut LocalApic,
-) -> Result<(), EmulationError> {
+) -> Result<Option<(u64, u32, LapicViolation)>, EmulationError> {
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - xapic::BASE;
     let (access, stored) = decode_access(vmcb, regs, ram)?;
     let mut loaded = 0;
@@ -1526,7 +1538,7 @@ fn emulate_apic(
                 Ok(Request::None) => {}
                 Ok(Request::Fault) => {
                     vmcb.inject_exception(13, Some(0));
-                    return Ok(());
+                    return Ok(None);
                 }
                 // INIT, start-up and NMI IPIs between a cell's own CPUs are not done yet
                 // (the root cell's are CPU hotplug and its NMIs).
@@ -1543,6 +1555,10 @@ fn emulate_apic(
                         request(cpu, target, kind);
                     }
                 }
+                Err(violation) if !apic.root => {
+                    complete(vmcb, regs, access, 0);
+                    return Ok(Some((offset, value, violation)));
+                }
                 Err(violation) => {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
@@ -1555,7 +1571,7 @@ fn emulate_apic(
         Some(_) => {}
     }
     complete(vmcb, regs, access, loaded);
-    Ok(())
+    Ok(None)
 }
 
 /// A root-cell access to the management control page: decoded, and done by the core.

@@ -1,7 +1,8 @@
 # Cells on x86: the Jailhouse demo with the x86 `timer-demo` (64-bit, its local APIC timer in
-# TSC-deadline mode, latency reports on COM2; it approves the shutdown), a cell that breaks
-# its partition (`wild-demo`, stopped and reported), and 20 create/load/start/destroy cycles
-# of `uart-demo` that must not lose memory.
+# TSC-deadline or one-shot mode, latency reports on COM2; it approves the shutdown), cells
+# that break their partition (`wild-demo`: memory, `ipi-wild-demo`: an interrupt to a root
+# cell CPU; each stopped and reported), and 20 create/load/start/destroy cycles of
+# `uart-demo` that must not lose memory.
 UART_IMAGE=${UART_IMAGE:-$INMATES/uart-demo.bin}
 mark "cpus online=$(cat /sys/devices/system/cpu/online) before"
 step create cellvisor cell create "$CELL_CONFIG"
@@ -24,6 +25,16 @@ mark "wild state=$state"
 report=$(cellvisor console | grep "outside its memory" | tail -n 1)
 mark "wild console report: $report"
 step wild-destroy cellvisor cell destroy "$CELL"
+
+# An interrupt to a root cell CPU: refused, the cell stopped.
+step ipi-create cellvisor cell create "$CELL_CONFIG"
+step ipi-load cellvisor cell load "$CELL" "$INMATES/ipi-wild-demo.bin" --config "$CELL_CONFIG"
+step ipi-start cellvisor cell start "$CELL"
+wait_for_failed ipi
+mark "ipi state=$state"
+report=$(cellvisor console | grep "belongs to another cell" | tail -n 1)
+mark "ipi console report: $report"
+step ipi-destroy cellvisor cell destroy "$CELL"
 
 cell_cycles 20 "$UART_IMAGE"
 mark "x86 cycles=20 failed=$cycles_failed memory_free before=$cycles_before after=$cycles_after"

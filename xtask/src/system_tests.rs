@@ -121,7 +121,7 @@ const X86_BARE: &[Pattern] = &[
 /// (`msr.ko`), EFER is read and `VM_HSAVE_PA` (SVM's host save area) written; the
 /// `cellvisor` tool creates, lists and destroys the demo cell, and 20 cycles more.
 const X86_ROOT_CELL_ACTIONS: &str = "info,clock,hotplug:{last},devmem:0x1000000,\
-     msr-read:0xc0000080,msr-write:0xc0010117,script:manage,script:x86-cells,dmesg,poweroff";
+     msr-read:0xc0000080,msr-write:0xc0010117,script:manage,script:x86-cells,script:bad-input,dmesg,poweroff";
 
 /// Debian's amd64 kernel as the root cell on every CPU: loaded by the hypervisor from the
 /// Multiboot modules, its e820 map without the hypervisor's memory; the other CPUs started
@@ -213,6 +213,29 @@ const X86_ROOT_CELL: &[Pattern] = &[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: x86 cycles=20 failed=0 ",
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells done status=0"]),
+    // The Arm boards' wrong input (`bad-input.sh`), with the x86 stubborn-demo for the vote.
+    Pattern::Contains(&["cellvisor-demo: malformed status=1"]),
+    Pattern::Contains(&["cellvisor-demo: unknown-cell status=1"]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"foreign\": create: CPU 63 is not a CPU of the root cell",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: cpu-not-owned status=1"]),
+    Pattern::Contains(&[
+        "cellvisor: cell \"twin\": create: CPU ",
+        "belongs to cell \"demo\"",
+    ]),
+    Pattern::Contains(&["cellvisor-demo: cpu-taken status=1"]),
+    Pattern::Contains(&["cellvisor-demo: start-before-load status=1"]),
+    Pattern::Contains(&["cellvisor-demo: image-too-large status=1"]),
+    Pattern::Contains(&["cellvisor-demo: image-too-large-hypervisor status=1"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-twice status=1"]),
+    Pattern::Contains(&["cellvisor: cell \"linux\": destroy: the root cell cannot be destroyed"]),
+    Pattern::Contains(&["cellvisor-demo: destroy-root status=1"]),
+    Pattern::Contains(&["cellvisor-demo: state unchanged"]),
+    Pattern::Contains(&["cellvisor: cell \"demo\": shutdown: the cell refused to shut down"]),
+    Pattern::Contains(&["cellvisor-demo: vote-refused status=1"]),
+    Pattern::Contains(&["cellvisor-demo: vote-approved status=0"]),
+    Pattern::Contains(&["cellvisor-initramfs: script bad-input done status=0"]),
     Pattern::Contains(&[DMESG_DONE]),
     // The power-off is seen (the PM1a control port traps), with the exits: the local APIC's
     // page and EFER trap.
@@ -2140,16 +2163,17 @@ mod tests {
         assert_eq!(
             word,
             "cellvisor.actions=info,clock,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,\
-             msr-write:0xc0010117,script:manage,script:x86-cells,dmesg,poweroff"
+             msr-write:0xc0010117,script:manage,script:x86-cells,script:bad-input,dmesg,poweroff"
         );
         let actions = initramfs::parse_actions_word(word).unwrap().unwrap();
         assert_eq!(
-            actions[4..9],
+            actions[4..10],
             [
                 initramfs::Action::MsrRead(0xc000_0080),
                 initramfs::Action::MsrWrite(0xc001_0117),
                 initramfs::Action::Script(crate::scripts::Script::Manage),
                 initramfs::Action::Script(crate::scripts::Script::CellsX86),
+                initramfs::Action::Script(crate::scripts::Script::BadInput),
                 initramfs::Action::Dmesg
             ]
         );

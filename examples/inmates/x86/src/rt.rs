@@ -381,6 +381,20 @@ pub fn approve_shutdown() {
     unsafe { reply.write_volatile(comm::REPLY_APPROVED) };
 }
 
+/// Refuses the shutdown.
+pub fn deny_shutdown() {
+    let reply = (COMM_REGION + comm::offset::REPLY_FROM_CELL as u64) as *mut u32;
+    // SAFETY: as for `shutdown_requested`.
+    unsafe { reply.write_volatile(comm::REPLY_DENIED) };
+}
+
+/// Whether the hypervisor waits for a reply (it clears the last one with each new request).
+pub fn reply_pending() -> bool {
+    let reply = (COMM_REGION + comm::offset::REPLY_FROM_CELL as u64) as *const u32;
+    // SAFETY: as for `shutdown_requested`.
+    unsafe { reply.read_volatile() == comm::REPLY_NONE }
+}
+
 /// Stops here, interrupts off.
 pub fn park() -> ! {
     loop {

@@ -210,6 +210,16 @@ const X86_ROOT_CELL: &[Pattern] = &[
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: ipi state=failed"]),
     Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: ioapic console report: \
+         cellvisor: cell \"demo\" (CPU 3): IOAPIC access: ",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: ioapic state=failed",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: uart-shutdown status=0",
+    ]),
+    Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: x86 cycles=20 failed=0 ",
     ]),
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells done status=0"]),
@@ -739,6 +749,7 @@ impl<'a> Case<'a> {
             checks: &[
                 Check::DmesgLikeBare,
                 Check::SecondUart("timer-demo: samples=1000 latency ns min="),
+                Check::SecondUart("uart-demo: COM2 interrupt through IOAPIC pin 3 received"),
             ],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))

@@ -684,6 +684,9 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
                     TrapReason::Redistributor
                 }
             }
+            ExitCode::NPF if (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa) => {
+                TrapReason::Distributor
+            }
             ExitCode::CPUID | ExitCode::MSR => TrapReason::OtherSysreg,
             ExitCode::NMI => TrapReason::Irq,
             ExitCode::HLT => TrapReason::Other,
@@ -742,6 +745,30 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
                     Err(e) => {
                         stop(format_args!(
                             "local APIC access at RIP {:#x} not emulated: {e}",
+                            vmcb.u64_at(svm::offset::RIP)
+                        ));
+                        return;
+                    }
+                }
+            }
+            ExitCode::NPF if (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa) => {
+                let cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
+                match emulate_ioapic(
+                    console,
+                    cpu,
+                    (cell, &cell_cpus),
+                    GuestRam::Cell(cell),
+                    &mut vmcb,
+                    &mut regs,
+                ) {
+                    Ok(None) => {}
+                    Ok(Some(violation)) => {
+                        stop(format_args!("IOAPIC access: {violation}"));
+                        return;
+                    }
+                    Err(e) => {
+                        stop(format_args!(
+                            "IOAPIC access at RIP {:#x} not emulated: {e}",
                             vmcb.u64_at(svm::offset::RIP)
                         ));
                         return;
@@ -998,7 +1025,15 @@ fn vcpu(
                     }),
                     TrappedPage::IoApic => (
                         &exits.ioapic,
-                        emulate_ioapic(console, cpu, shared, vmcb, regs),
+                        emulate_ioapic(
+                            console,
+                            cpu,
+                            (CellId::ROOT, &root_cpus()),
+                            GuestRam::Root(&shared.map),
+                            vmcb,
+                            regs,
+                        )
+                        .map(|_| ()),
                     ),
                     TrappedPage::Ecam => {
                         (&exits.pci, emulate_ecam(console, cpu, shared, vmcb, regs))
@@ -1591,26 +1626,28 @@ fn emulate_management(
     Ok(())
 }
 
-/// A root-cell access to the IOAPIC's page: decided by `cellvisor-apic` (every pin is the
-/// root cell's while it runs alone) and done. What the policy refuses is reported.
+/// An access to the IOAPIC's page by `cell` (CPUs `cells_cpus`) on `cpu`: decided by
+/// `cellvisor-apic` (pin owners, destinations within the cell's CPUs) and done. The root
+/// cell's refused accesses are reported and dropped; another cell's violation is returned
+/// (the cell is stopped).
 fn emulate_ioapic(
     console: &mut Serial,
     cpu: u32,
-    shared: &Shared,
+    (cell, cell_cpus): (CellId, &CpuSet),
+    ram: GuestRam<'_>,
     vmcb: &mut Vmcb<'_>,
     regs: &mut GuestRegisters,
-) -> Result<(), EmulationError> {
+) -> Result<Option<cellvisor_apic::IoApicViolation>, EmulationError> {
     let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ioapic::BASE;
-    let (access, stored) = decode_access(vmcb, regs, GuestRam::Root(&shared.map))?;
+    let (access, stored) = decode_access(vmcb, regs, ram)?;
     let request = cellvisor_apic::Access {
         offset,
         size: access.size,
         write: stored.map(|value| value as u32),
     };
-    let root_cpus = root_cpus();
     let by = cellvisor_apic::Accessor {
-        cell: cellvisor_cell::CellId::ROOT,
-        cpus: &root_cpus,
+        cell,
+        cpus: cell_cpus,
         cpu,
     };
     let outcome = {
@@ -1631,11 +1668,15 @@ fn emulate_ioapic(
             );
             read
         }
+        Err(violation) if cell != CellId::ROOT => {
+            complete(vmcb, regs, access, 0);
+            return Ok(Some(violation));
+        }
         // The root cell's accesses are refused, never a violation.
         Err(_) => 0,
     };
     complete(vmcb, regs, access, loaded);
-    Ok(())
+    Ok(None)
 }
 
 /// CPUID as the CPU answers it, without SVM (the hypervisor's).

@@ -86,10 +86,11 @@ inmate_long_mode:
     hlt
     jmp 4b
 
-    // Interrupts: the local APIC's interrupt ended, nothing else.
+    // Interrupts: counted, and ended at the local APIC.
     .balign 16
     .global inmate_irq
 inmate_irq:
+    lock inc qword ptr [rip + inmate_irq_count]
     push rax
     mov eax, 0xfee000b0
     mov dword ptr [rax], 0
@@ -176,6 +177,44 @@ static TIMER_HANDLER: core::sync::atomic::AtomicUsize = core::sync::atomic::Atom
 /// Makes the timer's interrupt call `handler` with the TSC at the interrupt's entry.
 pub fn set_timer_handler(handler: extern "C" fn(u64)) {
     TIMER_HANDLER.store(handler as usize, core::sync::atomic::Ordering::Release);
+}
+
+/// Interrupts other than the timer's taken so far.
+#[export_name = "inmate_irq_count"]
+static IRQ_COUNT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Interrupts other than the timer's taken so far.
+pub fn irq_count() -> u64 {
+    IRQ_COUNT.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The IOAPIC's register page (q35).
+const IOAPIC: u64 = 0xfec0_0000;
+
+/// Writes IOAPIC register `index` (through the index register and the window; each access
+/// traps and is decided by the hypervisor).
+pub fn ioapic_write(index: u32, value: u32) {
+    // SAFETY: the IOAPIC's page, mapped by `_start`; plain MOVs, see `apic_read`.
+    unsafe {
+        asm!("mov dword ptr [{at}], {value:e}", at = in(reg) IOAPIC, value = in(reg) index,
+             options(nostack));
+        asm!("mov dword ptr [{at}], {value:e}", at = in(reg) IOAPIC + 0x10, value = in(reg) value,
+             options(nostack));
+    }
+}
+
+/// Routes IOAPIC pin `pin` to `vector` on the CPU with APIC ID `apic_id`: fixed, physical,
+/// edge-triggered, active high, unmasked.
+pub fn route_pin(pin: u32, vector: u8, apic_id: u32) {
+    ioapic_write(0x11 + 2 * pin, apic_id << 24);
+    ioapic_write(0x10 + 2 * pin, u32::from(vector));
+}
+
+/// Enables COM2's transmitter-empty interrupt (IER bit 1) and its OUT2 gate (MCR bit 3, which
+/// connects the 16550's interrupt line on a PC).
+pub fn com2_enable_tx_interrupt() {
+    outb(COM2 + 4, 0x0b);
+    outb(COM2 + 1, 0x02);
 }
 
 /// COM2, the demo cell's 16550.

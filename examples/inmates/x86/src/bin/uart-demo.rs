@@ -1,9 +1,11 @@
-//! `uart-demo` for x86 cells: greets on COM2 from 64-bit mode with its local APIC ID, then
-//! ticks its local APIC timer every 10 ms (each interrupt ended at the trapped APIC page)
-//! until the hypervisor asks it to shut down, which it approves:
+//! `uart-demo` for x86 cells: greets on COM2 from 64-bit mode with its local APIC ID, routes
+//! COM2's interrupt through its IOAPIC pin (3) to itself and enables it, then ticks its local
+//! APIC timer every 10 ms (each interrupt ended at the trapped APIC page) until the hypervisor
+//! asks it to shut down, which it approves:
 //!
 //! ```text
 //! uart-demo: hello from a cell, 64-bit mode, local APIC ID 3
+//! uart-demo: COM2 interrupt through IOAPIC pin 3 received
 //! uart-demo: 100 timer interrupts
 //! uart-demo: shutdown approved after 250 timer interrupts
 //! ```
@@ -27,12 +29,24 @@ extern "C" fn inmate_main() -> ! {
         "uart-demo: hello from a cell, 64-bit mode, local APIC ID {apic_id}"
     );
     rt::load_idt();
+    // COM2's interrupt (ISA IRQ 3, IOAPIC pin 3, the cell's) to this CPU: the transmitter is
+    // empty, so enabling its interrupt raises one at once.
+    rt::route_pin(3, 0x41, apic_id);
+    rt::com2_enable_tx_interrupt();
     // 10 ms at QEMU's 1 GHz APIC bus clock.
     rt::start_timer(10_000_000);
     let mut ticks = 0u64;
+    let mut com2_seen = false;
     loop {
         rt::wait_for_interrupt();
         ticks += 1;
+        if !com2_seen && rt::irq_count() > 0 {
+            com2_seen = true;
+            let _ = writeln!(
+                console,
+                "uart-demo: COM2 interrupt through IOAPIC pin 3 received"
+            );
+        }
         if ticks == 100 {
             let _ = writeln!(console, "uart-demo: 100 timer interrupts");
         }

@@ -214,6 +214,7 @@ mod tests {
             "wait_for_failed",
             "cell_state",
             "cell_cycles",
+            "wild_case",
             "now",
             "soak_cycle",
             "wait_stopped",

@@ -777,13 +777,7 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
             }
             ExitCode::NPF => {
                 let info = vmcb.u64_at(svm::offset::EXITINFO1);
-                let what = if info & NPF_FETCH != 0 {
-                    "instruction fetch"
-                } else if info & NPF_WRITE != 0 {
-                    "write"
-                } else {
-                    "read"
-                };
+                let what = npf_access(info);
                 stop(format_args!(
                     "{what} at {gpa:#x} (RIP {:#x}) is outside its memory",
                     vmcb.u64_at(svm::offset::RIP)
@@ -901,6 +895,17 @@ fn run_hlt_in_guest(vmcb: &mut Vmcb<'_>, idle_hlt: &mut bool) {
     *idle_hlt = true;
     let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
     vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
+}
+
+/// What a nested page fault's error code (EXITINFO1) says the access was.
+fn npf_access(info: u64) -> &'static str {
+    if info & NPF_FETCH != 0 {
+        "instruction fetch"
+    } else if info & NPF_WRITE != 0 {
+        "write"
+    } else {
+        "read"
+    }
 }
 
 /// The core's reason for an exit, for its counters (`cellvisor cell stats`).
@@ -1088,13 +1093,7 @@ fn vcpu(
                 // told with a general-protection fault at the access, which kills a user
                 // process and oopses the kernel, as a bus error does on Arm.
                 let info = vmcb.u64_at(svm::offset::EXITINFO1);
-                let what = if info & NPF_FETCH != 0 {
-                    "instruction fetch"
-                } else if info & NPF_WRITE != 0 {
-                    "write"
-                } else {
-                    "read"
-                };
+                let what = npf_access(info);
                 if may_report(console, cpu, per_cpu) {
                     let _guard = crate::lock_console();
                     let _ = writeln!(

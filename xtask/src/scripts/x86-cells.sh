@@ -18,34 +18,26 @@ step shutdown cellvisor cell shutdown "$CELL"
 step destroy cellvisor cell destroy "$CELL"
 mark "cpus online=$(cat /sys/devices/system/cpu/online) after"
 
-step wild-create cellvisor cell create "$CELL_CONFIG"
-step wild-load cellvisor cell load "$CELL" "$WILD_IMAGE" --config "$CELL_CONFIG"
-step wild-start cellvisor cell start "$CELL"
-wait_for_failed wild
-mark "wild state=$state"
-report=$(cellvisor console | grep "outside its memory" | tail -n 1)
-mark "wild console report: $report"
-step wild-destroy cellvisor cell destroy "$CELL"
+# wild_case NAME IMAGE REPORT: the inmate IMAGE breaks its partition; its cell must be
+# stopped (state failed, waited for as NAME) and the console ring must hold a line with
+# REPORT; then the cell is destroyed.
+wild_case() {
+    step "$1-create" cellvisor cell create "$CELL_CONFIG"
+    step "$1-load" cellvisor cell load "$CELL" "$2" --config "$CELL_CONFIG"
+    step "$1-start" cellvisor cell start "$CELL"
+    wait_for_failed "$1"
+    mark "$1 state=$state"
+    report=$(cellvisor console | grep "$3" | tail -n 1)
+    mark "$1 console report: $report"
+    step "$1-destroy" cellvisor cell destroy "$CELL"
+}
 
+# Memory outside the cell.
+wild_case wild "$WILD_IMAGE" "outside its memory"
 # An interrupt to a root cell CPU: refused, the cell stopped.
-step ipi-create cellvisor cell create "$CELL_CONFIG"
-step ipi-load cellvisor cell load "$CELL" "$INMATES/ipi-wild-demo.bin" --config "$CELL_CONFIG"
-step ipi-start cellvisor cell start "$CELL"
-wait_for_failed ipi
-mark "ipi state=$state"
-report=$(cellvisor console | grep "belongs to another cell" | tail -n 1)
-mark "ipi console report: $report"
-step ipi-destroy cellvisor cell destroy "$CELL"
-
+wild_case ipi "$INMATES/ipi-wild-demo.bin" "belongs to another cell"
 # A root cell IOAPIC pin: refused, the cell stopped.
-step ioapic-create cellvisor cell create "$CELL_CONFIG"
-step ioapic-load cellvisor cell load "$CELL" "$INMATES/ioapic-wild-demo.bin" --config "$CELL_CONFIG"
-step ioapic-start cellvisor cell start "$CELL"
-wait_for_failed ioapic
-mark "ioapic state=$state"
-report=$(cellvisor console | grep "IOAPIC access" | tail -n 1)
-mark "ioapic console report: $report"
-step ioapic-destroy cellvisor cell destroy "$CELL"
+wild_case ioapic "$INMATES/ioapic-wild-demo.bin" "IOAPIC access"
 
 # uart-demo: COM2's interrupt through the cell's IOAPIC pin, its timer, its shutdown.
 step uart-create cellvisor cell create "$CELL_CONFIG"

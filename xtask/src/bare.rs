@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use cellvisor_abi::comm::{CommRegion, Platform, GIC_V2, GIC_V3, UART_PL011};
+use cellvisor_abi::comm::{CommRegion, Platform, GIC_V2, GIC_V3, UART_NONE, UART_PL011};
 use cellvisor_abi::CellState;
 use object::elf;
 use object::{LittleEndian as LE, U16, U32, U64};
@@ -239,6 +239,146 @@ pub fn run_bare(
             bail!(error)
         }
     }
+}
+
+/// The board whose QEMU, machine and CPU model an x86 bare run uses.
+const BOARD_X86: &str = "qemu-x86";
+/// RAM of the x86 bare machine: below q35's 0xb000_0000 threshold all of it lies under
+/// 4 GiB, from 0, so it covers the communication region at 0x8000_0000 (with 2816 MiB or
+/// more, q35 keeps only 2 GiB low and 0x8000_0000 is the PCI hole).
+const MEMORY_X86: &str = "2560M";
+/// The local APIC's page, as the hypervisor reports it to an x86 cell.
+const LOCAL_APIC: u64 = 0xfee0_0000;
+
+/// The communication region the x86 hypervisor writes for a one-CPU cell that is about to
+/// start (`cellvisor-x86`'s `platform`: no GIC, the local APIC's page, no console kind for
+/// an 8250, the TSC frequency it measured): here with `tsc_hz`.
+pub fn comm_region_x86(tsc_hz: u64) -> Vec<u8> {
+    let mut region = CommRegion::new(Platform {
+        gic_version: 0.into(),
+        uart_kind: UART_NONE.into(),
+        gicd: 0.into(),
+        gicr_or_gicc: LOCAL_APIC.into(),
+        uart: 0.into(),
+        timer_frequency: tsc_hz.into(),
+        cpus: 1.into(),
+        reserved: 0.into(),
+    });
+    region.cell_state = (CellState::Running as u32).into();
+    let mut page = region.as_bytes().to_vec();
+    page.resize(COMM_REGION_SIZE, 0);
+    page
+}
+
+/// Runs the flat x86 inmate image `inmate_bin` bare on QEMU q35 (the `qemu-x86` board's CPU
+/// model, or `cpu`), one CPU, deterministic time: the x86 inmates' `bare-loader`
+/// (`examples/inmates/x86/src/bin/bare-loader.rs`) is the Multiboot kernel, and copies the
+/// image to physical 0 and a communication region with `tsc_hz` (the frequency the
+/// hypervisor reports to a cell; under `-icount` the TSC's rate is QEMU's, not measured
+/// bare) to 0x8000_0000, then enters the image as the hypervisor enters a cell. Waits until
+/// a line of the inmate's console, COM2, contains `until`; returns COM2's output up to it.
+/// The inputs and both serial logs are kept in `target/bare/` (`<name>-x86.com{1,2}.log`).
+pub fn run_bare_x86(
+    workspace: &Workspace,
+    cpu: Option<&str>,
+    inmate_bin: &Path,
+    tsc_hz: u64,
+    timeout: Duration,
+    until: &str,
+) -> Result<String> {
+    let name = inmate_bin
+        .file_stem()
+        .map_or_else(|| "inmate".to_owned(), |s| s.to_string_lossy().into_owned());
+    let board = board::find(&workspace.boards, BOARD_X86)?.clone();
+    qemu::require(&board.qemu)?;
+    let loader = crate::inmates::bare_loader(workspace)?;
+
+    let dir = workspace.target_dir.join("bare");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let kernel = dir.join("bare-loader-x86.bin");
+    let comm = dir.join("comm-x86.bin");
+    let com1 = dir.join(format!("{name}-x86.com1.log"));
+    let com2 = dir.join(format!("{name}-x86.com2.log"));
+    write(&kernel, &loader)?;
+    write(&comm, &comm_region_x86(tsc_hz))?;
+    write(&com2, b"")?;
+
+    let options = Options {
+        gic: None,
+        smp: Some(1),
+        cpu: cpu.map(str::to_owned),
+        memory: Some(MEMORY_X86.to_owned()),
+        icount: true,
+    };
+    let qemu = Qemu::new(&board, &options, &kernel)?
+        .multiboot(&[inmate_bin, &comm], "")
+        .second_serial(&com2);
+    let what = format!(
+        "inmate {name} (bare, q35, {})",
+        cpu.or(board.cpu.as_deref()).unwrap_or("default CPU")
+    );
+    println!("==> {what}: {qemu}");
+    let mut console = qemu.spawn_console()?;
+    let deadline = Instant::now() + timeout;
+    let (mut first, mut messages) = (Vec::new(), Vec::new());
+    let found = |text: &str| {
+        text.lines()
+            .position(|line| line.contains(until))
+            .map(|at| {
+                text.lines()
+                    .take(at + 1)
+                    .map(|l| format!("{l}\n"))
+                    .collect()
+            })
+    };
+    let outcome = loop {
+        let text = fs::read_to_string(&com2).unwrap_or_default();
+        if let Some(output) = found(&text) {
+            break Ok(output);
+        }
+        let poll = (Instant::now() + Duration::from_millis(100)).min(deadline);
+        match console.next_line(poll) {
+            Next::Line(Stream::Console, line) => first.push(line),
+            Next::Line(Stream::Stderr, line) => messages.push(line),
+            Next::Timeout if Instant::now() < deadline => {}
+            Next::Timeout => {
+                break Err(format!(
+                    "no line containing {until:?} on COM2 within {} s",
+                    timeout.as_secs()
+                ))
+            }
+            Next::Closed => {
+                let status = console.wait_exit(Duration::from_secs(1));
+                let text = fs::read_to_string(&com2).unwrap_or_default();
+                if let Some(output) = found(&text) {
+                    break Ok(output);
+                }
+                break Err(format!(
+                    "QEMU exited ({}) before a line containing {until:?} on COM2",
+                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+                ));
+            }
+        }
+    };
+    console.kill();
+    let mut logged = first.join("\n");
+    for message in &messages {
+        logged.push_str(&format!("\nqemu: {message}"));
+    }
+    write(&com1, logged.as_bytes())?;
+    outcome.map_err(|problem| {
+        let text = fs::read_to_string(&com2).unwrap_or_default();
+        let mut error = format!(
+            "{what}: {problem}; its last COM2 line: {:?}, COM1 said: {:?} (logs: {})",
+            text.lines().last().unwrap_or("none"),
+            first.join(" / "),
+            workspace.relative(&com2).display()
+        );
+        if !messages.is_empty() {
+            error.push_str(&format!("; QEMU said: {}", messages.join(" / ")));
+        }
+        anyhow::anyhow!(error)
+    })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

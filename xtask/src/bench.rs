@@ -97,13 +97,14 @@ pub fn run(workspace: &Workspace, args: &BenchArgs) -> Result<()> {
     )
 }
 
-/// The bench of qemu-arm64 with short phases, as the last system test of `cargo xtask test`:
+/// The bench of qemu-arm64 and qemu-x86 with short phases, as the last system test of
+/// `cargo xtask test`:
 /// every measurement must come out (the bare and in-cell latency summaries of the same
 /// `timer-demo` image, instruction counts per trap, counter snapshots), whatever the figures.
 /// Writes to `target/system-tests/bench/`.
 pub fn smoke(workspace: &Workspace) -> Result<()> {
     let args = BenchArgs {
-        board: Some("qemu-arm64".to_owned()),
+        board: None,
         gic: None,
         cpu: None,
         timeout: 600,
@@ -111,9 +112,12 @@ pub fn smoke(workspace: &Workspace) -> Result<()> {
         busy_rounds: 1,
         crates: false,
     };
-    let board = board::find(&workspace.boards, "qemu-arm64")?;
+    let boards = vec![
+        board::find(&workspace.boards, "qemu-arm64")?,
+        board::find(&workspace.boards, "qemu-x86")?,
+    ];
     let dir = workspace.target_dir.join("system-tests").join("bench");
-    run_in(workspace, &args, vec![board], &dir, false)
+    run_in(workspace, &args, boards, &dir, false)
 }
 
 fn run_in(
@@ -384,11 +388,25 @@ fn cell_steps(snapshots: &Snapshots) -> Result<Value> {
     }))
 }
 
+/// The TSC frequency in the x86 `timer-demo`'s first line (`..., TSC 1000000000 Hz`): what the
+/// hypervisor wrote in the cell's communication region.
+fn tsc_frequency(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .find(|line| line.starts_with("timer-demo: started"))?
+        .rsplit_once(", TSC ")?
+        .1
+        .strip_suffix(" Hz")?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The figures of a Multiboot (x86) board: image, boot ratio, the idle and busy root cell's
 /// exits per second, the hypervisor's instructions per exit (the TSC from the exit to the
 /// next entry, which under `-icount shift=0` counts instructions), and the demo cell with
-/// the x86 `timer-demo` (its latency on COM2). No bare run of the inmate: it needs the
-/// hypervisor's communication region for its TSC frequency.
+/// the x86 `timer-demo` (its latency on COM2), and the same `timer-demo` bare
+/// (`bare::run_bare_x86`).
 fn bench_multiboot(
     workspace: &Workspace,
     args: &BenchArgs,
@@ -448,6 +466,21 @@ fn bench_multiboot(
     let cell_latency =
         Latency::find(&uart_text).context("timer-demo in the cell: no latency summary")?;
     let steps = cell_steps(&snapshots)?;
+
+    // The same inmate bare, with the TSC frequency the hypervisor gave the cell.
+    let tsc_hz = tsc_frequency(&uart_text).context("timer-demo in the cell: no TSC frequency")?;
+    println!("--> timer-demo bare on QEMU q35");
+    let output = crate::bare::run_bare_x86(
+        workspace,
+        options.cpu.as_deref(),
+        &images.join("inmates").join("timer-demo.bin"),
+        tsc_hz,
+        timeout,
+        "timer-demo: samples=",
+    )
+    .context("timer-demo bare")?;
+    fs::write(dir.join(format!("{name}-timer-demo-bare.log")), &output)?;
+    let bare_latency = Latency::find(&output).context("timer-demo bare: no latency summary")?;
     Ok(json!({
         "board": board.name,
         "gic": Value::Null,
@@ -460,7 +493,11 @@ fn bench_multiboot(
             "root_cell_s": root.time,
             "ratio": root.time / bare.time,
         },
-        "timer_latency_ns": { "bare": Value::Null, "cell": cell_latency, "ratio": Value::Null },
+        "timer_latency_ns": {
+            "bare": bare_latency,
+            "cell": cell_latency,
+            "ratio": cell_latency.avg / bare_latency.avg.max(1.0),
+        },
         "instructions_per_trap": {
             "root_cell": snapshots.costs("root-stats")?,
             "demo_cell": snapshots.costs("cell-stats")?,
@@ -869,6 +906,21 @@ fn report(results: &[Value], command: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_tsc_frequency_the_x86_timer_demo_was_given() {
+        let output = "noise\ntimer-demo: started on 8250 at 0x2f8, local APIC timer (one-shot, \
+                      1000000000 Hz), TSC 999888777 Hz\ntimer-demo: ticks=100 latency ns min=1\n";
+        assert_eq!(tsc_frequency(output), Some(999_888_777));
+        assert_eq!(
+            tsc_frequency("timer-demo: ticks=100 latency ns min=1"),
+            None
+        );
+        assert_eq!(
+            tsc_frequency("timer-demo: started on 8250 at 0x2f8, TSC fast Hz"),
+            None
+        );
+    }
 
     fn script(lines: &[&str]) -> Vec<String> {
         lines.iter().map(|l| format!("{SCRIPT_LINE}{l}")).collect()

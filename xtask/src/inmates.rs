@@ -130,6 +130,45 @@ pub fn flatten(data: &[u8]) -> Result<Vec<u8>> {
 /// [`flatten`] for an ELF of `machine` (`EM_AARCH64` or `EM_X86_64`; an x86 inmate is linked
 /// without dynamic relocations, and any it had would be refused).
 fn flatten_for(data: &[u8], machine: elf::Machine) -> Result<Vec<u8>> {
+    flatten_at(data, machine, LOAD_ADDRESS, true)
+}
+
+/// Where the x86 `bare-loader` (`examples/inmates/x86/src/bin/bare-loader.rs`) is linked: a
+/// Multiboot kernel at 1 MiB.
+pub const BARE_LOADER_ADDRESS: u64 = 0x10_0000;
+
+/// Builds the x86 inmates' `bare-loader` and returns its flat image (a Multiboot kernel whose
+/// header gives its load address, [`BARE_LOADER_ADDRESS`]).
+pub fn bare_loader(workspace: &Workspace) -> Result<Vec<u8>> {
+    crate::require_target(TARGET_X86)?;
+    Cargo::new([
+        "build",
+        "--release",
+        "-p",
+        PACKAGE_X86,
+        "--target",
+        TARGET_X86,
+    ])
+    .run()?;
+    let source = workspace
+        .target_dir
+        .join(TARGET_X86)
+        .join("release")
+        .join("bare-loader");
+    let data = fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
+    // Its Multiboot header comes first and names the entry: no entry at the first byte.
+    flatten_at(&data, elf::EM_X86_64, BARE_LOADER_ADDRESS, false)
+        .with_context(|| format!("{}", source.display()))
+}
+
+/// [`flatten_for`] for an image linked at `load_address`, entered at its first byte if
+/// `entry_at_start`.
+fn flatten_at(
+    data: &[u8],
+    machine: elf::Machine,
+    load_address: u64,
+    entry_at_start: bool,
+) -> Result<Vec<u8>> {
     let header = Header::parse(data).context("not a 64-bit ELF file")?;
     let endian = header.endian().context("bad ELF byte order")?;
     if header.e_machine(endian) != machine {
@@ -169,9 +208,9 @@ fn flatten_for(data: &[u8], machine: elf::Machine) -> Result<Vec<u8>> {
     let Some(base) = segments.first().map(|ph| ph.p_paddr(endian)) else {
         bail!("the ELF has no loadable segment with file content");
     };
-    if base != LOAD_ADDRESS {
+    if base != load_address {
         bail!(
-            "the image starts at {base:#x}, not at guest-physical {LOAD_ADDRESS:#x}: built with \
+            "the image starts at {base:#x}, not at guest-physical {load_address:#x}: built with \
              a bare-testing feature (bare-virt)?"
         );
     }
@@ -183,7 +222,7 @@ fn flatten_for(data: &[u8], machine: elf::Machine) -> Result<Vec<u8>> {
         );
     }
     let entry = header.e_entry(endian);
-    if entry != base {
+    if entry_at_start && entry != base {
         bail!("the ELF entry point {entry:#x} is not the start of the image ({base:#x})");
     }
 

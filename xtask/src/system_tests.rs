@@ -1334,7 +1334,7 @@ impl std::fmt::Display for Summary {
 }
 
 /// The bench's end-to-end case (it boots its own machines; with `cells`, on qemu-arm64).
-const BENCH_SMOKE: &str = "qemu-arm64-bench-smoke";
+const BENCH_SMOKE: &str = "bench-smoke";
 
 /// The cases whose name contains `only` (all without it), each with the bare case its
 /// kernel-log check compares with, which runs first. Fails if none matches.

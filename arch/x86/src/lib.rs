@@ -25,6 +25,8 @@ mod first_guest;
 mod first_vmx_guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod gdt;
+/// What the exit handlers need of a vCPU, on SVM and VMX alike.
+pub mod guest;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod hv;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]

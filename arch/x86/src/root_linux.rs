@@ -27,6 +27,7 @@ use cellvisor_paging::{LargePages, Npt, PhysAddr};
 
 use crate::decode::{self, Direction, Source};
 use crate::firmware::MAX_CPUS;
+use crate::guest::{Exit, Guest, IoExit, NestedFault};
 use crate::hv::{self, HV};
 use crate::ioapic;
 use crate::iomap::{cell_iopm, CELL_MSRPM, IOPM, MSRPM};
@@ -35,7 +36,7 @@ use crate::page::Page;
 use crate::pci;
 use crate::permission::{intercept_msr, intercept_ports};
 use crate::serial::Serial;
-use crate::svm::{self, ExitCode, GuestRegisters, Vmcb, EFER, EFER_SVME};
+use crate::svm::{self, GuestRegisters, Vmcb, EFER};
 use crate::walk;
 use crate::xapic::{self, LocalApic, Request};
 
@@ -43,16 +44,8 @@ use crate::xapic::{self, LocalApic, Request};
 const ZERO_PAGE: u64 = 0x7000;
 /// Where the command line goes (at most 4095 bytes and a zero).
 const CMDLINE: u64 = 0x6000;
-/// Nested page fault error code (EXITINFO1, APM 15.25.6): a write.
-const NPF_WRITE: u64 = 1 << 1;
-/// ... at user level.
-const NPF_USER: u64 = 1 << 2;
-/// ... an instruction fetch.
-const NPF_FETCH: u64 = 1 << 4;
 /// The root cell's address space ID.
 const ROOT_ASID: u32 = 1;
-/// VMCB `TLB_CONTROL`: flush this guest's ASID at the entry.
-const TLB_FLUSH_ASID: u8 = 3;
 
 static HOST_SAVE: Page = Page::new();
 
@@ -493,8 +486,8 @@ fn root_nmi(cpu: u32) {
 }
 
 /// Whether an event waits in the VMCB for the next entry.
-fn event_pending(vmcb: &Vmcb<'_>) -> bool {
-    vmcb.u64_at(svm::offset::EVENTINJ) & 1 << 31 != 0
+fn event_pending(vmcb: &impl Guest) -> bool {
+    vmcb.event_pending()
 }
 
 /// The root cell's INIT or start-up IPI from CPU `from` for its CPU `cpu`. INIT stops the
@@ -664,9 +657,10 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
         let exit = vmcb.enter(&mut regs, &per_cpu.host_state, &kick.kicked);
         let exited = hv::now();
         if exit.is_some() {
-            vmcb.set_u8(svm::offset::TLB_CONTROL, 0);
+            vmcb.flush_tlb_at_entry(false);
         }
-        if matches!(exit, None | Some(ExitCode::NMI))
+        let exit = exit.map(|_| vmcb.exit());
+        if matches!(exit, None | Some(Exit::Nmi))
             && kick.kicked.swap(false, Ordering::SeqCst)
             && HV.take_stop(cpu as usize)
         {
@@ -675,58 +669,54 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
         let Some(exit) = exit else { continue };
         after_exit(console, cpu, &mut vmcb, &regs, exit, &mut idle_hlt);
         counters.start(exited);
-        let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+        let apic_page = |gpa: u64| (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa);
+        let ioapic_page = |gpa: u64| (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa);
         let reason = match exit {
-            ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
-                if matches!(gpa & 0xfff, 0x300 | 0x310) {
+            Exit::Fault(f) if apic_page(f.gpa) => {
+                if matches!(f.gpa & 0xfff, 0x300 | 0x310) {
                     TrapReason::SgiRegister
                 } else {
                     TrapReason::Redistributor
                 }
             }
-            ExitCode::NPF if (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa) => {
-                TrapReason::Distributor
-            }
-            ExitCode::CPUID | ExitCode::MSR => TrapReason::OtherSysreg,
-            ExitCode::NMI => TrapReason::Irq,
-            ExitCode::HLT => TrapReason::Other,
+            Exit::Fault(f) if ioapic_page(f.gpa) => TrapReason::Distributor,
+            Exit::Cpuid | Exit::Msr { .. } => TrapReason::OtherSysreg,
+            Exit::Nmi => TrapReason::Irq,
+            Exit::Hlt => TrapReason::Other,
             _ => TrapReason::OutsideConfig,
         };
         HV.count(cpu as usize, reason);
         match exit {
-            ExitCode::NMI => {}
-            ExitCode::HLT => {
+            Exit::Nmi => {}
+            Exit::Hlt => {
                 // Idle or parked (interrupts disabled): the HLT runs in the guest, where an
                 // interrupt or a kick ends it.
                 run_hlt_in_guest(&mut vmcb, &mut idle_hlt);
             }
-            ExitCode::CPUID => {
+            Exit::Cpuid => {
                 cpuid(&mut vmcb, &mut regs);
-                let rip = vmcb.u64_at(svm::offset::RIP);
-                vmcb.set_u64(svm::offset::RIP, rip + 2);
+                vmcb.skip(2);
             }
-            ExitCode::MSR if regs.rcx as u32 == EFER => msr(&mut vmcb, &mut regs),
-            ExitCode::MSR => {
-                let write = vmcb.u64_at(svm::offset::EXITINFO1) & 1 != 0;
+            Exit::Msr { write } if regs.rcx as u32 == EFER => msr(&mut vmcb, &mut regs, write),
+            Exit::Msr { write } => {
                 stop(format_args!(
                     "{} of MSR {:#x} at RIP {:#x}",
                     if write { "write" } else { "read" },
                     regs.rcx as u32,
-                    vmcb.u64_at(svm::offset::RIP)
+                    vmcb.rip()
                 ));
                 return;
             }
-            ExitCode::IOIO => {
-                let info = vmcb.u64_at(svm::offset::EXITINFO1);
+            Exit::Io(io) => {
                 stop(format_args!(
                     "{} of I/O port {:#x} at RIP {:#x}: not the cell's",
-                    if info & 1 != 0 { "read" } else { "write" },
-                    info >> 16 & 0xffff,
-                    vmcb.u64_at(svm::offset::RIP)
+                    if io.input { "read" } else { "write" },
+                    io.port,
+                    vmcb.rip()
                 ));
                 return;
             }
-            ExitCode::NPF if (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa) => {
+            Exit::Fault(f) if apic_page(f.gpa) => {
                 apic.cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
                 match emulate_apic(
                     console,
@@ -745,13 +735,13 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
                     Err(e) => {
                         stop(format_args!(
                             "local APIC access at RIP {:#x} not emulated: {e}",
-                            vmcb.u64_at(svm::offset::RIP)
+                            vmcb.rip()
                         ));
                         return;
                     }
                 }
             }
-            ExitCode::NPF if (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa) => {
+            Exit::Fault(f) if ioapic_page(f.gpa) => {
                 let cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
                 match emulate_ioapic(
                     console,
@@ -769,33 +759,29 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
                     Err(e) => {
                         stop(format_args!(
                             "IOAPIC access at RIP {:#x} not emulated: {e}",
-                            vmcb.u64_at(svm::offset::RIP)
+                            vmcb.rip()
                         ));
                         return;
                     }
                 }
             }
-            ExitCode::NPF => {
-                let info = vmcb.u64_at(svm::offset::EXITINFO1);
-                let what = npf_access(info);
+            Exit::Fault(f) => {
                 stop(format_args!(
-                    "{what} at {gpa:#x} (RIP {:#x}) is outside its memory",
-                    vmcb.u64_at(svm::offset::RIP)
+                    "{} at {:#x} (RIP {:#x}) is outside its memory",
+                    f.access(),
+                    f.gpa,
+                    vmcb.rip()
                 ));
                 return;
             }
-            ExitCode::SHUTDOWN => {
-                stop(format_args!(
-                    "triple fault at RIP {:#x}",
-                    vmcb.u64_at(svm::offset::RIP)
-                ));
+            Exit::Shutdown => {
+                stop(format_args!("triple fault at RIP {:#x}", vmcb.rip()));
                 return;
             }
             other => {
                 stop(format_args!(
-                    "exit {:#x} at RIP {:#x} not handled",
-                    other.0,
-                    vmcb.u64_at(svm::offset::RIP)
+                    "exit ({other}) at RIP {:#x} not handled",
+                    vmcb.rip()
                 ));
                 return;
             }
@@ -845,8 +831,7 @@ impl TrappedPage {
 }
 
 /// Which trapped page the nested page fault in `vmcb` hit, if any.
-fn trapped_page(shared: &Shared, vmcb: &Vmcb<'_>) -> Option<TrappedPage> {
-    let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+fn trapped_page(shared: &Shared, gpa: u64) -> Option<TrappedPage> {
     let page = |base: u64| (base..base + 0x1000).contains(&gpa);
     if page(xapic::BASE) {
         Some(TrappedPage::LocalApic)
@@ -869,9 +854,9 @@ fn trapped_page(shared: &Shared, vmcb: &Vmcb<'_>) -> Option<TrappedPage> {
 fn after_exit(
     console: &mut Serial,
     cpu: u32,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &GuestRegisters,
-    exit: ExitCode,
+    exit: Exit,
     idle_hlt: &mut bool,
 ) {
     if crate::smp::stack_overflowed(cpu as usize) {
@@ -885,38 +870,24 @@ fn after_exit(
     }
     vmcb.reinject_interrupted_event();
     if core::mem::take(idle_hlt) {
-        let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-        vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc | svm::INTERCEPT_HLT);
+        vmcb.set_hlt_exiting(true);
     }
 }
 
 /// Lets the next entry run an HLT in the guest (the intercept off until the next exit).
-fn run_hlt_in_guest(vmcb: &mut Vmcb<'_>, idle_hlt: &mut bool) {
+fn run_hlt_in_guest(vmcb: &mut impl Guest, idle_hlt: &mut bool) {
     *idle_hlt = true;
-    let misc = vmcb.u32_at(svm::offset::INTERCEPT_MISC1);
-    vmcb.set_u32(svm::offset::INTERCEPT_MISC1, misc & !svm::INTERCEPT_HLT);
-}
-
-/// What a nested page fault's error code (EXITINFO1) says the access was.
-fn npf_access(info: u64) -> &'static str {
-    if info & NPF_FETCH != 0 {
-        "instruction fetch"
-    } else if info & NPF_WRITE != 0 {
-        "write"
-    } else {
-        "read"
-    }
+    vmcb.set_hlt_exiting(false);
 }
 
 /// The core's reason for an exit, for its counters (`cellvisor cell stats`).
-fn trap_reason(shared: &Shared, vmcb: &Vmcb<'_>, exit: ExitCode) -> TrapReason {
+fn trap_reason(shared: &Shared, exit: Exit) -> TrapReason {
     match exit {
-        ExitCode::NPF => {
-            let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+        Exit::Fault(NestedFault { gpa, .. }) => {
             if HV.mgmt_contains(gpa) {
                 return TrapReason::Management;
             }
-            match trapped_page(shared, vmcb) {
+            match trapped_page(shared, gpa) {
                 // The interrupt command register (its low and high halves).
                 Some(TrappedPage::LocalApic) if matches!(gpa & 0xfff, 0x300 | 0x310) => {
                     TrapReason::SgiRegister
@@ -928,9 +899,9 @@ fn trap_reason(shared: &Shared, vmcb: &Vmcb<'_>, exit: ExitCode) -> TrapReason {
                 None => TrapReason::OutsideConfig,
             }
         }
-        ExitCode::CPUID | ExitCode::MSR => TrapReason::OtherSysreg,
-        ExitCode::NMI => TrapReason::Irq,
-        ExitCode::VMRUN | ExitCode::VMMCALL => TrapReason::Smccc,
+        Exit::Cpuid | Exit::Msr { .. } => TrapReason::OtherSysreg,
+        Exit::Nmi => TrapReason::Irq,
+        Exit::Virtualization => TrapReason::Smccc,
         _ => TrapReason::Other,
     }
 }
@@ -962,7 +933,7 @@ fn vcpu(
         // The root cell's tables changed since this CPU's last entry (a cell took or gave
         // back memory): its cached translations go.
         if hv::root_entering(cpu as usize) {
-            vmcb.set_u8(svm::offset::TLB_CONTROL, TLB_FLUSH_ASID);
+            vmcb.flush_tlb_at_entry(true);
         }
         // The previous exit's handler is done: its cost is the TSC from the exit to here
         // (instructions, under `-icount shift=0`).
@@ -973,11 +944,12 @@ fn vcpu(
         // The first entry flushed this CPU's TLB (the reset asks for it); later entries keep
         // it unless the tables change.
         if exit.is_some() {
-            vmcb.set_u8(svm::offset::TLB_CONTROL, 0);
+            vmcb.flush_tlb_at_entry(false);
         }
         // A kick (before entering, or as the NMI exit): a stop request (the root cell's INIT
         // for this CPU) ends this vCPU.
-        if matches!(exit, None | Some(ExitCode::NMI))
+        let exit = exit.map(|_| vmcb.exit());
+        if matches!(exit, None | Some(Exit::Nmi))
             && kick.kicked.swap(false, Ordering::SeqCst)
             && HV.take_stop(cpu as usize)
         {
@@ -986,10 +958,10 @@ fn vcpu(
         let Some(exit) = exit else { continue };
         after_exit(console, cpu, vmcb, regs, exit, &mut idle_hlt);
         counters.start(exited);
-        HV.count(cpu as usize, trap_reason(shared, vmcb, exit));
-        if exit == ExitCode::HLT {
+        HV.count(cpu as usize, trap_reason(shared, exit));
+        if exit == Exit::Hlt {
             Exits::count(&exits.hlt);
-            if vmcb.u64_at(svm::offset::RFLAGS) & RFLAGS_IF == 0 {
+            if vmcb.rflags() & RFLAGS_IF == 0 {
                 // HLT with interrupts disabled: the CPU stops for good (Linux's offline CPU,
                 // a halt or a panic); only INIT would wake it. Its vCPU powers off, and the
                 // CPU parks, where a cell may take it and the root cell's INIT and start-up
@@ -1002,8 +974,7 @@ fn vcpu(
             continue;
         }
         // A register page that traps: decoded and emulated.
-        if exit == ExitCode::NPF {
-            let gpa = vmcb.u64_at(svm::offset::EXITINFO2);
+        if let Exit::Fault(NestedFault { gpa, .. }) = exit {
             if HV.mgmt_contains(gpa) {
                 Exits::count(&exits.mgmt);
                 if let Err(e) =
@@ -1015,13 +986,13 @@ fn vcpu(
                         let _ = writeln!(
                             console,
                             "cellvisor: cell \"root\" (CPU {cpu}): management page access at RIP {:#x} not emulated: {e}: #GP injected",
-                            vmcb.u64_at(svm::offset::RIP)
+                            vmcb.rip()
                         );
                     }
                 }
                 continue;
             }
-            if let Some(page) = trapped_page(shared, vmcb) {
+            if let Some(page) = trapped_page(shared, gpa) {
                 let (counter, result) = match page {
                     TrappedPage::LocalApic => (&exits.apic, {
                         apic.cell_cpus = root_cpus();
@@ -1053,7 +1024,7 @@ fn vcpu(
                             console,
                             "cellvisor: cell \"root\" (CPU {cpu}): {} access at RIP {:#x} not emulated: {e}: #GP injected",
                             page.name(),
-                            vmcb.u64_at(svm::offset::RIP)
+                            vmcb.rip()
                         );
                     }
                 }
@@ -1063,28 +1034,27 @@ fn vcpu(
         match exit {
             // A kick or the root cell's NMI, both handled around the entry. An NMI from
             // elsewhere (the chipset) is dropped.
-            ExitCode::NMI => {}
-            ExitCode::CPUID => {
+            Exit::Nmi => {}
+            Exit::Cpuid => {
                 Exits::count(&exits.cpuid);
                 cpuid(vmcb, regs);
-                let rip = vmcb.u64_at(svm::offset::RIP);
-                vmcb.set_u64(svm::offset::RIP, rip + 2);
+                vmcb.skip(2);
             }
-            ExitCode::MSR => {
+            Exit::Msr { write } => {
                 Exits::count(&exits.msr);
-                msr(vmcb, regs);
+                msr(vmcb, regs, write);
             }
-            ExitCode::IOIO => io(console, vmcb, cpu, shared),
-            ExitCode::VMRUN | ExitCode::VMMCALL => {
+            Exit::Io(access) => io(console, vmcb, cpu, shared, access),
+            Exit::Virtualization => {
                 // SVM is not the root cell's: #UD, as on a CPU without it.
                 Exits::count(&exits.svm);
                 vmcb.inject_exception(6, None);
             }
-            ExitCode::NPF => {
+            Exit::Fault(fault) => {
                 // A fault in the break-before-make window of a change to the root cell's
                 // tables (a cell taking or giving back memory): the address is mapped once
                 // the change is done, and the access is retried.
-                if HV.maps(CellId::ROOT, vmcb.u64_at(svm::offset::EXITINFO2)) {
+                if HV.maps(CellId::ROOT, fault.gpa) {
                     Exits::count(&exits.retried);
                     continue;
                 }
@@ -1092,16 +1062,16 @@ fn vcpu(
                 // The root cell touched memory it does not have (the hypervisor's): it is
                 // told with a general-protection fault at the access, which kills a user
                 // process and oopses the kernel, as a bus error does on Arm.
-                let info = vmcb.u64_at(svm::offset::EXITINFO1);
-                let what = npf_access(info);
                 if may_report(console, cpu, per_cpu) {
                     let _guard = crate::lock_console();
                     let _ = writeln!(
                         console,
-                        "cellvisor: cell \"root\" (CPU {cpu}): {what} at {:#x} (RIP {:#x}, {}, fault code {info:#x}) is outside its memory: #GP injected",
-                        vmcb.u64_at(svm::offset::EXITINFO2),
-                        vmcb.u64_at(svm::offset::RIP),
-                        if info & NPF_USER != 0 { "user" } else { "kernel" }
+                        "cellvisor: cell \"root\" (CPU {cpu}): {} at {:#x} (RIP {:#x}, {}, fault code {:#x}) is outside its memory: #GP injected",
+                        fault.access(),
+                        fault.gpa,
+                        vmcb.rip(),
+                        if fault.user { "user" } else { "kernel" },
+                        fault.raw
                     );
                 }
                 vmcb.inject_exception(13, Some(0));
@@ -1163,19 +1133,17 @@ fn fill_permissions(power: Option<u16>, config: &SystemConfigView<'_>) {
 
 /// An RDMSR or WRMSR that exited: `EFER` without SVME, a #GP for SVM's MSRs and for MSRs
 /// outside the map (which always exit; the CPU has none of them that the root cell needs).
-fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
-    use svm::offset::{EXITINFO1, RAX, RIP};
-    let write = vmcb.u64_at(EXITINFO1) & 1 != 0;
+fn msr(vmcb: &mut impl Guest, regs: &mut GuestRegisters, write: bool) {
     let msr = regs.rcx as u32;
-    let value = (regs.rdx & 0xffff_ffff) << 32 | (vmcb.u64_at(RAX) & 0xffff_ffff);
+    let value = (regs.rdx & 0xffff_ffff) << 32 | (vmcb.rax() & 0xffff_ffff);
     match (msr, write) {
         (EFER, false) => {
-            let efer = vmcb.u64_at(svm::offset::EFER) & !EFER_SVME;
-            vmcb.set_u64(RAX, efer & 0xffff_ffff);
+            let efer = vmcb.efer();
+            vmcb.set_rax(efer & 0xffff_ffff);
             regs.rdx = efer >> 32;
         }
         (EFER, true) if value & !EFER_WRITABLE == 0 => {
-            vmcb.set_u64(svm::offset::EFER, value | EFER_SVME);
+            vmcb.set_efer(value);
         }
         (APIC_BASE, true)
             if value & APIC_BASE_PAGE == xapic::BASE && value & APIC_BASE_EXTD == 0 =>
@@ -1189,8 +1157,7 @@ fn msr(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
             return;
         }
     }
-    let rip = vmcb.u64_at(RIP);
-    vmcb.set_u64(RIP, rip + 2);
+    vmcb.skip(2);
 }
 
 /// Prints the exits of every CPU of the root cell: the total, then one line per CPU.
@@ -1224,18 +1191,15 @@ fn report_exits(console: &mut Serial, shared: &Shared, why: fmt::Arguments<'_>) 
 /// An IN or OUT that exited: the PM1a control port (done for the root cell; a write that
 /// enters a sleep state is reported with the exits first), the PCI configuration ports
 /// (decided by `cellvisor-pci`), or the reset control register (done).
-fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
-    use svm::offset::{EXITINFO1, EXITINFO2, RAX, RIP};
+fn io(console: &mut Serial, vmcb: &mut impl Guest, cpu: u32, shared: &Shared, access: IoExit) {
     use x86_64::instructions::port::Port;
-    let info = vmcb.u64_at(EXITINFO1);
-    let input = info & 1 != 0;
-    let size: u8 = match (info >> 4) & 0b111 {
-        0b001 => 1,
-        0b010 => 2,
-        _ => 4,
-    };
-    let port = (info >> 16) as u16;
-    let string = info & (1 << 2) != 0;
+    let IoExit {
+        port,
+        size,
+        input,
+        string,
+        len,
+    } = access;
     let exits = &CPUS[cpu as usize].exits;
     if (pci::PORTS.0..=pci::PORTS.1).contains(&port) && port != pci::RESET_CONTROL {
         Exits::count(&exits.pci);
@@ -1247,7 +1211,7 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
     } else {
         (1u64 << (8 * u32::from(size))) - 1
     };
-    let rax = vmcb.u64_at(RAX);
+    let rax = vmcb.rax();
     let stored = rax & mask;
     // What an IN reads (an OUT: nothing).
     let loaded: u64 = if string {
@@ -1305,9 +1269,9 @@ fn io(console: &mut Serial, vmcb: &mut Vmcb<'_>, cpu: u32, shared: &Shared) {
         mask
     };
     if input {
-        vmcb.set_u64(RAX, rax & !mask | loaded & mask);
+        vmcb.set_rax(rax & !mask | loaded & mask);
     }
-    vmcb.set_u64(RIP, vmcb.u64_at(EXITINFO2));
+    vmcb.skip(usize::from(len));
 }
 
 /// A root-cell access to PCI configuration space, decided by `cellvisor-pci` (every function
@@ -1353,13 +1317,13 @@ fn emulate_ecam(
     console: &mut Serial,
     cpu: u32,
     shared: &Shared,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
 ) -> Result<(), EmulationError> {
     let Some(ecam) = shared.ecam else {
         return Ok(());
     };
-    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ecam.base;
+    let offset = vmcb.fault_address() - ecam.base;
     let (access, stored) = decode_access(vmcb, regs, GuestRam::Root(&shared.map))?;
     let size = access.size.min(4);
     let write = stored.map(|value| value as u32);
@@ -1392,16 +1356,14 @@ impl fmt::Display for EmulationError {
 
 /// Reads the instruction at the guest's RIP through its page tables, from its RAM only.
 fn fetch(
-    vmcb: &Vmcb<'_>,
+    vmcb: &impl Guest,
     ram: GuestRam<'_>,
 ) -> Result<([u8; decode::MAX_LEN], usize), EmulationError> {
-    let efer = vmcb.u64_at(svm::offset::EFER);
-    let cs_long = vmcb.u16_at(svm::offset::CS + 2) & (1 << 9) != 0;
-    if efer & (1 << 10) == 0 || !cs_long {
+    if !vmcb.in_64_bit_code() {
         return Err(EmulationError::NotLongMode);
     }
-    let cr3 = vmcb.u64_at(svm::offset::CR3);
-    let rip = vmcb.u64_at(svm::offset::RIP);
+    let [_, _, cr3, _] = vmcb.control_registers();
+    let rip = vmcb.rip();
     let read_entry = |gpa: u64| {
         let pa = ram.physical(gpa).filter(|_| gpa.is_multiple_of(8))?;
         // SAFETY: 8 aligned bytes of the guest's RAM (checked), below 4 GiB, mapped one to
@@ -1456,13 +1418,13 @@ impl GuestRam<'_> {
 }
 
 /// General-purpose register `n` (0 RAX ... 15 R15) of the vCPU.
-fn register(vmcb: &Vmcb<'_>, regs: &GuestRegisters, n: u8) -> u64 {
+fn register(vmcb: &impl Guest, regs: &GuestRegisters, n: u8) -> u64 {
     match n {
-        0 => vmcb.u64_at(svm::offset::RAX),
+        0 => vmcb.rax(),
         1 => regs.rcx,
         2 => regs.rdx,
         3 => regs.rbx,
-        4 => vmcb.u64_at(svm::offset::RSP),
+        4 => vmcb.rsp(),
         5 => regs.rbp,
         6 => regs.rsi,
         7 => regs.rdi,
@@ -1473,7 +1435,7 @@ fn register(vmcb: &Vmcb<'_>, regs: &GuestRegisters, n: u8) -> u64 {
 /// Writes `value` of `size` bytes to register `n` as a load does: 4 bytes zero-extend, 1
 /// and 2 bytes keep the rest (`high_byte`: AH, CH, DH or BH).
 fn set_register(
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
     n: u8,
     size: u8,
@@ -1491,11 +1453,11 @@ fn set_register(
         }
     };
     match n {
-        0 => vmcb.set_u64(svm::offset::RAX, new),
+        0 => vmcb.set_rax(new),
         1 => regs.rcx = new,
         2 => regs.rdx = new,
         3 => regs.rbx = new,
-        4 => vmcb.set_u64(svm::offset::RSP, new),
+        4 => vmcb.set_rsp(new),
         5 => regs.rbp = new,
         6 => regs.rsi = new,
         7 => regs.rdi = new,
@@ -1506,7 +1468,7 @@ fn set_register(
 /// A trapped access to an emulated register page: the instruction at RIP decoded, and the
 /// value it stores (`None` for a load).
 fn decode_access(
-    vmcb: &Vmcb<'_>,
+    vmcb: &impl Guest,
     regs: &GuestRegisters,
     ram: GuestRam<'_>,
 ) -> Result<(decode::Access, Option<u64>), EmulationError> {
@@ -1524,13 +1486,13 @@ fn decode_access(
 }
 
 /// Completes a decoded access: a load gets `value`, and RIP moves past the instruction.
-fn complete(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters, access: decode::Access, value: u32) {
+fn complete(vmcb: &mut impl Guest, regs: &mut GuestRegisters, access: decode::Access, value: u32) {
     complete_wide(vmcb, regs, access, u64::from(value));
 }
 
 /// [`complete`] for registers up to 64 bits wide.
 fn complete_wide(
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
     access: decode::Access,
     value: u64,
@@ -1538,8 +1500,7 @@ fn complete_wide(
     if let Direction::Read(n) = access.direction {
         set_register(vmcb, regs, n, access.size, access.high_byte, value);
     }
-    let rip = vmcb.u64_at(svm::offset::RIP);
-    vmcb.set_u64(svm::offset::RIP, rip + access.len as u64);
+    vmcb.skip(access.len);
 }
 
 /// An access to a CPU's local APIC page: decided by `cellvisor-apic` and done. Registers
@@ -1547,12 +1508,12 @@ fn complete_wide(
 /// skipped: reported here for the root cell, returned for another cell (which is stopped).
 fn emulate_apic(
     console: &mut Serial,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
     ram: GuestRam<'_>,
     apic: &mut LocalApic,
 ) -> Result<Option<(u64, u32, LapicViolation)>, EmulationError> {
-    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - xapic::BASE;
+    let offset = vmcb.fault_address() - xapic::BASE;
     let (access, stored) = decode_access(vmcb, regs, ram)?;
     let mut loaded = 0;
     match stored {
@@ -1612,7 +1573,7 @@ fn emulate_apic(
 fn emulate_management(
     cpu: u32,
     gpa: u64,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
     ram: GuestRam<'_>,
 ) -> Result<(), EmulationError> {
@@ -1634,10 +1595,10 @@ fn emulate_ioapic(
     cpu: u32,
     (cell, cell_cpus): (CellId, &CpuSet),
     ram: GuestRam<'_>,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
 ) -> Result<Option<cellvisor_apic::IoApicViolation>, EmulationError> {
-    let offset = vmcb.u64_at(svm::offset::EXITINFO2) - ioapic::BASE;
+    let offset = vmcb.fault_address() - ioapic::BASE;
     let (access, stored) = decode_access(vmcb, regs, ram)?;
     let request = cellvisor_apic::Access {
         offset,
@@ -1679,8 +1640,8 @@ fn emulate_ioapic(
 }
 
 /// CPUID as the CPU answers it, without SVM (the hypervisor's).
-fn cpuid(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
-    let leaf = vmcb.u64_at(svm::offset::RAX) as u32;
+fn cpuid(vmcb: &mut impl Guest, regs: &mut GuestRegisters) {
+    let leaf = vmcb.rax() as u32;
     let subleaf = regs.rcx as u32;
     let mut result = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     match leaf {
@@ -1699,48 +1660,43 @@ fn cpuid(vmcb: &mut Vmcb<'_>, regs: &mut GuestRegisters) {
         }
         _ => {}
     }
-    vmcb.set_u64(svm::offset::RAX, u64::from(result.eax));
+    vmcb.set_rax(u64::from(result.eax));
     regs.rbx = u64::from(result.ebx);
     regs.rcx = u64::from(result.ecx);
     regs.rdx = u64::from(result.edx);
 }
 
 /// Reports an exit the root cell may not take, with its state.
-fn report(console: &mut Serial, cpu: u32, vmcb: &Vmcb<'_>, regs: &GuestRegisters, exit: ExitCode) {
-    use svm::offset::*;
+fn report(console: &mut Serial, cpu: u32, vmcb: &impl Guest, regs: &GuestRegisters, exit: Exit) {
     let what = match exit {
-        ExitCode::SHUTDOWN => "a triple fault (shutdown)",
-        ExitCode::INVALID => "an invalid guest state (hypervisor bug)",
+        Exit::Shutdown => "a triple fault (shutdown)",
+        Exit::Invalid => "an invalid guest state (hypervisor bug)",
         _ => "an exit the hypervisor does not handle",
     };
+    let [info1, info2] = vmcb.exit_information();
     let _ = writeln!(
         console,
-        "cellvisor: root cell stopped on CPU {cpu}: {what}: {exit}, exit information {:#x} {:#x}",
-        vmcb.u64_at(EXITINFO1),
-        vmcb.u64_at(EXITINFO2)
+        "cellvisor: root cell stopped on CPU {cpu}: {what}: {exit}, exit information {info1:#x} {info2:#x}"
     );
     let _ = writeln!(
         console,
         "  RIP {:#018x} RSP {:#018x} RFLAGS {:#x} CS {:#x} CPL {}",
-        vmcb.u64_at(RIP),
-        vmcb.u64_at(RSP),
-        vmcb.u64_at(RFLAGS),
-        vmcb.u16_at(CS),
-        vmcb.u8_at(CPL)
+        vmcb.rip(),
+        vmcb.rsp(),
+        vmcb.rflags(),
+        vmcb.cs_selector(),
+        vmcb.cpl()
     );
+    let [cr0, cr2, cr3, cr4] = vmcb.control_registers();
     let _ = writeln!(
         console,
-        "  CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
-        vmcb.u64_at(CR0),
-        vmcb.u64_at(CR2),
-        vmcb.u64_at(CR3),
-        vmcb.u64_at(CR4),
-        vmcb.u64_at(svm::offset::EFER)
+        "  CR0 {cr0:#x} CR2 {cr2:#x} CR3 {cr3:#x} CR4 {cr4:#x} EFER {:#x}",
+        vmcb.efer()
     );
     let _ = writeln!(
         console,
         "  RAX {:#018x} RBX {:#018x} RCX {:#018x} RDX {:#018x}",
-        vmcb.u64_at(RAX),
+        vmcb.rax(),
         regs.rbx,
         regs.rcx,
         regs.rdx

@@ -6,6 +6,7 @@ use core::sync::atomic::AtomicBool;
 
 use x86_64::registers::model_specific::Msr;
 
+use crate::guest::{Exit, IoExit, NestedFault};
 use crate::page::Page;
 
 /// `EFER` and its SVM enable bit (APM 15.4).
@@ -529,5 +530,145 @@ impl<'a> Vmcb<'a> {
     /// Why the guest last exited.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode(self.u64_at(offset::EXITCODE))
+    }
+}
+
+impl crate::guest::Guest for Vmcb<'_> {
+    fn exit(&self) -> Exit {
+        let (info1, info2) = (
+            self.u64_at(offset::EXITINFO1),
+            self.u64_at(offset::EXITINFO2),
+        );
+        match self.exit_code() {
+            ExitCode::INTR => Exit::Interrupt,
+            ExitCode::NMI => Exit::Nmi,
+            ExitCode::INIT => Exit::Init,
+            ExitCode::CPUID => Exit::Cpuid,
+            ExitCode::HLT => Exit::Hlt,
+            // EXITINFO1: bit 0 IN, bit 2 string, bits 6:4 the size (one-hot 8, 16, 32),
+            // bits 31:16 the port; EXITINFO2: the next RIP.
+            ExitCode::IOIO => Exit::Io(IoExit {
+                port: (info1 >> 16) as u16,
+                size: match (info1 >> 4) & 0b111 {
+                    0b001 => 1,
+                    0b010 => 2,
+                    _ => 4,
+                },
+                input: info1 & 1 != 0,
+                string: info1 & 1 << 2 != 0,
+                len: info2.wrapping_sub(self.u64_at(offset::RIP)).min(15) as u8,
+            }),
+            ExitCode::MSR => Exit::Msr {
+                write: info1 & 1 != 0,
+            },
+            // EXITINFO1: the error code of a page fault (bit 1 write, bit 2 user, bit 4
+            // fetch); EXITINFO2: the guest-physical address.
+            ExitCode::NPF => Exit::Fault(NestedFault {
+                gpa: info2,
+                write: info1 & 1 << 1 != 0,
+                fetch: info1 & 1 << 4 != 0,
+                user: info1 & 1 << 2 != 0,
+                raw: info1,
+            }),
+            ExitCode::VMRUN | ExitCode::VMMCALL => Exit::Virtualization,
+            ExitCode::SHUTDOWN => Exit::Shutdown,
+            ExitCode::INVALID => Exit::Invalid,
+            ExitCode(code) => Exit::Other(code),
+        }
+    }
+
+    fn exit_information(&self) -> [u64; 2] {
+        [
+            self.u64_at(offset::EXITINFO1),
+            self.u64_at(offset::EXITINFO2),
+        ]
+    }
+
+    fn fault_address(&self) -> u64 {
+        self.u64_at(offset::EXITINFO2)
+    }
+
+    fn rip(&self) -> u64 {
+        self.u64_at(offset::RIP)
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.set_u64(offset::RIP, rip);
+    }
+
+    fn rax(&self) -> u64 {
+        self.u64_at(offset::RAX)
+    }
+
+    fn set_rax(&mut self, rax: u64) {
+        self.set_u64(offset::RAX, rax);
+    }
+
+    fn rsp(&self) -> u64 {
+        self.u64_at(offset::RSP)
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.set_u64(offset::RSP, rsp);
+    }
+
+    fn rflags(&self) -> u64 {
+        self.u64_at(offset::RFLAGS)
+    }
+
+    fn control_registers(&self) -> [u64; 4] {
+        [offset::CR0, offset::CR2, offset::CR3, offset::CR4].map(|at| self.u64_at(at))
+    }
+
+    fn efer(&self) -> u64 {
+        self.u64_at(offset::EFER) & !EFER_SVME
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        self.set_u64(offset::EFER, efer | EFER_SVME);
+    }
+
+    fn cpl(&self) -> u8 {
+        self.u8_at(offset::CPL)
+    }
+
+    fn cs_selector(&self) -> u16 {
+        self.u16_at(offset::CS)
+    }
+
+    fn in_64_bit_code(&self) -> bool {
+        // EFER.LMA, and CS.L (bit 9 of the VMCB's 12-bit attributes).
+        self.u64_at(offset::EFER) & 1 << 10 != 0 && self.u16_at(offset::CS + 2) & 1 << 9 != 0
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        Vmcb::inject_exception(self, vector, error_code);
+    }
+
+    fn inject_nmi(&mut self) {
+        Vmcb::inject_nmi(self);
+    }
+
+    fn event_pending(&self) -> bool {
+        self.u64_at(offset::EVENTINJ) & 1 << 31 != 0
+    }
+
+    fn reinject_interrupted_event(&mut self) {
+        Vmcb::reinject_interrupted_event(self);
+    }
+
+    fn set_hlt_exiting(&mut self, exiting: bool) {
+        let misc = self.u32_at(offset::INTERCEPT_MISC1);
+        let misc = if exiting {
+            misc | INTERCEPT_HLT
+        } else {
+            misc & !INTERCEPT_HLT
+        };
+        self.set_u32(offset::INTERCEPT_MISC1, misc);
+    }
+
+    fn flush_tlb_at_entry(&mut self, flush: bool) {
+        // TLB_CONTROL 3: flush this guest's (its ASID's) entries, global ones too.
+        self.set_u8(offset::TLB_CONTROL, if flush { 3 } else { 0 });
     }
 }

@@ -328,6 +328,11 @@ impl<A: Arch> Hypervisor<A> {
         // new cell: the root cell's CPU_ON cannot start them while they change hands.
         let mut lent = 0u64;
         for cpu in config.cell().cpus().iter().map(|c| c as usize) {
+            // One the root cell switched off just now may still be on its way into the park
+            // loop (on x86, from Linux's offline to the vCPU's HLT): waited for, briefly.
+            if cpu < MAX_CPUS && self.owner(cpu).0 == 0 {
+                self.await_off_and_parked(cpu, 100);
+            }
             if cpu < MAX_CPUS && self.owner(cpu).0 == 0 && self.cpu(cpu).power.lend() {
                 if self.is_parked(cpu) {
                     lent |= 1 << cpu;

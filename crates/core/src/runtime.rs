@@ -3,7 +3,7 @@
 //! rules.
 
 use crate::arch::Arch;
-use crate::{Hypervisor, MAX_CELLS, MAX_CPUS};
+use crate::{Hypervisor, PowerState, MAX_CELLS, MAX_CPUS};
 use cellvisor_abi::CellState;
 use cellvisor_cell::CellId;
 use cellvisor_paging::PhysAddr;
@@ -109,6 +109,24 @@ impl<A: Arch> Hypervisor<A> {
             .wait_until(Some(deadline), &mut || self.is_parked(cpu));
         self.park_watchers.fetch_and(!me, Ordering::SeqCst);
         parked
+    }
+
+    /// Waits up to `millis` milliseconds for `cpu` to be off and parked, without asking it
+    /// to stop: a CPU its cell switched off may still be on its way into the park loop.
+    /// Returns whether it is.
+    pub fn await_off_and_parked(&self, cpu: usize, millis: u64) -> bool {
+        let done = || self.is_parked(cpu) && self.cpu(cpu).power.state() == PowerState::Off;
+        if cpu >= MAX_CPUS || done() {
+            return cpu < MAX_CPUS;
+        }
+        let me = 1u64 << self.arch.cpu_index().min(63);
+        self.park_watchers.fetch_or(me, Ordering::SeqCst);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        // As in `stop_cpu`: `park` marks the CPU parked, then wakes the watchers.
+        let deadline = self.deadline_in(millis);
+        let off = self.arch.wait_until(Some(deadline), &mut || done());
+        self.park_watchers.fetch_and(!me, Ordering::SeqCst);
+        off
     }
 
     /// Marks `cpu` to enter its cell at the next chance and wakes it. A stop request left

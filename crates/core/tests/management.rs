@@ -533,6 +533,28 @@ fn a_cpu_still_entering_its_cell_is_stopped_before_the_cell_is_destroyed() {
 }
 
 #[test]
+fn a_create_waits_for_a_root_cpu_on_its_way_into_the_park_loop() {
+    // On x86 the root cell's Linux reports a CPU offline a moment before its vCPU halts and
+    // parks; a create in that moment waits for it instead of failing.
+    with_machine(FRAMES_PLENTY, |m| {
+        m.hv.cpu(3).power.power_on(0x4000_0000, 0).unwrap();
+        assert!(m.wait_running(3));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                cellvisor_core::fake::FakeArch::set_cpu(1);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                // The vCPU switches itself off and parks.
+                m.hv.stop_cpu(3);
+                m.hv.cpu(3).power.power_off();
+            });
+            let id = m.create(DEMO).expect("the create waits for CPU 3 to park");
+            assert!(m.hv.is_parked(3));
+            assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        });
+    });
+}
+
+#[test]
 fn a_root_cpu_on_racing_with_a_create_never_starts_the_cpu_in_the_wrong_cell() {
     // The root cell powers CPU 3 on and off again and again while cells that take CPU 3 are
     // created and destroyed: a CPU given to a cell must stay parked until the cell starts

@@ -10,7 +10,6 @@ use crate::page::Page;
 use crate::serial::Serial;
 use crate::vmx;
 
-static VMXON: Page = Page::new();
 static VMCS: Page = Page::new();
 /// Basic exit reasons (Vol. 3D Appendix C).
 const EXIT_CPUID: u64 = 10;
@@ -24,8 +23,7 @@ pub fn run(console: &mut Serial) {
 }
 
 fn run_guest(console: &mut Serial) -> Result<(), vmx::VmxError> {
-    crate::gdt::load();
-    vmx::enable(&VMXON)?;
+    crate::vmcs::enable(0)?;
     // SAFETY: CPUID said VMX with EPT, so IA32_VMX_EPT_VPID_CAP exists; reading it has no
     // effect.
     let cap = unsafe { x86_64::registers::model_specific::Msr::new(0x48c).read() };

@@ -61,3 +61,27 @@ pub fn selectors() -> (u64, u64, u64) {
 pub fn tss_base() -> u64 {
     &TSS as *const TaskStateSegment as u64
 }
+
+/// Loads the boot CPU's GDT (after [`load`]) and the TSS on an application processor, which
+/// VMX needs for the host's TR. The CPUs share the TSS (nothing uses its stacks); each `LTR`
+/// marks the descriptor busy, so the busy bit is cleared first. Application processors
+/// start one at a time (`smp::start`), so no two run this at once.
+pub fn load_ap() {
+    // SAFETY: written by `load` on the boot CPU before any application processor starts.
+    let tables = unsafe { (*TABLES.0.get()).assume_init_ref() };
+    let (code, data, tss) = tables.selectors;
+    tables.gdt.load();
+    let base = x86_64::instructions::tables::sgdt().base.as_u64();
+    // The descriptor's type is in bits 43:40: 0b1011 busy, 0b1001 available.
+    let type_byte = (base + u64::from(tss.index()) * 8 + 5) as *mut u8;
+    // SAFETY: the TSS descriptor's type byte in the GDT just loaded (hypervisor memory);
+    // clearing the busy bit makes LTR accept it. The selectors are `load`'s.
+    unsafe {
+        type_byte.write_volatile(type_byte.read_volatile() & !0b10);
+        CS::set_reg(code);
+        SS::set_reg(data);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        load_tss(tss);
+    }
+}

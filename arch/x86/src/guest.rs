@@ -5,6 +5,7 @@
 //! written once.
 
 use core::fmt;
+use core::sync::atomic::AtomicBool;
 
 /// Why a vCPU exited, decoded from the extension's exit code and exit information.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,7 +103,7 @@ impl NestedFault {
 }
 
 /// A vCPU's state as the exit handlers read and change it. The general-purpose registers but
-/// RAX and RSP are in `svm::GuestRegisters`, which both extensions' entries save and load.
+/// RAX and RSP are in [`GuestRegisters`], which both extensions' entries save and load.
 pub trait Guest {
     /// Why the vCPU last exited.
     fn exit(&self) -> Exit;
@@ -157,3 +158,45 @@ pub trait Guest {
         self.set_rip(rip.wrapping_add(len as u64));
     }
 }
+
+/// A vCPU that runs: [`Guest`] and the world switch.
+pub trait Vcpu: Guest {
+    /// Runs the guest until its next exit that the common handlers take, with the
+    /// general-purpose registers in `regs`. `abort` is read right before the entry, with
+    /// every event that could be missed held off: if it is set, the guest is not entered and
+    /// `None` is returned. A CPU that sets another's flag and then sends it an NMI so reaches
+    /// it wherever it is.
+    fn run(&mut self, regs: &mut GuestRegisters, abort: &AtomicBool) -> Option<Exit>;
+}
+
+/// The guest's general-purpose registers that the VMCB does not hold (RAX and RSP are
+/// there), in the order the world switches (`svm::Vmcb::enter`, `vmcs`) store them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegisters {
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// R8 to R15.
+    pub r: [u64; 8],
+}
+
+// The offsets the world switches' assembly uses.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestRegisters, rbx) == 0);
+    assert!(offset_of!(GuestRegisters, rsi) == 24);
+    assert!(offset_of!(GuestRegisters, rdi) == 32);
+    assert!(offset_of!(GuestRegisters, rbp) == 40);
+    assert!(offset_of!(GuestRegisters, r) == 48);
+    assert!(size_of::<GuestRegisters>() == 112);
+};

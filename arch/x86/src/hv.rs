@@ -18,10 +18,11 @@ use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
 use cellvisor_core::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
 use cellvisor_core::Hypervisor;
-use cellvisor_paging::{GuestPhysAddr, LinearMemory, Mapping, Npt, PhysAddr};
+use cellvisor_paging::{Ept, GuestPhysAddr, LargePages, LinearMemory, Mapping, Npt, PhysAddr};
 
 use crate::firmware::MAX_CPUS;
 use crate::page::Page;
+use crate::stage2::SecondStage;
 
 /// The architecture: AMD SVM with nested paging, the local APIC and one IOAPIC, the first
 /// 4 GiB identity mapped.
@@ -125,6 +126,32 @@ pub fn kick(cpu: usize) {
 }
 
 /// TSC ticks per second, from [`calibrate`].
+/// Whether the CPUs run guests with Intel VMX (else AMD SVM), set once at boot.
+static VMX: AtomicBool = AtomicBool::new(false);
+
+/// Says which extension runs guests: VMX (`true`) or SVM; set by the boot CPU before any
+/// table is built.
+pub fn use_vmx(vmx: bool) {
+    VMX.store(vmx, Ordering::Release);
+}
+
+/// Whether guests run on VMX (else SVM).
+pub fn vmx() -> bool {
+    VMX.load(Ordering::Acquire)
+}
+
+/// The second-stage format of the extension in use: EPT as the CPU reports it, or NPT with
+/// 2 MiB and 1 GiB pages.
+pub fn second_stage() -> SecondStage {
+    if vmx() {
+        // SAFETY: VMX is in use, so IA32_VMX_EPT_VPID_CAP exists; reading it has no effect.
+        let capabilities = unsafe { x86_64::registers::model_specific::Msr::new(0x48c).read() };
+        SecondStage::Ept(Ept::from_capabilities(capabilities))
+    } else {
+        SecondStage::Npt(Npt::new(LargePages::ALL))
+    }
+}
+
 static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
 
 /// The TSC.
@@ -314,7 +341,7 @@ pub fn root_left(cpu: usize) {
 }
 
 impl Translation for X86 {
-    type Format = Npt;
+    type Format = SecondStage;
     type Tables = LinearMemory;
 
     fn table_memory(&self) -> LinearMemory {

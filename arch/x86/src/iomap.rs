@@ -1,13 +1,15 @@
 //! The SVM permission maps the CPUs read while guests run (AMD APM Vol. 2 §15.10-15.11): the
 //! root cell's MSR and I/O maps, every other cell's MSR map (everything exits), and one I/O
 //! map per cell slot (everything exits but the cell's ports). The layout is `permission`'s.
+//! On VMX the I/O maps serve as they are (their first 8 KiB are VMX's I/O bitmaps A and B),
+//! and the MSR maps are converted once into VMX's layout.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use cellvisor_cell::CellId;
 
-use crate::permission::{intercept_ports, IOPM_SIZE, MSRPM_SIZE};
+use crate::permission::{intercept_ports, IOPM_SIZE, MSRPM_SIZE, VMX_MSR_BITMAP_SIZE};
 
 /// The ACPI PM1a control port the root cell's map traps (`u32::MAX`: none), set at boot.
 pub static POWER_PORT: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -52,6 +54,13 @@ pub static IOPM: Bitmap<IOPM_SIZE> = Bitmap(UnsafeCell::new([0; IOPM_SIZE]));
 
 /// Every other cell's MSR permission map: every MSR exits (filled at boot).
 pub static CELL_MSRPM: Bitmap<MSRPM_SIZE> = Bitmap(UnsafeCell::new([0; MSRPM_SIZE]));
+
+/// The root cell's MSR permissions in VMX's layout (from [`MSRPM`], at boot).
+pub static VMX_MSR_BITMAP: Bitmap<VMX_MSR_BITMAP_SIZE> =
+    Bitmap(UnsafeCell::new([0; VMX_MSR_BITMAP_SIZE]));
+/// Every other cell's, in VMX's layout (from [`CELL_MSRPM`], at boot).
+pub static VMX_CELL_MSR_BITMAP: Bitmap<VMX_MSR_BITMAP_SIZE> =
+    Bitmap(UnsafeCell::new([0; VMX_MSR_BITMAP_SIZE]));
 
 /// Each cell slot's I/O permission map: every port exits but the cell's own.
 static CELL_IOPM: [Bitmap<IOPM_SIZE>; cellvisor_core::MAX_CELLS] =

@@ -12,6 +12,7 @@
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod boot;
+pub mod cmdline;
 #[cfg(target_arch = "x86_64")]
 pub mod cpu;
 pub mod decode;
@@ -45,8 +46,11 @@ pub mod root_linux;
 pub mod serial;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod smp;
+pub mod stage2;
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod vmcs;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod vmx;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
@@ -106,6 +110,9 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
                 first_guest::run(&mut console);
             }
             if extension == (cpu::Extension::Vmx { ept: true }) {
+                // VMX needs a host TR: the hypervisor's GDT with a TSS.
+                gdt::load();
+                hv::use_vmx(true);
                 first_vmx_guest::run(&mut console);
             }
         }
@@ -163,18 +170,19 @@ extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
             "cellvisor: fault injection: read {value:#x}, no fault"
         );
     }
-    let svm_npt = extension
+    let usable = extension
         == Some(cpu::Extension::Svm {
             nested_paging: true,
-        });
+        })
+        || extension == Some(cpu::Extension::Vmx { ept: true });
     match loader::read(info) {
-        Ok(handoff) if handoff.kernel.is_some() && svm_npt => {
+        Ok(handoff) if handoff.kernel.is_some() && usable => {
             root_linux::run(&mut console, &handoff, &apic_ids);
         }
         Ok(handoff) if handoff.kernel.is_some() => {
             let _ = writeln!(
                 console,
-                "cellvisor: the root cell needs SVM with nested paging for now (VMX is to come)"
+                "cellvisor: the root cell needs SVM with nested paging or VMX with EPT"
             );
         }
         Ok(_) => {}
@@ -209,19 +217,24 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: defined by `board!`.
     let board = unsafe { cellvisor_x86_board() };
     let mut console = serial::Serial::quiet(board.uart_port);
-    let svm = match AP_HOST_SAVE.get(cpu as usize - 1) {
-        Some(save)
-            if cpu::probe().1
-                == Some(cpu::Extension::Svm {
-                    nested_paging: true,
-                }) =>
-        {
-            match svm::enable(save) {
-                Ok(()) => "SVM on",
-                Err(_) => "SVM locked off",
+    let svm = match (AP_HOST_SAVE.get(cpu as usize - 1), cpu::probe().1) {
+        (
+            Some(save),
+            Some(cpu::Extension::Svm {
+                nested_paging: true,
+            }),
+        ) => match svm::enable(save) {
+            Ok(()) => "SVM on",
+            Err(_) => "SVM locked off",
+        },
+        (_, Some(cpu::Extension::Vmx { ept: true })) => {
+            gdt::load_ap();
+            match vmcs::enable(cpu as usize) {
+                Ok(()) => "VMX on",
+                Err(_) => "VMX off (VMXON failed)",
             }
         }
-        _ => "no SVM",
+        _ => "no SVM or VMX",
     };
     {
         let _guard = lock_console();

@@ -129,14 +129,9 @@ pub fn read(info: u32) -> Result<Handoff, LoaderError> {
         map.set(region.base_address(), region.length(), kind)
             .map_err(LoaderError::Map)?;
     }
-    // "The command line is the image's path, a space, and the arguments."
     let cmdline = multiboot
         .command_line()
-        .map(|line| {
-            line.trim_start()
-                .split_once(' ')
-                .map_or("", |(_, rest)| rest.trim())
-        })
+        .map(crate::cmdline::kernel_command_line)
         .unwrap_or("");
     let mut handoff = Handoff {
         map,

@@ -77,6 +77,69 @@ impl ConfigSpace for Ecam {
     }
 }
 
+/// How the hypervisor reaches configuration space: the ECAM window the firmware's MCFG names,
+/// or, on machines without one (Bochs' i440FX), mechanism #1's ports, which cover the first
+/// 256 bytes of each function. (The CPUs' accesses to those ports trap, so only the
+/// hypervisor uses them, under [`PCI`]'s lock.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hardware {
+    /// The ECAM window.
+    Ecam(Ecam),
+    /// CONFIG_ADDRESS and CONFIG_DATA.
+    Ports,
+}
+
+impl Hardware {
+    /// CONFIG_ADDRESS's value for `reg` of `bdf` (its dword), if mechanism #1 reaches it.
+    fn config_address(bdf: Bdf, reg: u16, size: u8) -> Option<u32> {
+        let aligned = reg.is_multiple_of(u16::from(size)) && reg < 0x100;
+        aligned.then(|| 1 << 31 | u32::from(bdf.0) << 8 | u32::from(reg & 0xfc))
+    }
+}
+
+impl ConfigSpace for Hardware {
+    fn read(&mut self, bdf: Bdf, reg: u16, size: u8) -> u32 {
+        use x86_64::instructions::port::Port;
+        let ecam = match self {
+            Self::Ecam(ecam) => return ecam.read(bdf, reg, size),
+            Self::Ports => Self::config_address(bdf, reg, size),
+        };
+        let Some(address) = ecam else {
+            return u32::MAX;
+        };
+        let data = PORTS.0 + 4 + (reg & 3);
+        // SAFETY: the configuration ports, which only the hypervisor uses (they trap for
+        // every cell), under PCI's lock; a read the policy allowed.
+        unsafe {
+            Port::<u32>::new(PORTS.0).write(address);
+            match size {
+                1 => u32::from(Port::<u8>::new(data).read()),
+                2 => u32::from(Port::<u16>::new(data).read()),
+                _ => Port::<u32>::new(data).read(),
+            }
+        }
+    }
+
+    fn write(&mut self, bdf: Bdf, reg: u16, size: u8, value: u32) {
+        use x86_64::instructions::port::Port;
+        let address = match self {
+            Self::Ecam(ecam) => return ecam.write(bdf, reg, size, value),
+            Self::Ports => Self::config_address(bdf, reg, size),
+        };
+        let Some(address) = address else { return };
+        let data = PORTS.0 + 4 + (reg & 3);
+        // SAFETY: as for reads; the policy decided the write.
+        unsafe {
+            Port::<u32>::new(PORTS.0).write(address);
+            match size {
+                1 => Port::<u8>::new(data).write(value as u8),
+                2 => Port::<u16>::new(data).write(value as u16),
+                _ => Port::<u32>::new(data).write(value),
+            }
+        }
+    }
+}
+
 /// Where an x86 cell's device may send an MSI (Intel SDM Vol. 3A §11.11, AMD APM Vol. 2
 /// §16.7): the local APICs' window 0xFEExxxxx, a physical destination that is a CPU of the
 /// cell, and the fixed, lowest-priority or NMI delivery mode (never SMI, INIT or ExtINT).
@@ -114,12 +177,12 @@ impl MsiPolicy for X86Msi<'_> {
 }
 
 /// The configuration space's books and the hardware's window.
-pub static PCI: Mutex<Option<(PciConfig, Ecam)>> = Mutex::new(None);
+pub static PCI: Mutex<Option<(PciConfig, Hardware)>> = Mutex::new(None);
 
-/// Every function the root cell's, the hardware through `ecam`; the boot CPU, before any cell
-/// runs.
-pub fn init(ecam: Ecam) {
-    *PCI.lock() = Some((PciConfig::new(), ecam));
+/// Every function the root cell's, the hardware through `hardware`; the boot CPU, before any
+/// cell runs.
+pub fn init(hardware: Hardware) {
+    *PCI.lock() = Some((PciConfig::new(), hardware));
 }
 
 /// What was accessed: a port, or an offset in the ECAM window.
@@ -198,5 +261,15 @@ mod tests {
             ..ecam
         };
         assert_eq!(small.address(bdf, 0, 4), None);
+    }
+
+    #[test]
+    fn mechanism_1_addresses() {
+        let bdf = Bdf::new(1, 2, 3).unwrap();
+        // Enable bit, bus 1, device 2, function 3, the register's dword.
+        assert_eq!(Hardware::config_address(bdf, 0x3e, 2), Some(0x8001_133c));
+        assert_eq!(Hardware::config_address(bdf, 0x3d, 1), Some(0x8001_133c));
+        assert_eq!(Hardware::config_address(bdf, 0x3e, 4), None);
+        assert_eq!(Hardware::config_address(bdf, 0x100, 4), None);
     }
 }

@@ -91,9 +91,56 @@ pub fn port_intercepted(map: &[u8; IOPM_SIZE], port: u16, size: u8) -> bool {
     })
 }
 
+/// VMX's MSR bitmap size: one page (Intel SDM Vol. 3C §25.6.9).
+pub const VMX_MSR_BITMAP_SIZE: usize = 4096;
+
+/// The same MSR permissions in VMX's MSR bitmap: one bit per MSR, reads of MSRs 0 to 0x1FFF
+/// at byte 0, reads of 0xC000_0000 to 0xC000_1FFF at 1024, writes of the same at 2048 and
+/// 3072. The third range of SVM's map (0xC001_0000 up, AMD's own MSRs) has no place there:
+/// those MSRs always exit on VMX, as does every MSR outside the two ranges.
+pub fn vmx_msr_bitmap(map: &[u8; MSRPM_SIZE]) -> [u8; VMX_MSR_BITMAP_SIZE] {
+    let mut bitmap = [0u8; VMX_MSR_BITMAP_SIZE];
+    for (range, first) in [0u32, 0xc000_0000].into_iter().enumerate() {
+        for offset in 0..MSRS_PER_RANGE {
+            let msr = first + offset;
+            let (byte, bit) = (offset as usize / 8, offset % 8);
+            for (write, base) in [(false, 0), (true, 2048)] {
+                if msr_intercepted(map, msr, write) {
+                    bitmap[base + range * 1024 + byte] |= 1 << bit;
+                }
+            }
+        }
+    }
+    bitmap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vmx_bitmap_holds_the_same_permissions_in_its_own_layout() {
+        let mut map = [0; MSRPM_SIZE];
+        intercept_msr(&mut map, 0xc000_0080, true, true).unwrap();
+        intercept_msr(&mut map, 0x1b, false, true).unwrap();
+        intercept_msr(&mut map, 0x1fff, true, false).unwrap();
+        intercept_msr(&mut map, 0xc001_0117, true, true).unwrap();
+        let bitmap = vmx_msr_bitmap(&map);
+        // EFER (0xC000_0080): bit 0x80 of the high read and high write quarters.
+        assert_eq!(bitmap[1024 + 0x10], 1);
+        assert_eq!(bitmap[3072 + 0x10], 1);
+        // APIC_BASE (0x1B): writes only, bit 27 of the low write quarter.
+        assert_eq!(bitmap[3], 0);
+        assert_eq!(bitmap[2048 + 3], 1 << 3);
+        // 0x1FFF: the last bit of the low read quarter.
+        assert_eq!(bitmap[1023], 0x80);
+        // AMD's range has no place: nothing else is set.
+        assert_eq!(bitmap.iter().map(|b| b.count_ones()).sum::<u32>(), 4);
+        // Everything intercepted stays everything.
+        assert!(vmx_msr_bitmap(&[0xff; MSRPM_SIZE])
+            .iter()
+            .all(|&b| b == 0xff));
+    }
 
     #[test]
     fn msr_bits_follow_the_three_ranges() {

@@ -23,11 +23,11 @@ use cellvisor_config::{MemoryFlags, SystemConfigView};
 use cellvisor_core::TrapReason;
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
-use cellvisor_paging::{LargePages, Npt, PhysAddr};
+use cellvisor_paging::PhysAddr;
 
 use crate::decode::{self, Direction, Source};
 use crate::firmware::MAX_CPUS;
-use crate::guest::{Exit, Guest, IoExit, NestedFault};
+use crate::guest::{Exit, Guest, IoExit, NestedFault, Vcpu};
 use crate::hv::{self, HV};
 use crate::ioapic;
 use crate::iomap::{cell_iopm, CELL_MSRPM, IOPM, MSRPM};
@@ -37,6 +37,7 @@ use crate::pci;
 use crate::permission::{intercept_msr, intercept_ports};
 use crate::serial::Serial;
 use crate::svm::{self, GuestRegisters, Vmcb, EFER};
+use crate::vmcs::Vmcs;
 use crate::walk;
 use crate::xapic::{self, LocalApic, Request};
 
@@ -68,6 +69,10 @@ const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14 | 1 << 15 | 
 /// so any access is a #GP; above all, it must not move the host save area, from which every
 /// #VMEXIT restores the hypervisor's RIP and RSP.
 const SVM_MSRS: [u32; 4] = [0xc001_0114, 0xc001_0115, 0xc001_0116, 0xc001_0117];
+/// IA32_FEATURE_CONTROL (VMX's enable and lock).
+const FEATURE_CONTROL: u32 = 0x3a;
+/// The VMX capability MSRs, IA32_VMX_BASIC to IA32_VMX_VMFUNC.
+const VMX_CAPABILITIES: core::ops::RangeInclusive<u32> = 0x480..=0x491;
 /// `IA32_APIC_BASE`: writes exit, so that the root cell keeps its local APIC where it traps
 /// and in xAPIC mode.
 const APIC_BASE: u32 = 0x1b;
@@ -400,7 +405,7 @@ pub fn prepare(
     let tables = HV
         .install_root(
             config,
-            Npt::new(LargePages::ALL),
+            hv::second_stage(),
             PhysAddr::new(hv::TABLE_POOL.as_ptr() as u64),
             hv::TABLE_FRAMES,
             configured_cpus(config, online),
@@ -543,15 +548,21 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
             return;
         }
     };
-    if let Err(e) = svm::enable(&HOST_SAVE) {
+    if hv::vmx() {
+        if let Err(e) = crate::vmcs::enable(0) {
+            let _ = writeln!(console, "cellvisor: root cell: VMX: {e}");
+            return;
+        }
+    } else if let Err(e) = svm::enable(&HOST_SAVE) {
         let _ = writeln!(console, "cellvisor: root cell: {}", RootError::Svm(e));
         return;
     }
     *TOPOLOGY.lock() = Some(topology);
     ioapic::probe();
-    if let Some(ecam) = ecam {
-        pci::init(ecam);
-    }
+    pci::init(match ecam {
+        Some(ecam) => pci::Hardware::Ecam(ecam),
+        None => pci::Hardware::Ports,
+    });
     let power = power_control();
     fill_permissions(power, &config);
     let shared = SHARED.call_once(|| Shared {
@@ -575,14 +586,42 @@ pub fn run(console: &mut Serial, handoff: &Handoff, apic_ids: &[u32]) {
         HV.frame_usage().1,
     );
     HV.cpu(0).power.set_on();
-    let mut vmcb = Vmcb::new(&CPUS[0].vmcb);
-    vmcb.reset_protected_mode(prepared.entry, (BOOT_CS, BOOT_DS), shared.tables, ROOT_ASID);
-    root_intercepts(&mut vmcb);
     let mut regs = GuestRegisters {
         rsi: ZERO_PAGE,
         ..GuestRegisters::default()
     };
+    if hv::vmx() {
+        let vmcs = Vmcs::new(&CPUS[0].vmcb).and_then(|mut vmcs| {
+            vmcs.reset_protected_mode(
+                prepared.entry,
+                (BOOT_CS, BOOT_DS),
+                shared.tables,
+                root_bitmaps(),
+            )?;
+            Ok(vmcs)
+        });
+        match vmcs {
+            Ok(mut vmcs) => {
+                let _ = vcpu(console, 0, shared, &mut vmcs, &mut regs);
+            }
+            Err(e) => {
+                let _ = writeln!(console, "cellvisor: root cell: VMX: {e}");
+            }
+        }
+        return;
+    }
+    let mut vmcb = Vmcb::new(&CPUS[0].vmcb).with_host_save(&CPUS[0].host_state);
+    vmcb.reset_protected_mode(prepared.entry, (BOOT_CS, BOOT_DS), shared.tables, ROOT_ASID);
+    root_intercepts(&mut vmcb);
     let _ = vcpu(console, 0, shared, &mut vmcb, &mut regs);
+}
+
+/// The root cell's permission maps for VMX.
+fn root_bitmaps() -> crate::vmcs::Bitmaps {
+    crate::vmcs::Bitmaps {
+        io: IOPM.address(),
+        msr: crate::iomap::VMX_MSR_BITMAP.address(),
+    }
 }
 
 /// An application processor, with SVM on: it waits in the core's park loop until its cell
@@ -602,11 +641,28 @@ pub fn application_processor(cpu: u32, console: &mut Serial) -> ! {
             run_cell(console, cpu, entry);
             continue;
         }
-        let mut vmcb = Vmcb::new(&per_cpu.vmcb);
-        vmcb.reset_real_mode_at((entry.pc >> 4) as u16, 0, shared.tables, ROOT_ASID);
-        root_intercepts(&mut vmcb);
         let mut regs = GuestRegisters::default();
-        if vcpu(console, cpu, shared, &mut vmcb, &mut regs).is_err() {
+        let segment = (entry.pc >> 4) as u16;
+        let result = if hv::vmx() {
+            let vmcs = Vmcs::new(&per_cpu.vmcb).and_then(|mut vmcs| {
+                vmcs.reset_real_mode_at(segment, 0, shared.tables, root_bitmaps())?;
+                Ok(vmcs)
+            });
+            match vmcs {
+                Ok(mut vmcs) => vcpu(console, cpu, shared, &mut vmcs, &mut regs),
+                Err(e) => {
+                    let _guard = crate::lock_console();
+                    let _ = writeln!(console, "cellvisor: root cell (CPU {cpu}): VMX: {e}");
+                    Err(Stopped)
+                }
+            }
+        } else {
+            let mut vmcb = Vmcb::new(&per_cpu.vmcb).with_host_save(&per_cpu.host_state);
+            vmcb.reset_real_mode_at(segment, 0, shared.tables, ROOT_ASID);
+            root_intercepts(&mut vmcb);
+            vcpu(console, cpu, shared, &mut vmcb, &mut regs)
+        };
+        if result.is_err() {
             crate::halt()
         }
         HV.cpu(cpu as usize).power.power_off();
@@ -629,18 +685,44 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
     let Some(iopm) = cell_iopm(cell) else {
         return;
     };
+    let tables = hv::active_tables(cpu as usize);
+    if hv::vmx() {
+        let bitmaps = crate::vmcs::Bitmaps {
+            io: iopm.address(),
+            msr: crate::iomap::VMX_CELL_MSR_BITMAP.address(),
+        };
+        let vmcs = Vmcs::new(&per_cpu.vmcb).and_then(|mut vmcs| {
+            vmcs.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, bitmaps)?;
+            Ok(vmcs)
+        });
+        match vmcs {
+            Ok(mut vmcs) => cell_vcpu(console, cpu, cell, &mut vmcs),
+            Err(e) => {
+                let name = HV.name_of(cpu as usize);
+                HV.note(
+                    cpu as usize,
+                    cell,
+                    format_args!(
+                        "cellvisor: cell \"{name}\" (CPU {cpu}): VMX: {e}: cell stopped\n"
+                    ),
+                );
+                let _ = HV.violation(cpu as usize);
+            }
+        }
+        return;
+    }
+    let mut vmcb = Vmcb::new(&per_cpu.vmcb).with_host_save(&per_cpu.host_state);
+    vmcb.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, cell.0 + 1);
+    set_intercepts(&mut vmcb, CELL_MSRPM.address(), iopm.address());
+    cell_vcpu(console, cpu, cell, &mut vmcb);
+}
+
+/// Runs a cell's vCPU (set up by [`run_cell`]) until it is stopped or breaks the rules.
+fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V) {
     let kick = &hv::KICKS[cpu as usize];
     let counters = &HV.cpu(cpu as usize).counters;
     let cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
     let mut apic = LocalApic::new(cpu, cell_cpus, false);
-    let mut vmcb = Vmcb::new(&per_cpu.vmcb);
-    vmcb.reset_protected_mode(
-        entry.pc,
-        (BOOT_CS, BOOT_DS),
-        hv::active_tables(cpu as usize),
-        cell.0 + 1,
-    );
-    set_intercepts(&mut vmcb, CELL_MSRPM.address(), iopm.address());
     let mut regs = GuestRegisters::default();
     let mut idle_hlt = false;
     let stop = |what: fmt::Arguments<'_>| {
@@ -654,12 +736,11 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
     };
     loop {
         counters.measure(hv::now(), 64);
-        let exit = vmcb.enter(&mut regs, &per_cpu.host_state, &kick.kicked);
+        let exit = vmcb.run(&mut regs, &kick.kicked);
         let exited = hv::now();
         if exit.is_some() {
             vmcb.flush_tlb_at_entry(false);
         }
-        let exit = exit.map(|_| vmcb.exit());
         if matches!(exit, None | Some(Exit::Nmi))
             && kick.kicked.swap(false, Ordering::SeqCst)
             && HV.take_stop(cpu as usize)
@@ -667,7 +748,7 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
             return;
         }
         let Some(exit) = exit else { continue };
-        after_exit(console, cpu, &mut vmcb, &regs, exit, &mut idle_hlt);
+        after_exit(console, cpu, vmcb, &regs, exit, &mut idle_hlt);
         counters.start(exited);
         let apic_page = |gpa: u64| (xapic::BASE..xapic::BASE + 0x1000).contains(&gpa);
         let ioapic_page = |gpa: u64| (ioapic::BASE..ioapic::BASE + 0x1000).contains(&gpa);
@@ -691,13 +772,13 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
             Exit::Hlt => {
                 // Idle or parked (interrupts disabled): the HLT runs in the guest, where an
                 // interrupt or a kick ends it.
-                run_hlt_in_guest(&mut vmcb, &mut idle_hlt);
+                run_hlt_in_guest(vmcb, &mut idle_hlt);
             }
             Exit::Cpuid => {
-                cpuid(&mut vmcb, &mut regs);
+                cpuid(vmcb, &mut regs);
                 vmcb.skip(2);
             }
-            Exit::Msr { write } if regs.rcx as u32 == EFER => msr(&mut vmcb, &mut regs, write),
+            Exit::Msr { write } if regs.rcx as u32 == EFER => msr(vmcb, &mut regs, write),
             Exit::Msr { write } => {
                 stop(format_args!(
                     "{} of MSR {:#x} at RIP {:#x}",
@@ -718,13 +799,7 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
             }
             Exit::Fault(f) if apic_page(f.gpa) => {
                 apic.cell_cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
-                match emulate_apic(
-                    console,
-                    &mut vmcb,
-                    &mut regs,
-                    GuestRam::Cell(cell),
-                    &mut apic,
-                ) {
+                match emulate_apic(console, vmcb, &mut regs, GuestRam::Cell(cell), &mut apic) {
                     Ok(None) => {}
                     Ok(Some((offset, value, violation))) => {
                         stop(format_args!(
@@ -748,7 +823,7 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
                     cpu,
                     (cell, &cell_cpus),
                     GuestRam::Cell(cell),
-                    &mut vmcb,
+                    vmcb,
                     &mut regs,
                 ) {
                     Ok(None) => {}
@@ -912,11 +987,11 @@ struct Stopped;
 
 /// Runs a root-cell vCPU on `cpu` until an INIT for it (`Ok`) or an exit it cannot take
 /// (`Err`, reported).
-fn vcpu(
+fn vcpu<V: Vcpu>(
     console: &mut Serial,
     cpu: u32,
     shared: &Shared,
-    vmcb: &mut Vmcb<'_>,
+    vmcb: &mut V,
     regs: &mut GuestRegisters,
 ) -> Result<(), Stopped> {
     let per_cpu = &CPUS[cpu as usize];
@@ -938,7 +1013,7 @@ fn vcpu(
         // The previous exit's handler is done: its cost is the TSC from the exit to here
         // (instructions, under `-icount shift=0`).
         counters.measure(hv::now(), 64);
-        let exit = vmcb.enter(regs, &per_cpu.host_state, &kick.kicked);
+        let exit = vmcb.run(regs, &kick.kicked);
         let exited = hv::now();
         hv::root_left(cpu as usize);
         // The first entry flushed this CPU's TLB (the reset asks for it); later entries keep
@@ -948,7 +1023,6 @@ fn vcpu(
         }
         // A kick (before entering, or as the NMI exit): a stop request (the root cell's INIT
         // for this CPU) ends this vCPU.
-        let exit = exit.map(|_| vmcb.exit());
         if matches!(exit, None | Some(Exit::Nmi))
             && kick.kicked.swap(false, Ordering::SeqCst)
             && HV.take_stop(cpu as usize)
@@ -1124,6 +1198,19 @@ fn fill_permissions(power: Option<u16>, config: &SystemConfigView<'_>) {
         let _ = intercept_msr(msrpm, msr, true, true);
     }
     let _ = intercept_msr(msrpm, APIC_BASE, false, true);
+    // VMX's own MSRs (its feature control and capabilities): the root cell has no VMX.
+    for msr in core::iter::once(FEATURE_CONTROL).chain(VMX_CAPABILITIES) {
+        let _ = intercept_msr(msrpm, msr, true, true);
+    }
+    // SAFETY: as above.
+    let (vmx_msr, vmx_cell_msr) = unsafe {
+        (
+            crate::iomap::VMX_MSR_BITMAP.bytes(),
+            crate::iomap::VMX_CELL_MSR_BITMAP.bytes(),
+        )
+    };
+    *vmx_msr = crate::permission::vmx_msr_bitmap(msrpm);
+    *vmx_cell_msr = crate::permission::vmx_msr_bitmap(cell_msrpm);
     if let Some(port) = power {
         intercept_ports(iopm, port, 2);
     }
@@ -1639,7 +1726,8 @@ fn emulate_ioapic(
     Ok(None)
 }
 
-/// CPUID as the CPU answers it, without SVM (the hypervisor's).
+/// CPUID as the CPU answers it, without SVM or VMX (the hypervisor's), and on VMX without
+/// the instructions a guest may not run there.
 fn cpuid(vmcb: &mut impl Guest, regs: &mut GuestRegisters) {
     let leaf = vmcb.rax() as u32;
     let subleaf = regs.rcx as u32;
@@ -1648,9 +1736,29 @@ fn cpuid(vmcb: &mut impl Guest, regs: &mut GuestRegisters) {
         // x2APIC (ECX bit 21): the root cell stays in xAPIC mode, whose page traps. MONITOR
         // and MWAIT (ECX bit 3): an offline CPU of Linux then waits in HLT with interrupts
         // disabled, which the hypervisor sees (`vcpu`).
-        1 => result.ecx &= !(1 << 21 | 1 << 3),
-        // SVM (ECX bit 2).
-        0x8000_0001 => result.ecx &= !(1 << 2),
+        // VMX (ECX bit 5): not the root cell's either. OSXSAVE (ECX bit 27) is the guest's
+        // CR4.OSXSAVE (bit 18), not the hypervisor's, which CPUID run here reports.
+        1 => {
+            result.ecx &= !(1 << 21 | 1 << 5 | 1 << 3 | 1 << 27);
+            if vmcb.control_registers()[3] & 1 << 18 != 0 {
+                result.ecx |= 1 << 27;
+            }
+        }
+        // SVM (ECX bit 2). On VMX, RDTSCP (EDX bit 27) unless the guest may run it.
+        0x8000_0001 => {
+            result.ecx &= !(1 << 2);
+            if hv::vmx() && !crate::vmcs::guest_features().0 {
+                result.edx &= !(1 << 27);
+            }
+        }
+        // On VMX, INVPCID (EBX bit 10) unless the guest may run it.
+        7 if subleaf == 0 && hv::vmx() && !crate::vmcs::guest_features().1 => {
+            result.ebx &= !(1 << 10);
+        }
+        // On VMX, XSAVES (EAX bit 3) unless the guest may run it.
+        0xd if subleaf == 1 && hv::vmx() && !crate::vmcs::guest_features().2 => {
+            result.eax &= !(1 << 3);
+        }
         // The SVM feature leaf.
         0x8000_000a => {
             result.eax = 0;

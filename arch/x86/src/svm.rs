@@ -215,41 +215,13 @@ pub fn enable(host_save: &'static Page) -> Result<(), EnableError> {
     Ok(())
 }
 
-/// The guest's general-purpose registers that the VMCB does not hold (RAX and RSP are
-/// there), in the order [`Vmcb::enter`] stores them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestRegisters {
-    /// RBX.
-    pub rbx: u64,
-    /// RCX.
-    pub rcx: u64,
-    /// RDX.
-    pub rdx: u64,
-    /// RSI.
-    pub rsi: u64,
-    /// RDI.
-    pub rdi: u64,
-    /// RBP.
-    pub rbp: u64,
-    /// R8 to R15.
-    pub r: [u64; 8],
-}
-
-// The offsets `Vmcb::enter`'s assembly uses.
-const _: () = {
-    use core::mem::offset_of;
-    assert!(offset_of!(GuestRegisters, rbx) == 0);
-    assert!(offset_of!(GuestRegisters, rsi) == 24);
-    assert!(offset_of!(GuestRegisters, rdi) == 32);
-    assert!(offset_of!(GuestRegisters, rbp) == 40);
-    assert!(offset_of!(GuestRegisters, r) == 48);
-    assert!(size_of::<GuestRegisters>() == 112);
-};
+pub use crate::guest::GuestRegisters;
 
 /// A VMCB: typed accessors over the page.
 pub struct Vmcb<'a> {
     page: &'a Page,
+    /// Where [`Vcpu::run`](crate::guest::Vcpu::run) keeps the host's state.
+    host: Option<&'a Page>,
 }
 
 impl fmt::Debug for Vmcb<'_> {
@@ -282,7 +254,16 @@ impl<'a> Vmcb<'a> {
     pub fn new(page: &'a Page) -> Self {
         // SAFETY: the page is this VMCB's alone.
         unsafe { page.0.get().write([0; 4096]) };
-        Self { page }
+        Self { page, host: None }
+    }
+
+    /// The same VMCB, with `host` as the page where [`Vcpu::run`](crate::guest::Vcpu::run)
+    /// keeps the host's state meanwhile.
+    pub fn with_host_save(self, host: &'a Page) -> Self {
+        Self {
+            host: Some(host),
+            ..self
+        }
     }
 
     accessors! {
@@ -530,6 +511,18 @@ impl<'a> Vmcb<'a> {
     /// Why the guest last exited.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode(self.u64_at(offset::EXITCODE))
+    }
+}
+
+impl crate::guest::Vcpu for Vmcb<'_> {
+    fn run(&mut self, regs: &mut GuestRegisters, abort: &AtomicBool) -> Option<Exit> {
+        use crate::guest::Guest as _;
+        let Some(host) = self.host else {
+            // A VMCB without a host save area cannot run: a hypervisor bug, reported as an
+            // invalid state.
+            return Some(Exit::Invalid);
+        };
+        self.enter(regs, host, abort).map(|_| self.exit())
     }
 }
 

@@ -4,7 +4,8 @@
 //! The hypervisor runs with interrupts disabled, and HLT then wakes only on an NMI (or INIT or
 //! SMI). The race between looking at the mailbox and halting is closed in the NMI handler:
 //! an NMI that interrupts the wait between the mailbox load and the HLT moves the saved RIP
-//! back to the load, so the HLT never sleeps past a kick. An NMI anywhere else in the
+//! back to the load, so the HLT never sleeps past a kick (and one in the VMX entry between
+//! its kick check and VMLAUNCH or VMRESUME back to the check). An NMI anywhere else in the
 //! hypervisor is dropped: NMIs between the hypervisor's CPUs are kicks, which are also
 //! flags that their receivers read (see `svm::Vmcb::enter`); a guest's own NMIs are
 //! intercepted while it runs and injected back into it.
@@ -39,7 +40,16 @@ cellvisor_nmi:
     ja 3f
     mov rax, offset cellvisor_wait_load
     mov qword ptr [rsp + 8], rax
+    jmp 4f
 3:
+    // The VMX entry's window (`vmcs`): from its kick check to VMLAUNCH or VMRESUME.
+    cmp rax, offset cellvisor_vmx_check
+    jb 4f
+    cmp rax, offset cellvisor_vmx_check_end
+    jae 4f
+    mov rax, offset cellvisor_vmx_check
+    mov qword ptr [rsp + 8], rax
+4:
     pop rax
     iretq
 

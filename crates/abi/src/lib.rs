@@ -357,6 +357,25 @@ pub const TRAP_REASONS: [&str; 11] = [
     "other",
 ];
 
+/// The same trap reasons as x86 counts them (`cellvisor-x86`): `irq` are NMIs (kicks and
+/// the root cell's NMIs), `gicd` the IOAPIC page, `gicr` the local APIC page, `sgi` its
+/// interrupt command register, `sysreg` CPUID and MSRs, `smccc` the virtualization
+/// instructions a guest may not run. An empty name is a reason x86 never counts (Arm's GIC
+/// maintenance interrupt and PSCI); reports leave it out.
+pub const TRAP_REASONS_X86: [&str; 11] = [
+    "nmi",
+    "",
+    "ioapic",
+    "lapic",
+    "icr",
+    "cpuid-msr",
+    "",
+    "virt",
+    "mgmt",
+    "outside",
+    "other",
+];
+
 /// A signed status as the register holds it.
 pub type Status = I64;
 

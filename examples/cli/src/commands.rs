@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use cellvisor_abi::{CellRecord, CellState, CpuStats, HypervisorInfo, TRAP_REASONS};
+use cellvisor_abi::{
+    CellRecord, CellState, CpuStats, HypervisorInfo, TRAP_REASONS, TRAP_REASONS_X86,
+};
 use serde::Serialize;
 
 use crate::cli::{CellCommand, Cli, Command, ConfigCommand};
@@ -40,6 +42,16 @@ pub trait Host {
     fn pause(&mut self, duration: Duration) -> bool;
     /// Waits before asking about a pending shutdown again.
     fn sleep(&mut self, duration: Duration);
+    /// The names of the trap reasons on this machine: [`TRAP_REASONS`] on Arm,
+    /// [`TRAP_REASONS_X86`] on x86 (the architecture the tool was built for, which is the
+    /// root cell's).
+    fn trap_reasons(&self) -> &'static [&'static str] {
+        if cfg!(target_arch = "x86_64") {
+            &TRAP_REASONS_X86
+        } else {
+            &TRAP_REASONS
+        }
+    }
 }
 
 /// How a cell is named in messages: `cell "demo"`, or `cell 5` for an unknown id.
@@ -103,7 +115,10 @@ pub fn run(cli: Cli, host: &mut dyn Host, out: &mut dyn Write, err: &mut dyn Wri
             CellCommand::Shutdown { cell, timeout_ms } => shutdown(host, &cell, timeout_ms, out),
             CellCommand::Destroy { cell } => destroy(host, &cell, out),
             CellCommand::List { json } => list(&mut open(host)?, json, out),
-            CellCommand::Stats { cell, json } => stats(&mut open(host)?, &cell, json, out),
+            CellCommand::Stats { cell, json } => {
+                let names = host.trap_reasons();
+                stats(&mut open(host)?, &cell, json, names, out)
+            }
         },
     }
 }
@@ -543,17 +558,19 @@ fn list(client: &mut Mgmt, json: bool, out: &mut dyn Write) -> Result<()> {
     table(out, &rows)
 }
 
-/// The reason names of a stats record: [`TRAP_REASONS`], `reasonN` beyond.
-fn reasons(stats: &CpuStats) -> Vec<(String, u64)> {
+/// The reasons of a stats record with their index, name (from `names`, `reasonN` beyond it)
+/// and count; those `names` leaves empty (never counted on this architecture) are left out.
+fn reasons(stats: &CpuStats, names: &[&str]) -> Vec<(usize, String, u64)> {
     let valid = (stats.reasons.get() as usize).min(stats.counts.len());
     stats.counts[..valid]
         .iter()
         .enumerate()
+        .filter(|(i, _)| names.get(*i).is_none_or(|n| !n.is_empty()))
         .map(|(i, count)| {
-            let name = TRAP_REASONS
+            let name = names
                 .get(i)
                 .map_or_else(|| format!("reason{i}"), |n| (*n).to_owned());
-            (name, count.get())
+            (i, name, count.get())
         })
         .collect()
 }
@@ -610,23 +627,37 @@ struct CpuJson {
 }
 
 /// Reason name and cost of every measured reason of a stats record.
-fn costs(stats: &CpuStats) -> Vec<(String, Cost)> {
-    reasons(stats)
+fn costs(stats: &CpuStats, names: &[&str]) -> Vec<(String, Cost)> {
+    reasons(stats, names)
         .into_iter()
-        .enumerate()
-        .filter_map(|(i, (name, _))| Cost::of(stats, i).map(|cost| (name, cost)))
+        .filter_map(|(i, name, _)| Cost::of(stats, i).map(|cost| (name, cost)))
         .collect()
 }
 
-/// `cell stats`.
-fn stats(client: &mut Mgmt, spec: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+/// `cell stats`, with the trap reasons named `names`.
+fn stats(
+    client: &mut Mgmt,
+    spec: &str,
+    json: bool,
+    names: &[&str],
+    out: &mut dyn Write,
+) -> Result<()> {
     let action = "stats";
     let (label, record) = resolve(client, spec, action)?;
     let stats = client
         .cell_stats(record.id.get())
         .map_err(|r| label.error(action, r))?;
-    let per_cpu: Vec<(u32, Vec<(String, u64)>)> =
-        stats.iter().map(|s| (s.cpu.get(), reasons(s))).collect();
+    let per_cpu: Vec<(u32, Vec<(String, u64)>)> = stats
+        .iter()
+        .map(|s| {
+            let counts = reasons(s, names)
+                .into_iter()
+                .map(|(_, name, count)| (name, count))
+                .collect();
+            (s.cpu.get(), counts)
+        })
+        .collect();
+    let reason_names = names;
     if json {
         let cpus: Vec<CpuJson> = per_cpu
             .iter()
@@ -638,7 +669,7 @@ fn stats(client: &mut Mgmt, spec: &str, json: bool, out: &mut dyn Write) -> Resu
                     .iter()
                     .map(|(name, n)| (name.clone(), (*n).into()))
                     .collect(),
-                instructions: costs(record)
+                instructions: costs(record, reason_names)
                     .into_iter()
                     .map(|(name, cost)| {
                         let mut value = serde_json::to_value(cost).unwrap_or_default();
@@ -671,7 +702,7 @@ fn stats(client: &mut Mgmt, spec: &str, json: bool, out: &mut dyn Write) -> Resu
 
     // Instruction costs over all CPUs, in reason order.
     let mut total: Vec<(String, Cost)> = Vec::new();
-    for (name, cost) in stats.iter().flat_map(costs) {
+    for (name, cost) in stats.iter().flat_map(|s| costs(s, reason_names)) {
         match total.iter_mut().find(|(n, _)| *n == name) {
             Some((_, sum)) => *sum = sum.add(cost),
             None => total.push((name, cost)),

@@ -28,6 +28,8 @@ struct FakeHost {
     later: Vec<&'static str>,
     /// Shutdown polls waited for.
     sleeps: usize,
+    /// The tool built for x86 (its trap reason names).
+    x86: bool,
 }
 
 impl FakeHost {
@@ -39,6 +41,7 @@ impl FakeHost {
             device: true,
             later: Vec::new(),
             sleeps: 0,
+            x86: false,
         }
     }
 }
@@ -57,6 +60,14 @@ impl Host for FakeHost {
 
     fn sleep(&mut self, _: Duration) {
         self.sleeps += 1;
+    }
+
+    fn trap_reasons(&self) -> &'static [&'static str] {
+        if self.x86 {
+            &cellvisor_abi::TRAP_REASONS_X86
+        } else {
+            &cellvisor_abi::TRAP_REASONS
+        }
     }
 
     fn pause(&mut self, _: Duration) -> bool {
@@ -731,6 +742,31 @@ fn lists_and_stats_as_json() {
         error.starts_with("cellvisor: cell \"nope\": stats: no such cell"),
         "{error}"
     );
+}
+
+#[test]
+fn stats_name_the_reasons_as_x86_counts_them() {
+    let dir = scratch("x86-stats");
+    let demo = file(&dir, "demo.toml", DEMO);
+    let mut host = FakeHost::new(0x1000);
+    host.x86 = true;
+    run(&mut host, &["cell", "create", &demo]).ok();
+    // No GIC maintenance interrupt and no PSCI on x86: those columns go.
+    let out = run(&mut host, &["cell", "stats", "demo"]).ok();
+    assert_eq!(
+        out,
+        "cell \"demo\": traps by CPU and reason\n\
+         CPU  NMI  IOAPIC  LAPIC  ICR  CPUID-MSR  VIRT  MGMT  OUTSIDE  OTHER  TOTAL\n\
+         3    300  302     303    304  305        307   308   309      310    2748\n\
+         cell \"demo\": hypervisor instructions per trap\n\
+         REASON  MEASURED  AVERAGE  MIN  MAX\n\
+         nmi     10        200      100  300\n"
+    );
+    let out = run(&mut host, &["cell", "stats", "demo", "--json"]).ok();
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["traps"]["lapic"], 303);
+    assert!(stats[0]["traps"].get("maintenance").is_none());
+    assert_eq!(stats[0]["instructions"]["nmi"]["measured"], 10);
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub struct NestedFault {
     pub write: bool,
     /// An instruction fetch.
     pub fetch: bool,
-    /// At CPL 3, where the extension says so (SVM does; VMX does not: false).
+    /// At CPL 3 (SVM's error code says; on VMX the guest's CPL).
     pub user: bool,
     /// The extension's own error code or qualification, for reports.
     pub raw: u64,

@@ -99,19 +99,37 @@ impl Hardware {
 
 impl ConfigSpace for Hardware {
     fn read(&mut self, bdf: Bdf, reg: u16, size: u8) -> u32 {
-        use x86_64::instructions::port::Port;
-        let ecam = match self {
+        let address = match self {
             Self::Ecam(ecam) => return ecam.read(bdf, reg, size),
             Self::Ports => Self::config_address(bdf, reg, size),
         };
-        let Some(address) = ecam else {
-            return u32::MAX;
+        address.map_or(u32::MAX, |address| {
+            mechanism_1::read(address, PORTS.0 + 4 + (reg & 3), size)
+        })
+    }
+
+    fn write(&mut self, bdf: Bdf, reg: u16, size: u8, value: u32) {
+        let address = match self {
+            Self::Ecam(ecam) => return ecam.write(bdf, reg, size, value),
+            Self::Ports => Self::config_address(bdf, reg, size),
         };
-        let data = PORTS.0 + 4 + (reg & 3);
-        // SAFETY: the configuration ports, which only the hypervisor uses (they trap for
-        // every cell), under PCI's lock; a read the policy allowed.
+        if let Some(address) = address {
+            mechanism_1::write(address, PORTS.0 + 4 + (reg & 3), size, value);
+        }
+    }
+}
+
+/// CONFIG_ADDRESS, then CONFIG_DATA at `data`: the configuration ports, which only the
+/// hypervisor uses (they trap for every cell), under [`PCI`]'s lock, for accesses the policy
+/// allowed. (Other architectures, where the pure parts of this crate are tested, have no
+/// I/O ports: reads are all ones, writes go nowhere.)
+mod mechanism_1 {
+    #[cfg(target_arch = "x86_64")]
+    pub fn read(address: u32, data: u16, size: u8) -> u32 {
+        use x86_64::instructions::port::Port;
+        // SAFETY: see the module; port I/O has no memory effect.
         unsafe {
-            Port::<u32>::new(PORTS.0).write(address);
+            Port::<u32>::new(super::PORTS.0).write(address);
             match size {
                 1 => u32::from(Port::<u8>::new(data).read()),
                 2 => u32::from(Port::<u16>::new(data).read()),
@@ -120,17 +138,12 @@ impl ConfigSpace for Hardware {
         }
     }
 
-    fn write(&mut self, bdf: Bdf, reg: u16, size: u8, value: u32) {
+    #[cfg(target_arch = "x86_64")]
+    pub fn write(address: u32, data: u16, size: u8, value: u32) {
         use x86_64::instructions::port::Port;
-        let address = match self {
-            Self::Ecam(ecam) => return ecam.write(bdf, reg, size, value),
-            Self::Ports => Self::config_address(bdf, reg, size),
-        };
-        let Some(address) = address else { return };
-        let data = PORTS.0 + 4 + (reg & 3);
-        // SAFETY: as for reads; the policy decided the write.
+        // SAFETY: as for `read`.
         unsafe {
-            Port::<u32>::new(PORTS.0).write(address);
+            Port::<u32>::new(super::PORTS.0).write(address);
             match size {
                 1 => Port::<u8>::new(data).write(value as u8),
                 2 => Port::<u16>::new(data).write(value as u16),
@@ -138,6 +151,14 @@ impl ConfigSpace for Hardware {
             }
         }
     }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn read(_address: u32, _data: u16, _size: u8) -> u32 {
+        u32::MAX
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn write(_address: u32, _data: u16, _size: u8, _value: u32) {}
 }
 
 /// Where an x86 cell's device may send an MSI (Intel SDM Vol. 3A §11.11, AMD APM Vol. 2

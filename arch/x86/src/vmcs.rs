@@ -75,6 +75,7 @@ const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 /// (29), unconditional I/O exiting (24) off, I/O bitmaps (25), MSR bitmaps (28), secondary
 /// controls (31). CR3-load and CR3-store exiting (15, 16) off where the CPU allows.
 const PROC_HLT: u32 = 1 << 7;
+const PROC_NMI_WINDOW: u32 = 1 << 22;
 const PROC_MWAIT: u32 = 1 << 10;
 const PROC_CR3_LOAD: u32 = 1 << 15;
 const PROC_CR3_STORE: u32 = 1 << 16;
@@ -117,6 +118,7 @@ mod reason {
     pub const TRIPLE_FAULT: u64 = 2;
     pub const INIT: u64 = 3;
     pub const SIPI: u64 = 4;
+    pub const NMI_WINDOW: u64 = 8;
     pub const CPUID: u64 = 10;
     pub const HLT: u64 = 12;
     pub const INVD: u64 = 13;
@@ -278,6 +280,8 @@ pub struct Bitmaps {
 pub struct Vmcs {
     /// The VM-instruction error of a failed entry, reported with the exit information.
     failed: Option<u64>,
+    /// An NMI for the guest that waits for the guest to unblock NMIs (NMI-window exiting).
+    nmi_waiting: bool,
     rax: u64,
     launched: bool,
     flush: bool,
@@ -290,6 +294,7 @@ impl Vmcs {
         vmx::load(page)?;
         Ok(Self {
             failed: None,
+            nmi_waiting: false,
             rax: 0,
             launched: false,
             flush: true,
@@ -409,6 +414,7 @@ impl Vmcs {
         vmx::write(GUEST_DEBUGCTL, 0);
         self.host_state();
         self.rax = 0;
+        self.nmi_waiting = false;
         self.launched = false;
         self.flush = true;
         Ok(())
@@ -495,6 +501,13 @@ impl Vmcs {
                     }
                 }
                 reason::XSETBV => self.xsetbv(regs),
+                // The guest unblocked NMIs: the waiting one goes in now.
+                reason::NMI_WINDOW => {
+                    self.set_nmi_window(false);
+                    if core::mem::take(&mut self.nmi_waiting) {
+                        self.inject_nmi();
+                    }
+                }
                 // INVD drops caches without writing them back: done as WBINVD.
                 reason::INVD => {
                     // SAFETY: writing back and invalidating caches loses nothing.
@@ -580,6 +593,20 @@ impl Vmcs {
         self.skip(3);
     }
 
+    /// Turns NMI-window exiting on or off; false if the CPU cannot (no virtual NMIs).
+    fn set_nmi_window(&mut self, on: bool) -> bool {
+        let true_controls = usize::from(msr(IA32_VMX_BASIC) & 1 << 55 != 0);
+        if (msr(PROCBASED[true_controls]) >> 32) as u32 & PROC_NMI_WINDOW == 0
+            || vmx::read(PIN_BASED) as u32 & PIN_VIRTUAL_NMIS == 0
+        {
+            return false;
+        }
+        let primary = vmx::read(PROC_BASED);
+        let bit = u64::from(PROC_NMI_WINDOW);
+        vmx::write(PROC_BASED, if on { primary | bit } else { primary & !bit });
+        true
+    }
+
     fn decode(&self, basic: u64) -> Exit {
         match basic {
             reason::EXTERNAL_INTERRUPT => Exit::Interrupt,
@@ -607,7 +634,8 @@ impl Vmcs {
                     gpa: vmx::read(GUEST_PHYSICAL_ADDRESS),
                     write: q & 1 << 1 != 0,
                     fetch: q & 1 << 2 != 0,
-                    user: false,
+                    // VMX does not say; the CPL does (SS's DPL).
+                    user: (vmx::read(GUEST_ES_ACCESS + 4) >> 5) & 3 == 3,
                     raw: q,
                 })
             }
@@ -732,6 +760,17 @@ impl Guest for Vmcs {
     }
 
     fn inject_nmi(&mut self) {
+        // Blocked by NMI (bit 3), MOV SS (1) or STI (0): VM entry would refuse the injection
+        // (Vol. 3C §27.3.1.5). It waits for the guest's NMI window instead, if the CPU has
+        // one (with virtual NMIs); without, it is dropped as a second NMI while one is
+        // blocked would be.
+        let interruptibility = vmx::read(GUEST_INTERRUPTIBILITY);
+        if interruptibility & 0b1011 != 0 || self.event_pending() {
+            if self.set_nmi_window(true) {
+                self.nmi_waiting = true;
+            }
+            return;
+        }
         vmx::write(field::ENTRY_INTERRUPTION, 2 | TYPE_NMI << 8 | VALID);
     }
 

@@ -4,9 +4,9 @@
 //! system configuration), so the very image of the `qemu-x86` board runs on the same files:
 //! 4 CPUs, 2 GiB of RAM (the memory map of `config/system.toml`).
 //!
-//! The root cell boots to `/init`, takes CPU 3 offline and back and runs the demo (`demo.sh`:
-//! the demo cell on CPU 3 created, `timer-demo` loaded and started, listed, shut down and
-//! destroyed). `timer-demo` reports on COM2. The kernel runs with
+//! The root cell boots to `/init`, takes CPU 3 offline and back, tries to read the
+//! hypervisor's memory and runs the cells of the QEMU test (`x86-cells.sh`: the demo cell on
+//! CPU 3 with `timer-demo`, three wild inmates, `uart-demo`, 20 cycles). `timer-demo` reports on COM2. The kernel runs with
 //! `loglevel=5`, so that its notices do not cut the script's lines; its warnings and errors
 //! still show, and none may appear (bare, Debian's kernel logs none on this machine).
 //!
@@ -29,12 +29,12 @@ use crate::workspace::Workspace;
 
 /// The system test's name.
 pub const NAME: &str = "bochs-x86-vmx-root-cell";
-/// How long Bochs may take to print every expected line (about 140 s here).
+/// How long Bochs may take to print every expected line (about 150 s here).
 const TIMEOUT: Duration = Duration::from_secs(900);
 /// What the root cell's `/init` does. No power-off at the end: Bochs' 16550 sends the root
 /// cell's user-space output (interrupt-driven, unlike the kernel's) slowly, and a power-off
 /// loses what is still queued (bare as well); the test stops Bochs once every line is there.
-const ACTIONS: &str = "info,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,script:demo";
+const ACTIONS: &str = "info,hotplug:3,devmem:0x1000000,msr-read:0xc0000080,script:x86-cells";
 /// The tools it needs, with the Debian package of each.
 pub const TOOLS: [(&str, &str); 4] = [
     ("bochs", "bochs"),
@@ -47,12 +47,15 @@ const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 
 /// What must appear on COM1, in this order (`{version}` and `{board}` filled in; `*` stands
-/// for anything within the line): the boot,
-/// VMX with EPT found, the first VMX world switch (a real-mode guest behind EPT tables from
-/// `cellvisor-paging`), every CPU, the root cell's kernel at `/init` on 4 CPUs, CPU 3 off and
-/// on again, a user-space read of the hypervisor's memory refused (reported; `devmem` dies of
-/// the #GP) and EFER as Linux set it, and the demo cell's life.
-const EXPECTED: [&str; 19] = [
+/// for anything within the line): the boot, VMX with EPT found, the first VMX world switch (a
+/// real-mode guest behind EPT tables from `cellvisor-paging`), every CPU, the root cell's
+/// kernel at `/init` on 4 CPUs, CPU 3 off and on again, a user-space read of the hypervisor's
+/// memory refused (`devmem` dies of the #GP) and EFER as Linux set it; then `x86-cells.sh`,
+/// as on QEMU: the demo cell with `timer-demo` (create, load, start, running, shutdown,
+/// destroy), the three wild inmates stopped and reported (memory, an IPI to a root CPU, a
+/// root IOAPIC pin), `uart-demo`, and 20 create/load/start/destroy cycles without a lost
+/// frame.
+const EXPECTED: [&str; 31] = [
     "cellvisor {version} on {board} (x86-64), Multiboot ok",
     "cellvisor: CPU GenuineIntel: Intel VMX with EPT",
     "cellvisor: VMX world switch works (CPUID, HLT)",
@@ -68,25 +71,41 @@ const EXPECTED: [&str; 19] = [
     "cellvisor-demo: create status=0",
     "cellvisor-demo: load status=0",
     "cellvisor-demo: start status=0",
-    "1   demo   running  3 ",
+    "cellvisor-demo: running state=running",
     "cellvisor-demo: stats status=0",
     "cellvisor-demo: shutdown status=0",
     "cellvisor-demo: destroy status=0",
     "cellvisor-demo: cpus online=0-3 after",
+    "cellvisor-demo: wild state=failed",
+    "cellvisor-demo: wild console report: cellvisor: cell \"demo\" (CPU 3): read at 0x40000000 (RIP *) is outside its memory: cell stopped",
+    "cellvisor-demo: wild-destroy status=0",
+    "cellvisor-demo: ipi state=failed",
+    "cellvisor-demo: ipi console report: cellvisor: cell \"demo\" (CPU 3): local APIC write 0x40 at offset 0x300: interrupt command: CPU 0 belongs to another cell: cell stopped",
+    "cellvisor-demo: ipi-destroy status=0",
+    "cellvisor-demo: ioapic state=failed",
+    "cellvisor-demo: ioapic console report: cellvisor: cell \"demo\" (CPU 3): IOAPIC access: ",
+    "cellvisor-demo: ioapic-destroy status=0",
+    "cellvisor-demo: uart-shutdown status=0",
+    "cellvisor-demo: x86 cycles=20 failed=0 ",
+    "cellvisor-initramfs: script x86-cells done status=0",
 ];
 
-/// The hypervisor's report of the read of its memory (somewhere on COM1: the hypervisor
-/// prints it at once, possibly inside a line the root cell's slow user-space output has not
-/// finished; [`EXPECTED`] is looked for with such reports taken out).
+/// The hypervisor's report of the read of its memory. The hypervisor prints its reports (of
+/// the root cell and of the cells it stops) at once, possibly inside a line the root cell's
+/// slow user-space output has not finished: [`EXPECTED`] is looked for with them taken out,
+/// this among them.
 const EXPECTED_REPORT: &str = "cellvisor: cell \"root\" (CPU *): read at 0x1000000 (RIP *, user, fault code *) is outside its memory: #GP injected";
 
-/// What starts a report of the hypervisor's about the root cell.
-const REPORT_START: &str = "cellvisor: cell \"root\" (CPU ";
+/// What starts a report of the hypervisor's (unless the root cell's script quotes it, after
+/// `report: `).
+const REPORT_START: &str = "cellvisor: cell \"";
 
-/// What `timer-demo` must print on the demo cell's COM2: its start, and ticks.
-const EXPECTED_COM2: [&str; 2] = [
+/// What the demo cells print on COM2: `timer-demo`'s start and ticks, `uart-demo`'s
+/// interrupt.
+const EXPECTED_COM2: [&str; 3] = [
     "timer-demo: started on 8250 at 0x2f8",
     "timer-demo: ticks=100 ",
+    "uart-demo: COM2 interrupt through IOAPIC pin 3 received",
 ];
 
 /// Lines of a kernel problem, none of which may appear on COM1.
@@ -277,13 +296,18 @@ fn first_missing<'a, S: AsRef<str>>(text: &str, expected: &'a [S]) -> Option<&'a
         .find(|want| !lines.any(|line| matches(line, want)))
 }
 
-/// The hypervisor's reports about the root cell in `text` (each from [`REPORT_START`] to the
-/// end of its line), and the text without them.
+/// The hypervisor's reports in `text` (each from [`REPORT_START`] to the end of its line,
+/// unless quoted after `report: `), and the text without them.
 fn split_reports(text: &str) -> (String, String) {
     let (mut reports, mut rest) = (String::new(), String::new());
     let mut remaining = text;
     while let Some(at) = remaining.find(REPORT_START) {
         rest.push_str(&remaining[..at]);
+        if remaining[..at].ends_with("report: ") {
+            rest.push_str(REPORT_START);
+            remaining = &remaining[at + REPORT_START.len()..];
+            continue;
+        }
         let report = &remaining[at..];
         let end = report.find('\n').map_or(report.len(), |n| n + 1);
         reports.push_str(&report[..end]);
@@ -333,5 +357,8 @@ mod tests {
             split_reports("plain\n"),
             (String::new(), "plain\n".to_owned())
         );
+        // A report the script quotes stays in its line.
+        let quoted = "x console report: cellvisor: cell \"demo\" (CPU 3): stopped\n";
+        assert_eq!(split_reports(quoted), (String::new(), quoted.to_owned()));
     }
 }

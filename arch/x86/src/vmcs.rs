@@ -12,8 +12,6 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::AtomicBool;
 
-use x86_64::registers::model_specific::Msr;
-
 use crate::guest::{Exit, Guest, IoExit, NestedFault, Vcpu};
 use crate::page::Page;
 use crate::svm::GuestRegisters;
@@ -56,15 +54,11 @@ mod field {
 
 use vmx::field::*;
 
-const IA32_VMX_BASIC: u32 = 0x480;
-const IA32_VMX_CR0_FIXED0: u32 = 0x486;
-const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-const IA32_VMX_CR4_FIXED1: u32 = 0x489;
-const PINBASED: [u32; 2] = [0x481, 0x48d];
-const PROCBASED: [u32; 2] = [0x482, 0x48e];
-const EXIT_CTLS: [u32; 2] = [0x483, 0x48f];
-const ENTRY_CTLS: [u32; 2] = [0x484, 0x490];
-const PROCBASED2: u32 = 0x48b;
+use vmx::{
+    adjust, msr, ENTRY as ENTRY_CTLS, EXIT as EXIT_CTLS, IA32_VMX_BASIC, IA32_VMX_CR0_FIXED0,
+    IA32_VMX_CR4_FIXED0, IA32_VMX_CR4_FIXED1, PINBASED, PROCBASED, PROCBASED2,
+};
+
 const IA32_PAT: u32 = 0x277;
 const IA32_EFER: u32 = 0xc000_0080;
 
@@ -143,18 +137,6 @@ const TYPE_EXTERNAL: u64 = 0;
 const TYPE_NMI: u64 = 2;
 const TYPE_HARDWARE_EXCEPTION: u64 = 3;
 const VALID: u64 = 1 << 31;
-
-fn msr(index: u32) -> u64 {
-    // SAFETY: the VMX capability MSRs exist on a CPU with VMX (the caller checked CPUID);
-    // PAT and EFER exist on every x86-64 CPU. Reads have no effect.
-    unsafe { Msr::new(index).read() }
-}
-
-/// `wanted` adjusted to the capability MSR (Vol. 3D A.3): its low half must be 1, its high
-/// half may be 1.
-fn adjust(wanted: u32, capability: u64) -> u32 {
-    (wanted | capability as u32) & (capability >> 32) as u32
-}
 
 /// Each CPU's VMXON region, and whether VMX is on there.
 static VMXON: [Page; crate::firmware::MAX_CPUS] =
@@ -420,33 +402,9 @@ impl Vmcs {
         Ok(())
     }
 
-    /// The host: this CPU as it runs now (RSP and RIP are written at each entry).
+    /// The host: [`vmx::write_host_state`], with the MSRs the exit loads and SYSENTER off.
     fn host_state(&self) {
-        let (cr0, cr3, cr4): (u64, u64, u64);
-        // SAFETY: reads of control registers.
-        unsafe {
-            asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-            asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-            asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
-        }
-        vmx::write(HOST_CR0, cr0);
-        vmx::write(HOST_CR3, cr3);
-        vmx::write(HOST_CR4, cr4);
-        let gdt = x86_64::instructions::tables::sgdt();
-        let idt = x86_64::instructions::tables::sidt();
-        vmx::write(HOST_GDTR_BASE, gdt.base.as_u64());
-        vmx::write(HOST_IDTR_BASE, idt.base.as_u64());
-        let (cs, ds, tr) = crate::gdt::selectors();
-        vmx::write(HOST_CS_SELECTOR, cs);
-        for selector in [HOST_SS_SELECTOR, HOST_DS_SELECTOR, HOST_ES_SELECTOR] {
-            vmx::write(selector, ds);
-        }
-        vmx::write(HOST_FS_SELECTOR, 0);
-        vmx::write(HOST_GS_SELECTOR, 0);
-        vmx::write(HOST_TR_SELECTOR, tr);
-        vmx::write(HOST_TR_BASE, crate::gdt::tss_base());
-        vmx::write(HOST_FS_BASE, 0);
-        vmx::write(HOST_GS_BASE, 0);
+        vmx::write_host_state();
         vmx::write(field::HOST_SYSENTER_CS, 0);
         vmx::write(field::HOST_SYSENTER_ESP, 0);
         vmx::write(field::HOST_SYSENTER_EIP, 0);

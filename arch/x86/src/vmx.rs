@@ -9,18 +9,18 @@ use x86_64::registers::model_specific::Msr;
 use crate::page::Page;
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
-const IA32_VMX_BASIC: u32 = 0x480;
-const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+pub(crate) const IA32_VMX_BASIC: u32 = 0x480;
+pub(crate) const IA32_VMX_CR0_FIXED0: u32 = 0x486;
 const IA32_VMX_CR0_FIXED1: u32 = 0x487;
-const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-const IA32_VMX_CR4_FIXED1: u32 = 0x489;
+pub(crate) const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+pub(crate) const IA32_VMX_CR4_FIXED1: u32 = 0x489;
 /// Control capability MSRs: pin-based, primary processor-based, exit, entry (the TRUE_*
 /// variants 0x48d to 0x490 when IA32_VMX_BASIC bit 55 says so), secondary.
-const PINBASED: [u32; 2] = [0x481, 0x48d];
-const PROCBASED: [u32; 2] = [0x482, 0x48e];
-const EXIT: [u32; 2] = [0x483, 0x48f];
-const ENTRY: [u32; 2] = [0x484, 0x490];
-const PROCBASED2: u32 = 0x48b;
+pub(crate) const PINBASED: [u32; 2] = [0x481, 0x48d];
+pub(crate) const PROCBASED: [u32; 2] = [0x482, 0x48e];
+pub(crate) const EXIT: [u32; 2] = [0x483, 0x48f];
+pub(crate) const ENTRY: [u32; 2] = [0x484, 0x490];
+pub(crate) const PROCBASED2: u32 = 0x48b;
 
 /// VMCS field encodings (Appendix B).
 #[allow(missing_docs)]
@@ -104,8 +104,10 @@ impl fmt::Display for VmxError {
     }
 }
 
-fn msr(index: u32) -> u64 {
-    // SAFETY: every MSR read here exists on a CPU with VMX (checked with CPUID by the caller).
+/// Reads an MSR that every CPU with VMX has: VMX's own, PAT, EFER.
+pub(crate) fn msr(index: u32) -> u64 {
+    // SAFETY: every MSR read through this exists on a CPU with VMX (checked with CPUID by
+    // the caller); reads have no effect.
     unsafe { Msr::new(index).read() }
 }
 
@@ -116,7 +118,7 @@ fn revision() -> u32 {
 
 /// `wanted` adjusted to what the capability MSR allows: its low half must be 1, its high half
 /// may be 1 (Vol. 3D A.3).
-fn adjust(wanted: u32, capability: u64) -> u32 {
+pub(crate) fn adjust(wanted: u32, capability: u64) -> u32 {
     (wanted | capability as u32) & (capability >> 32) as u32
 }
 
@@ -258,7 +260,14 @@ pub fn setup_real_mode(rip: u64, eptp: u64) -> Result<(), VmxError> {
     write(GUEST_SYSENTER_CS, 0);
     write(GUEST_DEBUGCTL, 0);
 
-    // The host: this CPU as it runs now (RSP and RIP are written at each entry).
+    write_host_state();
+    Ok(())
+}
+
+/// The current VMCS's host state: this CPU as it runs now, its control registers,
+/// descriptor tables, segment selectors and TR (RSP and RIP are written at each entry).
+pub(crate) fn write_host_state() {
+    use field::*;
     let (cr0, cr3, cr4): (u64, u64, u64);
     // SAFETY: reads of control registers.
     unsafe {
@@ -284,7 +293,6 @@ pub fn setup_real_mode(rip: u64, eptp: u64) -> Result<(), VmxError> {
     write(HOST_TR_BASE, crate::gdt::tss_base());
     write(HOST_FS_BASE, 0);
     write(HOST_GS_BASE, 0);
-    Ok(())
 }
 
 /// Enters the guest (VMLAUNCH the first time, VMRESUME after) and returns the exit reason's

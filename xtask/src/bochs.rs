@@ -29,7 +29,7 @@ use crate::workspace::Workspace;
 
 /// The system test's name.
 pub const NAME: &str = "bochs-x86-vmx-root-cell";
-/// How long Bochs may take to print every expected line (about 150 s here).
+/// How long Bochs may take to print every expected line (about 160 s here).
 const TIMEOUT: Duration = Duration::from_secs(900);
 /// What the root cell's `/init` does. No power-off at the end: Bochs' 16550 sends the root
 /// cell's user-space output (interrupt-driven, unlike the kernel's) slowly, and a power-off

@@ -5,10 +5,11 @@
 //! |---|---|
 //! | `Cpus` | the index from the local APIC's ID, the TSC (calibrated against the PIT at boot), HLT woken by an NMI ([`crate::wait`]) |
 //! | `Memory` | the boot map's identity map of the first 4 GiB; coherent, nothing to clean |
-//! | `Translation` | AMD nested page tables; TLB flushes by ASID at the next entry |
+//! | `Translation` | AMD nested page tables or Intel EPT; TLB flushes at the next entry (ASID, INVEPT) |
 //! | `Vcpus` | the local APIC reset on retire; a fresh VMCB on every entry from the park loop |
 //! | `InterruptChip` | IOAPIC pins ([`crate::ioapic`]) |
-//! | `IoPorts` | the root cell's I/O permission map |
+//! | `IoPorts` | the root cell's and the cells' I/O permission maps ([`crate::iomap`]) |
+//! | `PciFunctions` | the configuration space's books ([`crate::pci::PCI`]) |
 //! | `Output` | the 8250 ([`crate::serial`]), copied into the core's ring |
 
 use core::fmt::Write as _;
@@ -16,7 +17,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
-use cellvisor_core::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
+use cellvisor_core::arch::{
+    Cpus, InterruptChip, IoPorts, Memory, Output, PciFunctions, Translation, Vcpus,
+};
 use cellvisor_core::Hypervisor;
 use cellvisor_paging::{Ept, GuestPhysAddr, LargePages, LinearMemory, Mapping, Npt, PhysAddr};
 
@@ -458,6 +461,45 @@ impl IoPorts for X86 {
             _ => return Err("ports move only between the root cell and another cell"),
         }
         Ok(())
+    }
+}
+
+impl PciFunctions for X86 {
+    fn move_pci(
+        &self,
+        from: CellId,
+        to: CellId,
+        device: cellvisor_config::PciAddress,
+    ) -> Result<(), &'static str> {
+        use cellvisor_pci::DeviceError;
+        if device.domain != 0 {
+            return Err("only PCI segment 0 is emulated");
+        }
+        let mut pci = crate::pci::PCI.lock();
+        let Some((config, hw)) = pci.as_mut() else {
+            return Err("the machine has no PCI configuration space");
+        };
+        match (from, to) {
+            (CellId::ROOT, CellId::ROOT) => Ok(()),
+            (CellId::ROOT, cell) => {
+                config
+                    .assign(hw, cell, &[device.bdf])
+                    .map_err(|error| match error {
+                        DeviceError::Taken { .. } => "the function belongs to another cell",
+                        DeviceError::Absent(_) => "no such function (vendor ID 0xffff)",
+                        DeviceError::Full => "too many PCI functions given to cells",
+                        DeviceError::ToRoot => "the root cell has every function already",
+                    })
+            }
+            (cell, CellId::ROOT) => {
+                if config.release_function(hw, cell, device.bdf) {
+                    Ok(())
+                } else {
+                    Err("the function is not the cell's")
+                }
+            }
+            _ => Err("PCI functions move only between the root cell and another cell"),
+        }
     }
 }
 

@@ -163,15 +163,16 @@ mod mechanism_1 {
 
 /// Where an x86 cell's device may send an MSI (Intel SDM Vol. 3A §11.11, AMD APM Vol. 2
 /// §16.7): the local APICs' window 0xFEExxxxx, a physical destination that is a CPU of the
-/// cell, and the fixed, lowest-priority or NMI delivery mode (never SMI, INIT or ExtINT).
-/// A logical destination is accepted for the root cell only, which owns every CPU while it
-/// runs alone.
+/// cell, and the fixed or lowest-priority delivery mode (never SMI, INIT or ExtINT). The
+/// root cell's devices may also send NMIs and use logical destinations (it owns every CPU
+/// no cell has, and its NMIs are its own); another cell's NMI would be taken for the
+/// hypervisor's kick, and a logical destination can name any CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct X86Msi<'a> {
     /// The machine's CPUs.
     pub topology: &'a Topology,
-    /// The root cell's CPUs.
-    pub root_cpus: &'a cellvisor_config::CpuSet,
+    /// The CPUs of the cell whose function is configured.
+    pub cpus: &'a cellvisor_config::CpuSet,
 }
 
 impl MsiPolicy for X86Msi<'_> {
@@ -179,21 +180,20 @@ impl MsiPolicy for X86Msi<'_> {
         if address >> 20 != 0xfee {
             return false;
         }
+        let root = cell == CellId::ROOT;
         let delivery = (data >> 8) & 0b111;
-        if !matches!(delivery, 0b000 | 0b001 | 0b100) {
+        let allowed = matches!(delivery, 0b000 | 0b001) || root && delivery == 0b100;
+        if !allowed {
             return false;
         }
         let logical = address & (1 << 2) != 0;
         let destination = ((address >> 12) & 0xff) as u32;
-        if cell != CellId::ROOT {
-            // No other cell yet: nothing of theirs may signal.
-            return false;
-        }
-        logical
-            || self
-                .topology
-                .cpu_of(destination)
-                .is_some_and(|cpu| self.root_cpus.contains(cpu))
+        (logical && root)
+            || !logical
+                && self
+                    .topology
+                    .cpu_of(destination)
+                    .is_some_and(|cpu| self.cpus.contains(cpu))
     }
 }
 
@@ -245,10 +245,10 @@ mod tests {
     #[test]
     fn msi_policy() {
         let topology = Topology::new(&[0, 1, 2, 3]).unwrap();
-        let root_cpus = cellvisor_config::CpuSet::from_cpus([0, 1, 2, 3]);
+        let root_cpus = cellvisor_config::CpuSet::from_cpus([0, 1, 2]);
         let msi = X86Msi {
             topology: &topology,
-            root_cpus: &root_cpus,
+            cpus: &root_cpus,
         };
         // Fixed, physical destination 2: allowed; 7 is no CPU.
         assert!(msi.allowed(CellId::ROOT, 0xfee0_2000, 0x41));
@@ -260,9 +260,21 @@ mod tests {
         for mode in [0b010, 0b101, 0b111] {
             assert!(!msi.allowed(CellId::ROOT, 0xfee0_0000, mode << 8 | 0x41));
         }
-        // Outside the local APICs' window; another cell.
+        // Outside the local APICs' window; a CPU of another cell.
         assert!(!msi.allowed(CellId::ROOT, 0xfec0_0000, 0x41));
+        assert!(!msi.allowed(CellId::ROOT, 0xfee0_3000, 0x41));
+
+        // A cell with CPU 3: fixed and lowest priority to CPU 3, physical only, no NMI.
+        let cell_cpus = cellvisor_config::CpuSet::from_cpus([3]);
+        let msi = X86Msi {
+            topology: &topology,
+            cpus: &cell_cpus,
+        };
+        assert!(msi.allowed(CellId(1), 0xfee0_3000, 0x41));
+        assert!(msi.allowed(CellId(1), 0xfee0_3000, 0x141));
         assert!(!msi.allowed(CellId(1), 0xfee0_2000, 0x41));
+        assert!(!msi.allowed(CellId(1), 0xfee0_3000, 0x400));
+        assert!(!msi.allowed(CellId(1), 0xfee0_8004, 0x41));
     }
 
     #[test]

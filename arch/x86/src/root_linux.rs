@@ -725,6 +725,7 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
     let mut apic = LocalApic::new(cpu, cell_cpus, false);
     let mut regs = GuestRegisters::default();
     let mut idle_hlt = false;
+    let ecam = SHARED.get().and_then(|shared| shared.ecam);
     let stop = |what: fmt::Arguments<'_>| {
         let name = HV.name_of(cpu as usize);
         HV.note(
@@ -763,6 +764,13 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
             Exit::Fault(f) if ioapic_page(f.gpa) => TrapReason::Distributor,
             Exit::Cpuid | Exit::Msr { .. } => TrapReason::OtherSysreg,
             Exit::Nmi => TrapReason::Irq,
+            // PCI configuration space: emulated, counted with the rest.
+            Exit::Io(io) if (pci::PORTS.0..=pci::PORTS.1).contains(&io.port) => TrapReason::Other,
+            Exit::Fault(f)
+                if ecam.is_some_and(|e| (e.base..e.base + e.size()).contains(&f.gpa)) =>
+            {
+                TrapReason::Other
+            }
             Exit::Hlt => TrapReason::Other,
             _ => TrapReason::OutsideConfig,
         };
@@ -787,6 +795,31 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
                     vmcb.rip()
                 ));
                 return;
+            }
+            Exit::Io(io)
+                if (pci::PORTS.0..=pci::PORTS.1).contains(&io.port)
+                    && io.port != pci::RESET_CONTROL
+                    && !io.string =>
+            {
+                let rax = vmcb.rax();
+                let mask = if io.size == 4 {
+                    0xffff_ffff
+                } else {
+                    (1u64 << (8 * u32::from(io.size))) - 1
+                };
+                let write = (!io.input).then_some((rax & mask) as u32);
+                match config_port(console, (cpu, cell), io.port, io.size, write) {
+                    Ok(loaded) => {
+                        if io.input {
+                            vmcb.set_rax(rax & !mask | loaded & mask);
+                        }
+                        vmcb.skip(usize::from(io.len));
+                    }
+                    Err(violation) => {
+                        stop(format_args!("{violation} at RIP {:#x}", vmcb.rip()));
+                        return;
+                    }
+                }
             }
             Exit::Io(io) => {
                 stop(format_args!(
@@ -838,6 +871,16 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
                         ));
                         return;
                     }
+                }
+            }
+            Exit::Fault(f)
+                if ecam.is_some_and(|e| (e.base..e.base + e.size()).contains(&f.gpa)) =>
+            {
+                let Some(window) = ecam else { continue };
+                let ram = GuestRam::Cell(cell);
+                if let Err(e) = emulate_ecam(console, (cpu, cell), window, ram, vmcb, &mut regs) {
+                    stop(format_args!("ECAM access at RIP {:#x}: {e}", vmcb.rip()));
+                    return;
                 }
             }
             Exit::Fault(f) => {
@@ -1085,9 +1128,13 @@ fn vcpu<V: Vcpu>(
                         )
                         .map(|_| ()),
                     ),
-                    TrappedPage::Ecam => {
-                        (&exits.pci, emulate_ecam(console, cpu, shared, vmcb, regs))
-                    }
+                    TrappedPage::Ecam => (
+                        &exits.pci,
+                        shared.ecam.map_or(Ok(()), |ecam| {
+                            let ram = GuestRam::Root(&shared.map);
+                            emulate_ecam(console, (cpu, CellId::ROOT), ecam, ram, vmcb, regs)
+                        }),
+                    ),
                 };
                 Exits::count(counter);
                 if let Err(e) = result {
@@ -1330,17 +1377,10 @@ fn io(console: &mut Serial, vmcb: &mut impl Guest, cpu: u32, shared: &Shared, ac
                 0
             }
         }
-    } else if (pci::PORTS.0..pci::PORTS.0 + 4).contains(&port) && size != 4 {
-        // Only a whole dword is CONFIG_ADDRESS: the hardware passes narrower accesses on as
-        // plain I/O, which reaches nothing here (Linux's type 1 probe writes a byte to
-        // 0xCFB). Reads all ones, writes dropped, as on the hardware.
-        mask
     } else if (pci::PORTS.0..=pci::PORTS.1).contains(&port) {
         let write = (!input).then_some(stored as u32);
-        match pci_access(console, cpu, pci::Target::Port(port), size, write) {
-            Some(value) => u64::from(value),
-            None => mask,
-        }
+        // The root cell's accesses are refused (and reported), never a violation.
+        config_port(console, (cpu, CellId::ROOT), port, size, write).unwrap_or(mask)
     } else {
         // A port the root cell does not have (a cell's, or not in its configuration):
         // reads all ones, writes dropped, reported.
@@ -1361,30 +1401,59 @@ fn io(console: &mut Serial, vmcb: &mut impl Guest, cpu: u32, shared: &Shared, ac
     vmcb.skip(usize::from(len));
 }
 
-/// A root-cell access to PCI configuration space, decided by `cellvisor-pci` (every function
-/// the root cell's while it runs alone); what the policy refuses is reported. Returns what a
-/// read reads.
+/// An IN (`write` `None`) or OUT of `size` bytes by CPU `cpu` of `cell` at a port of
+/// configuration mechanism #1 (not the reset control register): what an IN reads, or the
+/// violation that stops a cell.
+fn config_port(
+    console: &mut Serial,
+    (cpu, cell): (u32, CellId),
+    port: u16,
+    size: u8,
+    write: Option<u32>,
+) -> Result<u64, cellvisor_pci::PciViolation> {
+    let mask = if size == 4 {
+        0xffff_ffff
+    } else {
+        (1u64 << (8 * u32::from(size))) - 1
+    };
+    if (pci::PORTS.0..pci::PORTS.0 + 4).contains(&port) && size != 4 {
+        // Only a whole dword is CONFIG_ADDRESS: the hardware passes narrower accesses on as
+        // plain I/O, which reaches nothing here (Linux's type 1 probe writes a byte to
+        // 0xCFB). Reads all ones, writes dropped, as on the hardware.
+        return Ok(mask);
+    }
+    let value = pci_access(console, cpu, cell, pci::Target::Port(port), size, write)?;
+    Ok(value.map_or(mask, u64::from))
+}
+
+/// An access of CPU `cpu` of `cell` to PCI configuration space, decided by `cellvisor-pci`
+/// (the cell's functions answer, every other one reads as absent). Returns what a read reads
+/// (`None`: all ones), or, for a cell other than the root cell, the violation that stops
+/// it. What the policy refuses the root cell is reported and dropped.
 fn pci_access(
     console: &mut Serial,
     cpu: u32,
+    cell: CellId,
     target: pci::Target,
     size: u8,
     write: Option<u32>,
-) -> Option<u32> {
+) -> Result<Option<u32>, cellvisor_pci::PciViolation> {
     let outcome = {
         let topology = TOPOLOGY.lock();
-        let topology = topology.as_ref()?;
-        let root_cpus = root_cpus();
+        let Some(topology) = topology.as_ref() else {
+            return Ok(None);
+        };
+        let cpus = CpuSet::from_words([HV.cell(cell).cpus()]);
         let msi = pci::X86Msi {
             topology,
-            root_cpus: &root_cpus,
+            cpus: &cpus,
         };
-        pci::access(&msi, cellvisor_cell::CellId::ROOT, cpu, target, size, write)
+        pci::access(&msi, cell, cpu, target, size, write)
     };
-    match outcome {
-        Ok(cellvisor_pci::Outcome::Read(value)) => Some(value),
-        Ok(cellvisor_pci::Outcome::Written) => Some(0),
-        Ok(cellvisor_pci::Outcome::Refused(why)) => {
+    match outcome? {
+        cellvisor_pci::Outcome::Read(value) => Ok(Some(value)),
+        cellvisor_pci::Outcome::Written => Ok(Some(0)),
+        cellvisor_pci::Outcome::Refused(why) => {
             if may_report(console, cpu, &CPUS[cpu as usize]) {
                 let _guard = crate::lock_console();
                 let _ = writeln!(
@@ -1392,30 +1461,28 @@ fn pci_access(
                     "cellvisor: cell \"root\" (CPU {cpu}): PCI configuration {target:?}: {why}: refused"
                 );
             }
-            None
+            Ok(None)
         }
-        // The root cell's accesses are refused, never a violation.
-        Err(_) => None,
     }
 }
 
-/// A root-cell access to the ECAM window: decoded and decided like the ports.
+/// An access of CPU `cpu` of `cell` to the ECAM window `ecam` (which no second stage maps):
+/// decoded and decided like the ports.
 fn emulate_ecam(
     console: &mut Serial,
-    cpu: u32,
-    shared: &Shared,
+    (cpu, cell): (u32, CellId),
+    ecam: pci::Ecam,
+    ram: GuestRam<'_>,
     vmcb: &mut impl Guest,
     regs: &mut GuestRegisters,
 ) -> Result<(), EmulationError> {
-    let Some(ecam) = shared.ecam else {
-        return Ok(());
-    };
     let offset = vmcb.fault_address() - ecam.base;
-    let (access, stored) = decode_access(vmcb, regs, GuestRam::Root(&shared.map))?;
+    let (access, stored) = decode_access(vmcb, regs, ram)?;
     let size = access.size.min(4);
     let write = stored.map(|value| value as u32);
-    let loaded =
-        pci_access(console, cpu, pci::Target::Ecam(offset), size, write).unwrap_or(u32::MAX);
+    let loaded = pci_access(console, cpu, cell, pci::Target::Ecam(offset), size, write)
+        .map_err(EmulationError::Pci)?
+        .unwrap_or(u32::MAX);
     complete(vmcb, regs, access, loaded);
     Ok(())
 }
@@ -1429,6 +1496,8 @@ enum EmulationError {
     Fetch(walk::WalkError),
     /// The instruction is not one the decoder takes.
     Decode(decode::DecodeError),
+    /// A cell's configuration access that breaks the partition.
+    Pci(cellvisor_pci::PciViolation),
 }
 
 impl fmt::Display for EmulationError {
@@ -1437,6 +1506,7 @@ impl fmt::Display for EmulationError {
             Self::NotLongMode => f.write_str("the vCPU is not in 64-bit mode"),
             Self::Fetch(e) => write!(f, "the instruction cannot be read: {e}"),
             Self::Decode(e) => write!(f, "{e}"),
+            Self::Pci(e) => write!(f, "{e}"),
         }
     }
 }

@@ -4,7 +4,7 @@
 use core::fmt;
 
 use cellvisor_abi::{CellState, Error as Code};
-use cellvisor_config::{AddressRange, CellName, IrqRange, PortRange};
+use cellvisor_config::{AddressRange, CellName, IrqRange, PciAddress, PortRange};
 
 use crate::id::CellId;
 use crate::partition::Failure;
@@ -147,6 +147,28 @@ pub enum Problem {
         /// The first port the root cell does not have.
         port: u32,
     },
+    /// More PCI functions than a cell may have
+    /// ([`MAX_PCI_FUNCTIONS`](crate::MAX_PCI_FUNCTIONS)).
+    TooManyPciFunctions {
+        /// How many the configuration has.
+        count: usize,
+    },
+    /// A PCI function outside segment 0 (the only one the hypervisor emulates).
+    PciSegment {
+        /// Index of the device in the configuration.
+        index: usize,
+        /// The function.
+        device: PciAddress,
+    },
+    /// A PCI function belongs to another cell.
+    PciTaken {
+        /// Index of the device in the configuration.
+        index: usize,
+        /// The function.
+        device: PciAddress,
+        /// Its cell.
+        by: CellName,
+    },
 }
 
 impl Problem {
@@ -162,7 +184,8 @@ impl Problem {
             | Problem::IrqTaken { .. }
             | Problem::IrqNotOwned { .. }
             | Problem::PortTaken { .. }
-            | Problem::PortNotOwned { .. } => Code::NotOwned,
+            | Problem::PortNotOwned { .. }
+            | Problem::PciTaken { .. } => Code::NotOwned,
             Problem::BadName
             | Problem::Unsupported { .. }
             | Problem::NoCpu
@@ -172,7 +195,9 @@ impl Problem {
             | Problem::MemoryOverlap { .. }
             | Problem::MemorySpansRootRegions { .. }
             | Problem::IrqBeyondLimit { .. }
-            | Problem::TooManyPortRanges { .. } => Code::BadConfig,
+            | Problem::TooManyPortRanges { .. }
+            | Problem::TooManyPciFunctions { .. }
+            | Problem::PciSegment { .. } => Code::BadConfig,
         }
     }
 }
@@ -264,6 +289,18 @@ impl fmt::Display for Problem {
                 f,
                 "port range {index} ({range}): port {port:#x} not owned by the root cell"
             ),
+            Problem::TooManyPciFunctions { count } => write!(
+                f,
+                "{count} PCI devices, at most {}",
+                crate::MAX_PCI_FUNCTIONS
+            ),
+            Problem::PciSegment { index, device } => write!(
+                f,
+                "PCI device {index} ({device}): only segment 0 is emulated"
+            ),
+            Problem::PciTaken { index, device, by } => {
+                write!(f, "PCI device {index} ({device}): belongs to cell \"{by}\"")
+            }
         }
     }
 }

@@ -40,4 +40,6 @@ pub use id::CellId;
 pub use irq::IrqSet;
 pub use partition::{Failure, Partition, Step};
 pub use region::{Region, Regions, MAX_REGIONS};
-pub use registry::{first_shared_irq, Cell, Ports, Registry, MAX_PORT_RANGES};
+pub use registry::{
+    first_shared_irq, Cell, PciFunctions, Ports, Registry, MAX_PCI_FUNCTIONS, MAX_PORT_RANGES,
+};

@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use cellvisor_config::MemoryFlags;
+use cellvisor_config::{MemoryFlags, PciAddress};
 
 use crate::id::CellId;
 use crate::region::Region;
@@ -22,7 +22,9 @@ use crate::region::Region;
 ///    root cell or is the communication region, then
 ///    [`map_into_cell`](Partition::map_into_cell) — memory is never in both at once;
 /// 3. [`move_irq`](Partition::move_irq) for each interrupt line, in ascending order;
-/// 4. [`move_cpu`](Partition::move_cpu) for each CPU, in ascending order.
+/// 4. [`move_ports`](Partition::move_ports) for each I/O port range, in configuration order;
+/// 5. [`move_pci`](Partition::move_pci) for each PCI function, in configuration order;
+/// 6. [`move_cpu`](Partition::move_cpu) for each CPU, in ascending order.
 ///
 /// Implementations should change nothing when they return an error, so that the undo steps
 /// find the machine as the registry believes it is.
@@ -67,6 +69,12 @@ pub trait Partition {
         to: CellId,
     ) -> Result<(), Self::Error>;
 
+    /// Hands a PCI function from one cell to another: configuration space accesses of the
+    /// new owner reach it, the old owner's find no function there. Its BARs stay where they
+    /// are (a cell maps them as memory regions of its configuration).
+    fn move_pci(&mut self, device: PciAddress, from: CellId, to: CellId)
+        -> Result<(), Self::Error>;
+
     /// Hands a CPU from one cell to another. A CPU that goes to a new cell waits there for
     /// the cell's start; a CPU that returns to the root cell stays offline there until the
     /// root cell brings it online (PSCI `CPU_ON`, INIT/SIPI).
@@ -109,6 +117,16 @@ pub enum Step {
     MovePortsToRoot {
         /// Index of the cell's port range.
         range: usize,
+    },
+    /// [`Partition::move_pci`] of a PCI function of the cell's from the root cell to it.
+    MovePciToCell {
+        /// Index of the function in the cell's configuration.
+        function: usize,
+    },
+    /// [`Partition::move_pci`] of a PCI function of the cell's back to the root cell.
+    MovePciToRoot {
+        /// Index of the function in the cell's configuration.
+        function: usize,
     },
     /// [`Partition::move_cpu`] from the root cell to the cell.
     MoveCpuToCell {
@@ -153,6 +171,8 @@ impl Step {
             Step::MoveIrqToRoot { irq } => Step::MoveIrqToCell { irq },
             Step::MovePortsToCell { range } => Step::MovePortsToRoot { range },
             Step::MovePortsToRoot { range } => Step::MovePortsToCell { range },
+            Step::MovePciToCell { function } => Step::MovePciToRoot { function },
+            Step::MovePciToRoot { function } => Step::MovePciToCell { function },
             Step::MoveCpuToCell { cpu } => Step::MoveCpuToRoot { cpu },
             Step::MoveCpuToRoot { cpu } => Step::MoveCpuToCell { cpu },
         }
@@ -186,6 +206,12 @@ impl fmt::Display for Step {
             }
             Step::MovePortsToRoot { range } => {
                 write!(f, "returning I/O port range {range} to the root cell")
+            }
+            Step::MovePciToCell { function } => {
+                write!(f, "moving PCI device {function} to the cell")
+            }
+            Step::MovePciToRoot { function } => {
+                write!(f, "returning PCI device {function} to the root cell")
             }
             Step::MoveCpuToCell { cpu } => write!(f, "moving CPU {cpu} to the cell"),
             Step::MoveCpuToRoot { cpu } => write!(f, "returning CPU {cpu} to the root cell"),

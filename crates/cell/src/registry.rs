@@ -2,7 +2,7 @@
 
 use cellvisor_abi::{CellRecord, CellState};
 use cellvisor_config::{
-    AddressRange, Architecture, CellName, CellView, IrqRange, MemoryFlags, PortRange,
+    AddressRange, Architecture, CellName, CellView, IrqRange, MemoryFlags, PciAddress, PortRange,
     SystemConfigView,
 };
 
@@ -30,6 +30,8 @@ pub struct Cell {
     pub irqs: IrqSet,
     /// I/O port ranges (x86).
     pub ports: Ports,
+    /// PCI functions (none for the root cell, which has every function no other cell has).
+    pub pci: PciFunctions,
     /// Where the cell's CPUs start (guest-physical).
     pub reset_address: u64,
 }
@@ -91,6 +93,12 @@ pub const MAX_PORT_RANGES: usize = 16;
 
 /// A cell's I/O port ranges.
 pub type Ports = heapless::Vec<PortRange, MAX_PORT_RANGES>;
+
+/// PCI functions a cell may have.
+pub const MAX_PCI_FUNCTIONS: usize = 16;
+
+/// A cell's PCI functions.
+pub type PciFunctions = heapless::Vec<PciAddress, MAX_PCI_FUNCTIONS>;
 
 /// The cells of a machine and what each owns, with Jailhouse semantics: at boot the root
 /// cell owns every CPU, memory region and interrupt line it is given; [`create`] moves
@@ -224,6 +232,7 @@ impl<const CELLS: usize> Registry<CELLS> {
             regions: regions.clone(),
             irqs,
             ports: root_ports.take(MAX_PORT_RANGES).collect(),
+            pci: PciFunctions::new(),
             reset_address: 0,
         });
         Ok(Registry {
@@ -330,12 +339,14 @@ impl<const CELLS: usize> Registry<CELLS> {
     /// (no mapping of the interrupt controller, ...) are
     /// [`cellvisor_config::check::check_cell`]'s.
     ///
-    /// The checks, in order: the name (valid, unique), a free slot, no PCI devices, stream
-    /// IDs or I/O ports (not handed out yet), the CPUs (exist, the root cell's, offline, the
+    /// The checks, in order: the name (valid, unique), a free slot, no stream IDs (not
+    /// handed out yet), the CPUs (exist, the root cell's, offline, the
     /// root cell keeps one), each memory region (not overlapping another of the cell or
     /// another cell's, unless both are shared with the root cell; inside one region of the
     /// root cell), each interrupt line (below [`IrqSet::LINES`], the root cell's), and that
-    /// the root cell's memory does not split into more than [`MAX_REGIONS`] pieces.
+    /// the root cell's memory does not split into more than [`MAX_REGIONS`] pieces, each I/O
+    /// port range (the root cell's, no other cell's), each PCI function (segment 0, no
+    /// other cell's; the root cell has every function no other cell has).
     pub fn create<P: Partition>(
         &mut self,
         config: &CellView<'_>,
@@ -378,13 +389,8 @@ impl<const CELLS: usize> Registry<CELLS> {
             .iter()
             .position(Option::is_none)
             .ok_or(Problem::NoFreeSlot { capacity: CELLS })?;
-        for (what, count) in [
-            ("PCI devices", config.pci_devices().len()),
-            ("stream IDs", config.stream_ids().len()),
-        ] {
-            if count != 0 {
-                return Err(Problem::Unsupported { what });
-            }
+        if config.stream_ids().len() != 0 {
+            return Err(Problem::Unsupported { what: "stream IDs" });
         }
 
         let root = self.root();
@@ -465,6 +471,8 @@ impl<const CELLS: usize> Registry<CELLS> {
                 .map_err(|_| Problem::TooManyPortRanges { count })?;
         }
 
+        let pci = self.check_pci(config)?;
+
         let lent = self
             .others()
             .flat_map(|c| c.regions.iter())
@@ -483,10 +491,34 @@ impl<const CELLS: usize> Registry<CELLS> {
                 regions,
                 irqs,
                 ports,
+                pci,
                 reset_address: config.cpu_reset_address(),
             },
             root_regions,
         })
+    }
+
+    /// Checks the PCI functions of a new cell: at most [`MAX_PCI_FUNCTIONS`], in segment 0,
+    /// no other cell's (the configuration lists each once).
+    fn check_pci(&self, config: &CellView<'_>) -> Result<PciFunctions, Problem> {
+        let count = config.pci_devices().len();
+        let mut pci = PciFunctions::new();
+        for (index, device) in config.pci_devices().enumerate() {
+            let device = device.address();
+            if device.domain != 0 {
+                return Err(Problem::PciSegment { index, device });
+            }
+            if let Some(other) = self.others().find(|c| c.pci.contains(&device)) {
+                return Err(Problem::PciTaken {
+                    index,
+                    device,
+                    by: other.name,
+                });
+            }
+            pci.push(device)
+                .map_err(|_| Problem::TooManyPciFunctions { count })?;
+        }
+        Ok(pci)
     }
 
     /// Checks port range `index` of a new cell: every port the root cell's (its ranges at
@@ -718,6 +750,7 @@ fn plan(cell: &Cell) -> impl DoubleEndedIterator<Item = Step> + Clone + '_ {
         .chain(regions)
         .chain(cell.irqs.iter().map(|irq| Step::MoveIrqToCell { irq }))
         .chain((0..cell.ports.len()).map(|range| Step::MovePortsToCell { range }))
+        .chain((0..cell.pci.len()).map(|function| Step::MovePciToCell { function }))
         .chain(cell.cpu_list().map(|cpu| Step::MoveCpuToCell { cpu }))
 }
 
@@ -804,6 +837,14 @@ fn perform<P: Partition>(
         },
         Step::MovePortsToRoot { range } => match cell.ports.get(range) {
             Some(r) => partition.move_ports(r.base, r.size, id, CellId::ROOT),
+            None => Ok(()),
+        },
+        Step::MovePciToCell { function } => match cell.pci.get(function) {
+            Some(&device) => partition.move_pci(device, CellId::ROOT, id),
+            None => Ok(()),
+        },
+        Step::MovePciToRoot { function } => match cell.pci.get(function) {
+            Some(&device) => partition.move_pci(device, id, CellId::ROOT),
             None => Ok(()),
         },
         Step::MoveCpuToCell { cpu } => partition.move_cpu(cpu, CellId::ROOT, id),

@@ -1173,6 +1173,110 @@ fn io_ports_move_to_a_cell_and_back() {
     assert!(fake.calls.contains(&Call::MovePorts(0x2f8, 8, 1, 0)));
 }
 
+/// [`X86_SYSTEM`] with PCI functions `functions` (TOML list) for the root cell.
+fn x86_system_with_pci(functions: &str) -> Vec<u8> {
+    system_bytes(
+        &X86_SYSTEM
+            .replace(
+                r#"irqs = ["0-23"]"#,
+                &format!("irqs = [\"0-23\"]\npci-devices = {functions}"),
+            )
+            .replace(
+                "[root-cell]",
+                "[pci-host]\necam-base = 0xb000_0000\n\n[root-cell]",
+            ),
+    )
+}
+
+/// [`x86_cell`] with PCI functions `functions` (TOML list).
+fn x86_cell_with_pci(name: &str, cpu: u32, functions: &str) -> Vec<u8> {
+    let (irqs, phys) = if cpu == 3 {
+        ("[3]", 0x7000_0000)
+    } else {
+        ("[]", 0x7100_0000)
+    };
+    cell_bytes(&format!(
+        r#"architecture = "x86_64"
+name = "{name}"
+cpus = [{cpu}]
+irqs = {irqs}
+pci-devices = {functions}
+
+[[memory]]
+phys = {phys:#x}
+virt = 0
+size = 0x100_0000
+flags = ["read", "write", "execute", "loadable"]
+"#
+    ))
+}
+
+#[test]
+fn pci_functions_move_to_a_cell_and_back() {
+    let mut registry: Reg = registry(&x86_system_with_pci(r#"["00:05.0", "00:06.0"]"#));
+    let before = registry.clone();
+    let mut fake = Fake::new(&registry);
+    let initial = fake.machine.clone();
+    let edu = x86_cell_with_pci("edu", 3, r#"["00:05.0", "0000:00:06.0"]"#);
+    let id = registry
+        .create(view(&edu).cell(), 1 << 3, &mut fake)
+        .unwrap();
+    let functions: Vec<String> = registry
+        .cell(id)
+        .unwrap()
+        .pci
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(functions, ["0000:00:05.0", "0000:00:06.0"]);
+    assert_eq!(fake.machine, Machine::of(&registry));
+    assert_eq!(fake.machine.pci.len(), 2);
+    // Both moved after the tables and before the CPU.
+    let position = |call: Call| fake.calls.iter().position(|c| *c == call).unwrap();
+    let edu_bdf = (5 << 3) as u16;
+    assert!(position(Call::MovePci(edu_bdf, 0, 1)) < position(Call::MoveCpu(3, 0, 1)));
+    assert!(position(Call::CreateTables(1)) < position(Call::MovePci(edu_bdf, 0, 1)));
+
+    // Another cell cannot have them.
+    let twin = x86_cell_with_pci("twin", 2, r#"["00:06.0"]"#);
+    rejected(
+        &mut registry,
+        &twin,
+        1 << 2,
+        "cell \"twin\": PCI device 0 (0000:00:06.0): belongs to cell \"edu\"",
+        Code::NotOwned,
+    );
+
+    fake.calls.clear();
+    registry.destroy(id, &mut fake).unwrap();
+    assert_eq!(registry, before);
+    assert_eq!(fake.machine, initial);
+    assert!(fake.calls.contains(&Call::MovePci(edu_bdf, 1, 0)));
+}
+
+#[test]
+fn a_failed_pci_move_is_rolled_back() {
+    let mut registry: Reg = registry(&x86_system_with_pci(r#"["00:05.0", "00:06.0"]"#));
+    let before = registry.clone();
+    let mut fake = Fake::new(&registry);
+    let initial = fake.machine.clone();
+    // Calls: create tables, unmap, map, move 00:05.0, move 00:06.0 (fails), then the undo.
+    let edu = x86_cell_with_pci("edu", 2, r#"["00:05.0", "00:06.0"]"#);
+    fake.fail_at(4);
+    let error = registry
+        .create(view(&edu).cell(), 1 << 2, &mut fake)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("moving PCI device 1 to the cell"),
+        "{error}"
+    );
+    assert_eq!(registry, before);
+    assert_eq!(fake.machine, initial);
+    assert!(fake.calls.contains(&Call::MovePci(5 << 3, 1, 0)));
+}
+
 /// [`X86_SYSTEM`] with the root cell's ports `ports`.
 fn registry_with_ports(ports: &str) -> Reg {
     registry(&system_bytes(&X86_SYSTEM.replace(

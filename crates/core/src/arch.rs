@@ -9,6 +9,7 @@
 //! | [`Vcpus`] | retire and activate a vCPU on a CPU | GIC CPU interface, HCR/VTTBR, scrub | VMCS/VMCB, APIC |
 //! | [`InterruptChip`] | move interrupt lines between cells | GIC distributor | IOAPIC, interrupt remapping |
 //! | [`IoPorts`] | move I/O ports between cells | none (a configuration has none) | the I/O permission maps |
+//! | [`PciFunctions`] | move PCI functions between cells | none yet (refused) | `cellvisor-pci` behind 0xCF8 and ECAM |
 //! | [`Output`] | the hypervisor console | PL011, Cadence UART | 8250 |
 //!
 //! Every method is called with the core's own locks as documented on it; none may call back
@@ -16,6 +17,7 @@
 
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
+use cellvisor_config::PciAddress;
 use cellvisor_paging::{Format, GuestPhysAddr, Mapping, PhysAddr, PhysMemory};
 
 /// The CPUs: who runs, what time it is, sleeping and waking.
@@ -162,6 +164,14 @@ pub trait IoPorts {
     ) -> Result<(), &'static str>;
 }
 
+/// PCI functions, whose configuration space the hypervisor emulates.
+pub trait PciFunctions {
+    /// Moves PCI function `device` from cell `from` to cell `to`: the new owner's
+    /// configuration accesses reach it, the old owner finds no function there. On error
+    /// nothing changed; the message says why.
+    fn move_pci(&self, from: CellId, to: CellId, device: PciAddress) -> Result<(), &'static str>;
+}
+
 /// The hypervisor console.
 pub trait Output {
     /// Prints to the console. The architecture copies what it prints into the core's ring
@@ -176,8 +186,20 @@ pub trait Output {
 
 /// Everything the core needs from an architecture.
 pub trait Arch:
-    Cpus + Memory + Translation + Vcpus + InterruptChip + IoPorts + Output + Sync
+    Cpus + Memory + Translation + Vcpus + InterruptChip + IoPorts + PciFunctions + Output + Sync
 {
 }
 
-impl<T: Cpus + Memory + Translation + Vcpus + InterruptChip + IoPorts + Output + Sync> Arch for T {}
+impl<
+        T: Cpus
+            + Memory
+            + Translation
+            + Vcpus
+            + InterruptChip
+            + IoPorts
+            + PciFunctions
+            + Output
+            + Sync,
+    > Arch for T
+{
+}

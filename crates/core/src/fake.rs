@@ -11,7 +11,7 @@
 //! - [`FakeArch::fail_irq_moves`] and a small table pool make machine steps fail, to test
 //!   rollback; [`FakeArch::set_activation_delay`] keeps a CPU entering a cell for a while.
 
-use crate::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
+use crate::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, PciFunctions, Translation, Vcpus};
 use crate::{Hypervisor, Verdict, MAX_CPUS};
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
@@ -166,6 +166,15 @@ pub enum Event {
         base: u32,
         /// Ports.
         count: u32,
+    },
+    /// [`PciFunctions::move_pci`].
+    MovePci {
+        /// Old owner.
+        from: u32,
+        /// New owner.
+        to: u32,
+        /// The function.
+        device: cellvisor_config::PciAddress,
     },
     /// [`Translation::flush_cell`].
     FlushCell(u32),
@@ -448,6 +457,22 @@ impl Vcpus for FakeArch {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
+    }
+}
+
+impl PciFunctions for FakeArch {
+    fn move_pci(
+        &self,
+        from: CellId,
+        to: CellId,
+        device: cellvisor_config::PciAddress,
+    ) -> Result<(), &'static str> {
+        self.log(Event::MovePci {
+            from: from.0,
+            to: to.0,
+            device,
+        });
+        Ok(())
     }
 }
 

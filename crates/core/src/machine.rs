@@ -47,6 +47,8 @@ pub enum MachineError {
     Irq(&'static str),
     /// I/O ports could not move.
     Ports(&'static str),
+    /// A PCI function could not move.
+    Pci(&'static str),
 }
 
 impl core::fmt::Display for MachineError {
@@ -56,6 +58,7 @@ impl core::fmt::Display for MachineError {
             Self::NoMemory => f.write_str("out of hypervisor memory"),
             Self::Irq(e) => write!(f, "interrupt controller: {e}"),
             Self::Ports(e) => write!(f, "I/O ports: {e}"),
+            Self::Pci(e) => write!(f, "PCI: {e}"),
         }
     }
 }
@@ -395,6 +398,18 @@ impl<A: Arch> cellvisor_cell::Partition for Machine<'_, A> {
             .arch
             .move_ports(from, to, base, count)
             .map_err(MachineError::Ports)
+    }
+
+    fn move_pci(
+        &mut self,
+        device: cellvisor_config::PciAddress,
+        from: CellId,
+        to: CellId,
+    ) -> Result<(), Self::Error> {
+        self.0
+            .arch
+            .move_pci(from, to, device)
+            .map_err(MachineError::Pci)
     }
 
     fn move_cpu(&mut self, cpu: u32, _from: CellId, to: CellId) -> Result<(), Self::Error> {

@@ -244,12 +244,26 @@ impl PciConfig {
     /// Gives every function of `cell` back to the root cell, not decoding nor mastering (the
     /// root cell's kernel enables it again when it takes the device). Returns how many.
     pub fn release(&mut self, hw: &mut impl ConfigSpace, cell: CellId) -> usize {
+        self.release_where(hw, |a| a.cell == cell)
+    }
+
+    /// Gives function `bdf` back to the root cell, as [`release`](Self::release) does, if it
+    /// is `cell`'s; returns whether it was.
+    pub fn release_function(&mut self, hw: &mut impl ConfigSpace, cell: CellId, bdf: Bdf) -> bool {
+        self.release_where(hw, |a| a.cell == cell && a.bdf == bdf) == 1
+    }
+
+    fn release_where(
+        &mut self,
+        hw: &mut impl ConfigSpace,
+        released: impl Fn(&Assigned) -> bool,
+    ) -> usize {
         let before = self.devices.assigned.len();
-        for a in self.devices.assigned.iter().filter(|a| a.cell == cell) {
+        for a in self.devices.assigned.iter().filter(|a| released(a)) {
             let command = hw.read(a.bdf, COMMAND, 2);
             hw.write(a.bdf, COMMAND, 2, command & !DECODE_AND_MASTER);
         }
-        self.devices.assigned.retain(|a| a.cell != cell);
+        self.devices.assigned.retain(|a| !released(a));
         before - self.devices.assigned.len()
     }
 

@@ -116,8 +116,18 @@ fn functions_change_hands_all_or_nothing() {
         pci.devices().of(CELL).collect::<Vec<_>>(),
         [bdf(0, 4, 0), bdf(0, 0x1e, 0)]
     );
+    // One function back: only if it is the cell's, decoding off again.
+    write(&mut pci, &mut hw, BY_CELL, bdf(0, 4, 0), 0x04, 0b110).unwrap();
+    assert!(!pci.release_function(&mut hw, CellId(2), bdf(0, 4, 0)));
+    assert!(!pci.release_function(&mut hw, CELL, bdf(0, 2, 0)));
+    assert!(pci.release_function(&mut hw, CELL, bdf(0, 4, 0)));
+    assert_eq!(hw.get(bdf(0, 4, 0), 0x04, 2), 0);
+    assert_eq!(pci.devices().owner(bdf(0, 4, 0)), CellId::ROOT);
+    assert_eq!(pci.devices().owner(bdf(0, 0x1e, 0)), CELL);
+    pci.assign(&mut hw, CELL, &[bdf(0, 4, 0)]).unwrap();
     assert_eq!(pci.release(&mut hw, CELL), 2);
     assert_eq!(pci.devices().owner(bdf(0, 4, 0)), CellId::ROOT);
+    assert_eq!(pci.devices().owner(bdf(0, 0x1e, 0)), CellId::ROOT);
 }
 
 #[test]

@@ -8,7 +8,9 @@ use aarch64_cpu::registers::{
 };
 use cellvisor_abi::comm;
 use cellvisor_cell::CellId;
-use cellvisor_core::arch::{Cpus, InterruptChip, IoPorts, Memory, Output, Translation, Vcpus};
+use cellvisor_core::arch::{
+    Cpus, InterruptChip, IoPorts, Memory, Output, PciFunctions, Translation, Vcpus,
+};
 use cellvisor_paging::{
     Access, Attributes, GuestPhysAddr, LinearMemory, Mapping, MemoryType, PhysAddr, Stage2,
 };
@@ -187,6 +189,19 @@ impl IoPorts for Aarch64 {
     ) -> Result<(), &'static str> {
         // The configuration check refuses I/O ports on Arm: never called.
         Err("I/O ports exist only on x86")
+    }
+}
+
+impl PciFunctions for Aarch64 {
+    fn move_pci(
+        &self,
+        _from: CellId,
+        _to: CellId,
+        _device: cellvisor_config::PciAddress,
+    ) -> Result<(), &'static str> {
+        // The Arm boards' configuration space (an ECAM window) is the root cell's alone: it
+        // is not trapped, so a function cannot be taken from it.
+        Err("PCI functions are given to cells only on x86 (Arm's ECAM window is not trapped)")
     }
 }
 

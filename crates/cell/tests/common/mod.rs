@@ -9,7 +9,7 @@ use std::fmt;
 
 use cellvisor_cell::{CellId, Partition, Region, Registry};
 use cellvisor_config::text::{cell_from_toml, system_from_toml};
-use cellvisor_config::{CellConfigView, MemoryFlags, SystemConfigView};
+use cellvisor_config::{CellConfigView, MemoryFlags, PciAddress, SystemConfigView};
 
 /// The QEMU `virt` system the board crate uses.
 pub const QEMU_SYSTEM: &str =
@@ -47,6 +47,8 @@ pub enum Call {
     MoveCpu(u32, u32, u32),
     /// Ports `[base, base + count)` from one cell to another.
     MovePorts(u32, u32, u32, u32),
+    /// A PCI function (bus, device, function as in `Bdf`) from one cell to another.
+    MovePci(u16, u32, u32),
     CreateTables(u32),
     DestroyTables(u32),
 }
@@ -62,6 +64,7 @@ impl Call {
             Call::MoveIrq(i, f, t) => Call::MoveIrq(i, t, f),
             Call::MoveCpu(i, f, t) => Call::MoveCpu(i, t, f),
             Call::MovePorts(b, n, f, t) => Call::MovePorts(b, n, t, f),
+            Call::MovePci(d, f, t) => Call::MovePci(d, t, f),
             Call::CreateTables(c) => Call::DestroyTables(c),
             Call::DestroyTables(c) => Call::CreateTables(c),
         }
@@ -101,6 +104,8 @@ pub struct Machine {
     /// Owner of each I/O port a cell other than the root cell has (the others are the root
     /// cell's).
     pub ports: BTreeMap<u32, u32>,
+    /// Owner of each PCI function a cell other than the root cell has.
+    pub pci: BTreeMap<u16, u32>,
 }
 
 /// A region as an ordered key.
@@ -164,6 +169,9 @@ impl Machine {
                     for port in range.base..range.base + range.size {
                         machine.ports.insert(port, cell.id.0);
                     }
+                }
+                for device in &cell.pci {
+                    machine.pci.insert(device.bdf.0, cell.id.0);
                 }
             }
         }
@@ -367,6 +375,21 @@ impl Partition for Fake {
             } else {
                 self.machine.ports.insert(port, to.0);
             }
+        }
+        Ok(())
+    }
+
+    fn move_pci(&mut self, device: PciAddress, from: CellId, to: CellId) -> Result<(), Injected> {
+        self.call(Call::MovePci(device.bdf.0, from.0, to.0))?;
+        let owner = self.machine.pci.get(&device.bdf.0).copied().unwrap_or(0);
+        assert_eq!(
+            owner, from.0,
+            "PCI {device} moved from a cell that does not own it"
+        );
+        if to.0 == 0 {
+            self.machine.pci.remove(&device.bdf.0);
+        } else {
+            self.machine.pci.insert(device.bdf.0, to.0);
         }
         Ok(())
     }

@@ -56,6 +56,9 @@ pub struct Board {
     pub smp: u32,
     /// Default `-m`.
     pub memory: String,
+    /// Devices QEMU adds to the machine (`qemu-devices`, each a `-device` value), for the
+    /// reference cells that take them.
+    pub devices: Vec<String>,
     /// The board crate's directory (its `config/` holds the reference configurations).
     pub dir: PathBuf,
     /// How Linux boots as the root cell; `None` for boards that do not boot Linux yet.
@@ -312,6 +315,20 @@ impl Board {
             None => None,
             Some(_) => Some(string("cpu")?),
         };
+        let devices = match table.get("qemu-devices") {
+            None => Vec::new(),
+            Some(devices) => devices
+                .as_array()
+                .context("`qemu-devices` must be an array of strings")?
+                .iter()
+                .map(|d| {
+                    d.as_str()
+                        .filter(|d| !d.trim().is_empty())
+                        .map(str::to_owned)
+                        .context("`qemu-devices` must hold non-empty strings")
+                })
+                .collect::<Result<Vec<String>>>()?,
+        };
         Ok(Self {
             name: string("board")?,
             package: package["name"]
@@ -330,6 +347,7 @@ impl Board {
             cpu,
             smp,
             memory: string("memory")?,
+            devices,
             dir: package["manifest_path"]
                 .as_str()
                 .and_then(|m| Path::new(m).parent())
@@ -537,6 +555,31 @@ mod tests {
             Board::from_package(&package(table)).unwrap().unwrap_err()
         );
         assert!(error.contains("{gic} placeholder"), "{error}");
+    }
+
+    #[test]
+    fn qemu_devices() {
+        let board = Board::from_package(&package(qemu_arm64()))
+            .unwrap()
+            .unwrap();
+        assert!(board.devices.is_empty());
+        let mut table = qemu_arm64();
+        table["qemu-devices"] = serde_json::json!(["edu,addr=0x5"]);
+        let board = Board::from_package(&package(table)).unwrap().unwrap();
+        assert_eq!(board.devices, ["edu,addr=0x5"]);
+        for bad in [
+            serde_json::json!("edu"),
+            serde_json::json!([""]),
+            serde_json::json!([5]),
+        ] {
+            let mut table = qemu_arm64();
+            table["qemu-devices"] = bad;
+            let error = format!(
+                "{:#}",
+                Board::from_package(&package(table)).unwrap().unwrap_err()
+            );
+            assert!(error.contains("`qemu-devices` must"), "{error}");
+        }
     }
 
     #[test]

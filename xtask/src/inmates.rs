@@ -52,13 +52,14 @@ const MAX_IMAGE_SIZE: u64 = 16 << 20;
 /// 32-bit protected mode, linked at 0 without relocations.
 pub const PACKAGE_X86: &str = "cellvisor-inmates-x86";
 /// Its binaries.
-pub const INMATES_X86: [&str; 6] = [
+pub const INMATES_X86: [&str; 7] = [
     "timer-demo",
     "uart-demo",
     "stubborn-demo",
     "wild-demo",
     "ipi-wild-demo",
     "ioapic-wild-demo",
+    "pci-demo",
 ];
 /// The x86 inmates' Rust target.
 const TARGET_X86: &str = "x86_64-unknown-none";

@@ -77,6 +77,9 @@ impl Qemu {
             "-kernel".to_owned(),
             kernel.display().to_string(),
         ]);
+        for device in &board.devices {
+            args.extend(["-device".to_owned(), device.clone()]);
+        }
         if options.icount {
             args.extend(DETERMINISTIC.map(str::to_owned));
         }
@@ -451,6 +454,7 @@ mod tests {
             cpu: cpu.map(str::to_owned),
             smp: 4,
             memory: "1G".to_owned(),
+            devices: Vec::new(),
             dir: std::path::PathBuf::new(),
             linux: None,
             multiboot: None,

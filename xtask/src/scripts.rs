@@ -243,7 +243,22 @@ mod tests {
         ];
         for script in Script::ALL {
             let text = script.text();
+            // The body of a here-document (`<<'EOF'` to `EOF`) is text, not commands.
+            let mut here_document = None;
             for line in text.lines().map(str::trim) {
+                if let Some(end) = here_document {
+                    if line == end {
+                        here_document = None;
+                    }
+                    continue;
+                }
+                // (Not a shift, `$((1 << cpu))`: the word follows at once, quoted or capital.)
+                if let Some((_, rest)) = line.split_once("<<").filter(|(_, rest)| {
+                    rest.starts_with(|c: char| c == '\'' || c == '"' || c.is_ascii_uppercase())
+                }) {
+                    let end = rest.split_whitespace().next().unwrap_or("");
+                    here_document = Some(end.trim_matches(['\'', '"']));
+                }
                 if line.is_empty()
                     || line.starts_with('#')
                     || line.contains('=') && !line.contains(' ')
@@ -272,6 +287,7 @@ mod tests {
                     );
                 }
             }
+            assert_eq!(here_document, None, "{script}: a here-document does not end");
         }
     }
 

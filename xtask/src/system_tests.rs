@@ -216,6 +216,31 @@ const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: ioapic state=failed",
     ]),
+    // QEMU's edu device (00:05.0) in a cell: the root cell reads it, then no function there
+    // while the cell has it, then it again; the cell that moves its BAR is stopped.
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci root reads 11e81234 before",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci-create status=0",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci root reads ffffffff while \
+         the cell has it",
+    ]),
+    Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: pci state=failed"]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci console report: cellvisor: \
+         cell \"pci-demo\" (CPU 2): PCI configuration write of 0xfeb00000: PCI 00:05.0: BAR 0 \
+         cannot move at RIP ",
+        ": cell stopped",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci-destroy status=0",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci root reads 11e81234 after",
+    ]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: uart-shutdown status=0",
     ]),
@@ -736,6 +761,12 @@ impl<'a> Case<'a> {
                 Check::MemTotal,
                 Check::SecondUart("timer-demo: samples=1000 latency ns min="),
                 Check::SecondUart("uart-demo: COM2 interrupt through IOAPIC pin 3 received"),
+                // pci-demo: only its function answers; BAR 0, the device and its MSI work.
+                Check::SecondUart("pci-demo: bus 0: 00:05.0 1234:11e8, 1 function(s)"),
+                Check::SecondUart("pci-demo: ECAM: 00:05.0 1234:11e8, 00:00.0 ffff:ffff"),
+                Check::SecondUart("pci-demo: BAR 0 at 0xfea00000, 1024 KiB"),
+                Check::SecondUart("pci-demo: edu 0x010000ed: liveness ok, 10! = 3628800"),
+                Check::SecondUart("pci-demo: MSI vector 0x42 received"),
             ],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))
@@ -1919,6 +1950,7 @@ mod tests {
             cpu: cpu.map(str::to_owned),
             smp: 2,
             memory: "1G".to_owned(),
+            devices: Vec::new(),
             dir: std::path::PathBuf::new(),
             linux: linux.then(|| crate::board::LinuxBoot {
                 config_address: 0x409c_0000,

@@ -296,6 +296,7 @@ mod tests {
             cpu: None,
             smp: 4,
             memory: "1G".to_owned(),
+            devices: Vec::new(),
             dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../platforms/qemu-arm64"),
             linux: None,
             multiboot: None,

@@ -5,13 +5,14 @@
 
 /// The package's binaries (`Cargo.toml`): the inmates, linked at 0 with `inmate.ld`, and
 /// `bare-loader`, a Multiboot kernel at 1 MiB with `bare-loader.ld`.
-const BINS: [&str; 7] = [
+const BINS: [&str; 8] = [
     "timer-demo",
     "uart-demo",
     "ipi-wild-demo",
     "stubborn-demo",
     "ioapic-wild-demo",
     "wild-demo",
+    "pci-demo",
     "bare-loader",
 ];
 

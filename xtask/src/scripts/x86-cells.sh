@@ -1,9 +1,9 @@
 # Cells on x86: the Jailhouse demo with the x86 `timer-demo` (64-bit, its local APIC timer in
 # TSC-deadline or one-shot mode, latency reports on COM2; it approves the shutdown), cells
 # that break their partition (`wild-demo`: memory, `ipi-wild-demo`: an interrupt to a root
-# cell CPU, `ioapic-wild-demo`: a root cell IOAPIC pin; each stopped and reported), and 20
-# create/load/start/destroy cycles of `uart-demo` (COM2's interrupt through its IOAPIC pin)
-# that must not lose memory.
+# cell CPU, `ioapic-wild-demo`: a root cell IOAPIC pin; each stopped and reported), a cell
+# given QEMU's PCI edu device (`pci-demo`), and 20 create/load/start/destroy cycles of
+# `uart-demo` (COM2's interrupt through its IOAPIC pin) that must not lose memory.
 UART_IMAGE=${UART_IMAGE:-$INMATES/uart-demo.bin}
 mark "cpus online=$(cat /sys/devices/system/cpu/online) before"
 step create cellvisor cell create "$CELL_CONFIG"
@@ -38,6 +38,59 @@ wild_case wild "$WILD_IMAGE" "outside its memory"
 wild_case ipi "$INMATES/ipi-wild-demo.bin" "belongs to another cell"
 # A root cell IOAPIC pin: refused, the cell stopped.
 wild_case ioapic "$INMATES/ioapic-wild-demo.bin" "IOAPIC access"
+
+# pci-demo: QEMU's edu device (00:05.0) given to a cell. While the cell has it, the root cell
+# finds no function there; the cell drives it (BAR 0, MSI to its CPU) and is stopped when it
+# moves its BAR; destroyed, the cell gives it back. Machines without it (Bochs) skip this.
+EDU=/sys/bus/pci/devices/0000:00:05.0
+# pci_id: vendor and device ID of 00:05.0 as the root cell reads them (ffffffff: absent).
+pci_id() {
+    hexdump -n 4 -e '1/4 "%08x"' $EDU/config
+}
+if [ -e $EDU/config ]; then
+    PCI_CONFIG=/tmp/pci-demo.toml
+    cat >$PCI_CONFIG <<'EOF'
+architecture = "x86_64"
+name = "pci-demo"
+cpus = [2]
+console = { type = "8250", address = 0x2f8 }
+ports = ["0x2f8-0x2ff"]
+pci-devices = ["00:05.0"]
+
+[[memory]]  # RAM, at guest-physical 0: the image is loaded here
+phys = 0x7100_0000
+virt = 0
+size = 0x10_0000
+flags = ["read", "write", "execute", "dma", "loadable"]
+
+[[memory]]  # edu's BAR 0, where the firmware put it
+phys = 0xfea0_0000
+virt = 0xfea0_0000
+size = 0x10_0000
+flags = ["read", "write", "io"]
+
+[[memory]]  # communication region with the hypervisor
+virt = 0x8000_0000
+size = 0x1000
+flags = ["read", "write", "comm-region"]
+EOF
+    mark "pci root reads $(pci_id) before"
+    step pci-create cellvisor cell create $PCI_CONFIG
+    mark "pci root reads $(pci_id) while the cell has it"
+    step pci-load cellvisor cell load pci-demo $INMATES/pci-demo.bin --config $PCI_CONFIG
+    step pci-start cellvisor cell start pci-demo
+    demo_cell=$CELL
+    CELL=pci-demo
+    wait_for_failed pci
+    CELL=$demo_cell
+    mark "pci state=$state"
+    report=$(cellvisor console | grep "BAR 0 cannot move" | tail -n 1)
+    mark "pci console report: $report"
+    step pci-destroy cellvisor cell destroy pci-demo
+    mark "pci root reads $(pci_id) after"
+else
+    mark "pci: no function 00:05.0, no PCI cell"
+fi
 
 # uart-demo: COM2's interrupt through the cell's IOAPIC pin, its timer, its shutdown.
 step uart-create cellvisor cell create "$CELL_CONFIG"

@@ -406,6 +406,12 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
+/// Lets a pending interrupt in (STI; NOP: the one-instruction interrupt shadow; CLI).
+pub fn enable_interrupts_briefly() {
+    // SAFETY: interrupts go to the IDT of `load_idt`; no memory effect.
+    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Whether the hypervisor asks the cell to shut down.
 pub fn shutdown_requested() -> bool {
     let message = (COMM_REGION + comm::offset::MSG_TO_CELL as u64) as *const u32;

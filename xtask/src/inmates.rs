@@ -52,7 +52,7 @@ const MAX_IMAGE_SIZE: u64 = 16 << 20;
 /// 32-bit protected mode, linked at 0 without relocations.
 pub const PACKAGE_X86: &str = "cellvisor-inmates-x86";
 /// Its binaries.
-pub const INMATES_X86: [&str; 7] = [
+pub const INMATES_X86: [&str; 8] = [
     "timer-demo",
     "uart-demo",
     "stubborn-demo",
@@ -60,6 +60,7 @@ pub const INMATES_X86: [&str; 7] = [
     "ipi-wild-demo",
     "ioapic-wild-demo",
     "pci-demo",
+    "smp-demo",
 ];
 /// The x86 inmates' Rust target.
 const TARGET_X86: &str = "x86_64-unknown-none";

@@ -287,7 +287,10 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(here_document, None, "{script}: a here-document does not end");
+            assert_eq!(
+                here_document, None,
+                "{script}: a here-document does not end"
+            );
         }
     }
 

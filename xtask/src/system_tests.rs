@@ -241,6 +241,19 @@ const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci root reads 11e81234 after",
     ]),
+    // A cell of two CPUs: its first starts, interrupts and stops the second itself.
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: smp-start status=0",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: smp state=running",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: smp-shutdown status=0",
+    ]),
+    Pattern::Contains(&[
+        "cellvisor-initramfs: script x86-cells: cellvisor-demo: smp-destroy status=0",
+    ]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: uart-shutdown status=0",
     ]),
@@ -767,6 +780,11 @@ impl<'a> Case<'a> {
                 Check::SecondUart("pci-demo: BAR 0 at 0xfea00000, 1024 KiB"),
                 Check::SecondUart("pci-demo: edu 0x010000ed: liveness ok, 10! = 3628800"),
                 Check::SecondUart("pci-demo: MSI vector 0x42 received"),
+                // smp-demo: INIT, start-up and NMI IPIs between the cell's own CPUs.
+                Check::SecondUart("smp-demo: AP up after INIT and start-up IPI, vector 0x1"),
+                Check::SecondUart("smp-demo: NMI to the AP received"),
+                Check::SecondUart("smp-demo: AP stopped by INIT and up again: 2 starts"),
+                Check::SecondUart("smp-demo: shutdown approved"),
             ],
             fails_on: X86_ROOT_CELL_FAILS_ON,
             ..Self::boot(board, None, smp, Some(cpu))

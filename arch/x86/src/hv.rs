@@ -400,6 +400,11 @@ pub fn active_tables(cpu: usize) -> u64 {
 }
 
 impl Vcpus for X86 {
+    fn cell_start(&self) -> cellvisor_core::arch::CellStart {
+        // As on a PC: the first CPU runs, the others wait for INIT and a start-up IPI.
+        cellvisor_core::arch::CellStart::FirstCpu
+    }
+
     fn retire(&self, _cpu: usize) {
         // The local APIC as after INIT: timer stopped, LVTs masked, nothing pending.
         crate::xapic::init_reset();

@@ -20,7 +20,7 @@ use cellvisor_sync::Mutex;
 
 use cellvisor_cell::CellId;
 use cellvisor_config::{MemoryFlags, SystemConfigView};
-use cellvisor_core::TrapReason;
+use cellvisor_core::{StartedBy, TrapReason};
 use cellvisor_linux::memory_map::{Kind, MemoryMap};
 use cellvisor_linux::x86::{BootParams, BzImage, BOOT_CS, BOOT_DS};
 use cellvisor_paging::PhysAddr;
@@ -463,8 +463,9 @@ fn root_cpus() -> CpuSet {
 struct PerCpu {
     vmcb: Page,
     host_state: Page,
-    /// The root cell sent this CPU an NMI (the hypervisor sent it and injects it).
-    root_nmi: AtomicBool,
+    /// The cell running here sent this CPU an NMI (the hypervisor sent it, and the NMI
+    /// exit it causes injects it).
+    guest_nmi: AtomicBool,
     /// Its exits since boot.
     exits: Exits,
     /// Violations it reported.
@@ -475,18 +476,18 @@ static CPUS: [PerCpu; MAX_CPUS] = [const {
     PerCpu {
         vmcb: Page::new(),
         host_state: Page::new(),
-        root_nmi: AtomicBool::new(false),
+        guest_nmi: AtomicBool::new(false),
         exits: Exits::new(),
         reports: AtomicU32::new(0),
     }
 }; MAX_CPUS];
 
-/// Sends the root cell's NMI to `cpu`: marked, so that the NMI exit it causes injects it.
-fn root_nmi(cpu: u32) {
+/// Sends a cell's NMI to its `cpu`: marked, so that the NMI exit it causes injects it.
+fn guest_nmi(cpu: u32) {
     let (Some(per_cpu), Some(apic_id)) = (CPUS.get(cpu as usize), hv::apic_id(cpu as usize)) else {
         return;
     };
-    per_cpu.root_nmi.store(true, Ordering::SeqCst);
+    per_cpu.guest_nmi.store(true, Ordering::SeqCst);
     xapic::send_physical(apic_id, xapic::ICR_NMI);
 }
 
@@ -515,6 +516,44 @@ fn request(from: u32, cpu: u32, kind: IpiKind) {
             let _ = HV.power_on(caller, cpu, u64::from(vector) << 12, 0, 0x1000);
         }
         _ => {}
+    }
+}
+
+/// An INIT or start-up IPI from CPU `from` of `cell` (not the root cell) for its CPU `cpu`.
+/// INIT stops the vCPU and waits (about 100 ms at most) until it is parked, off; a start-up
+/// IPI powers it on in real mode at the vector's page, and is ignored for a CPU that runs
+/// or is being started, as the hardware ignores it.
+fn cell_request(from: u32, cell: CellId, cpu: u32, kind: IpiKind) {
+    let result = match kind {
+        IpiKind::Init => HV.init_cpu(cell, cpu as usize).map(|parked| {
+            if !parked {
+                let name = HV.name_of(from as usize);
+                HV.note(
+                    from as usize,
+                    cell,
+                    format_args!(
+                        "cellvisor: cell \"{name}\" (CPU {from}): CPU {cpu} did not stop for its INIT within 100 ms\n"
+                    ),
+                );
+            }
+        }),
+        IpiKind::Startup(vector) => {
+            match HV.power_on(cell, cpu as usize, u64::from(vector) << 12, 0, 0x1000) {
+                Err(cellvisor_core::PowerOnError::Busy(_)) => Ok(()),
+                other => other,
+            }
+        }
+        IpiKind::Fixed(_) | IpiKind::Nmi => Ok(()),
+    };
+    if let Err(error) = result {
+        let name = HV.name_of(from as usize);
+        HV.note(
+            from as usize,
+            cell,
+            format_args!(
+                "cellvisor: cell \"{name}\" (CPU {from}): {kind:?} for CPU {cpu}: {error:?}: ignored\n"
+            ),
+        );
     }
 }
 
@@ -686,13 +725,23 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
         return;
     };
     let tables = hv::active_tables(cpu as usize);
+    // An NMI the cell sent to the vCPU this CPU ran before is not the new one's.
+    per_cpu.guest_nmi.store(false, Ordering::SeqCst);
+    // The cell's start enters 32-bit protected mode at its reset address; a start-up IPI
+    // from another of its CPUs enters real mode at the vector's page.
+    let startup = entry.by == StartedBy::PowerOn;
+    let segment = (entry.pc >> 4) as u16;
     if hv::vmx() {
         let bitmaps = crate::vmcs::Bitmaps {
             io: iopm.address(),
             msr: crate::iomap::VMX_CELL_MSR_BITMAP.address(),
         };
         let vmcs = Vmcs::new(&per_cpu.vmcb).and_then(|mut vmcs| {
-            vmcs.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, bitmaps)?;
+            if startup {
+                vmcs.reset_real_mode_at(segment, 0, tables, bitmaps)?;
+            } else {
+                vmcs.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, bitmaps)?;
+            }
             Ok(vmcs)
         });
         match vmcs {
@@ -712,7 +761,11 @@ fn run_cell(console: &mut Serial, cpu: u32, entry: cellvisor_core::Entry) {
         return;
     }
     let mut vmcb = Vmcb::new(&per_cpu.vmcb).with_host_save(&per_cpu.host_state);
-    vmcb.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, cell.0 + 1);
+    if startup {
+        vmcb.reset_real_mode_at(segment, 0, tables, cell.0 + 1);
+    } else {
+        vmcb.reset_protected_mode(entry.pc, (BOOT_CS, BOOT_DS), tables, cell.0 + 1);
+    }
     set_intercepts(&mut vmcb, CELL_MSRPM.address(), iopm.address());
     cell_vcpu(console, cpu, cell, &mut vmcb);
 }
@@ -735,7 +788,12 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
         );
         let _ = HV.violation(cpu as usize);
     };
+    let per_cpu = &CPUS[cpu as usize];
     loop {
+        // An NMI from another CPU of the cell, unless an exception is being injected.
+        if !vmcb.event_pending() && per_cpu.guest_nmi.swap(false, Ordering::SeqCst) {
+            vmcb.inject_nmi();
+        }
         counters.measure(hv::now(), 64);
         let exit = vmcb.run(&mut regs, &kick.kicked);
         let exited = hv::now();
@@ -1045,7 +1103,7 @@ fn vcpu<V: Vcpu>(
     let mut idle_hlt = false;
     loop {
         // The root cell's NMI, unless an exception is being injected (it waits a round).
-        if !event_pending(vmcb) && per_cpu.root_nmi.swap(false, Ordering::SeqCst) {
+        if !event_pending(vmcb) && per_cpu.guest_nmi.swap(false, Ordering::SeqCst) {
             vmcb.inject_nmi();
         }
         // The root cell's tables changed since this CPU's last entry (a cell took or gave
@@ -1692,12 +1750,18 @@ fn emulate_apic(
                     vmcb.inject_exception(13, Some(0));
                     return Ok(None);
                 }
-                // INIT, start-up and NMI IPIs between a cell's own CPUs are not done yet
-                // (the root cell's are CPU hotplug and its NMIs).
-                Ok(Request::Nmi(_) | Request::Power(..)) if !apic.root => {}
                 Ok(Request::Nmi(cpus)) => {
                     for target in cpus.iter() {
-                        root_nmi(target);
+                        guest_nmi(target);
+                    }
+                }
+                // INIT and start-up IPIs between a cell's own CPUs (the policy let only
+                // those through): INIT stops the vCPU, off; a start-up IPI is the core's
+                // power-on at the vector's page. A CPU does not INIT or start itself.
+                Ok(Request::Power(kind, cpus)) if !apic.root => {
+                    let cell = HV.owner(cpu as usize);
+                    for target in cpus.iter().filter(|&target| target != cpu) {
+                        cell_request(cpu, cell, target, kind);
                     }
                 }
                 Ok(Request::Power(kind, cpus)) => {

@@ -122,8 +122,23 @@ pub trait Translation {
     fn flush_cell(&self, cell: CellId);
 }
 
+/// Which of a cell's CPUs its start starts ([`Vcpus::cell_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellStart {
+    /// Every CPU, at the cell's reset address; a cell cannot power its own CPUs on (the
+    /// inmates of the Arm boards).
+    AllCpus,
+    /// The first (lowest) CPU at the reset address; the others wait, off, until a CPU of
+    /// the cell powers them on ([`Hypervisor::power_on`](crate::Hypervisor::power_on)), as
+    /// a PC's application processors wait for INIT and a start-up IPI.
+    FirstCpu,
+}
+
 /// Running vCPUs on a CPU.
 pub trait Vcpus {
+    /// Which of a cell's CPUs its start starts.
+    fn cell_start(&self) -> CellStart;
+
     /// On CPU `cpu` (the running one): the vCPU it ran is gone, as after a power-off. Its
     /// pending virtual interrupts are dropped and its timers stopped (they would keep their
     /// interrupt lines asserted). Called before the CPU parks.

@@ -211,6 +211,8 @@ pub struct FakeArch {
     lock: Mutex<()>,
     /// Root flushes, counted (not logged: there are many).
     root_flushes: AtomicU64,
+    /// [`CellStart::FirstCpu`](crate::arch::CellStart) instead of `AllCpus`.
+    first_cpu_start: AtomicBool,
 }
 
 impl core::fmt::Debug for FakeArch {
@@ -265,7 +267,14 @@ impl FakeArch {
             output: Mutex::new(String::new()),
             lock: Mutex::new(()),
             root_flushes: AtomicU64::new(0),
+            first_cpu_start: AtomicBool::new(false),
         }
+    }
+
+    /// Starts only a cell's first CPU, the others powered on by the cell (`true`, x86's
+    /// way), or all of them (`false`, the default).
+    pub fn set_first_cpu_start(&self, first: bool) {
+        self.first_cpu_start.store(first, Ordering::SeqCst);
     }
 
     /// The calling thread is CPU `cpu` from now on.
@@ -443,6 +452,14 @@ impl Translation for FakeArch {
 }
 
 impl Vcpus for FakeArch {
+    fn cell_start(&self) -> crate::arch::CellStart {
+        if self.first_cpu_start.load(Ordering::SeqCst) {
+            crate::arch::CellStart::FirstCpu
+        } else {
+            crate::arch::CellStart::AllCpus
+        }
+    }
+
     fn retire(&self, cpu: usize) {
         self.log(Event::Retire(cpu));
     }

@@ -56,7 +56,7 @@ pub use machine::{attributes, MachineError, RootTables};
 pub use manage::Interface;
 pub use power::{CpuOnError, PowerState, VcpuPower};
 pub use ring::{Ring, RING_SIZE};
-pub use runtime::{Entry, PowerOnError, Verdict};
+pub use runtime::{Entry, PowerOnError, StartedBy, Verdict};
 
 use budget::OutputBudget;
 use cellvisor_cell::{CellId, Registry};
@@ -128,6 +128,9 @@ pub struct CellRuntime {
     shutdown_since: AtomicU64,
     /// The cell's console UART: kind (`cellvisor_abi::comm::UART_*`) and address.
     console: (AtomicU32, AtomicU64),
+    /// Its CPUs are being stopped (a shutdown, a destroy, a violation): none of them starts
+    /// again, whatever the cell asks.
+    stopping: AtomicBool,
 }
 
 impl CellRuntime {
@@ -141,6 +144,7 @@ impl CellRuntime {
             name: Mutex::new(heapless::String::new()),
             shutdown_since: AtomicU64::new(0),
             console: (AtomicU32::new(0), AtomicU64::new(0)),
+            stopping: AtomicBool::new(false),
         }
     }
 

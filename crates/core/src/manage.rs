@@ -439,6 +439,7 @@ impl<A: Arch> Hypervisor<A> {
         let runtime = self.cell(id);
         runtime.reset.store(cell.reset_address, Ordering::Release);
         runtime.shutdown_since.store(0, Ordering::Release);
+        runtime.stopping.store(false, Ordering::SeqCst);
         let console = (
             runtime.console.0.load(Ordering::Acquire),
             runtime.console.1.load(Ordering::Acquire),
@@ -449,8 +450,20 @@ impl<A: Arch> Hypervisor<A> {
             .store(CellState::Running as u32, Ordering::Release);
         // Recorded first: what the cell makes the hypervisor print comes after.
         self.record(format_args!("cellvisor: cell \"{name}\" started\n"));
+        let first = cpus.trailing_zeros() as usize;
+        let all = self.arch.cell_start() == crate::arch::CellStart::AllCpus;
         for cpu in (0..MAX_CPUS).filter(|c| cpus & 1 << c != 0) {
-            self.start_cpu(cpu);
+            if all {
+                self.start_cpu(cpu);
+            } else if cpu == first {
+                self.cpu(cpu).power.set_on();
+                self.start_cpu(cpu);
+            } else {
+                // Off, for a CPU of the cell to power on; a stop request left from before
+                // (its root cell vCPU's, its last cell's) does not hold it back.
+                self.cpu(cpu).stop.store(false, Ordering::SeqCst);
+                self.cpu(cpu).power.reclaim();
+            }
         }
         Ok(0)
     }
@@ -465,7 +478,7 @@ impl<A: Arch> Hypervisor<A> {
             ));
         }
         let cpus = registry.cell(id).map_or(0, |c| c.cpus);
-        self.stop_cpus(&name, cpus)?;
+        self.stop_cpus(id, &name, cpus)?;
         let result = registry.destroy(id, &mut Machine(self));
         // A step that fails does not keep the cell: the registry takes the other steps and
         // forgets it all the same, and so does the runtime (a slot with a state and no cell
@@ -517,7 +530,7 @@ impl<A: Arch> Hypervisor<A> {
         let since = runtime.shutdown_since.load(Ordering::Acquire);
         let reply = self.comm_read(id, comm::offset::REPLY_FROM_CELL);
         let stop = |registry: &mut Registry<MAX_CELLS>| -> Result<i64, Failure> {
-            self.stop_cpus(&name, cpus)?;
+            self.stop_cpus(id, &name, cpus)?;
             runtime
                 .state
                 .store(CellState::ShutDown as u32, Ordering::Release);
@@ -559,7 +572,9 @@ impl<A: Arch> Hypervisor<A> {
         }
     }
 
-    fn stop_cpus(&self, name: &str, cpus: u64) -> Result<(), Failure> {
+    /// Stops the CPUs `cpus` of cell `id`, which none of them starts again.
+    fn stop_cpus(&self, id: CellId, name: &str, cpus: u64) -> Result<(), Failure> {
+        self.cell(id).stopping.store(true, Ordering::SeqCst);
         for cpu in (0..MAX_CPUS).filter(|c| cpus & 1 << c != 0) {
             if !self.stop_cpu(cpu) {
                 return Err(self.fail(

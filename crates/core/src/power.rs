@@ -106,6 +106,20 @@ impl VcpuPower {
         self.state.store(OFF, Ordering::Release);
     }
 
+    /// Off, whatever the state: the parked CPU changes cells, and nothing its old cell
+    /// asked for stays (a lend ends, a start not taken is dropped).
+    pub fn clear(&self) {
+        self.state.store(OFF, Ordering::Release);
+    }
+
+    /// The vCPU stopped (its CPU parks): a running vCPU is off; a pending start stays for
+    /// the CPU to take, and a lent one stays lent.
+    pub fn stopped(&self) {
+        let _ = self
+            .state
+            .compare_exchange(ON, OFF, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Takes an off vCPU away from its cell's CPU_ON (the CPU is being given to a new
     /// cell); fails unless it is off. From now on CPU_ON answers [`CpuOnError::Lent`], so
     /// a CPU_ON racing with the hand-over cannot start the CPU in its old cell.
@@ -164,6 +178,15 @@ mod tests {
             PowerState::OnPending,
             "reclaim ends a lend only"
         );
+        // A stopped vCPU: on becomes off; pending and lent stay.
+        vcpu.stopped();
+        assert_eq!(vcpu.state(), PowerState::OnPending);
+        vcpu.take_start().unwrap();
+        vcpu.stopped();
+        assert_eq!(vcpu.state(), PowerState::Off);
+        assert!(vcpu.lend());
+        vcpu.stopped();
+        assert_eq!(vcpu.power_on(0, 0), Err(CpuOnError::Lent));
     }
 
     #[test]

@@ -19,16 +19,28 @@ pub struct Entry {
     pub pc: u64,
     /// Its first argument register.
     pub arg: u64,
+    /// What started it.
+    pub by: StartedBy,
+}
+
+/// What started a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartedBy {
+    /// Its cell's start, at the cell's reset address.
+    CellStart,
+    /// A power-on of its cell's ([`Hypervisor::power_on`]: PSCI CPU_ON, a start-up IPI).
+    PowerOn,
 }
 
 /// Why [`Hypervisor::power_on`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerOnError {
-    /// The caller is not the root cell (other cells start their CPUs together at their reset
-    /// address), or the CPU is not the caller's.
+    /// The caller is not the root cell and cells do not power their CPUs on (their start
+    /// starts them all, [`CellStart::AllCpus`](crate::arch::CellStart)), or the CPU is not
+    /// the caller's.
     Denied,
-    /// The entry point is not in executable RAM of the root cell's configuration, or not
-    /// aligned.
+    /// The entry point is not in executable RAM of the root cell's configuration (another
+    /// cell: not in its RAM), or not aligned.
     InvalidAddress,
     /// The vCPU runs or is being started.
     Busy(crate::CpuOnError),
@@ -147,6 +159,11 @@ impl<A: Arch> Hypervisor<A> {
     pub fn park(&self, cpu: usize) -> Option<Entry> {
         let state = self.cpus.get(cpu)?;
         self.arch.retire(cpu);
+        if self.owner(cpu).0 != 0 {
+            // A cell's vCPU is off once its CPU parks (the root cell's architecture code
+            // switches its own off: an INIT, a CPU_OFF).
+            state.power.stopped();
+        }
         state.parked.store(true, Ordering::SeqCst);
         self.wake_park_watchers();
         let mut entry = None;
@@ -179,37 +196,57 @@ impl<A: Arch> Hypervisor<A> {
             // A stop request left from the CPU's last cell does not stop the root cell's
             // vCPU (nobody stops a root-cell CPU).
             state.stop.store(false, Ordering::Release);
-            return Some(Entry { cell, pc, arg });
+            return Some(Entry {
+                cell,
+                pc,
+                arg,
+                by: StartedBy::PowerOn,
+            });
         }
-        if !state.start.swap(false, Ordering::SeqCst) {
-            return None;
-        }
+        // The cell's start, or a power-on by one of its CPUs.
+        let powered = if state.start.swap(false, Ordering::SeqCst) {
+            None
+        } else {
+            Some(state.power.take_start()?)
+        };
         // Leaving the park loop, then looking for a stop request (SeqCst, the reverse of
         // `stop_cpu`): a CPU that saw this one parked made its request first, so it is seen
         // here, and the CPU stays parked.
         state.parked.store(false, Ordering::SeqCst);
-        if state.stop.load(Ordering::SeqCst) {
-            state.parked.store(true, Ordering::SeqCst);
-            self.wake_park_watchers();
-            return None;
-        }
         let runtime = self.cell(cell);
-        if runtime.state() != CellState::Running as u32 {
+        if state.stop.load(Ordering::SeqCst)
+            || runtime.stopping.load(Ordering::SeqCst)
+            || runtime.state() != CellState::Running as u32
+        {
+            if powered.is_some() {
+                state.power.stopped();
+            }
             state.parked.store(true, Ordering::SeqCst);
             self.wake_park_watchers();
             return None;
         }
-        Some(Entry {
-            cell,
-            pc: runtime.reset.load(Ordering::Acquire),
-            arg: 0,
+        Some(match powered {
+            Some((pc, arg)) => Entry {
+                cell,
+                pc,
+                arg,
+                by: StartedBy::PowerOn,
+            },
+            None => Entry {
+                cell,
+                pc: runtime.reset.load(Ordering::Acquire),
+                arg: 0,
+                by: StartedBy::CellStart,
+            },
         })
     }
 
-    /// The root cell's CPU_ON (Arm PSCI) or INIT/SIPI (x86) from a CPU of `caller` for its
-    /// CPU `cpu`: the vCPU starts at `entry` with `context` in its first argument register.
-    /// `entry` must lie in executable RAM (not I/O) of the root cell's configured memory and
-    /// be a multiple of `align`. The CPU is woken; it enters from its park loop.
+    /// A CPU_ON (Arm PSCI) or start-up IPI (x86) from a CPU of `caller` for its CPU `cpu`:
+    /// the vCPU starts at `entry` with `context` in its first argument register. For the
+    /// root cell `entry` must lie in executable RAM (not I/O) of its configured memory,
+    /// for another cell (where the architecture lets cells power their CPUs on,
+    /// [`CellStart::FirstCpu`](crate::arch::CellStart)) in its RAM; and be a multiple of
+    /// `align`. The CPU is woken; it enters from its park loop.
     pub fn power_on(
         &self,
         caller: CellId,
@@ -218,8 +255,26 @@ impl<A: Arch> Hypervisor<A> {
         context: u64,
         align: u64,
     ) -> Result<(), PowerOnError> {
-        if caller.0 != 0 || !self.cell_has_cpu(caller, cpu) {
+        let may = caller.0 == 0 || self.arch.cell_start() == crate::arch::CellStart::FirstCpu;
+        if !may || !self.cell_has_cpu(caller, cpu) {
             return Err(PowerOnError::Denied);
+        }
+        if caller.0 != 0 {
+            let runtime = self.cell(caller);
+            if runtime.stopping.load(Ordering::SeqCst)
+                || runtime.state() != CellState::Running as u32
+            {
+                return Err(PowerOnError::Denied);
+            }
+            if self.ram_address(caller, entry).is_none() || !entry.is_multiple_of(align.max(1)) {
+                return Err(PowerOnError::InvalidAddress);
+            }
+            self.cpu(cpu)
+                .power
+                .power_on(entry, context)
+                .map_err(PowerOnError::Busy)?;
+            self.arch.kick(cpu);
+            return Ok(());
         }
         let executable = match self.root_executable.get() {
             Some(Some(ranges)) => ranges
@@ -244,6 +299,30 @@ impl<A: Arch> Hypervisor<A> {
         Ok(())
     }
 
+    /// An INIT (x86) from a CPU of `caller`, a cell other than the root cell, for `cpu`,
+    /// another CPU of its own: the vCPU stops, and the CPU parks, off, until a CPU of the
+    /// cell powers it on ([`power_on`](Self::power_on)). Returns whether it is parked
+    /// (within about 100 ms, as [`stop_cpu`](Self::stop_cpu)).
+    pub fn init_cpu(&self, caller: CellId, cpu: usize) -> Result<bool, PowerOnError> {
+        if caller.0 == 0 || !self.cell_has_cpu(caller, cpu) {
+            return Err(PowerOnError::Denied);
+        }
+        let runtime = self.cell(caller);
+        let state = self.cpu(cpu);
+        if self.is_parked(cpu) && state.power.state() == PowerState::Off {
+            return Ok(true);
+        }
+        let parked = self.stop_cpu(cpu);
+        // The INIT's stop request is done once the CPU parked: a start-up may start it
+        // again. A cell being stopped meanwhile keeps it parked all the same: whoever
+        // stops it sets `stopping` first, and neither `power_on` nor the park loop starts
+        // a CPU of a stopping cell, even if this clears the stopper's request too.
+        if parked && !runtime.stopping.load(Ordering::SeqCst) {
+            state.stop.store(false, Ordering::SeqCst);
+        }
+        Ok(parked)
+    }
+
     /// Gives `cpu` to `cell` (the CPU is parked).
     pub(crate) fn set_owner(&self, cpu: usize, cell: CellId) {
         if cpu < MAX_CPUS && (cell.0 as usize) < MAX_CELLS {
@@ -257,8 +336,9 @@ impl<A: Arch> Hypervisor<A> {
             }
             self.cpu(cpu).counters.reset();
             if cell.0 == 0 {
-                // Back in the root cell: off, and the root cell's CPU_ON works again.
-                self.cpu(cpu).power.reclaim();
+                // Back in the root cell: off (whatever its cell left: on, or a start it did
+                // not take), and the root cell's CPU_ON works again.
+                self.cpu(cpu).power.clear();
             }
         }
     }
@@ -288,6 +368,7 @@ impl<A: Arch> Hypervisor<A> {
             return;
         }
         let runtime = self.cell(cell);
+        runtime.stopping.store(true, Ordering::SeqCst);
         runtime.state.store(state as u32, Ordering::Release);
         let cpus = runtime.cpus();
         for other in (0..MAX_CPUS).filter(|&c| c != cpu && cpus & 1 << c != 0) {

@@ -621,3 +621,100 @@ fn a_root_cpu_on_racing_with_a_create_never_starts_the_cpu_in_the_wrong_cell() {
         assert_eq!(m.snapshot(), before);
     });
 }
+
+#[test]
+fn a_cell_that_starts_on_its_first_cpu_powers_the_others_on_and_off() {
+    // x86's way: the cell's start starts CPU 1 only; CPU 2 waits, off, for an INIT and a
+    // start-up IPI from CPU 1, which the core's `init_cpu` and `power_on` are.
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        m.hv.arch().set_first_cpu_start(true);
+        let id = m.create(PAIR).unwrap();
+        // A stop request left on a parked CPU (here: asked while it waited) does not hold
+        // back its start-up later (regression: the x86 AP never started).
+        assert!(m.hv.stop_cpu(2));
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        assert_eq!(m.command(Command::CellStart, [id as u64, 0, 0, 0]), Ok(0));
+        let cell = CellId(id as u32);
+        assert!(m.wait_running(1));
+        assert_eq!(m.hv.cpu(1).power.state(), PowerState::On);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(m.hv.is_parked(2), "CPU 2 waits for its start-up");
+        assert_eq!(m.hv.cpu(2).power.state(), PowerState::Off);
+
+        // Only the cell, for its own CPUs, into its RAM.
+        use cellvisor_core::PowerOnError;
+        assert_eq!(
+            m.hv.power_on(CellId::ROOT, 2, 0x4000_1000, 0, 0x1000),
+            Err(PowerOnError::Denied)
+        );
+        assert_eq!(
+            m.hv.power_on(cell, 3, 0x1000, 0, 0x1000),
+            Err(PowerOnError::Denied)
+        );
+        assert_eq!(
+            m.hv.power_on(cell, 2, 0x20_0000, 0, 0x1000),
+            Err(PowerOnError::InvalidAddress),
+            "beyond its 1 MiB"
+        );
+        assert_eq!(
+            m.hv.power_on(cell, 2, 0x1800, 0, 0x1000),
+            Err(PowerOnError::InvalidAddress),
+            "not page aligned"
+        );
+        assert_eq!(m.hv.power_on(cell, 2, 0x8000, 0, 0x1000), Ok(()));
+        assert!(m.wait_running(2));
+        assert_eq!(m.hv.cpu(2).power.state(), PowerState::On);
+        assert_eq!(
+            m.hv.power_on(cell, 2, 0x8000, 0, 0x1000),
+            Err(PowerOnError::Busy(cellvisor_core::CpuOnError::AlreadyOn)),
+            "a start-up for a running CPU"
+        );
+
+        // INIT: CPU 2 stops, off, and starts again at the next start-up; the root cell
+        // cannot INIT a cell's CPU this way.
+        assert_eq!(m.hv.init_cpu(CellId::ROOT, 2), Err(PowerOnError::Denied));
+        assert_eq!(m.hv.init_cpu(cell, 2), Ok(true));
+        assert!(m.hv.is_parked(2));
+        assert_eq!(m.hv.cpu(2).power.state(), PowerState::Off);
+        assert_eq!(
+            m.hv.init_cpu(cell, 2),
+            Ok(true),
+            "INIT of a CPU that is off"
+        );
+        assert_eq!(m.hv.power_on(cell, 2, 0x9000, 0, 0x1000), Ok(()));
+        assert!(m.wait_running(2));
+
+        // A stopped cell starts nothing; its CPUs go back off.
+        assert_eq!(m.hv.init_cpu(cell, 2), Ok(true));
+        m.hv.arch().set_violation(1);
+        while !m.hv.is_parked(1) {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            m.hv.power_on(cell, 2, 0x8000, 0, 0x1000),
+            Err(PowerOnError::Denied)
+        );
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        assert_eq!(m.snapshot(), before);
+        for cpu in [1, 2] {
+            assert_eq!(m.hv.cpu(cpu).power.state(), PowerState::Off);
+        }
+        // The root cell's CPU_ON works for them again.
+        assert_eq!(m.hv.power_on(CellId::ROOT, 2, 0x4000_1000, 0, 4), Ok(()));
+        assert!(m.wait_running(2));
+    });
+}
+
+#[test]
+fn a_cell_that_starts_on_every_cpu_cannot_power_its_cpus_on() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = started(m, PAIR);
+        assert!(m.wait_running(1) && m.wait_running(2));
+        assert_eq!(
+            m.hv.power_on(CellId(id as u32), 2, 0x8000, 0, 0x1000),
+            Err(cellvisor_core::PowerOnError::Denied)
+        );
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}

@@ -5,7 +5,7 @@
 
 /// The package's binaries (`Cargo.toml`): the inmates, linked at 0 with `inmate.ld`, and
 /// `bare-loader`, a Multiboot kernel at 1 MiB with `bare-loader.ld`.
-const BINS: [&str; 8] = [
+const BINS: [&str; 9] = [
     "timer-demo",
     "uart-demo",
     "ipi-wild-demo",
@@ -13,6 +13,7 @@ const BINS: [&str; 8] = [
     "ioapic-wild-demo",
     "wild-demo",
     "pci-demo",
+    "smp-demo",
     "bare-loader",
 ];
 

@@ -2,7 +2,8 @@
 # TSC-deadline or one-shot mode, latency reports on COM2; it approves the shutdown), cells
 # that break their partition (`wild-demo`: memory, `ipi-wild-demo`: an interrupt to a root
 # cell CPU, `ioapic-wild-demo`: a root cell IOAPIC pin; each stopped and reported), a cell
-# given QEMU's PCI edu device (`pci-demo`), and 20 create/load/start/destroy cycles of
+# given QEMU's PCI edu device (`pci-demo`), a cell of two CPUs that starts, interrupts and
+# stops its second CPU itself (`smp-demo`), and 20 create/load/start/destroy cycles of
 # `uart-demo` (COM2's interrupt through its IOAPIC pin) that must not lose memory.
 UART_IMAGE=${UART_IMAGE:-$INMATES/uart-demo.bin}
 mark "cpus online=$(cat /sys/devices/system/cpu/online) before"
@@ -91,6 +92,40 @@ EOF
 else
     mark "pci: no function 00:05.0, no PCI cell"
 fi
+
+# smp-demo: a cell of two CPUs. Its start runs the first; that one starts the second with
+# INIT and start-up IPIs, sends it an NMI, stops it with INIT and starts it again (COM2), and
+# approves the shutdown.
+SMP_CONFIG=/tmp/smp-demo.toml
+cat >$SMP_CONFIG <<'EOF'
+architecture = "x86_64"
+name = "smp-demo"
+cpus = [2, 3]
+console = { type = "8250", address = 0x2f8 }
+ports = ["0x2f8-0x2ff"]
+
+[[memory]]  # RAM, at guest-physical 0: the image is loaded here
+phys = 0x7100_0000
+virt = 0
+size = 0x10_0000
+flags = ["read", "write", "execute", "dma", "loadable"]
+
+[[memory]]  # communication region with the hypervisor
+virt = 0x8000_0000
+size = 0x1000
+flags = ["read", "write", "comm-region"]
+EOF
+step smp-create cellvisor cell create $SMP_CONFIG
+step smp-load cellvisor cell load smp-demo $INMATES/smp-demo.bin --config $SMP_CONFIG
+step smp-start cellvisor cell start smp-demo
+sleep 2
+demo_cell=$CELL
+CELL=smp-demo
+state=$(cell_state)
+CELL=$demo_cell
+mark "smp state=$state"
+step smp-shutdown cellvisor cell shutdown smp-demo
+step smp-destroy cellvisor cell destroy smp-demo
 
 # uart-demo: COM2's interrupt through the cell's IOAPIC pin, its timer, its shutdown.
 step uart-create cellvisor cell create "$CELL_CONFIG"

@@ -125,6 +125,12 @@ impl Translation for Aarch64 {
 }
 
 impl Vcpus for Aarch64 {
+    fn cell_start(&self) -> cellvisor_core::arch::CellStart {
+        // The inmates start on every CPU of their cell (PSCI CPU_ON for cells comes with
+        // Linux in a cell).
+        cellvisor_core::arch::CellStart::AllCpus
+    }
+
     fn retire(&self, cpu: usize) {
         gic::reset_cpu_interface(cpu);
         // The EL1 physical and virtual timers of the vCPU that left would keep their

@@ -154,6 +154,7 @@ inmate_gdt_pointer:
 
     .section .bss.tables, "aw", @nobits
     .balign 4096
+    .global inmate_pml4
 inmate_pml4:
     .skip 4096
 inmate_pdpt:
@@ -304,12 +305,35 @@ struct Gate {
 
 static mut IDT: [Gate; 256] = [Gate { low: 0, high: 0 }; 256];
 
-/// Loads an IDT: exceptions stop the inmate, every interrupt is ended at the local APIC.
-pub fn load_idt() {
-    let gate = |handler: u64| Gate {
+/// An interrupt gate to `handler` in the 64-bit code segment.
+const fn gate(handler: u64) -> Gate {
+    Gate {
         low: (handler & 0xffff) | 0x08 << 16 | 0x8e << 40 | ((handler >> 16) & 0xffff) << 48,
         high: handler >> 32,
-    };
+    }
+}
+
+/// Points IDT entry `vector` at `handler` (after [`load_idt`], before the interrupt can
+/// come).
+pub fn set_gate(vector: u8, handler: u64) {
+    let idt = &raw mut IDT;
+    // SAFETY: an aligned entry of the IDT; the caller's CPU cannot take this vector yet.
+    unsafe { (*idt)[usize::from(vector)] = gate(handler) };
+}
+
+/// Loads the IDT [`load_idt`] filled on this CPU too.
+pub fn use_idt() {
+    let idt = &raw mut IDT;
+    let pointer = [
+        (256 * 16 - 1) as u64 | (idt as u64) << 16,
+        (idt as u64) >> 48,
+    ];
+    // SAFETY: the pointer names the IDT above, which lives as long as the inmate.
+    unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(nostack)) };
+}
+
+/// Loads an IDT: exceptions stop the inmate, every interrupt is ended at the local APIC.
+pub fn load_idt() {
     let idt = &raw mut IDT;
     for vector in 0..256 {
         let handler = if vector < 32 {
@@ -322,12 +346,7 @@ pub fn load_idt() {
         // SAFETY: one CPU, before interrupts are enabled; the IDT is ours.
         unsafe { (*idt)[vector] = gate(handler) };
     }
-    let pointer = [
-        (256 * 16 - 1) as u64 | (idt as u64) << 16,
-        (idt as u64) >> 48,
-    ];
-    // SAFETY: the pointer names the IDT above, which lives as long as the inmate.
-    unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(nostack)) };
+    use_idt();
 }
 
 /// Enables the local APIC and starts its timer: periodic, `count` ticks of the bus clock

@@ -6,9 +6,11 @@
 //!
 //! The root cell boots to `/init`, takes CPU 3 offline and back, tries to read the
 //! hypervisor's memory and runs the cells of the QEMU test (`x86-cells.sh`: the demo cell on
-//! CPU 3 with `timer-demo`, three wild inmates, `uart-demo`, 20 cycles). `timer-demo` reports on COM2. The kernel runs with
-//! `loglevel=5`, so that its notices do not cut the script's lines; its warnings and errors
-//! still show, and none may appear (bare, Debian's kernel logs none on this machine).
+//! CPU 3 with `timer-demo`, three wild inmates, `smp-demo` on CPUs 2 and 3, `uart-demo`, 20
+//! cycles; the PCI cell is skipped: Bochs has no `edu`). The inmates report on COM2. The
+//! kernel runs with `loglevel=5`, so that its notices do not cut the script's lines; its
+//! warnings and errors still show, and none may appear (bare, Debian's kernel logs none on
+//! this machine).
 //!
 //! Debian builds Bochs with its debugger, which stops before the first instruction: a
 //! command file (`-rc`) continues. Its `term` display library needs a terminal: `script`
@@ -55,7 +57,7 @@ const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 /// destroy), the three wild inmates stopped and reported (memory, an IPI to a root CPU, a
 /// root IOAPIC pin), `uart-demo`, and 20 create/load/start/destroy cycles without a lost
 /// frame.
-const EXPECTED: [&str; 31] = [
+const EXPECTED: [&str; 36] = [
     "cellvisor {version} on {board} (x86-64), Multiboot ok",
     "cellvisor: CPU GenuineIntel: Intel VMX with EPT",
     "cellvisor: VMX world switch works (CPUID, HLT)",
@@ -85,6 +87,12 @@ const EXPECTED: [&str; 31] = [
     "cellvisor-demo: ioapic state=failed",
     "cellvisor-demo: ioapic console report: cellvisor: cell \"demo\" (CPU 3): IOAPIC access: ",
     "cellvisor-demo: ioapic-destroy status=0",
+    // Bochs has no `edu`: the PCI cell is skipped. The cell of two CPUs runs on VMX too.
+    "cellvisor-demo: pci: no function 00:05.0, no PCI cell",
+    "cellvisor-demo: smp-start status=0",
+    "cellvisor-demo: smp state=running",
+    "cellvisor-demo: smp-shutdown status=0",
+    "cellvisor-demo: smp-destroy status=0",
     "cellvisor-demo: uart-shutdown status=0",
     "cellvisor-demo: x86 cycles=20 failed=0 ",
     "cellvisor-initramfs: script x86-cells done status=0",
@@ -100,11 +108,15 @@ const EXPECTED_REPORT: &str = "cellvisor: cell \"root\" (CPU *): read at 0x10000
 /// `report: `).
 const REPORT_START: &str = "cellvisor: cell \"";
 
-/// What the demo cells print on COM2: `timer-demo`'s start and ticks, `uart-demo`'s
-/// interrupt.
-const EXPECTED_COM2: [&str; 3] = [
+/// What the demo cells print on COM2: `timer-demo`'s start and ticks, `smp-demo`'s second
+/// CPU started, interrupted and restarted by its first, `uart-demo`'s interrupt.
+const EXPECTED_COM2: [&str; 7] = [
     "timer-demo: started on 8250 at 0x2f8",
     "timer-demo: ticks=100 ",
+    "smp-demo: AP up after INIT and start-up IPI, vector 0x1",
+    "smp-demo: NMI to the AP received",
+    "smp-demo: AP stopped by INIT and up again: 2 starts",
+    "smp-demo: shutdown approved",
     "uart-demo: COM2 interrupt through IOAPIC pin 3 received",
 ];
 

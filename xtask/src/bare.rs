@@ -190,55 +190,95 @@ pub fn run_bare(
         cpu.or(board.cpu.as_deref()).unwrap_or("default CPU")
     );
     println!("==> {what}: {qemu}");
+    let watched = watch(&qemu, timeout, until, None)?;
+    let mut logged = watched.console.join("\n");
+    for message in &watched.messages {
+        logged.push_str(&format!("\nqemu: {message}"));
+    }
+    write(&log, logged.as_bytes())?;
+    watched.outcome.map_err(|problem| {
+        let mut error = format!(
+            "{what}: {problem}; its last console line: {:?} (log: {})",
+            watched.console.last().map_or("none", String::as_str),
+            workspace.relative(&log).display()
+        );
+        if !watched.messages.is_empty() {
+            error.push_str(&format!("; QEMU said: {}", watched.messages.join(" / ")));
+        }
+        anyhow::anyhow!(error)
+    })
+}
+
+/// What [`watch`] saw of a QEMU run.
+struct Watched {
+    /// The output up to the line with the text waited for, or why it did not come.
+    outcome: std::result::Result<String, String>,
+    /// The console's lines (stdout).
+    console: Vec<String>,
+    /// What QEMU said on stderr.
+    messages: Vec<String>,
+}
+
+/// Runs `qemu` until a line containing `until` appears, for `timeout` at most, on its
+/// console or, with `serial`, in the file its second serial port writes (polled every
+/// 100 ms); then stops it. The outcome holds the lines up to and with that one.
+fn watch(qemu: &Qemu, timeout: Duration, until: &str, serial: Option<&Path>) -> Result<Watched> {
+    let found = |text: &str| {
+        let at = text.lines().position(|line| line.contains(until))?;
+        Some(
+            text.lines()
+                .take(at + 1)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
+    };
+    let in_serial = || serial.and_then(|file| found(&fs::read_to_string(file).unwrap_or_default()));
     let mut console = qemu.spawn_console()?;
     let deadline = Instant::now() + timeout;
-    let mut output = String::new();
-    let mut messages = Vec::new();
+    let (mut lines, mut messages) = (Vec::new(), Vec::new());
+    let where_ = if serial.is_some() { " on COM2" } else { "" };
     let outcome = loop {
-        match console.next_line(deadline) {
+        if let Some(output) = in_serial() {
+            break Ok(output);
+        }
+        let poll = match serial {
+            Some(_) => (Instant::now() + Duration::from_millis(100)).min(deadline),
+            None => deadline,
+        };
+        match console.next_line(poll) {
             Next::Line(Stream::Console, line) => {
-                output.push_str(&line);
-                output.push('\n');
-                if line.contains(until) {
-                    break Ok(());
+                let done = serial.is_none() && line.contains(until);
+                lines.push(line);
+                if done {
+                    break Ok(lines.iter().map(|l| format!("{l}\n")).collect());
                 }
             }
             Next::Line(Stream::Stderr, line) => messages.push(line),
+            Next::Timeout if Instant::now() < deadline => {}
             Next::Timeout => {
                 break Err(format!(
-                    "no line containing {until:?} within {} s",
+                    "no line containing {until:?}{where_} within {} s",
                     timeout.as_secs()
                 ))
             }
             Next::Closed => {
                 let status = console.wait_exit(Duration::from_secs(1));
+                if let Some(output) = in_serial() {
+                    break Ok(output);
+                }
                 break Err(format!(
-                    "QEMU exited ({}) before a line containing {until:?}",
+                    "QEMU exited ({}) before a line containing {until:?}{where_}",
                     status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
                 ));
             }
         }
     };
     console.kill();
-    let mut logged = output.clone();
-    for message in &messages {
-        logged.push_str(&format!("qemu: {message}\n"));
-    }
-    write(&log, logged.as_bytes())?;
-    match outcome {
-        Ok(()) => Ok(output),
-        Err(problem) => {
-            let last = output.lines().last().unwrap_or("none");
-            let mut error = format!(
-                "{what}: {problem}; its last console line: {last:?} (log: {})",
-                workspace.relative(&log).display()
-            );
-            if !messages.is_empty() {
-                error.push_str(&format!("; QEMU said: {}", messages.join(" / ")));
-            }
-            bail!(error)
-        }
-    }
+    Ok(Watched {
+        outcome,
+        console: lines,
+        messages,
+    })
 }
 
 /// The board whose QEMU, machine and CPU model an x86 bare run uses.
@@ -318,64 +358,22 @@ pub fn run_bare_x86(
         cpu.or(board.cpu.as_deref()).unwrap_or("default CPU")
     );
     println!("==> {what}: {qemu}");
-    let mut console = qemu.spawn_console()?;
-    let deadline = Instant::now() + timeout;
-    let (mut first, mut messages) = (Vec::new(), Vec::new());
-    let found = |text: &str| {
-        text.lines()
-            .position(|line| line.contains(until))
-            .map(|at| {
-                text.lines()
-                    .take(at + 1)
-                    .map(|l| format!("{l}\n"))
-                    .collect()
-            })
-    };
-    let outcome = loop {
-        let text = fs::read_to_string(&com2).unwrap_or_default();
-        if let Some(output) = found(&text) {
-            break Ok(output);
-        }
-        let poll = (Instant::now() + Duration::from_millis(100)).min(deadline);
-        match console.next_line(poll) {
-            Next::Line(Stream::Console, line) => first.push(line),
-            Next::Line(Stream::Stderr, line) => messages.push(line),
-            Next::Timeout if Instant::now() < deadline => {}
-            Next::Timeout => {
-                break Err(format!(
-                    "no line containing {until:?} on COM2 within {} s",
-                    timeout.as_secs()
-                ))
-            }
-            Next::Closed => {
-                let status = console.wait_exit(Duration::from_secs(1));
-                let text = fs::read_to_string(&com2).unwrap_or_default();
-                if let Some(output) = found(&text) {
-                    break Ok(output);
-                }
-                break Err(format!(
-                    "QEMU exited ({}) before a line containing {until:?} on COM2",
-                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
-                ));
-            }
-        }
-    };
-    console.kill();
-    let mut logged = first.join("\n");
-    for message in &messages {
+    let watched = watch(&qemu, timeout, until, Some(&com2))?;
+    let mut logged = watched.console.join("\n");
+    for message in &watched.messages {
         logged.push_str(&format!("\nqemu: {message}"));
     }
     write(&com1, logged.as_bytes())?;
-    outcome.map_err(|problem| {
+    watched.outcome.map_err(|problem| {
         let text = fs::read_to_string(&com2).unwrap_or_default();
         let mut error = format!(
             "{what}: {problem}; its last COM2 line: {:?}, COM1 said: {:?} (logs: {})",
             text.lines().last().unwrap_or("none"),
-            first.join(" / "),
+            watched.console.join(" / "),
             workspace.relative(&com2).display()
         );
-        if !messages.is_empty() {
-            error.push_str(&format!("; QEMU said: {}", messages.join(" / ")));
+        if !watched.messages.is_empty() {
+            error.push_str(&format!("; QEMU said: {}", watched.messages.join(" / ")));
         }
         anyhow::anyhow!(error)
     })

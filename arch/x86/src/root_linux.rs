@@ -491,11 +491,6 @@ fn guest_nmi(cpu: u32) {
     xapic::send_physical(apic_id, xapic::ICR_NMI);
 }
 
-/// Whether an event waits in the VMCB for the next entry.
-fn event_pending(vmcb: &impl Guest) -> bool {
-    vmcb.event_pending()
-}
-
 /// The root cell's INIT or start-up IPI from CPU `from` for its CPU `cpu`. INIT stops the
 /// vCPU: it powers off and parks ([`HV`]'s park loop), and this CPU waits for that (about
 /// 100 ms at most), so that the start-up IPIs after it find the CPU off. A start-up IPI is
@@ -1103,7 +1098,7 @@ fn vcpu<V: Vcpu>(
     let mut idle_hlt = false;
     loop {
         // The root cell's NMI, unless an exception is being injected (it waits a round).
-        if !event_pending(vmcb) && per_cpu.guest_nmi.swap(false, Ordering::SeqCst) {
+        if !vmcb.event_pending() && per_cpu.guest_nmi.swap(false, Ordering::SeqCst) {
             vmcb.inject_nmi();
         }
         // The root cell's tables changed since this CPU's last entry (a cell took or gave

@@ -173,7 +173,9 @@ pub fn enable(cpu: usize) -> Result<(), VmxError> {
     Ok(())
 }
 
-/// Which of the VMX features this hypervisor uses the CPU has (read once per vCPU).
+/// Which of the VMX features this hypervisor uses the CPU has: read from the capability
+/// MSRs once (every CPU of a machine has the same, as Intel SDM Vol. 3D Appendix A expects
+/// of software), then kept.
 #[derive(Clone, Copy, Debug)]
 struct Controls {
     pin: u32,
@@ -181,9 +183,20 @@ struct Controls {
     secondary: u32,
     exit: u32,
     entry: u32,
+    /// NMI-window exiting can be turned on (with virtual NMIs).
+    nmi_window: bool,
+    /// INVEPT of one context (else all contexts).
+    single_context_invept: bool,
 }
 
+static CONTROLS: spin::Once<Result<Controls, VmxError>> = spin::Once::new();
+
 impl Controls {
+    /// The controls, read at the first call.
+    fn get() -> Result<Self, VmxError> {
+        *CONTROLS.call_once(Self::read)
+    }
+
     fn read() -> Result<Self, VmxError> {
         let true_controls = usize::from(msr(IA32_VMX_BASIC) & 1 << 55 != 0);
         let capability2 = msr(PROCBASED2);
@@ -226,12 +239,17 @@ impl Controls {
                 "switch EFER and PAT at entries and exits",
             ));
         }
+        let nmi_window =
+            (primary_capability >> 32) as u32 & PROC_NMI_WINDOW != 0 && pin & PIN_VIRTUAL_NMIS != 0;
         Ok(Self {
             pin,
             primary,
             secondary,
             exit,
             entry,
+            nmi_window,
+            // IA32_VMX_EPT_VPID_CAP bit 25: single-context INVEPT (bit 26: all-context).
+            single_context_invept: msr(0x48c) & 1 << 25 != 0,
         })
     }
 }
@@ -239,7 +257,7 @@ impl Controls {
 /// Whether the CPU lets a guest run RDTSCP, INVPCID and XSAVES (else CPUID must not offer
 /// them: they would raise #UD).
 pub fn guest_features() -> (bool, bool, bool) {
-    let secondary = adjust(PROC2_RDTSCP | PROC2_INVPCID | PROC2_XSAVES, msr(PROCBASED2));
+    let secondary = Controls::get().map_or(0, |controls| controls.secondary);
     (
         secondary & PROC2_RDTSCP != 0,
         secondary & PROC2_INVPCID != 0,
@@ -342,7 +360,7 @@ impl Vmcs {
     /// What both resets share: controls, host state, LDTR, TR and descriptor tables, CR3
     /// and CR4 zero, EFER zero, RFLAGS with interrupts off, the power-on PAT.
     fn reset(&mut self, tables: u64, bitmaps: Bitmaps) -> Result<(), VmxError> {
-        let controls = Controls::read()?;
+        let controls = Controls::get()?;
         vmx::write(PIN_BASED, u64::from(controls.pin));
         vmx::write(PROC_BASED, u64::from(controls.primary));
         vmx::write(PROC_BASED2, u64::from(controls.secondary));
@@ -553,10 +571,7 @@ impl Vmcs {
 
     /// Turns NMI-window exiting on or off; false if the CPU cannot (no virtual NMIs).
     fn set_nmi_window(&mut self, on: bool) -> bool {
-        let true_controls = usize::from(msr(IA32_VMX_BASIC) & 1 << 55 != 0);
-        if (msr(PROCBASED[true_controls]) >> 32) as u32 & PROC_NMI_WINDOW == 0
-            || vmx::read(PIN_BASED) as u32 & PIN_VIRTUAL_NMIS == 0
-        {
+        if !Controls::get().is_ok_and(|controls| controls.nmi_window) {
             return false;
         }
         let primary = vmx::read(PROC_BASED);
@@ -796,8 +811,8 @@ impl Guest for Vmcs {
 /// INVEPT, single context (type 1) for `eptp`, or all contexts if the CPU lacks the former.
 fn invept(eptp: u64) {
     let descriptor = [eptp, 0u64];
-    // IA32_VMX_EPT_VPID_CAP bit 25: single-context INVEPT; bit 26: all-context.
-    let kind: u64 = if msr(0x48c) & 1 << 25 != 0 { 1 } else { 2 };
+    let single = Controls::get().is_ok_and(|controls| controls.single_context_invept);
+    let kind: u64 = if single { 1 } else { 2 };
     // SAFETY: VMX is on; the descriptor is 16 bytes on the stack; INVEPT only drops cached
     // translations.
     unsafe {

@@ -6,6 +6,11 @@
 //! - [`memory_map`]: a physical memory map in the e820 sense ([`MemoryMap`]), built from a
 //!   firmware's map and changed range by range, e.g. to reserve the hypervisor's memory and
 //!   the memory other cells may load into before the root cell's kernel sees the map.
+//! - [`arm64`]: the arm64 `Image` header ([`arm64::Image`]) and where a loader puts the
+//!   kernel, its device tree and its initramfs ([`arm64::Image::place`]).
+//! - `tree` (feature `tree`, with `alloc`): the device tree of Linux in a cell on Arm
+//!   (`tree::CellTree`): its CPUs with PSCI, its RAM, its part of the GIC, the generic
+//!   timer, its UART, `/chosen`.
 //! - [`x86`]: the bzImage's setup header ([`x86::BzImage`]), where its protected-mode kernel
 //!   may go ([`x86::BzImage::place`]), and the zero page ([`x86::BootParams`]).
 //!
@@ -26,7 +31,10 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
+pub mod arm64;
 pub mod memory_map;
+#[cfg(feature = "tree")]
+pub mod tree;
 pub mod x86;
 
 pub use memory_map::MemoryMap;

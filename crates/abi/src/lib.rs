@@ -69,7 +69,8 @@ pub enum Command {
     /// guest-physical address `ARG1`, which must lie in a `loadable` region. Only before
     /// start.
     CellLoad = 3,
-    /// Starts cell `ARG0` at its reset address (loaded cells only).
+    /// Starts cell `ARG0` (loaded cells only) as flags `ARG1` say ([`start`]; 0: every CPU
+    /// at the cell's reset address, the first argument register 0).
     CellStart = 4,
     /// Asks cell `ARG0` to shut down: posts the request in its communication region and
     /// returns 0 once the cell is stopped (approved, or no answer within `ARG1`
@@ -88,6 +89,19 @@ pub enum Command {
     /// oldest position still in the ring when `ARG0` fell behind). A position beyond the
     /// output so far is [`Error::InvalidArgument`].
     ConsoleRead = 9,
+}
+
+/// The flags of [`Command::CellStart`] (`ARG1`).
+pub mod start {
+    /// Only the cell's first CPU starts; the cell powers its others on itself (PSCI
+    /// CPU_ON on Arm; on x86 every cell starts so, with INIT and start-up IPIs).
+    pub const BOOT_CPU_ONLY: u64 = 1 << 0;
+    /// The started CPUs enter at `ARG2` (in the cell's RAM) instead of the reset address,
+    /// with `ARG3` in their first argument register (x0 on Arm): a Linux kernel and its
+    /// device tree.
+    pub const AT: u64 = 1 << 1;
+    /// Every flag.
+    pub const ALL: u64 = BOOT_CPU_ONLY | AT;
 }
 
 /// The longest shutdown timeout [`Command::CellShutdown`] takes, in milliseconds (a day);

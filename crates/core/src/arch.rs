@@ -122,7 +122,8 @@ pub trait Translation {
     fn flush_cell(&self, cell: CellId);
 }
 
-/// Which of a cell's CPUs its start starts ([`Vcpus::cell_start`]).
+/// Which of a cell's CPUs its start starts by default ([`Vcpus::cell_start`]); a start
+/// with [`cellvisor_abi::start::BOOT_CPU_ONLY`] is always [`CellStart::FirstCpu`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CellStart {
     /// Every CPU, at the cell's reset address; a cell cannot power its own CPUs on (the

@@ -189,6 +189,13 @@ pub enum Event {
         /// Root of its tables.
         tables: u64,
     },
+    /// [`run_cpu`] entered a vCPU.
+    Enter {
+        /// CPU.
+        cpu: usize,
+        /// What it entered.
+        entry: crate::Entry,
+    },
 }
 
 struct Wake {
@@ -590,7 +597,8 @@ pub fn boot(
 pub fn run_cpu(hv: &Hypervisor<FakeArch>, cpu: usize) {
     FakeArch::set_cpu(cpu);
     let arch = hv.arch();
-    'parked: while let Some(_entry) = hv.park(cpu) {
+    'parked: while let Some(entry) = hv.park(cpu) {
+        arch.log(Event::Enter { cpu, entry });
         loop {
             if arch.quitting() {
                 return;

@@ -131,6 +131,10 @@ pub struct CellRuntime {
     /// Its CPUs are being stopped (a shutdown, a destroy, a violation): none of them starts
     /// again, whatever the cell asks.
     stopping: AtomicBool,
+    /// Its start started its first CPU only; it powers the others on itself.
+    boot_cpu_only: AtomicBool,
+    /// The first argument register of the CPUs its start starts.
+    start_arg: AtomicU64,
 }
 
 impl CellRuntime {
@@ -145,6 +149,8 @@ impl CellRuntime {
             shutdown_since: AtomicU64::new(0),
             console: (AtomicU32::new(0), AtomicU64::new(0)),
             stopping: AtomicBool::new(false),
+            boot_cpu_only: AtomicBool::new(false),
+            start_arg: AtomicU64::new(0),
         }
     }
 

@@ -219,7 +219,7 @@ impl<A: Arch> Hypervisor<A> {
             }
             Command::CellCreate => self.create(registry, args[0]),
             Command::CellLoad => self.load(registry, args),
-            Command::CellStart => self.start(registry, args[0]),
+            Command::CellStart => self.start(registry, args),
             Command::CellShutdown => self.shutdown(registry, args[0], args[1]),
             Command::CellDestroy => self.destroy(registry, args[0]),
             Command::CellList => {
@@ -415,7 +415,8 @@ impl<A: Arch> Hypervisor<A> {
         Ok(0)
     }
 
-    fn start(&self, registry: &mut Registry<MAX_CELLS>, raw: u64) -> Result<i64, Failure> {
+    fn start(&self, registry: &mut Registry<MAX_CELLS>, args: [u64; 4]) -> Result<i64, Failure> {
+        let [raw, flags, entry, arg] = args;
         let id = self.cell_of(registry, raw)?;
         let name = name(registry, id);
         if id.0 == 0 {
@@ -431,13 +432,35 @@ impl<A: Arch> Hypervisor<A> {
                 ),
             ));
         }
+        if flags & !cellvisor_abi::start::ALL != 0 {
+            return Err(self.fail(
+                Error::InvalidArgument,
+                format_args!("cell \"{name}\": unknown start flags {flags:#x}"),
+            ));
+        }
+        let at = flags & cellvisor_abi::start::AT != 0;
+        if at && self.ram_address(id, entry).is_none() {
+            return Err(self.fail(
+                Error::InvalidArgument,
+                format_args!("cell \"{name}\": start address {entry:#x} is not in its RAM"),
+            ));
+        }
         let _ = registry.set_state(id, CellState::Running);
         let Some(cell) = registry.cell(id) else {
             return Err(self.fail(Error::NoSuchCell, format_args!("no cell with id {raw}")));
         };
+        let (reset, arg) = if at {
+            (entry, arg)
+        } else {
+            (cell.reset_address, 0)
+        };
         let cpus = cell.cpus;
         let runtime = self.cell(id);
-        runtime.reset.store(cell.reset_address, Ordering::Release);
+        let boot_cpu_only = flags & cellvisor_abi::start::BOOT_CPU_ONLY != 0
+            || self.arch.cell_start() == crate::arch::CellStart::FirstCpu;
+        runtime.boot_cpu_only.store(boot_cpu_only, Ordering::SeqCst);
+        runtime.start_arg.store(arg, Ordering::Release);
+        runtime.reset.store(reset, Ordering::Release);
         runtime.shutdown_since.store(0, Ordering::Release);
         runtime.stopping.store(false, Ordering::SeqCst);
         let console = (
@@ -451,7 +474,7 @@ impl<A: Arch> Hypervisor<A> {
         // Recorded first: what the cell makes the hypervisor print comes after.
         self.record(format_args!("cellvisor: cell \"{name}\" started\n"));
         let first = cpus.trailing_zeros() as usize;
-        let all = self.arch.cell_start() == crate::arch::CellStart::AllCpus;
+        let all = !boot_cpu_only;
         for cpu in (0..MAX_CPUS).filter(|c| cpus & 1 << c != 0) {
             if all {
                 self.start_cpu(cpu);

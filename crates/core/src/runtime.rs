@@ -35,9 +35,9 @@ pub enum StartedBy {
 /// Why [`Hypervisor::power_on`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerOnError {
-    /// The caller is not the root cell and cells do not power their CPUs on (their start
-    /// starts them all, [`CellStart::AllCpus`](crate::arch::CellStart)), or the CPU is not
-    /// the caller's.
+    /// The caller is another cell than the root cell, whose start started all its CPUs (it
+    /// powers none on, see [`cellvisor_abi::start::BOOT_CPU_ONLY`]), or the CPU is not the
+    /// caller's.
     Denied,
     /// The entry point is not in executable RAM of the root cell's configuration (another
     /// cell: not in its RAM), or not aligned.
@@ -235,7 +235,7 @@ impl<A: Arch> Hypervisor<A> {
             None => Entry {
                 cell,
                 pc: runtime.reset.load(Ordering::Acquire),
-                arg: 0,
+                arg: runtime.start_arg.load(Ordering::Acquire),
                 by: StartedBy::CellStart,
             },
         })
@@ -244,9 +244,8 @@ impl<A: Arch> Hypervisor<A> {
     /// A CPU_ON (Arm PSCI) or start-up IPI (x86) from a CPU of `caller` for its CPU `cpu`:
     /// the vCPU starts at `entry` with `context` in its first argument register. For the
     /// root cell `entry` must lie in executable RAM (not I/O) of its configured memory,
-    /// for another cell (where the architecture lets cells power their CPUs on,
-    /// [`CellStart::FirstCpu`](crate::arch::CellStart)) in its RAM; and be a multiple of
-    /// `align`. The CPU is woken; it enters from its park loop.
+    /// for another cell (one started on its boot CPU only, which powers the others on) in
+    /// its RAM; and be a multiple of `align`. The CPU is woken; it enters from its park loop.
     pub fn power_on(
         &self,
         caller: CellId,
@@ -255,7 +254,7 @@ impl<A: Arch> Hypervisor<A> {
         context: u64,
         align: u64,
     ) -> Result<(), PowerOnError> {
-        let may = caller.0 == 0 || self.arch.cell_start() == crate::arch::CellStart::FirstCpu;
+        let may = caller.0 == 0 || self.cell(caller).boot_cpu_only.load(Ordering::SeqCst);
         if !may || !self.cell_has_cpu(caller, cpu) {
             return Err(PowerOnError::Denied);
         }

@@ -718,3 +718,60 @@ fn a_cell_that_starts_on_every_cpu_cannot_power_its_cpus_on() {
         assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
     });
 }
+
+#[test]
+fn a_start_on_the_boot_cpu_only_at_an_address_with_an_argument() {
+    // Linux in a cell on Arm: the kernel's entry, the device tree's address in x0, the other
+    // CPU off until the kernel's PSCI CPU_ON.
+    use cellvisor_abi::start::{AT, BOOT_CPU_ONLY};
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = m.create(PAIR).unwrap();
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        let start = |flags: u64, entry: u64, arg: u64| {
+            m.command(Command::CellStart, [id as u64, flags, entry, arg])
+        };
+        let (error, message) = start(1 << 5, 0, 0).unwrap_err();
+        assert_eq!(error, Error::InvalidArgument);
+        assert_eq!(message, "cell \"pair\": unknown start flags 0x20");
+        let (error, message) = start(AT, 0x10_0000, 0).unwrap_err();
+        assert_eq!(error, Error::InvalidArgument);
+        assert_eq!(
+            message,
+            "cell \"pair\": start address 0x100000 is not in its RAM"
+        );
+        m.hv.arch().take_events();
+        assert_eq!(start(BOOT_CPU_ONLY | AT, 0x4_0000, 0xf_f000), Ok(0));
+        assert!(m.wait_running(1));
+        let entered: Vec<_> =
+            m.hv.arch()
+                .take_events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Enter { cpu, entry } => Some((cpu, entry.pc, entry.arg, entry.by)),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(
+            entered,
+            [(1, 0x4_0000, 0xf_f000, cellvisor_core::StartedBy::CellStart)]
+        );
+        assert!(m.hv.is_parked(2));
+        // The kernel's CPU_ON for CPU 2, with its context.
+        assert_eq!(m.hv.power_on(CellId(id as u32), 2, 0x8_0000, 7, 4), Ok(()));
+        assert!(m.wait_running(2));
+        let entered: Vec<_> =
+            m.hv.arch()
+                .take_events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Enter { cpu, entry } => Some((cpu, entry.pc, entry.arg, entry.by)),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(
+            entered,
+            [(2, 0x8_0000, 7, cellvisor_core::StartedBy::PowerOn)]
+        );
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}

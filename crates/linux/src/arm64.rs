@@ -242,7 +242,10 @@ mod tests {
         let placed = image.place(ram, 0x2345, 10 << 20).unwrap();
         assert_eq!(placed.kernel, 0x7020_0000 + 0x8_0000);
         assert_eq!(placed.tree, 0x7800_0000 - 0x3000);
-        assert_eq!(placed.initrd, Some((0x7800_0000 - 0x3000 - (10 << 20), 10 << 20)));
+        assert_eq!(
+            placed.initrd,
+            Some((0x7800_0000 - 0x3000 - (10 << 20), 10 << 20))
+        );
         assert_eq!(placed.tree % 8, 0);
         // Without an initramfs.
         assert_eq!(image.place(ram, 0x100, 0).unwrap().initrd, None);
@@ -282,6 +285,8 @@ mod tests {
             })
         );
         // A range at the top of the address space does not wrap.
-        assert!(image.place((u64::MAX - 0x1000, 64 << 20), 0x1000, 0).is_err());
+        assert!(image
+            .place((u64::MAX - 0x1000, 64 << 20), 0x1000, 0)
+            .is_err());
     }
 }

@@ -388,10 +388,7 @@ mod tests {
             ["uartclk", "apb_pclk"]
         );
         assert_eq!(u32s(&value("/uart@9040000", "clocks")), [2, 2]);
-        assert_eq!(
-            u32s(&value("/uart-clock", "clock-frequency")),
-            [24_000_000]
-        );
+        assert_eq!(u32s(&value("/uart-clock", "clock-frequency")), [24_000_000]);
         assert_eq!(strings(&value("/aliases", "serial0")), ["/uart@9040000"]);
         assert_eq!(strings(&value("/chosen", "stdout-path")), ["serial0"]);
         assert_eq!(

@@ -91,6 +91,29 @@ pub enum CellCommand {
         /// Cell name or id.
         cell: String,
     },
+    /// Boot Linux (an arm64 Image) in a new cell: create the cell, write its device tree
+    /// (its CPUs with PSCI, its RAM, its part of the GIC, the timer, its console UART; the
+    /// machine's from the root cell's tree), load kernel, initramfs and tree, and start it
+    /// on its first CPU, which brings up the others with PSCI CPU_ON.
+    Linux {
+        /// The cell configuration: TOML (compiled here) or a compiled .bin.
+        config: PathBuf,
+        /// The kernel: an arm64 Image (or, with --raw, any binary).
+        image: PathBuf,
+        /// An initramfs for the kernel.
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line [default: the console on the cell's UART].
+        #[arg(long, value_name = "STR")]
+        cmdline: Option<String>,
+        /// A device tree of yours instead of the generated one.
+        #[arg(long, value_name = "FILE")]
+        dtb: Option<PathBuf>,
+        /// Enter the binary at its first byte (the start of the cell's RAM) with x0 = the
+        /// device tree: Zephyr, test kernels.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Stop a cell, asking it first through its communication region.
     Shutdown {
         /// Cell name or id.

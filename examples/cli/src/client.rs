@@ -183,6 +183,19 @@ impl<D: Device> Client<D> {
             .map(drop)
     }
 
+    /// [`Command::CellStart`] with [`cellvisor_abi::start`] flags, an entry point and the
+    /// first argument register.
+    pub fn cell_start_with(
+        &mut self,
+        id: u32,
+        flags: u64,
+        entry: u64,
+        arg: u64,
+    ) -> Result<(), Refusal> {
+        self.call(Command::CellStart, [u64::from(id), flags, entry, arg])
+            .map(drop)
+    }
+
     /// One [`Command::CellShutdown`] request: `true` once the cell is stopped, `false` while
     /// its vote is pending.
     pub fn cell_shutdown(&mut self, id: u32, timeout_ms: u64) -> Result<bool, Refusal> {

@@ -42,6 +42,11 @@ pub trait Host {
     fn pause(&mut self, duration: Duration) -> bool;
     /// Waits before asking about a pending shutdown again.
     fn sleep(&mut self, duration: Duration);
+    /// The machine's device tree as the root cell's Linux got it (`/sys/firmware/fdt`).
+    fn machine_tree(&mut self) -> Result<Vec<u8>> {
+        fs::read("/sys/firmware/fdt")
+            .map_err(|e| anyhow!("cannot read /sys/firmware/fdt: {}", reason(&e)))
+    }
     /// The names of the trap reasons on this machine: [`TRAP_REASONS`] on Arm,
     /// [`TRAP_REASONS_X86`] on x86 (the architecture the tool was built for, which is the
     /// root cell's).
@@ -112,6 +117,25 @@ pub fn run(cli: Cli, host: &mut dyn Host, out: &mut dyn Write, err: &mut dyn Wri
                 out,
             ),
             CellCommand::Start { cell } => start(&mut open(host)?, &cell, out),
+            CellCommand::Linux {
+                config,
+                image,
+                initrd,
+                cmdline,
+                dtb,
+                raw,
+            } => linux(
+                host,
+                &LinuxArgs {
+                    config: &config,
+                    image: &image,
+                    initrd: initrd.as_deref(),
+                    cmdline: cmdline.as_deref(),
+                    dtb: dtb.as_deref(),
+                    raw,
+                },
+                out,
+            ),
             CellCommand::Shutdown { cell, timeout_ms } => shutdown(host, &cell, timeout_ms, out),
             CellCommand::Destroy { cell } => destroy(host, &cell, out),
             CellCommand::List { json } => list(&mut open(host)?, json, out),
@@ -325,12 +349,30 @@ fn load(
         check_fits(file, path, address, image.len() as u64, image_path)
             .map_err(|e| label.error(action, e))?;
     }
+    load_bytes(client, (&label, action), record.id.get(), address, &image)?;
+    writeln!(
+        out,
+        "{label}: loaded {} ({} bytes) at {address:#x}",
+        image_path.display(),
+        image.len()
+    )?;
+    Ok(())
+}
+
+/// Copies `bytes` (`what`, for messages) into cell `id`'s memory at `address`, one data
+/// window at a time.
+fn load_bytes(
+    client: &mut Mgmt,
+    (label, action): (&Label, &str),
+    id: u32,
+    address: u64,
+    bytes: &[u8],
+) -> Result<()> {
     let chunk = client.window() & !7;
     if chunk == 0 {
         return Err(label.error(action, "the management data window is empty"));
     }
-    let id = record.id.get();
-    for (index, part) in image.chunks(chunk).enumerate() {
+    for (index, part) in bytes.chunks(chunk).enumerate() {
         let offset = (index * chunk) as u64;
         client
             .cell_load(id, address + offset, part)
@@ -342,19 +384,13 @@ fn load(
                         action,
                         format_args!(
                             "{refusal} (after {offset} of {} bytes, at {:#x})",
-                            image.len(),
+                            bytes.len(),
                             address + offset
                         ),
                     )
                 }
             })?;
     }
-    writeln!(
-        out,
-        "{label}: loaded {} ({} bytes) at {address:#x}",
-        image_path.display(),
-        image.len()
-    )?;
     Ok(())
 }
 
@@ -393,6 +429,162 @@ fn start(client: &mut Mgmt, spec: &str, out: &mut dyn Write) -> Result<()> {
         .cell_start(record.id.get())
         .map_err(|r| label.error(action, r))?;
     writeln!(out, "{label} started")?;
+    Ok(())
+}
+
+/// The arguments of `cell linux`.
+struct LinuxArgs<'a> {
+    config: &'a Path,
+    image: &'a Path,
+    initrd: Option<&'a Path>,
+    cmdline: Option<&'a str>,
+    dtb: Option<&'a Path>,
+    raw: bool,
+}
+
+/// Reads a file for `cell linux`; the error names it.
+fn read_file(label: &Label, what: &str, path: &Path) -> Result<Vec<u8>> {
+    let bytes = fs::read(path).map_err(|e| {
+        label.error(
+            "linux",
+            format_args!("cannot read the {what} {}: {}", path.display(), reason(&e)),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(label.error(
+            "linux",
+            format_args!("the {what} {} is empty", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `cell linux`: creates the cell, loads the kernel, the initramfs and the device tree,
+/// starts the cell on its first CPU at the kernel with x0 = the tree. Whatever fails after
+/// the create destroys the cell again.
+fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Result<()> {
+    use cellvisor_linux::arm64::{Image, Placement};
+    let action = "linux";
+    let file = config::load_cell(args.config).map_err(|e| anyhow!("cell linux: {e:#}"))?;
+    let label = Label::named(&file.config.cell.name);
+    if file.config.architecture != cellvisor_config::Architecture::Aarch64 {
+        return Err(label.error(action, "Linux boots in Arm cells only (for now)"));
+    }
+    let image = read_file(&label, "kernel", args.image)?;
+    let initrd = args
+        .initrd
+        .map(|path| read_file(&label, "initramfs", path))
+        .transpose()?;
+    let user_tree = args
+        .dtb
+        .map(|path| read_file(&label, "device tree", path))
+        .transpose()?;
+    // The RAM the kernel goes into: the largest loadable region.
+    let ram = file
+        .loadable()
+        .filter(|r| !r.flags.intersects(cellvisor_config::MemoryFlags::IO))
+        .max_by_key(|r| r.size)
+        .map(|r| (r.virt_start, r.size))
+        .ok_or_else(|| {
+            label.error(
+                action,
+                format_args!("{} has no loadable RAM", args.config.display()),
+            )
+        })?;
+    let description = match user_tree {
+        Some(_) => None,
+        None => {
+            let machine = crate::linux::read_machine(&host.machine_tree()?)
+                .map_err(|e| label.error(action, e))?;
+            Some(crate::linux::describe(&machine, &file).map_err(|e| label.error(action, e))?)
+        }
+    };
+    let default_cmdline = description
+        .as_ref()
+        .and_then(|d| d.console)
+        .unwrap_or_default();
+    let bootargs = args.cmdline.unwrap_or(default_cmdline);
+    let initrd_size = initrd.as_ref().map_or(0, |i| i.len() as u64);
+    // The generated tree's size does not depend on the addresses in it.
+    let tree_size = match (&user_tree, &description) {
+        (Some(tree), _) => tree.len() as u64,
+        (None, Some(d)) => d
+            .tree(bootargs, initrd.as_ref().map(|_| (0, initrd_size)))
+            .map_err(|e| label.error(action, e))?
+            .len() as u64,
+        (None, None) => 0,
+    };
+    let placed = if args.raw {
+        // The binary at the start of the RAM, the rest as for a kernel of its size.
+        let raw = Image {
+            text_offset: 0,
+            image_size: image.len() as u64,
+            flags: 0,
+        };
+        let mut placed = raw.place(ram, tree_size, initrd_size);
+        if let Ok(p) = &mut placed {
+            p.kernel = ram.0;
+        }
+        placed
+    } else {
+        Image::parse(&image).and_then(|kernel| kernel.place(ram, tree_size, initrd_size))
+    }
+    .map_err(|e| label.error(action, format_args!("{}: {e}", args.image.display())))?;
+    let Placement {
+        kernel,
+        tree,
+        initrd: initrd_at,
+    } = placed;
+    let tree_bytes = match (user_tree, &description) {
+        (Some(tree), _) => tree,
+        (None, Some(d)) => d
+            .tree(bootargs, initrd_at)
+            .map_err(|e| label.error(action, e))?,
+        (None, None) => Vec::new(),
+    };
+
+    create(host, args.config, out)?;
+    let mut client = open(host)?;
+    let (label, record) = resolve(&mut client, &file.config.cell.name, action)?;
+    let id = record.id.get();
+    let loaded = (|| -> Result<()> {
+        load_bytes(&mut client, (&label, action), id, kernel, &image)?;
+        if let (Some(initrd), Some((at, _))) = (&initrd, initrd_at) {
+            load_bytes(&mut client, (&label, action), id, at, initrd)?;
+        }
+        load_bytes(&mut client, (&label, action), id, tree, &tree_bytes)?;
+        client
+            .cell_start_with(
+                id,
+                cellvisor_abi::start::BOOT_CPU_ONLY | cellvisor_abi::start::AT,
+                kernel,
+                tree,
+            )
+            .map_err(|r| label.error(action, r))
+    })();
+    if let Err(error) = loaded {
+        let undone = match destroy(host, &record.id.get().to_string(), &mut std::io::sink()) {
+            Ok(()) => "; the cell was destroyed again".to_owned(),
+            Err(e) => format!("; and destroying it failed: {e:#}"),
+        };
+        return Err(anyhow!("{error:#}{undone}"));
+    }
+    writeln!(
+        out,
+        "{label}: {} ({} bytes) at {kernel:#x}{}, device tree ({} bytes) at {tree:#x}",
+        if args.raw { "binary" } else { "Linux" },
+        image.len(),
+        match initrd_at {
+            Some((at, size)) => format!(", initramfs ({size} bytes) at {at:#x}"),
+            None => String::new(),
+        },
+        tree_bytes.len()
+    )?;
+    writeln!(
+        out,
+        "{label} started on CPU {}",
+        cpus_of(record.cpus.get()).next().unwrap_or(0)
+    )?;
     Ok(())
 }
 

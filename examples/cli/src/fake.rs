@@ -42,6 +42,8 @@ pub struct FakeCell {
     pub loadable: Vec<(u64, Vec<u8>)>,
     /// Answers to the coming shutdown requests (none: approve at once).
     pub votes: VecDeque<Vote>,
+    /// The flags, entry and argument of its start.
+    pub started_with: Option<[u64; 3]>,
 }
 
 /// The fake hypervisor.
@@ -92,6 +94,7 @@ impl Machine {
                     memory: 1016 << 20,
                     loadable: Vec::new(),
                     votes: VecDeque::new(),
+                    started_with: None,
                 }],
                 next_id: 1,
                 memory_total: 8 << 20,
@@ -252,6 +255,7 @@ impl Hypervisor {
                         .map(|r| (r.virt_start, vec![0; r.size as usize]))
                         .collect(),
                     votes: VecDeque::new(),
+                    started_with: None,
                 });
                 Ok(u64::from(id))
             }
@@ -306,6 +310,7 @@ impl Hypervisor {
                 match cell.state {
                     CellState::Loaded | CellState::ShutDown if id != 0 => {
                         cell.state = CellState::Running;
+                        cell.started_with = Some([arg1, arg2, arg3]);
                         Ok(0)
                     }
                     CellState::Created => Err((

@@ -13,6 +13,7 @@ mod device;
 mod devmem;
 #[cfg(test)]
 mod fake;
+mod linux;
 #[cfg(test)]
 mod tests;
 

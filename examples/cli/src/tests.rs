@@ -30,6 +30,8 @@ struct FakeHost {
     sleeps: usize,
     /// The tool built for x86 (its trap reason names).
     x86: bool,
+    /// The machine's device tree (`None`: cannot be read).
+    tree: Option<Vec<u8>>,
 }
 
 impl FakeHost {
@@ -42,6 +44,7 @@ impl FakeHost {
             later: Vec::new(),
             sleeps: 0,
             x86: false,
+            tree: None,
         }
     }
 }
@@ -60,6 +63,12 @@ impl Host for FakeHost {
 
     fn sleep(&mut self, _: Duration) {
         self.sleeps += 1;
+    }
+
+    fn machine_tree(&mut self) -> anyhow::Result<Vec<u8>> {
+        self.tree
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("cannot read /sys/firmware/fdt: No such file"))
     }
 
     fn trap_reasons(&self) -> &'static [&'static str] {
@@ -950,5 +959,186 @@ fn raw_commands_pass_the_registers_unchecked() {
     assert!(
         error.starts_with("cellvisor: raw command 2: cannot read "),
         "{error}"
+    );
+}
+
+/// QEMU virt's tree as the root cell gets it: 4 CPUs, a GICv3, PSCI through SMC, the
+/// second PL011 with its 24 MHz clock.
+fn qemu_virt_tree() -> Vec<u8> {
+    let mut fdt = vm_fdt::FdtWriter::new().unwrap();
+    let root = fdt.begin_node("").unwrap();
+    fdt.property_u32("#address-cells", 2).unwrap();
+    fdt.property_u32("#size-cells", 2).unwrap();
+    let clock = fdt.begin_node("apb-pclk").unwrap();
+    fdt.property_string("compatible", "fixed-clock").unwrap();
+    fdt.property_u32("clock-frequency", 24_000_000).unwrap();
+    fdt.property_u32("phandle", 0x8000).unwrap();
+    fdt.end_node(clock).unwrap();
+    let cpus = fdt.begin_node("cpus").unwrap();
+    fdt.property_u32("#address-cells", 1).unwrap();
+    fdt.property_u32("#size-cells", 0).unwrap();
+    for cpu in 0..4u32 {
+        let node = fdt.begin_node(&format!("cpu@{cpu}")).unwrap();
+        fdt.property_string("device_type", "cpu").unwrap();
+        fdt.property_u32("reg", cpu).unwrap();
+        fdt.end_node(node).unwrap();
+    }
+    fdt.end_node(cpus).unwrap();
+    let psci = fdt.begin_node("psci").unwrap();
+    fdt.property_string("method", "smc").unwrap();
+    fdt.end_node(psci).unwrap();
+    let gic = fdt.begin_node("intc@8000000").unwrap();
+    fdt.property_string("compatible", "arm,gic-v3").unwrap();
+    fdt.property_null("interrupt-controller").unwrap();
+    fdt.property_array_u64("reg", &[0x800_0000, 0x1_0000, 0x80a_0000, 0xf6_0000])
+        .unwrap();
+    fdt.end_node(gic).unwrap();
+    let uart = fdt.begin_node("pl011@9040000").unwrap();
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,pl011".into(), "arm,primecell".into()],
+    )
+    .unwrap();
+    fdt.property_array_u64("reg", &[0x904_0000, 0x1000])
+        .unwrap();
+    fdt.property_array_u32("interrupts", &[0, 8, 4]).unwrap();
+    fdt.property_array_u32("clocks", &[0x8000, 0x8000]).unwrap();
+    fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])
+        .unwrap();
+    fdt.end_node(uart).unwrap();
+    fdt.end_node(root).unwrap();
+    fdt.finish().unwrap()
+}
+
+/// A Linux cell on CPUs 2 and 3 with 64 MiB of RAM and the second PL011.
+const LINUX_CELL: &str = r#"
+architecture = "aarch64"
+name = "guest"
+cpus = [2, 3]
+console = { type = "pl011", address = 0x904_0000 }
+irqs = [40]
+
+[[memory]]
+phys = 0x5000_0000
+virt = 0x5000_0000
+size = 0x400_0000
+flags = ["read", "write", "execute", "dma", "loadable"]
+
+[[memory]]
+phys = 0x904_0000
+virt = 0x904_0000
+size = 0x1000
+flags = ["read", "write", "io"]
+
+[[memory]]
+virt = 0x8000_0000
+size = 0x1000
+flags = ["read", "write", "comm-region"]
+"#;
+
+/// An arm64 Image header: text offset 0, 1 MiB of image, 4 KiB of file.
+fn arm64_image() -> Vec<u8> {
+    let mut image = vec![0x5a; 4096];
+    image[8..16].copy_from_slice(&0u64.to_le_bytes());
+    image[16..24].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    image[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    image[56..60].copy_from_slice(&0x644d_5241u32.to_le_bytes());
+    image
+}
+
+#[test]
+fn cell_linux_creates_loads_and_starts_the_cell_on_its_first_cpu() {
+    use dtoolkit::fdt::Fdt;
+    use dtoolkit::{Node, Property};
+    let dir = scratch("linux");
+    let config = file(&dir, "linux.toml", LINUX_CELL);
+    let image = file(&dir, "Image", arm64_image());
+    let initrd = file(&dir, "initrd", [0xab; 8192]);
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    let out = run(
+        &mut host,
+        &["cell", "linux", &config, &image, "--initrd", &initrd],
+    )
+    .ok();
+    assert!(
+        out.contains("cell \"guest\" created (id 1, CPUs 2-3)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cell \"guest\": Linux (4096 bytes) at 0x50000000, initramfs (8192 bytes) at 0x53ffd000, device tree ("),
+        "{out}"
+    );
+    assert!(out.contains("cell \"guest\" started on CPU 2"), "{out}");
+    let machine = host.machine.borrow();
+    let cell = &machine.hv.cells[1];
+    let started = cell.started_with.unwrap();
+    assert_eq!(started[0], 0b11, "boot CPU only, at an address");
+    assert_eq!(started[1], 0x5000_0000);
+    let memory = &cell.loadable[0].1;
+    assert_eq!(memory[..4096], arm64_image()[..]);
+    assert_eq!(memory[0x3ffd000..0x3fff000], [0xab; 8192]);
+    let tree_at = (started[2] - 0x5000_0000) as usize;
+    assert_eq!(tree_at, 0x3fff000);
+    let size = u32::from_be_bytes(memory[tree_at + 4..tree_at + 8].try_into().unwrap());
+    let tree = &memory[tree_at..tree_at + size as usize];
+    let fdt = Fdt::new(tree).unwrap();
+    let value = |path: &str, name: &str| -> Vec<u8> {
+        fdt.find_node(path)
+            .unwrap_or_else(|| panic!("{path}"))
+            .property(name)
+            .unwrap_or_else(|| panic!("{path}:{name}"))
+            .value()
+            .to_vec()
+    };
+    // CPUs 2 and 3; the redistributors of CPUs 2 and 3; the PL011 with its clock; the
+    // initramfs; the console.
+    assert_eq!(value("/cpus/cpu@3", "reg"), [0, 0, 0, 0, 0, 0, 0, 3]);
+    assert!(fdt.find_node("/cpus/cpu@1").is_none());
+    let gic = value("/interrupt-controller@8000000", "reg");
+    assert_eq!(
+        gic[16..32],
+        [0, 0, 0, 0, 0x08, 0x0e, 0, 0, 0, 0, 0, 0, 0, 0x04, 0, 0]
+    );
+    assert_eq!(
+        value("/uart@9040000", "interrupts"),
+        [0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 4]
+    );
+    assert_eq!(
+        value("/uart-clock", "clock-frequency"),
+        24_000_000u32.to_be_bytes()
+    );
+    assert_eq!(
+        value("/chosen", "linux,initrd-start"),
+        0x53ff_d000u64.to_be_bytes()
+    );
+    assert_eq!(value("/chosen", "bootargs"), b"console=ttyAMA0\0");
+}
+
+#[test]
+fn cell_linux_refuses_a_bad_kernel_before_creating_the_cell() {
+    let dir = scratch("linux-bad");
+    let config = file(&dir, "linux.toml", LINUX_CELL);
+    let image = file(&dir, "Image", [0u8; 100]);
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    let error = run(&mut host, &["cell", "linux", &config, &image]).fails();
+    assert!(
+        error.contains("cell \"guest\": linux: ") && error.contains("not an arm64 Image"),
+        "{error}"
+    );
+    assert_eq!(host.machine.borrow().hv.cells.len(), 1, "no cell created");
+    // No tree of the machine: said so, nothing created.
+    host.tree = None;
+    let image = file(&dir, "Image", arm64_image());
+    let error = run(&mut host, &["cell", "linux", &config, &image]).fails();
+    assert!(error.contains("/sys/firmware/fdt"), "{error}");
+    assert_eq!(host.machine.borrow().hv.cells.len(), 1);
+    // A raw binary at the start of the RAM.
+    host.tree = Some(qemu_virt_tree());
+    let out = run(&mut host, &["cell", "linux", &config, &image, "--raw"]).ok();
+    assert!(
+        out.contains("cell \"guest\": binary (4096 bytes) at 0x50000000,"),
+        "{out}"
     );
 }

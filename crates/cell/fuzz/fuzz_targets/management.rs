@@ -33,7 +33,7 @@ use cellvisor_abi::{CellRecord, CellState, Command, Error as Code};
 use cellvisor_cell::{CellId, CreateError, DestroyError, Partition, Region, Registry};
 use cellvisor_config::{
     layout, Architecture, Bdf, Cell, CellConfig, CellConfigView, CpuSet, IrqRange, MemoryFlags,
-    MemoryRegion, StreamId,
+    MemoryRegion, PciAddress, StreamId,
 };
 use libfuzzer_sys::fuzz_target;
 use zerocopy::{FromBytes, IntoBytes};
@@ -85,6 +85,8 @@ struct MachineState {
     root_unmapped: BTreeSet<(u64, u64)>,
     cell_maps: BTreeSet<(u32, RegionKey)>,
     tables: BTreeSet<u32>,
+    /// Owners of the PCI functions cells have (segment, bus/device/function).
+    pci_owner: BTreeMap<(u16, u16), u32>,
 }
 
 impl MachineState {
@@ -102,6 +104,9 @@ impl MachineState {
                 continue;
             }
             state.tables.insert(cell.id.0);
+            for device in cell.pci.iter() {
+                state.pci_owner.insert((device.domain, device.bdf.0), cell.id.0);
+            }
             for region in cell.regions.iter() {
                 state.cell_maps.insert((cell.id.0, key(region)));
                 if region.is_lent() {
@@ -219,6 +224,21 @@ impl Partition for Fake {
     fn move_ports(&mut self, base: u32, count: u32, from: CellId, to: CellId) -> Result2 {
         // The fuzzed system is an Arm one: its root cell and cells have no I/O ports.
         panic!("ports {base:#x}+{count} moved from {from} to {to} on a system without ports")
+    }
+
+    fn move_pci(&mut self, device: PciAddress, from: CellId, to: CellId) -> Result2 {
+        if self.fail() {
+            return Err(Injected);
+        }
+        let key = (device.domain, device.bdf.0);
+        let owner = self.state.pci_owner.get(&key).copied().unwrap_or(0);
+        assert_eq!(owner, from.0, "PCI {device} moved from {from}, not its owner");
+        if to.0 == 0 {
+            self.state.pci_owner.remove(&key);
+        } else {
+            self.state.pci_owner.insert(key, to.0);
+        }
+        Ok(())
     }
 
     fn move_irq(&mut self, irq: u32, from: CellId, to: CellId) -> Result2 {

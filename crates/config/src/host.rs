@@ -270,6 +270,24 @@ pub struct Checked {
 /// taken from the root cell, nothing owned twice, the root cell keeps a CPU). Every problem
 /// of every file is reported; cells that do not compile are left out of the cross-checks.
 pub fn check(system: &Source<'_>, cells: &[Source<'_>]) -> Result<Checked, Vec<Diagnostic>> {
+    check_with(system, cells, false)
+}
+
+/// [`check`] for a board's reference cells, some of which are alternatives: cells that share
+/// a CPU can never run at once, so they are not checked against each other (each still is
+/// against the system and against every cell it could run beside).
+pub fn check_alternatives(
+    system: &Source<'_>,
+    cells: &[Source<'_>],
+) -> Result<Checked, Vec<Diagnostic>> {
+    check_with(system, cells, true)
+}
+
+fn check_with(
+    system: &Source<'_>,
+    cells: &[Source<'_>],
+    alternatives: bool,
+) -> Result<Checked, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let system_bytes = compile_system(system)
         .map(|(_, bytes)| bytes)
@@ -302,7 +320,18 @@ pub fn check(system: &Source<'_>, cells: &[Source<'_>]) -> Result<Checked, Vec<D
         .collect();
     for (k, view) in views.iter().enumerate() {
         let source = &cells[compiled[k].0];
-        let _ = check::check_cell(&system_view, &views[..k], view, &mut |e| {
+        let shares_a_cpu = |other: &CellConfigView<'_>| {
+            view.cell()
+                .cpus()
+                .iter()
+                .any(|cpu| other.cell().cpus().contains(cpu))
+        };
+        let beside: Vec<CellConfigView<'_>> = views[..k]
+            .iter()
+            .filter(|other| !(alternatives && shares_a_cpu(other)))
+            .cloned()
+            .collect();
+        let _ = check::check_cell(&system_view, &beside, view, &mut |e| {
             problems.push(error_diagnostic(source, &e));
             ControlFlow::Continue(())
         });
@@ -380,7 +409,9 @@ impl std::error::Error for DirectoryError {}
 
 /// Compiles every `*.toml` in a directory (a board's `config/`): files with a `root-cell`
 /// table are system configurations, the others cells. Every cell is cross-checked against
-/// every system configuration (a board may have one per interrupt-controller variant).
+/// every system configuration (a board may have one per interrupt-controller variant) and
+/// against the cells it could run beside ([`check_alternatives`]: cells that share a CPU are
+/// alternatives).
 pub fn compile_directory(dir: &Path) -> Result<Vec<CompiledFile>, DirectoryError> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| DirectoryError::Io(dir.to_owned(), e))?
@@ -412,7 +443,7 @@ pub fn compile_directory(dir: &Path) -> Result<Vec<CompiledFile>, DirectoryError
     let mut out = Vec::new();
     let mut cell_files = Vec::new();
     for (i, system) in systems.iter().enumerate() {
-        match check(&source(system), &cell_sources) {
+        match check_alternatives(&source(system), &cell_sources) {
             Ok(checked) => {
                 out.push(CompiledFile {
                     source: system.1.clone(),

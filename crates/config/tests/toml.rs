@@ -269,3 +269,45 @@ fn cross_check_errors_name_the_cell_file() {
         ]
     );
 }
+
+#[test]
+fn alternatives_share_a_cpu_and_are_not_checked_against_each_other() {
+    use cellvisor_config::host::check_alternatives;
+    let system = Source {
+        name: "system.toml",
+        text: SYSTEM,
+    };
+    let demo = Source {
+        name: "demo.toml",
+        text: CELL,
+    };
+    // Linux on CPUs 2 and 3 in the demo's memory: never beside the demo.
+    let linux_text = CELL
+        .replace("name = \"demo\"", "name = \"linux\"")
+        .replace("cpus = [3]", "cpus = [2, 3]");
+    let linux = Source {
+        name: "linux.toml",
+        text: &linux_text,
+    };
+    let together = messages(check(&system, &[demo, linux]));
+    assert_eq!(together.len(), 2, "{together:?}");
+    assert!(
+        together[0].contains("CPU 3 is also owned by cell \"demo\""),
+        "{together:?}"
+    );
+    assert!(check_alternatives(&system, &[demo, linux]).is_ok());
+    // A cell on a CPU of its own is still checked against the others.
+    let thief_text = CELL
+        .replace("name = \"demo\"", "name = \"thief\"")
+        .replace("cpus = [3]", "cpus = [1]");
+    let thief = Source {
+        name: "thief.toml",
+        text: &thief_text,
+    };
+    assert_eq!(
+        messages(check_alternatives(&system, &[demo, linux, thief])),
+        [
+            "thief.toml:6:8: cell \"thief\": memory region 0: physical range [0x7f000000, 0x80000000) is also owned by cell \"demo\" (memory region 0)"
+        ]
+    );
+}

@@ -100,8 +100,13 @@ pub mod start {
     /// with `ARG3` in their first argument register (x0 on Arm): a Linux kernel and its
     /// device tree.
     pub const AT: u64 = 1 << 1;
+    /// The cell runs a stock operating system that sets up the whole interrupt controller
+    /// (Linux writes every interrupt's enable, priority and target at boot): its writes to
+    /// interrupts that are not its own are dropped, as for the root cell, instead of
+    /// stopping it.
+    pub const STOCK_OS: u64 = 1 << 2;
     /// Every flag.
-    pub const ALL: u64 = BOOT_CPU_ONLY | AT;
+    pub const ALL: u64 = BOOT_CPU_ONLY | AT | STOCK_OS;
 }
 
 /// The longest shutdown timeout [`Command::CellShutdown`] takes, in milliseconds (a day);

@@ -133,6 +133,8 @@ pub struct CellRuntime {
     stopping: AtomicBool,
     /// Its start started its first CPU only; it powers the others on itself.
     boot_cpu_only: AtomicBool,
+    /// It runs a stock OS: its writes to foreign interrupts are dropped, not violations.
+    stock_os: AtomicBool,
     /// The first argument register of the CPUs its start starts.
     start_arg: AtomicU64,
 }
@@ -150,6 +152,7 @@ impl CellRuntime {
             console: (AtomicU32::new(0), AtomicU64::new(0)),
             stopping: AtomicBool::new(false),
             boot_cpu_only: AtomicBool::new(false),
+            stock_os: AtomicBool::new(false),
             start_arg: AtomicU64::new(0),
         }
     }
@@ -172,6 +175,12 @@ impl CellRuntime {
     /// The cell's name.
     pub fn name(&self) -> heapless::String<32> {
         self.name.lock().clone()
+    }
+
+    /// Whether the cell was started as a stock OS ([`cellvisor_abi::start::STOCK_OS`]):
+    /// its writes to interrupts not its own are dropped instead of stopping it.
+    pub fn stock_os(&self) -> bool {
+        self.stock_os.load(Ordering::Acquire)
     }
 }
 

@@ -459,6 +459,10 @@ impl<A: Arch> Hypervisor<A> {
         let boot_cpu_only = flags & cellvisor_abi::start::BOOT_CPU_ONLY != 0
             || self.arch.cell_start() == crate::arch::CellStart::FirstCpu;
         runtime.boot_cpu_only.store(boot_cpu_only, Ordering::SeqCst);
+        runtime.stock_os.store(
+            flags & cellvisor_abi::start::STOCK_OS != 0,
+            Ordering::Release,
+        );
         runtime.start_arg.store(arg, Ordering::Release);
         runtime.reset.store(reset, Ordering::Release);
         runtime.shutdown_since.store(0, Ordering::Release);

@@ -740,7 +740,10 @@ fn a_start_on_the_boot_cpu_only_at_an_address_with_an_argument() {
             "cell \"pair\": start address 0x100000 is not in its RAM"
         );
         m.hv.arch().take_events();
-        assert_eq!(start(BOOT_CPU_ONLY | AT, 0x4_0000, 0xf_f000), Ok(0));
+        assert!(!m.hv.cell(CellId(id as u32)).stock_os());
+        let flags = BOOT_CPU_ONLY | AT | cellvisor_abi::start::STOCK_OS;
+        assert_eq!(start(flags, 0x4_0000, 0xf_f000), Ok(0));
+        assert!(m.hv.cell(CellId(id as u32)).stock_os());
         assert!(m.wait_running(1));
         let entered: Vec<_> =
             m.hv.arch()

@@ -556,7 +556,9 @@ fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Resu
         client
             .cell_start_with(
                 id,
-                cellvisor_abi::start::BOOT_CPU_ONLY | cellvisor_abi::start::AT,
+                cellvisor_abi::start::BOOT_CPU_ONLY
+                    | cellvisor_abi::start::AT
+                    | cellvisor_abi::start::STOCK_OS,
                 kernel,
                 tree,
             )

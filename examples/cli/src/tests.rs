@@ -1073,7 +1073,10 @@ fn cell_linux_creates_loads_and_starts_the_cell_on_its_first_cpu() {
     let machine = host.machine.borrow();
     let cell = &machine.hv.cells[1];
     let started = cell.started_with.unwrap();
-    assert_eq!(started[0], 0b11, "boot CPU only, at an address");
+    assert_eq!(
+        started[0], 0b111,
+        "boot CPU only, at an address, a stock OS"
+    );
     assert_eq!(started[1], 0x5000_0000);
     let memory = &cell.loadable[0].1;
     assert_eq!(memory[..4096], arm64_image()[..]);

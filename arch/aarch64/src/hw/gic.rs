@@ -17,6 +17,7 @@
 //! EL2 ([`super::wait`]) raise the priority mask to let only the first two through.
 
 use super::sysreg;
+use super::HV;
 use crate::board::MAX_CPUS;
 use crate::trap::{AccessWidth, MmioTrap};
 use aarch64_cpu::registers::{
@@ -847,7 +848,13 @@ pub fn emulate(
         }
     };
     let ownership = distributor();
-    let emulation = if by.cell == 0 {
+    // The root cell and cells running a stock OS: foreign writes dropped; other cells:
+    // reported.
+    let emulation = if by.cell == 0
+        || HV
+            .cell(cellvisor_cell::CellId(u32::from(by.cell)))
+            .stock_os()
+    {
         &gic.emulation
     } else {
         &gic.cell_emulation
@@ -912,7 +919,11 @@ pub fn send_sgi1r(by: Requester, value: u64) -> Result<(), Violation> {
     let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
     let request = {
         let ownership = distributor();
-        let policy = if by.cell == 0 {
+        let policy = if by.cell == 0
+            || HV
+                .cell(cellvisor_cell::CellId(u32::from(by.cell)))
+                .stock_os()
+        {
             ForeignWrites::Ignore
         } else {
             ForeignWrites::Report

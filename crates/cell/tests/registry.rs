@@ -1091,6 +1091,11 @@ flags = ["read", "write", "execute", "dma", "loadable"]
 /// An x86 cell with ports `ports` (TOML) and 16 MiB of the loadable RAM; on CPU 3 also
 /// COM2's interrupt and the first 16 MiB, on another CPU the second.
 fn x86_cell(name: &str, cpu: u32, ports: &str) -> Vec<u8> {
+    x86_cell_with(name, cpu, &format!("ports = {ports}"))
+}
+
+/// [`x86_cell`] with the top-level TOML line `extra` instead of the ports.
+fn x86_cell_with(name: &str, cpu: u32, extra: &str) -> Vec<u8> {
     let (irqs, phys) = if cpu == 3 {
         ("[3]", 0x7000_0000)
     } else {
@@ -1101,7 +1106,7 @@ fn x86_cell(name: &str, cpu: u32, ports: &str) -> Vec<u8> {
 name = "{name}"
 cpus = [{cpu}]
 irqs = {irqs}
-ports = {ports}
+{extra}
 
 [[memory]]
 phys = {phys:#x}
@@ -1190,25 +1195,7 @@ fn x86_system_with_pci(functions: &str) -> Vec<u8> {
 
 /// [`x86_cell`] with PCI functions `functions` (TOML list).
 fn x86_cell_with_pci(name: &str, cpu: u32, functions: &str) -> Vec<u8> {
-    let (irqs, phys) = if cpu == 3 {
-        ("[3]", 0x7000_0000)
-    } else {
-        ("[]", 0x7100_0000)
-    };
-    cell_bytes(&format!(
-        r#"architecture = "x86_64"
-name = "{name}"
-cpus = [{cpu}]
-irqs = {irqs}
-pci-devices = {functions}
-
-[[memory]]
-phys = {phys:#x}
-virt = 0
-size = 0x100_0000
-flags = ["read", "write", "execute", "loadable"]
-"#
-    ))
+    x86_cell_with(name, cpu, &format!("pci-devices = {functions}"))
 }
 
 #[test]
@@ -1257,24 +1244,33 @@ fn pci_functions_move_to_a_cell_and_back() {
 #[test]
 fn a_failed_pci_move_is_rolled_back() {
     let mut registry: Reg = registry(&x86_system_with_pci(r#"["00:05.0", "00:06.0"]"#));
-    let before = registry.clone();
-    let mut fake = Fake::new(&registry);
-    let initial = fake.machine.clone();
     // Calls: create tables, unmap, map, move 00:05.0, move 00:06.0 (fails), then the undo.
     let edu = x86_cell_with_pci("edu", 2, r#"["00:05.0", "00:06.0"]"#);
-    fake.fail_at(4);
-    let error = registry
-        .create(view(&edu).cell(), 1 << 2, &mut fake)
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("moving PCI device 1 to the cell"),
-        "{error}"
-    );
-    assert_eq!(registry, before);
-    assert_eq!(fake.machine, initial);
+    let step = "moving PCI device 1 to the cell";
+    let fake = rolled_back(&mut registry, &edu, 1 << 2, 4, step);
     assert!(fake.calls.contains(&Call::MovePci(5 << 3, 1, 0)));
+}
+
+/// Creates the cell `config` on CPUs `offline` with the `fail_at`-th call failing: the
+/// error names `step`, and registry and machine are as before. Returns the fake.
+fn rolled_back(
+    registry: &mut Reg,
+    config: &[u8],
+    offline: u64,
+    fail_at: usize,
+    step: &str,
+) -> Fake {
+    let before = registry.clone();
+    let mut fake = Fake::new(registry);
+    let initial = fake.machine.clone();
+    fake.fail_at(fail_at);
+    let error = registry
+        .create(view(config).cell(), offline, &mut fake)
+        .unwrap_err();
+    assert!(error.to_string().contains(step), "{error}");
+    assert_eq!(*registry, before);
+    assert_eq!(fake.machine, initial);
+    fake
 }
 
 /// [`X86_SYSTEM`] with the root cell's ports `ports`.
@@ -1288,21 +1284,8 @@ fn registry_with_ports(ports: &str) -> Reg {
 #[test]
 fn a_failed_port_move_is_rolled_back() {
     let mut registry: Reg = registry(&system_bytes(X86_SYSTEM));
-    let before = registry.clone();
     let com2 = x86_cell("com2", 3, r#"["0x2f8-0x2ff"]"#);
-    let mut fake = Fake::new(&registry);
-    let initial = fake.machine.clone();
     // Calls: create tables, unmap, map, move line 3, move the ports (fails).
-    fake.fail_at(4);
-    let error = registry
-        .create(view(&com2).cell(), 1 << 3, &mut fake)
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("moving I/O port range 0 to the cell"),
-        "{error}"
-    );
-    assert_eq!(registry, before);
-    assert_eq!(fake.machine, initial);
+    let step = "moving I/O port range 0 to the cell";
+    rolled_back(&mut registry, &com2, 1 << 3, 4, step);
 }

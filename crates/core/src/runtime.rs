@@ -258,36 +258,29 @@ impl<A: Arch> Hypervisor<A> {
         if !may || !self.cell_has_cpu(caller, cpu) {
             return Err(PowerOnError::Denied);
         }
-        if caller.0 != 0 {
+        let startable = if caller.0 != 0 {
             let runtime = self.cell(caller);
             if runtime.stopping.load(Ordering::SeqCst)
                 || runtime.state() != CellState::Running as u32
             {
                 return Err(PowerOnError::Denied);
             }
-            if self.ram_address(caller, entry).is_none() || !entry.is_multiple_of(align.max(1)) {
-                return Err(PowerOnError::InvalidAddress);
-            }
-            self.cpu(cpu)
-                .power
-                .power_on(entry, context)
-                .map_err(PowerOnError::Busy)?;
-            self.arch.kick(cpu);
-            return Ok(());
-        }
-        let executable = match self.root_executable.get() {
-            Some(Some(ranges)) => ranges
-                .iter()
-                .any(|(start, end)| (*start..*end).contains(&entry)),
-            _ => {
-                let system = self.system.get().ok_or(PowerOnError::Denied)?;
-                system
-                    .root_cell()
-                    .memory_regions()
-                    .any(|region| executable_ram(&region).is_some_and(|r| r.contains(&entry)))
+            self.ram_address(caller, entry).is_some()
+        } else {
+            match self.root_executable.get() {
+                Some(Some(ranges)) => ranges
+                    .iter()
+                    .any(|(start, end)| (*start..*end).contains(&entry)),
+                _ => {
+                    let system = self.system.get().ok_or(PowerOnError::Denied)?;
+                    system
+                        .root_cell()
+                        .memory_regions()
+                        .any(|region| executable_ram(&region).is_some_and(|r| r.contains(&entry)))
+                }
             }
         };
-        if !executable || !entry.is_multiple_of(align.max(1)) {
+        if !startable || !entry.is_multiple_of(align.max(1)) {
             return Err(PowerOnError::InvalidAddress);
         }
         self.cpu(cpu)

@@ -719,6 +719,18 @@ fn a_cell_that_starts_on_every_cpu_cannot_power_its_cpus_on() {
     });
 }
 
+/// The vCPUs entered since the last look: CPU, entry point, argument, what started it.
+fn entered(m: &Machine<'_>) -> Vec<(usize, u64, u64, cellvisor_core::StartedBy)> {
+    m.hv.arch()
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Enter { cpu, entry } => Some((cpu, entry.pc, entry.arg, entry.by)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_start_on_the_boot_cpu_only_at_an_address_with_an_argument() {
     // Linux in a cell on Arm: the kernel's entry, the device tree's address in x0, the other
@@ -745,34 +757,16 @@ fn a_start_on_the_boot_cpu_only_at_an_address_with_an_argument() {
         assert_eq!(start(flags, 0x4_0000, 0xf_f000), Ok(0));
         assert!(m.hv.cell(CellId(id as u32)).stock_os());
         assert!(m.wait_running(1));
-        let entered: Vec<_> =
-            m.hv.arch()
-                .take_events()
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Enter { cpu, entry } => Some((cpu, entry.pc, entry.arg, entry.by)),
-                    _ => None,
-                })
-                .collect();
         assert_eq!(
-            entered,
+            entered(m),
             [(1, 0x4_0000, 0xf_f000, cellvisor_core::StartedBy::CellStart)]
         );
         assert!(m.hv.is_parked(2));
         // The kernel's CPU_ON for CPU 2, with its context.
         assert_eq!(m.hv.power_on(CellId(id as u32), 2, 0x8_0000, 7, 4), Ok(()));
         assert!(m.wait_running(2));
-        let entered: Vec<_> =
-            m.hv.arch()
-                .take_events()
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Enter { cpu, entry } => Some((cpu, entry.pc, entry.arg, entry.by)),
-                    _ => None,
-                })
-                .collect();
         assert_eq!(
-            entered,
+            entered(m),
             [(2, 0x8_0000, 7, cellvisor_core::StartedBy::PowerOn)]
         );
         assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));

@@ -57,6 +57,10 @@ pub const CONFIG_DIR: &str = "etc/cellvisor";
 
 /// Where the inmate images are.
 pub const INMATE_DIR: &str = "lib/cellvisor/inmates";
+/// Where a board's initramfs has the Linux of its Linux cell (`config/linux.toml`): the
+/// kernel (`Image`) and the cell's initramfs (`initramfs.cpio.gz`, the base one: busybox and
+/// `/init`), for `cellvisor cell linux`.
+pub const LINUX_CELL_DIR: &str = "lib/cellvisor/linux";
 
 /// Where the kernel modules are (the base initramfs of amd64 only).
 pub const MODULE_DIR: &str = "lib/modules";

@@ -410,8 +410,32 @@ pub fn prepare_board(
         );
     };
     let (mut files, versions, mut entries) = prepare_base(workspace, arch, refresh)?;
+    // The Linux cell's kernel and initramfs (the base one), for boards with a Linux cell.
+    let linux_cell = if arch == Arch::Arm64 {
+        let cell = initramfs::gzip(&initramfs::newc(&entries)?)?;
+        let kernel = fs::read(&files.image)
+            .with_context(|| format!("cannot read {}", files.image.display()))?;
+        Some((kernel, cell))
+    } else {
+        None
+    };
     let root_cell = tool::prepare(workspace, board, arch.tool_target())?;
     initramfs::extend(&mut entries, initramfs::root_cell_entries(&root_cell));
+    let has_linux_cell = root_cell.configs.iter().any(|c| c.name == "linux.toml");
+    if let (true, Some((kernel, cell))) = (has_linux_cell, linux_cell) {
+        let file = |name: &str, data| {
+            initramfs::Entry::new(
+                format!("{}/{name}", initramfs::LINUX_CELL_DIR),
+                initramfs::Node::File { mode: 0o644, data },
+            )
+        };
+        entries.push(initramfs::Entry::new(
+            initramfs::LINUX_CELL_DIR,
+            initramfs::Node::Directory { mode: 0o755 },
+        ));
+        entries.push(file("Image", kernel));
+        entries.push(file("initramfs.cpio.gz", cell));
+    }
     if let Some(target) = arch.compat_target() {
         let devmem32 = build_program(workspace, target, DEVMEM32_PACKAGE, DEVMEM32_BIN, EM_ARM)?;
         entries.push(initramfs::Entry::new(

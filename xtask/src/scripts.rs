@@ -54,11 +54,14 @@ pub enum Script {
     /// Cells on x86: the Jailhouse demo with the x86 `timer-demo`, `wild-demo` stopped and
     /// reported, 20 create/load/start/destroy cycles of `uart-demo`.
     CellsX86,
+    /// Linux in a cell (`cellvisor cell linux`, `config/linux.toml`): it boots to its /init
+    /// and powers its cell off while the root cell runs a job; five leak-free cycles.
+    LinuxCell,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 12] = [
+    pub const ALL: [Script; 13] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
@@ -71,6 +74,7 @@ impl Script {
         Self::HostileRoot,
         Self::Manage,
         Self::CellsX86,
+        Self::LinuxCell,
     ];
 
     /// Its name (`script:NAME`, `NAME.sh`).
@@ -88,6 +92,7 @@ impl Script {
             Self::HostileRoot => "hostile-root",
             Self::Manage => "manage",
             Self::CellsX86 => "x86-cells",
+            Self::LinuxCell => "linux-cell",
         }
     }
 
@@ -105,6 +110,7 @@ impl Script {
             Self::HostileRoot => include_str!("scripts/hostile-root.sh"),
             Self::Manage => include_str!("scripts/manage.sh"),
             Self::CellsX86 => include_str!("scripts/x86-cells.sh"),
+            Self::LinuxCell => include_str!("scripts/linux-cell.sh"),
         }
     }
 

@@ -350,6 +350,33 @@ const CELLS_BAD_INPUT_ACTIONS: &str = "script:bad-input,dmesg,poweroff";
 const CELLS_HOSTILE_ACTIONS: &str = "script:hostile,dmesg,poweroff";
 const CELLS_SOAK_ACTIONS: &str = "script:soak,dmesg,poweroff";
 const CELLS_HOSTILE_ROOT_ACTIONS: &str = "script:hostile-root,dmesg,poweroff";
+const CELLS_LINUX_ACTIONS: &str = "script:linux-cell,dmesg,poweroff";
+
+/// Linux in a cell (`linux-cell.sh`): `cellvisor cell linux` boots it, it powers its cell
+/// off by itself while the root cell's job runs, and five more boots leak nothing.
+const CELLS_LINUX: &[Pattern] = &[
+    BANNER,
+    Pattern::Contains(&["cellvisor-demo: linux-boot status=0"]),
+    Pattern::Contains(&["cellvisor-demo: linux state=shut down"]),
+    Pattern::Contains(&["cellvisor-demo: linux-destroy status=0"]),
+    Pattern::Contains(&["cellvisor-demo: linux root job ran"]),
+    Pattern::Contains(&["cellvisor-demo: linux cycles=5 failed=0 "]),
+    Pattern::Contains(&["cellvisor-demo: linux memory kept"]),
+    Pattern::Contains(&["cellvisor-initramfs: script linux-cell done status=0"]),
+    Pattern::Contains(&[DMESG_DONE]),
+    Pattern::StartsWith("cellvisor: trap counters"),
+];
+
+/// What Linux in the cell prints on its UART: its /init, its two CPUs, its RAM, its second
+/// CPU off and on (PSCI CPU_OFF and CPU_ON in the cell).
+const LINUX_CELL_CHECKS: &[Check] = &[
+    Check::DmesgLikeBare,
+    Check::SecondUart("cellvisor-initramfs: /init reached"),
+    Check::SecondUart("cellvisor-initramfs: cpus online=0-1 count=2"),
+    Check::SecondUart("cellvisor-initramfs: memtotal="),
+    Check::SecondUart("cellvisor-initramfs: hotplug cpu1 off count=1"),
+    Check::SecondUart("cellvisor-initramfs: hotplug cpu1 on count=2"),
+];
 
 /// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.
 const CELLS_DEMO: &[Pattern] = &[
@@ -1041,6 +1068,33 @@ const CELL_CASES: &[Case<'static>] = &[
             Check::DmesgLikeBare,
             Check::SecondUart("stubborn-demo: shutdown denied"),
         ],
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(3),
+        Some("cortex-a57"),
+        "cells-linux",
+        CELLS_LINUX_ACTIONS,
+        CELLS_LINUX,
+        LINUX_CELL_CHECKS,
+    ),
+    Case::cells(
+        "qemu-arm64",
+        Some(2),
+        Some("cortex-a57"),
+        "cells-linux",
+        CELLS_LINUX_ACTIONS,
+        CELLS_LINUX,
+        LINUX_CELL_CHECKS,
+    ),
+    Case::cells(
+        "zcu102",
+        None,
+        None,
+        "cells-linux",
+        CELLS_LINUX_ACTIONS,
+        CELLS_LINUX,
+        LINUX_CELL_CHECKS,
     ),
     Case {
         timeout: Some(CELLS_HOSTILE_TIMEOUT),
@@ -2032,6 +2086,9 @@ mod tests {
                 "qemu-arm64-cells-bad-input-gicv3-smp4-cortex-a57",
                 "zcu102-cells-cycles-gicv2-smp4",
                 "zcu102-cells-bad-input-gicv2-smp4",
+                "qemu-arm64-cells-linux-gicv3-smp4-cortex-a57",
+                "qemu-arm64-cells-linux-gicv2-smp4-cortex-a57",
+                "zcu102-cells-linux-gicv2-smp4",
                 "qemu-arm64-cells-hostile-gicv3-smp4-cortex-a57",
                 "qemu-arm64-cells-hostile-gicv2-smp4-cortex-a57",
                 "qemu-arm64-cells-soak-gicv3-smp4-cortex-a57",

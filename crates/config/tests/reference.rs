@@ -45,7 +45,7 @@ fn check_board(name: &str, systems: usize, cells: usize) -> Vec<(PathBuf, Config
 
 #[test]
 fn qemu_arm64() {
-    let files = check_board("qemu-arm64", 2, 2);
+    let files = check_board("qemu-arm64", 2, 3);
     let system = files
         .iter()
         .find(|f| f.0.ends_with("system-gicv3.toml"))
@@ -65,7 +65,7 @@ fn qemu_arm64() {
 
 #[test]
 fn zcu102() {
-    let files = check_board("zcu102", 1, 1);
+    let files = check_board("zcu102", 1, 2);
     let demo = files.iter().find(|f| f.0.ends_with("demo.toml")).unwrap();
     let demo = CellConfigView::parse(&demo.2).unwrap();
     assert_eq!(demo.cell().console().unwrap().address, 0xff01_0000);
@@ -87,6 +87,7 @@ fn binaries_are_written() {
             "system-gicv2.bin",
             "system-gicv3.bin",
             "demo.bin",
+            "linux.bin",
             "ticker.bin"
         ]
     );

@@ -117,7 +117,10 @@ fn reg(node: &FdtNode<'_>, (address, size): (usize, usize)) -> Vec<(u64, u64)> {
 /// Reads the machine's tree. Nodes under buses are taken at their own addresses (the buses
 /// of the boards have empty `ranges`: the identity).
 pub fn read_machine(blob: &[u8]) -> Result<Machine> {
-    let fdt = Fdt::new(blob).map_err(|e| anyhow!("the machine's device tree: {e}"))?;
+    // Checked as the hypervisor checks the stock tree: Linux's trees break the spec's
+    // 31-character limit on names that `Fdt::new` enforces.
+    let fdt: Fdt<'_> = cellvisor_devicetree::validate(blob)
+        .map_err(|e| anyhow!("the machine's device tree: {e}"))?;
     let root = fdt.root();
     let cpus = fdt
         .find_node("/cpus")

@@ -1,0 +1,61 @@
+# Linux in a cell: `cellvisor cell linux` boots Debian's kernel (the root cell's own) in the
+# 2-CPU cell of linux.toml with the base initramfs; its /init reports its CPUs and RAM on the
+# cell's UART, takes its second CPU off and on, and powers the cell off (PSCI SYSTEM_OFF: the cell shuts down, not the
+# machine). Meanwhile the root cell copies the kernel image over and over, a job of its own.
+# Then five boot/destroy cycles must not lose hypervisor memory.
+LINUX_CONFIG=${LINUX_CONFIG:-/etc/cellvisor/linux.toml}
+LINUX_DIR=${LINUX_DIR:-/lib/cellvisor/linux}
+LINUX_CELL=guest
+# Its /init's job: its CPUs and RAM, its second CPU off and on again (PSCI CPU_OFF and
+# CPU_ON inside the cell), then the power-off.
+LINUX_ARGS="cellvisor.actions=info,hotplug:1,poweroff"
+
+# linux_boot: boots the cell; waits (up to 60 s) until it shut itself down; leaves its last
+# state in $state.
+linux_boot() {
+    cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
+        --initrd "$LINUX_DIR/initramfs.cpio.gz" --cmdline "$1 $LINUX_ARGS" || return 1
+    demo_cell=$CELL
+    CELL=$LINUX_CELL
+    tries=0
+    state=$(cell_state)
+    while [ "$state" = running ] && [ $tries -lt 60 ]; do
+        sleep 1
+        tries=$((tries + 1))
+        state=$(cell_state)
+    done
+    CELL=$demo_cell
+}
+
+rm -f /tmp/root-job
+(
+    rounds=0
+    while [ ! -e /tmp/linux-cell-done ]; do
+        dd if="$LINUX_DIR/Image" of=/dev/null bs=65536 2>/dev/null
+        rounds=$((rounds + 1))
+    done
+    echo "$rounds" >/tmp/root-job
+) &
+job=$!
+step linux-boot linux_boot "console=ttyAMA0,115200 console=ttyPS0,115200"
+mark "linux state=$state"
+step linux-destroy cellvisor cell destroy "$LINUX_CELL"
+echo done >/tmp/linux-cell-done
+wait $job
+rounds=$(cat /tmp/root-job)
+mark "linux root job rounds=$rounds"
+[ "$rounds" -gt 0 ] && mark "linux root job ran"
+rm -f /tmp/linux-cell-done
+
+before=$(memory_free)
+failed=0
+for cycle in 1 2 3 4 5; do
+    if ! linux_boot "quiet" >/dev/null || [ "$state" != "shut down" ]; then
+        failed=$((failed + 1))
+        mark "linux cycle $cycle failed: state=$state"
+    fi
+    cellvisor cell destroy "$LINUX_CELL" >/dev/null || failed=$((failed + 1))
+done
+after=$(memory_free)
+mark "linux cycles=5 failed=$failed memory_free before=$before after=$after"
+[ "$before" = "$after" ] && mark "linux memory kept"

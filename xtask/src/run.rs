@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// target/run/<board>/demo-uart.log.
     #[arg(long, conflicts_with_all = ["no_linux", "bare"])]
     pub demo: bool,
+    /// The root cell boots Linux in the cell of `config/linux.toml` (`cellvisor cell
+    /// linux`: its own kernel, the base initramfs) before its shell starts; the cell's
+    /// console goes to FILE of --serial2, or to target/run/<board>/demo-uart.log.
+    #[arg(long, conflicts_with_all = ["no_linux", "bare", "demo"])]
+    pub demo_linux: bool,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true, value_name = "QEMU ARGS")]
     pub qemu_args: Vec<String>,
@@ -216,7 +221,8 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
         }
     };
     let mut qemu = boot.qemu(board, &options)?;
-    let serial2 = match (&args.serial2, args.demo) {
+    let demo = args.demo || args.demo_linux;
+    let serial2 = match (&args.serial2, demo) {
         (Some(file), _) => Some(user_path(cwd, file)),
         (None, true) => {
             let dir = workspace.target_dir.join("run").join(&board.name);
@@ -226,7 +232,7 @@ pub fn run(workspace: &Workspace, cwd: &Path, args: RunArgs) -> Result<()> {
         (None, false) => None,
     };
     if let Some(file) = &serial2 {
-        if args.demo {
+        if demo {
             println!(
                 "==> the demo cell's UART goes to {} (e.g. `tail -f` it in another terminal)",
                 workspace.relative(file).display()
@@ -262,6 +268,9 @@ fn linux_files(
         }
         (None, Some(append)) if args.demo => {
             append_with_actions(append, &[Action::Script(crate::scripts::Script::DemoStart)])
+        }
+        (None, Some(append)) if args.demo_linux => {
+            append_with_actions(append, &[Action::Script(crate::scripts::Script::DemoLinux)])
         }
         (None, Some(append)) => append.to_owned(),
         (None, None) => bail!(

@@ -30,6 +30,8 @@ pub enum Script {
     Demo,
     /// `cargo xtask run --demo`: create, load and start the timer demo, then the shell.
     DemoStart,
+    /// `cargo xtask run --demo-linux`: Linux in the cell of `linux.toml`, then the shell.
+    DemoLinux,
     /// 20 create/load/start/destroy cycles; the hypervisor's free memory must not change.
     Cycles,
     /// A cell that breaks its partition is stopped and reported; destroy and create again.
@@ -61,10 +63,11 @@ pub enum Script {
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 13] = [
+    pub const ALL: [Script; 14] = [
         Self::Version,
         Self::Demo,
         Self::DemoStart,
+        Self::DemoLinux,
         Self::Cycles,
         Self::Wild,
         Self::BadInput,
@@ -83,6 +86,7 @@ impl Script {
             Self::Version => "version",
             Self::Demo => "demo",
             Self::DemoStart => "demo-start",
+            Self::DemoLinux => "demo-linux",
             Self::Cycles => "cycles",
             Self::Wild => "wild",
             Self::BadInput => "bad-input",
@@ -101,6 +105,7 @@ impl Script {
             Self::Version => include_str!("scripts/version.sh"),
             Self::Demo => include_str!("scripts/demo.sh"),
             Self::DemoStart => include_str!("scripts/demo-start.sh"),
+            Self::DemoLinux => include_str!("scripts/demo-linux.sh"),
             Self::Cycles => include_str!("scripts/cycles.sh"),
             Self::Wild => include_str!("scripts/wild.sh"),
             Self::BadInput => include_str!("scripts/bad-input.sh"),

@@ -360,6 +360,7 @@ const CELLS_LINUX: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-demo: linux state=shut down"]),
     Pattern::Contains(&["cellvisor-demo: linux-destroy status=0"]),
     Pattern::Contains(&["cellvisor-demo: linux root job ran"]),
+    Pattern::Contains(&["cellvisor-demo: linux-idle status=0"]),
     Pattern::Contains(&["cellvisor-demo: linux cycles=5 failed=0 "]),
     Pattern::Contains(&["cellvisor-demo: linux memory kept"]),
     Pattern::Contains(&["cellvisor-initramfs: script linux-cell done status=0"]),

@@ -47,6 +47,18 @@ mark "linux root job rounds=$rounds"
 [ "$rounds" -gt 0 ] && mark "linux root job ran"
 rm -f /tmp/linux-cell-done
 
+# The cell idle in its shell: its traps in 5 seconds (stats before and after).
+linux_idle() {
+    cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
+        --initrd "$LINUX_DIR/initramfs.cpio.gz" --cmdline "quiet cellvisor.actions=info" || return 1
+    sleep 5
+    cellvisor cell stats "$LINUX_CELL" || return 1
+    sleep 5
+    cellvisor cell stats "$LINUX_CELL" || return 1
+    cellvisor cell destroy "$LINUX_CELL"
+}
+step linux-idle linux_idle
+
 before=$(memory_free)
 failed=0
 for cycle in 1 2 3 4 5; do

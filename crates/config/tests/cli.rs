@@ -26,7 +26,7 @@ fn check_passes_the_reference_configurations() {
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(
         out,
-        "platforms/zcu102/config/system.toml: ok (608 bytes)\nplatforms/zcu102/config/demo.toml: ok (224 bytes)\n"
+        "platforms/zcu102/config/system.toml: ok (640 bytes)\nplatforms/zcu102/config/demo.toml: ok (224 bytes)\n"
     );
 }
 

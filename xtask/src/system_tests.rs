@@ -231,7 +231,7 @@ const X86_ROOT_CELL: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-initramfs: script x86-cells: cellvisor-demo: pci state=failed"]),
     Pattern::Contains(&[
         "cellvisor-initramfs: script x86-cells: cellvisor-demo: pci console report: cellvisor: \
-         cell \"pci-demo\" (CPU 2): PCI configuration write of 0xfeb00000: PCI 00:05.0: BAR 0 \
+         cell \"pci-demo\" (CPU 3): PCI configuration write of 0xfeb00000: PCI 00:05.0: BAR 0 \
          cannot move at RIP ",
         ": cell stopped",
     ]),
@@ -361,6 +361,7 @@ const CELLS_LINUX: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-demo: linux-destroy status=0"]),
     Pattern::Contains(&["cellvisor-demo: linux root job ran"]),
     Pattern::Contains(&["cellvisor-demo: linux-idle status=0"]),
+    Pattern::Contains(&["cell \"guest\" shut down"]),
     Pattern::Contains(&["cellvisor-demo: linux cycles=5 failed=0 "]),
     Pattern::Contains(&["cellvisor-demo: linux memory kept"]),
     Pattern::Contains(&["cellvisor-initramfs: script linux-cell done status=0"]),

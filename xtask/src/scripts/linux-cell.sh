@@ -47,7 +47,8 @@ mark "linux root job rounds=$rounds"
 [ "$rounds" -gt 0 ] && mark "linux root job ran"
 rm -f /tmp/linux-cell-done
 
-# The cell idle in its shell: its traps in 5 seconds (stats before and after).
+# The cell idle in its shell: its traps in 5 seconds (stats before and after); then shut
+# down and destroyed.
 linux_idle() {
     cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
         --initrd "$LINUX_DIR/initramfs.cpio.gz" --cmdline "quiet cellvisor.actions=info" || return 1
@@ -55,6 +56,8 @@ linux_idle() {
     cellvisor cell stats "$LINUX_CELL" || return 1
     sleep 5
     cellvisor cell stats "$LINUX_CELL" || return 1
+    # A stock kernel has no communication region to vote in: stopped at once.
+    cellvisor cell shutdown "$LINUX_CELL" || return 1
     cellvisor cell destroy "$LINUX_CELL"
 }
 step linux-idle linux_idle

@@ -49,32 +49,7 @@ pci_id() {
     hexdump -n 4 -e '1/4 "%08x"' $EDU/config
 }
 if [ -e $EDU/config ]; then
-    PCI_CONFIG=/tmp/pci-demo.toml
-    cat >$PCI_CONFIG <<'EOF'
-architecture = "x86_64"
-name = "pci-demo"
-cpus = [2]
-console = { type = "8250", address = 0x2f8 }
-ports = ["0x2f8-0x2ff"]
-pci-devices = ["00:05.0"]
-
-[[memory]]  # RAM, at guest-physical 0: the image is loaded here
-phys = 0x7100_0000
-virt = 0
-size = 0x10_0000
-flags = ["read", "write", "execute", "dma", "loadable"]
-
-[[memory]]  # edu's BAR 0, where the firmware put it
-phys = 0xfea0_0000
-virt = 0xfea0_0000
-size = 0x10_0000
-flags = ["read", "write", "io"]
-
-[[memory]]  # communication region with the hypervisor
-virt = 0x8000_0000
-size = 0x1000
-flags = ["read", "write", "comm-region"]
-EOF
+    PCI_CONFIG=${PCI_CONFIG:-/etc/cellvisor/pci-demo.toml}
     mark "pci root reads $(pci_id) before"
     step pci-create cellvisor cell create $PCI_CONFIG
     mark "pci root reads $(pci_id) while the cell has it"
@@ -96,25 +71,7 @@ fi
 # smp-demo: a cell of two CPUs. Its start runs the first; that one starts the second with
 # INIT and start-up IPIs, sends it an NMI, stops it with INIT and starts it again (COM2), and
 # approves the shutdown.
-SMP_CONFIG=/tmp/smp-demo.toml
-cat >$SMP_CONFIG <<'EOF'
-architecture = "x86_64"
-name = "smp-demo"
-cpus = [2, 3]
-console = { type = "8250", address = 0x2f8 }
-ports = ["0x2f8-0x2ff"]
-
-[[memory]]  # RAM, at guest-physical 0: the image is loaded here
-phys = 0x7100_0000
-virt = 0
-size = 0x10_0000
-flags = ["read", "write", "execute", "dma", "loadable"]
-
-[[memory]]  # communication region with the hypervisor
-virt = 0x8000_0000
-size = 0x1000
-flags = ["read", "write", "comm-region"]
-EOF
+SMP_CONFIG=${SMP_CONFIG:-/etc/cellvisor/smp-demo.toml}
 step smp-create cellvisor cell create $SMP_CONFIG
 step smp-load cellvisor cell load smp-demo $INMATES/smp-demo.bin --config $SMP_CONFIG
 step smp-start cellvisor cell start smp-demo

@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use cellvisor_config::{ConsoleKind, MemoryFlags};
 use cellvisor_linux::tree::{CellTree, Gic, PsciMethod, Uart};
 use dtoolkit::fdt::{Fdt, FdtNode};
-use dtoolkit::{Node, Property};
+use dtoolkit::standard::NodeStandard as _;
+use dtoolkit::{Node, Property, ToCellInt as _};
 
 use crate::config::CellFile;
 
@@ -65,53 +66,35 @@ pub struct Device {
     pub clock_hz: Option<u32>,
 }
 
-fn strings(value: &[u8]) -> Vec<String> {
-    value
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+/// A node's property as a list of strings (empty if absent).
+fn strings(node: &FdtNode<'_>, name: &str) -> Vec<String> {
+    node.property(name).map_or_else(Vec::new, |p| {
+        p.value()
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    })
 }
 
-fn cells(value: &[u8]) -> Vec<u32> {
-    value
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// A node's property as 32-bit cells (empty if absent).
+fn cells(node: &FdtNode<'_>, name: &str) -> Vec<u32> {
+    node.property(name).map_or_else(Vec::new, |p| {
+        p.value()
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }
 
-fn number(cells: &[u32]) -> u64 {
-    cells.iter().fold(0, |n, &c| n << 32 | u64::from(c))
-}
-
-/// A node's property as bytes.
-fn property(node: &FdtNode<'_>, name: &str) -> Option<Vec<u8>> {
-    node.property(name).map(|p| p.value().to_vec())
-}
-
-/// The `#address-cells` and `#size-cells` a node gives its children (2 and 1 if absent).
-fn child_cells(node: &FdtNode<'_>) -> (usize, usize) {
-    let read = |name, default| {
-        property(node, name)
-            .map(|v| cells(&v))
-            .and_then(|c| c.first().copied())
-            .map_or(default, |c| c as usize)
-    };
-    (read("#address-cells", 2), read("#size-cells", 1))
-}
-
-/// The register windows of `node`, whose parent has `cells` address and size cells.
-fn reg(node: &FdtNode<'_>, (address, size): (usize, usize)) -> Vec<(u64, u64)> {
-    let Some(value) = property(node, "reg") else {
-        return Vec::new();
-    };
-    let all = cells(&value);
-    if address + size == 0 {
-        return Vec::new();
-    }
-    all.chunks_exact(address + size)
-        .map(|c| (number(&c[..address]), number(&c[address..])))
-        .collect()
+/// The register windows of `node` (its parent's `#address-cells` and `#size-cells`, as
+/// `dtoolkit` reads them), those that fit 64 bits.
+fn reg(node: FdtNode<'_>) -> Vec<(u64, u64)> {
+    node.reg().ok().flatten().map_or_else(Vec::new, |windows| {
+        windows
+            .filter_map(|w| Some((w.address::<u64>().ok()?, w.size::<u64>().ok()?)))
+            .collect()
+    })
 }
 
 /// Reads the machine's tree. Nodes under buses are taken at their own addresses (the buses
@@ -121,22 +104,25 @@ pub fn read_machine(blob: &[u8]) -> Result<Machine> {
     // 31-character limit on names that `Fdt::new` enforces.
     let fdt: Fdt<'_> = cellvisor_devicetree::validate(blob)
         .map_err(|e| anyhow!("the machine's device tree: {e}"))?;
-    let root = fdt.root();
+    // The CPUs as the hypervisor numbers them (`cellvisor-aarch64`'s `CpuList` reads the
+    // same `/cpus/cpu*` nodes in the same order).
     let cpus = fdt
-        .find_node("/cpus")
-        .context("the machine's device tree has no /cpus")?;
-    let cpu_cells = child_cells(&cpus);
+        .cpus()
+        .map_err(|e| anyhow!("the machine's device tree: {e}"))?;
     let mpidrs: Vec<u64> = cpus
-        .children()
-        .filter(|c| property(c, "device_type").is_some_and(|t| t.starts_with(b"cpu\0")))
-        .filter_map(|c| reg(&c, (cpu_cells.0, 0)).first().map(|r| r.0))
+        .cpus()
+        .filter_map(|cpu| cpu.ids().ok()?.next()?.to_int::<u64>().ok())
         .collect();
     if mpidrs.is_empty() {
         bail!("the machine's device tree has no CPUs");
     }
-    let psci = match fdt.find_node("/psci").and_then(|p| property(&p, "method")) {
-        Some(method) if method.starts_with(b"hvc\0") => PsciMethod::Hvc,
-        Some(method) if method.starts_with(b"smc\0") => PsciMethod::Smc,
+    let psci = match fdt
+        .find_node("/psci")
+        .map(|p| strings(&p, "method"))
+        .as_deref()
+    {
+        Some([method, ..]) if method == "hvc" => PsciMethod::Hvc,
+        Some([method, ..]) if method == "smc" => PsciMethod::Smc,
         _ => bail!("the machine's device tree has no /psci node with a method"),
     };
 
@@ -144,35 +130,29 @@ pub fn read_machine(blob: &[u8]) -> Result<Machine> {
     let mut devices: Vec<(Device, Option<u32>)> = Vec::new();
     let mut clocks = Vec::new();
     let mut gic = None;
-    let mut stack = vec![(root, child_cells(&root))];
-    while let Some((node, cells_here)) = stack.pop() {
+    let mut stack = vec![fdt.root()];
+    while let Some(node) = stack.pop() {
         for child in node.children() {
-            stack.push((child, child_cells(&child)));
-            let compatible = property(&child, "compatible")
-                .map(|v| strings(&v))
-                .unwrap_or_default();
-            if let (Some(phandle), Some(rate)) = (
-                property(&child, "phandle").map(|v| cells(&v)),
-                property(&child, "clock-frequency").map(|v| cells(&v)),
-            ) {
-                if let (Some(&phandle), Some(&rate)) = (phandle.first(), rate.first()) {
-                    clocks.push((phandle, rate));
-                }
+            stack.push(child);
+            let phandle = child.phandle().ok().flatten();
+            let rate = cells(&child, "clock-frequency").first().copied();
+            if let (Some(phandle), Some(rate)) = (phandle, rate) {
+                clocks.push((phandle, rate));
             }
-            let windows = reg(&child, cells_here);
+            let windows = reg(child);
             let Some(&first) = windows.first() else {
                 continue;
             };
-            let is = |name: &str| compatible.iter().any(|c| c == name);
-            if property(&child, "interrupt-controller").is_some() && gic.is_none() {
-                if is("arm,gic-v3") {
+            if child.property("interrupt-controller").is_some() && gic.is_none() {
+                if child.is_compatible("arm,gic-v3") {
                     let redistributors = windows
                         .get(1)
                         .context("the GICv3 node has no redistributor window")?
                         .0;
-                    let stride = property(&child, "redistributor-stride")
-                        .map(|v| cells(&v))
-                        .map_or(REDISTRIBUTOR_STRIDE, |c| number(&c));
+                    let stride = match cells(&child, "redistributor-stride")[..] {
+                        [] => REDISTRIBUTOR_STRIDE,
+                        ref stride => stride.iter().fold(0, |n, &c| n << 32 | u64::from(c)),
+                    };
                     gic = Some(MachineGic::V3 {
                         distributor: first.0,
                         redistributors,
@@ -180,7 +160,7 @@ pub fn read_machine(blob: &[u8]) -> Result<Machine> {
                     });
                 } else if ["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a9-gic"]
                     .iter()
-                    .any(|name| is(name))
+                    .any(|name| child.is_compatible(name))
                 {
                     let cpu_interface = windows
                         .get(1)
@@ -192,27 +172,19 @@ pub fn read_machine(blob: &[u8]) -> Result<Machine> {
                     });
                 }
             }
-            let interrupts = property(&child, "interrupts")
-                .map(|v| cells(&v))
-                .unwrap_or_default();
-            let spi = match interrupts[..] {
+            let spi = match cells(&child, "interrupts")[..] {
                 [0, spi, _, ..] => Some(spi),
                 _ => None,
             };
-            // The first clock, resolved once every clock is known.
-            let clock = property(&child, "clocks")
-                .map(|v| cells(&v))
-                .and_then(|c| c.first().copied());
             let device = Device {
-                compatible,
+                compatible: strings(&child, "compatible"),
                 reg: first,
                 spi,
-                clock_names: property(&child, "clock-names")
-                    .map(|v| strings(&v))
-                    .unwrap_or_default(),
+                clock_names: strings(&child, "clock-names"),
                 clock_hz: None,
             };
-            devices.push((device, clock));
+            // The first clock, resolved once every clock is known.
+            devices.push((device, cells(&child, "clocks").first().copied()));
         }
     }
     let devices = devices

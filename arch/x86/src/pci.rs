@@ -32,6 +32,11 @@ impl Ecam {
         (u64::from(self.last_bus) + 1) << 20
     }
 
+    /// Whether physical address `address` lies in the window.
+    pub fn contains(&self, address: u64) -> bool {
+        (self.base..self.base + self.size()).contains(&address)
+    }
+
     /// The address of `reg` of `bdf`, if the window covers its bus.
     fn address(&self, bdf: Bdf, reg: u16, size: u8) -> Option<u64> {
         let aligned = u64::from(reg) % u64::from(size) == 0 && reg < 0x1000;
@@ -285,6 +290,8 @@ mod tests {
             last_bus: 0xff,
         };
         assert_eq!(ecam.size(), 0x1000_0000);
+        assert!(ecam.contains(0xb000_0000) && ecam.contains(0xbfff_ffff));
+        assert!(!ecam.contains(0xc000_0000) && !ecam.contains(0xafff_ffff));
         let bdf = Bdf::new(1, 2, 3).unwrap();
         assert_eq!(ecam.address(bdf, 0x104, 4), Some(0xb011_3104));
         assert_eq!(ecam.address(bdf, 0x102, 4), None);

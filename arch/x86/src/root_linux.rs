@@ -819,11 +819,7 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
             Exit::Nmi => TrapReason::Irq,
             // PCI configuration space: emulated, counted with the rest.
             Exit::Io(io) if (pci::PORTS.0..=pci::PORTS.1).contains(&io.port) => TrapReason::Other,
-            Exit::Fault(f)
-                if ecam.is_some_and(|e| (e.base..e.base + e.size()).contains(&f.gpa)) =>
-            {
-                TrapReason::Other
-            }
+            Exit::Fault(f) if ecam.is_some_and(|e| e.contains(f.gpa)) => TrapReason::Other,
             Exit::Hlt => TrapReason::Other,
             _ => TrapReason::OutsideConfig,
         };
@@ -855,11 +851,7 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
                     && !io.string =>
             {
                 let rax = vmcb.rax();
-                let mask = if io.size == 4 {
-                    0xffff_ffff
-                } else {
-                    (1u64 << (8 * u32::from(io.size))) - 1
-                };
+                let mask = io_mask(io.size);
                 let write = (!io.input).then_some((rax & mask) as u32);
                 match config_port(console, (cpu, cell), io.port, io.size, write) {
                     Ok(loaded) => {
@@ -926,9 +918,7 @@ fn cell_vcpu<V: Vcpu>(console: &mut Serial, cpu: u32, cell: CellId, vmcb: &mut V
                     }
                 }
             }
-            Exit::Fault(f)
-                if ecam.is_some_and(|e| (e.base..e.base + e.size()).contains(&f.gpa)) =>
-            {
+            Exit::Fault(f) if ecam.is_some_and(|e| e.contains(f.gpa)) => {
                 let Some(window) = ecam else { continue };
                 let ram = GuestRam::Cell(cell);
                 if let Err(e) = emulate_ecam(console, (cpu, cell), window, ram, vmcb, &mut regs) {
@@ -1008,10 +998,7 @@ fn trapped_page(shared: &Shared, gpa: u64) -> Option<TrappedPage> {
         Some(TrappedPage::LocalApic)
     } else if page(ioapic::BASE) {
         Some(TrappedPage::IoApic)
-    } else if shared
-        .ecam
-        .is_some_and(|ecam| (ecam.base..ecam.base + ecam.size()).contains(&gpa))
-    {
+    } else if shared.ecam.is_some_and(|ecam| ecam.contains(gpa)) {
         Some(TrappedPage::Ecam)
     } else {
         None
@@ -1393,11 +1380,7 @@ fn io(console: &mut Serial, vmcb: &mut impl Guest, cpu: u32, shared: &Shared, ac
     } else {
         Exits::count(&exits.io);
     }
-    let mask = if size == 4 {
-        0xffff_ffff
-    } else {
-        (1u64 << (8 * u32::from(size))) - 1
-    };
+    let mask = io_mask(size);
     let rax = vmcb.rax();
     let stored = rax & mask;
     // What an IN reads (an OUT: nothing).
@@ -1454,6 +1437,15 @@ fn io(console: &mut Serial, vmcb: &mut impl Guest, cpu: u32, shared: &Shared, ac
     vmcb.skip(usize::from(len));
 }
 
+/// The bits of RAX an IN or OUT of `size` bytes (1, 2 or 4) moves.
+fn io_mask(size: u8) -> u64 {
+    if size == 4 {
+        0xffff_ffff
+    } else {
+        (1u64 << (8 * u32::from(size))) - 1
+    }
+}
+
 /// An IN (`write` `None`) or OUT of `size` bytes by CPU `cpu` of `cell` at a port of
 /// configuration mechanism #1 (not the reset control register): what an IN reads, or the
 /// violation that stops a cell.
@@ -1464,11 +1456,7 @@ fn config_port(
     size: u8,
     write: Option<u32>,
 ) -> Result<u64, cellvisor_pci::PciViolation> {
-    let mask = if size == 4 {
-        0xffff_ffff
-    } else {
-        (1u64 << (8 * u32::from(size))) - 1
-    };
+    let mask = io_mask(size);
     if (pci::PORTS.0..pci::PORTS.0 + 4).contains(&port) && size != 4 {
         // Only a whole dword is CONFIG_ADDRESS: the hardware passes narrower accesses on as
         // plain I/O, which reaches nothing here (Linux's type 1 probe writes a byte to

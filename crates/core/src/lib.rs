@@ -177,6 +177,12 @@ impl CellRuntime {
         self.name.lock().clone()
     }
 
+    /// Whether the cell runs and is not being stopped: its CPUs may start.
+    fn may_start(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst)
+            && self.state() == cellvisor_abi::CellState::Running as u32
+    }
+
     /// Whether the cell was started as a stock OS ([`cellvisor_abi::start::STOCK_OS`]):
     /// its writes to interrupts not its own are dropped instead of stopping it.
     pub fn stock_os(&self) -> bool {

@@ -478,9 +478,8 @@ impl<A: Arch> Hypervisor<A> {
         // Recorded first: what the cell makes the hypervisor print comes after.
         self.record(format_args!("cellvisor: cell \"{name}\" started\n"));
         let first = cpus.trailing_zeros() as usize;
-        let all = !boot_cpu_only;
         for cpu in (0..MAX_CPUS).filter(|c| cpus & 1 << c != 0) {
-            if all {
+            if !boot_cpu_only {
                 self.start_cpu(cpu);
             } else if cpu == first {
                 self.cpu(cpu).power.set_on();

@@ -214,10 +214,7 @@ impl<A: Arch> Hypervisor<A> {
         // here, and the CPU stays parked.
         state.parked.store(false, Ordering::SeqCst);
         let runtime = self.cell(cell);
-        if state.stop.load(Ordering::SeqCst)
-            || runtime.stopping.load(Ordering::SeqCst)
-            || runtime.state() != CellState::Running as u32
-        {
+        if state.stop.load(Ordering::SeqCst) || !runtime.may_start() {
             if powered.is_some() {
                 state.power.stopped();
             }
@@ -259,10 +256,7 @@ impl<A: Arch> Hypervisor<A> {
             return Err(PowerOnError::Denied);
         }
         let startable = if caller.0 != 0 {
-            let runtime = self.cell(caller);
-            if runtime.stopping.load(Ordering::SeqCst)
-                || runtime.state() != CellState::Running as u32
-            {
+            if !self.cell(caller).may_start() {
                 return Err(PowerOnError::Denied);
             }
             self.ram_address(caller, entry).is_some()

@@ -105,8 +105,13 @@ pub mod start {
     /// interrupts that are not its own are dropped, as for the root cell, instead of
     /// stopping it.
     pub const STOCK_OS: u64 = 1 << 2;
+    /// What was loaded does not survive a restart in place (a Linux kernel rewrites its
+    /// data and frees its initramfs): the cell's reset (PSCI SYSTEM_RESET) shuts it down
+    /// instead of restarting it where it started; the loader boots it again. Without the
+    /// flag a reset restarts the cell, memory kept.
+    pub const NO_RESTART_IN_PLACE: u64 = 1 << 3;
     /// Every flag.
-    pub const ALL: u64 = BOOT_CPU_ONLY | AT | STOCK_OS;
+    pub const ALL: u64 = BOOT_CPU_ONLY | AT | STOCK_OS | NO_RESTART_IN_PLACE;
 }
 
 /// The longest shutdown timeout [`Command::CellShutdown`] takes, in milliseconds (a day);

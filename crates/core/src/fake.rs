@@ -196,6 +196,13 @@ pub enum Event {
         /// What it entered.
         entry: crate::Entry,
     },
+    /// [`run_cpu`] reset its cell ([`FakeArch::set_reset`]).
+    Reset {
+        /// CPU.
+        cpu: usize,
+        /// What the reset did.
+        restart: crate::Restart,
+    },
 }
 
 struct Wake {
@@ -211,6 +218,7 @@ pub struct FakeArch {
     quit: AtomicBool,
     deaf: AtomicU64,
     violation: AtomicU64,
+    reset: AtomicU64,
     failing_irq: AtomicU32,
     activation_delay: AtomicU64,
     events: Mutex<Vec<Event>>,
@@ -268,6 +276,7 @@ impl FakeArch {
             quit: AtomicBool::new(false),
             deaf: AtomicU64::new(0),
             violation: AtomicU64::new(0),
+            reset: AtomicU64::new(0),
             failing_irq: AtomicU32::new(u32::MAX),
             activation_delay: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
@@ -307,6 +316,13 @@ impl FakeArch {
     /// Makes CPU `cpu` break the rules once, the next time it runs a vCPU.
     pub fn set_violation(&self, cpu: usize) {
         self.violation.fetch_or(1 << cpu, Ordering::SeqCst);
+        self.kick(cpu);
+    }
+
+    /// Makes CPU `cpu` reset its cell once ([`Hypervisor::restart_cell_from_inside`], Arm's
+    /// PSCI SYSTEM_RESET), the next time it runs a vCPU.
+    pub fn set_reset(&self, cpu: usize) {
+        self.reset.fetch_or(1 << cpu, Ordering::SeqCst);
         self.kick(cpu);
     }
 
@@ -593,7 +609,8 @@ pub fn boot(
 }
 
 /// The life of fake CPU `cpu` until the test calls [`FakeArch::quit`]: park, enter, run
-/// until stopped (or until a [`FakeArch::set_violation`] stops the cell), park again.
+/// until stopped (or until a [`FakeArch::set_violation`] stops the cell, or a
+/// [`FakeArch::set_reset`] resets it), park again.
 pub fn run_cpu(hv: &Hypervisor<FakeArch>, cpu: usize) {
     FakeArch::set_cpu(cpu);
     let arch = hv.arch();
@@ -612,11 +629,17 @@ pub fn run_cpu(hv: &Hypervisor<FakeArch>, cpu: usize) {
             {
                 continue 'parked;
             }
+            if arch.reset.fetch_and(!(1 << cpu), Ordering::SeqCst) & 1 << cpu != 0 {
+                let restart = hv.restart_cell_from_inside(cpu);
+                arch.log(Event::Reset { cpu, restart });
+                continue 'parked;
+            }
             let deadline = hv.deadline_in(5);
             arch.wait_until(Some(deadline), &mut || {
                 arch.quitting()
                     || (hv.stop_requested(cpu) && arch.deaf.load(Ordering::SeqCst) & 1 << cpu == 0)
                     || arch.violation.load(Ordering::SeqCst) & 1 << cpu != 0
+                    || arch.reset.load(Ordering::SeqCst) & 1 << cpu != 0
             });
         }
     }

@@ -56,7 +56,7 @@ pub use machine::{attributes, MachineError, RootTables};
 pub use manage::Interface;
 pub use power::{CpuOnError, PowerState, VcpuPower};
 pub use ring::{Ring, RING_SIZE};
-pub use runtime::{Entry, PowerOnError, StartedBy, Verdict};
+pub use runtime::{Entry, PowerOnError, Restart, StartedBy, Verdict};
 
 use budget::OutputBudget;
 use cellvisor_cell::{CellId, Registry};
@@ -135,6 +135,8 @@ pub struct CellRuntime {
     boot_cpu_only: AtomicBool,
     /// It runs a stock OS: its writes to foreign interrupts are dropped, not violations.
     stock_os: AtomicBool,
+    /// Whether the cell's reset shuts it down ([`cellvisor_abi::start::NO_RESTART_IN_PLACE`]).
+    no_restart_in_place: AtomicBool,
     /// The first argument register of the CPUs its start starts.
     start_arg: AtomicU64,
 }
@@ -153,6 +155,7 @@ impl CellRuntime {
             stopping: AtomicBool::new(false),
             boot_cpu_only: AtomicBool::new(false),
             stock_os: AtomicBool::new(false),
+            no_restart_in_place: AtomicBool::new(false),
             start_arg: AtomicU64::new(0),
         }
     }

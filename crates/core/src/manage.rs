@@ -463,8 +463,25 @@ impl<A: Arch> Hypervisor<A> {
             flags & cellvisor_abi::start::STOCK_OS != 0,
             Ordering::Release,
         );
+        runtime.no_restart_in_place.store(
+            flags & cellvisor_abi::start::NO_RESTART_IN_PLACE != 0,
+            Ordering::Release,
+        );
         runtime.start_arg.store(arg, Ordering::Release);
         runtime.reset.store(reset, Ordering::Release);
+        // Recorded first: what the cell makes the hypervisor print comes after.
+        self.record(format_args!("cellvisor: cell \"{name}\" started\n"));
+        self.launch(id, cpus);
+        Ok(0)
+    }
+
+    /// Starts cell `id`, whose CPUs `cpus` are parked or about to park, as its start
+    /// (and its reset) does: a fresh communication region, the state running, every CPU
+    /// woken at the cell's reset address, or only the first and the others off for it to
+    /// power on ([`CellRuntime::boot_cpu_only`](crate::CellRuntime)).
+    pub(crate) fn launch(&self, id: CellId, cpus: u64) {
+        let runtime = self.cell(id);
+        let boot_cpu_only = runtime.boot_cpu_only.load(Ordering::SeqCst);
         runtime.shutdown_since.store(0, Ordering::Release);
         runtime.stopping.store(false, Ordering::SeqCst);
         let console = (
@@ -475,23 +492,19 @@ impl<A: Arch> Hypervisor<A> {
         runtime
             .state
             .store(CellState::Running as u32, Ordering::Release);
-        // Recorded first: what the cell makes the hypervisor print comes after.
-        self.record(format_args!("cellvisor: cell \"{name}\" started\n"));
         let first = cpus.trailing_zeros() as usize;
         for cpu in (0..MAX_CPUS).filter(|c| cpus & 1 << c != 0) {
-            if !boot_cpu_only {
-                self.start_cpu(cpu);
-            } else if cpu == first {
-                self.cpu(cpu).power.set_on();
+            if !boot_cpu_only || cpu == first {
+                // On once it takes the start (`take_entry`).
                 self.start_cpu(cpu);
             } else {
                 // Off, for a CPU of the cell to power on; a stop request left from before
-                // (its root cell vCPU's, its last cell's) does not hold it back.
+                // (its root cell vCPU's, its last cell's, the reset's) does not hold it
+                // back.
                 self.cpu(cpu).stop.store(false, Ordering::SeqCst);
                 self.cpu(cpu).power.reclaim();
             }
         }
-        Ok(0)
     }
 
     fn destroy(&self, registry: &mut Registry<MAX_CELLS>, raw: u64) -> Result<i64, Failure> {
@@ -555,19 +568,23 @@ impl<A: Arch> Hypervisor<A> {
         }
         let since = runtime.shutdown_since.load(Ordering::Acquire);
         let reply = self.comm_read(id, comm::offset::REPLY_FROM_CELL);
-        let stop = |registry: &mut Registry<MAX_CELLS>| -> Result<i64, Failure> {
+        let stop = |registry: &mut Registry<MAX_CELLS>, why: &str| -> Result<i64, Failure> {
             self.stop_cpus(id, &name, cpus)?;
             runtime
                 .state
                 .store(CellState::ShutDown as u32, Ordering::Release);
             runtime.shutdown_since.store(0, Ordering::Release);
             let _ = registry.set_state(id, CellState::ShutDown);
-            self.record(format_args!("cellvisor: cell \"{name}\" shut down\n"));
+            self.record(format_args!("cellvisor: cell \"{name}\" shut down{why}\n"));
             Ok(0)
         };
         if reply.is_none() {
-            // No communication region: a passive cell, stopped right away.
-            return stop(registry);
+            // No communication region: a passive cell (an inmate without one, a stock
+            // kernel), stopped right away.
+            return stop(
+                registry,
+                " (it has no communication region to be asked in: stopped at once)",
+            );
         }
         if since == 0 {
             self.comm_write(id, comm::offset::REPLY_FROM_CELL, comm::REPLY_NONE);
@@ -578,7 +595,7 @@ impl<A: Arch> Hypervisor<A> {
             return Ok(1);
         }
         match reply {
-            Some(comm::REPLY_APPROVED) => stop(registry),
+            Some(comm::REPLY_APPROVED) => stop(registry, ""),
             Some(comm::REPLY_DENIED) => {
                 self.comm_write(id, comm::offset::MSG_TO_CELL, comm::MSG_NONE);
                 self.comm_write(id, comm::offset::REPLY_FROM_CELL, comm::REPLY_NONE);
@@ -592,7 +609,7 @@ impl<A: Arch> Hypervisor<A> {
             _ if self.arch.now().saturating_sub(since)
                 > timeout_ms.saturating_mul(self.arch.frequency()) / 1000 =>
             {
-                stop(registry)
+                stop(registry, " (it did not answer the request in time: stopped)")
             }
             _ => Ok(1),
         }

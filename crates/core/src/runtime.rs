@@ -229,12 +229,17 @@ impl<A: Arch> Hypervisor<A> {
                 arg,
                 by: StartedBy::PowerOn,
             },
-            None => Entry {
-                cell,
-                pc: runtime.reset.load(Ordering::Acquire),
-                arg: runtime.start_arg.load(Ordering::Acquire),
-                by: StartedBy::CellStart,
-            },
+            None => {
+                // The cell's start powers its vCPU on (a CPU of its own may then find it
+                // on with PSCI AFFINITY_INFO, and may not power it on again).
+                state.power.set_on();
+                Entry {
+                    cell,
+                    pc: runtime.reset.load(Ordering::Acquire),
+                    arg: runtime.start_arg.load(Ordering::Acquire),
+                    by: StartedBy::CellStart,
+                }
+            }
         })
     }
 
@@ -361,6 +366,79 @@ impl<A: Arch> Hypervisor<A> {
             self.stop_cpu(other);
         }
     }
+
+    /// On a CPU of a non-root cell: the cell resets itself (Arm PSCI SYSTEM_RESET). Its
+    /// CPUs stop, then it starts again as its start did ([`launch`](Self::launch)): at the
+    /// same address with the same argument, on its first CPU or on all. Its memory is kept
+    /// (nothing is reloaded), as are its devices and interrupts. The caller parks this CPU
+    /// next; it takes the new start from the park loop.
+    ///
+    /// The reset is a management operation: it waits for the management interface, so that
+    /// the root cell's shutdown or destroy of the cell comes before or after it, never in
+    /// between. A stop the root cell asked for meanwhile wins (the cell stays stopped).
+    /// Returns what happened.
+    pub fn restart_cell_from_inside(&self, cpu: usize) -> Restart {
+        let cell = self.owner(cpu);
+        if cell.0 == 0 || !self.cell_has_cpu(cell, cpu) {
+            return Restart::NotACell;
+        }
+        let Some(management) = self.management.get() else {
+            return Restart::NotACell;
+        };
+        let _books = loop {
+            if let Some(books) = management.try_lock() {
+                break books;
+            }
+            // The root cell may be stopping this very CPU, holding the lock until it parks.
+            if self.stop_requested(cpu) {
+                return Restart::Stopped;
+            }
+            core::hint::spin_loop();
+        };
+        let runtime = self.cell(cell);
+        if self.stop_requested(cpu) || !runtime.may_start() {
+            return Restart::Stopped;
+        }
+        if runtime.no_restart_in_place.load(Ordering::Acquire) {
+            drop(_books);
+            self.stop_cell_from_inside(cpu, CellState::ShutDown);
+            return Restart::ShutDown;
+        }
+        // No CPU of the cell powers another on while they stop.
+        runtime.stopping.store(true, Ordering::SeqCst);
+        let cpus = runtime.cpus();
+        for other in (0..MAX_CPUS).filter(|&c| c != cpu && cpus & 1 << c != 0) {
+            if !self.stop_cpu(other) {
+                runtime
+                    .state
+                    .store(CellState::Failed as u32, Ordering::Release);
+                return Restart::Stuck(other);
+            }
+        }
+        // This CPU is off until it takes the new start (or, if another CPU is the first,
+        // until that one powers it on, which may come before this one parked).
+        self.cpu(cpu).power.stopped();
+        self.launch(cell, cpus);
+        Restart::Restarted
+    }
+}
+
+/// What [`Hypervisor::restart_cell_from_inside`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The cell starts again; the calling CPU parks and takes its start.
+    Restarted,
+    /// The root cell is stopping the cell: it stays stopped.
+    Stopped,
+    /// The cell's start said it cannot restart in place
+    /// ([`cellvisor_abi::start::NO_RESTART_IN_PLACE`]): it shut down instead; its loader
+    /// boots it again.
+    ShutDown,
+    /// This CPU of the cell did not stop within about 100 ms: the cell failed and stays
+    /// stopped.
+    Stuck(usize),
+    /// The CPU runs the root cell (or belongs to no cell): nothing was done.
+    NotACell,
 }
 
 /// The root-cell addresses of `region` when it is RAM a CPU may start in: executable, not

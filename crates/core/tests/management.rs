@@ -772,3 +772,124 @@ fn a_start_on_the_boot_cpu_only_at_an_address_with_an_argument() {
         assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
     });
 }
+
+#[test]
+fn a_reset_from_inside_restarts_the_cell_where_it_started() {
+    // PSCI SYSTEM_RESET of a cell started on its boot CPU: every CPU stops, the boot CPU
+    // enters again at the start address with the start argument, the other one is off for
+    // a CPU_ON; the cell runs on and nothing else changes.
+    use cellvisor_abi::start::{AT, BOOT_CPU_ONLY};
+    with_machine(FRAMES_PLENTY, |m| {
+        let before = m.snapshot();
+        let id = m.create(PAIR).unwrap();
+        let cell = CellId(id as u32);
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        let start = [id as u64, BOOT_CPU_ONLY | AT, 0x4_0000, 0xf_f000];
+        assert_eq!(m.command(Command::CellStart, start), Ok(0));
+        assert!(m.wait_running(1));
+        assert_eq!(m.hv.power_on(cell, 2, 0x8_0000, 7, 4), Ok(()));
+        assert!(m.wait_running(2));
+        entered(m);
+
+        // The reset comes from the second CPU.
+        m.hv.arch().set_reset(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut events = Vec::new();
+        while !events
+            .iter()
+            .any(|e| matches!(e, Event::Enter { cpu: 1, .. }))
+            && std::time::Instant::now() < deadline
+        {
+            events.extend(m.hv.arch().take_events());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(events.contains(&Event::Reset {
+            cpu: 2,
+            restart: cellvisor_core::Restart::Restarted
+        }));
+        let enters: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Enter { cpu, entry } => Some((*cpu, entry.pc, entry.arg, entry.by)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            enters,
+            [(1, 0x4_0000, 0xf_f000, cellvisor_core::StartedBy::CellStart)]
+        );
+        assert!(m.wait_parked(2));
+        assert_eq!(m.hv.cpu(1).power.state(), PowerState::On);
+        assert_eq!(m.hv.cpu(2).power.state(), PowerState::Off);
+        assert_eq!(m.list()[1].state.get(), CellState::Running as u32);
+        // The restarted cell powers its second CPU on as before.
+        assert_eq!(m.hv.power_on(cell, 2, 0x9_0000, 8, 4), Ok(()));
+        assert!(m.wait_running(2));
+        assert_eq!(
+            entered(m),
+            [(2, 0x9_0000, 8, cellvisor_core::StartedBy::PowerOn)]
+        );
+
+        // A reset of the root cell's CPU does nothing.
+        assert_eq!(
+            m.hv.restart_cell_from_inside(0),
+            cellvisor_core::Restart::NotACell
+        );
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+        assert_eq!(m.snapshot(), before);
+    });
+}
+
+#[test]
+fn a_reset_from_inside_of_a_cell_being_stopped_keeps_it_stopped() {
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = started(m, PAIR);
+        assert!(m.wait_running(1) && m.wait_running(2));
+        // The cell stops itself (a violation on CPU 1); CPU 2's reset then finds it stopping.
+        m.hv.arch().set_violation(1);
+        assert!(m.wait_parked(1) && m.wait_parked(2));
+        m.hv.arch().take_events();
+        assert_eq!(
+            m.hv.restart_cell_from_inside(2),
+            cellvisor_core::Restart::Stopped
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(m.hv.is_parked(1) && m.hv.is_parked(2));
+        assert!(!m
+            .hv
+            .arch()
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Enter { .. })));
+        assert_eq!(m.list()[1].state.get(), CellState::Failed as u32);
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}
+
+#[test]
+fn a_reset_of_a_cell_that_cannot_restart_in_place_shuts_it_down() {
+    // A Linux kernel (`cellvisor cell linux`): its reset ends the cell, for its loader to
+    // boot it again.
+    use cellvisor_abi::start::{AT, BOOT_CPU_ONLY, NO_RESTART_IN_PLACE};
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = m.create(PAIR).unwrap();
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        let flags = BOOT_CPU_ONLY | AT | NO_RESTART_IN_PLACE;
+        let start = [id as u64, flags, 0x4_0000, 0xf_f000];
+        assert_eq!(m.command(Command::CellStart, start), Ok(0));
+        assert!(m.wait_running(1));
+        entered(m);
+        m.hv.arch().set_reset(1);
+        assert!(m.wait_parked(1));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(m.hv.is_parked(1) && m.hv.is_parked(2));
+        let events = m.hv.arch().take_events();
+        assert!(events.contains(&Event::Reset {
+            cpu: 1,
+            restart: cellvisor_core::Restart::ShutDown
+        }));
+        assert!(!events.iter().any(|e| matches!(e, Event::Enter { .. })));
+        assert_eq!(m.list()[1].state.get(), CellState::ShutDown as u32);
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}

@@ -17,7 +17,7 @@ use aarch64_cpu::registers::{
     Readable, Writeable, ELR_EL1, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HPFAR_EL2, ID_AA64MMFR1_EL1,
     SCTLR_EL1, SPSR_EL1, VBAR_EL1,
 };
-use cellvisor_core::{PowerState, TrapReason, Verdict};
+use cellvisor_core::{PowerState, Restart, TrapReason, Verdict};
 use cellvisor_gic::Outcome;
 
 core::arch::global_asm!(
@@ -384,13 +384,19 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                     }
                 }
                 Psci::CpuOff => cpu_off(cpu, frame),
-                Psci::SystemOff | Psci::SystemReset if HV.owner(cpu).0 != 0 => {
-                    // A cell's power-off or reset ends the cell, not the machine.
+                Psci::SystemOff if HV.owner(cpu).0 != 0 => {
+                    // A cell's power-off ends the cell, not the machine.
                     print(format_args!(
                         "cellvisor: cell \"{}\" (CPU {cpu}) powered itself off: cell shut down\n",
                         HV.name_of(cpu)
                     ));
                     HV.stop_cell_from_inside(cpu, cellvisor_abi::CellState::ShutDown);
+                    cells::park(cpu, frame);
+                    return;
+                }
+                Psci::SystemReset if HV.owner(cpu).0 != 0 => {
+                    // A cell's reset restarts the cell, not the machine.
+                    cell_reset(cpu);
                     cells::park(cpu, frame);
                     return;
                 }
@@ -412,6 +418,29 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
         }
     };
     frame.x[0] = result as u64;
+}
+
+/// SYSTEM_RESET of a cell other than the root cell: its CPUs stop and it starts again where
+/// its start entered it, memory kept ([`cellvisor_core::Hypervisor::restart_cell_from_inside`]).
+/// The caller parks the CPU next.
+fn cell_reset(cpu: usize) {
+    let name = HV.name_of(cpu);
+    match HV.restart_cell_from_inside(cpu) {
+        // Within the cell's output budget: a cell may reset in a loop.
+        Restart::Restarted => note(cpu, format_args!(
+            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself: cell restarted\n"
+        )),
+        Restart::Stopped => print(format_args!(
+            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself while being stopped: it stays stopped\n"
+        )),
+        Restart::Stuck(other) => print(format_args!(
+            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself, but its CPU {other} did not stop: cell failed\n"
+        )),
+        Restart::ShutDown => print(format_args!(
+            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself, but what it runs cannot restart in place: cell shut down (its loader boots it again)\n"
+        )),
+        Restart::NotACell => {}
+    }
 }
 
 /// CPU_OFF: the vCPU stops; the physical CPU waits in the park loop for its cell to give it

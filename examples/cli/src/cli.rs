@@ -110,7 +110,8 @@ pub enum CellCommand {
         #[arg(long, value_name = "FILE")]
         dtb: Option<PathBuf>,
         /// Enter the binary at its first byte (the start of the cell's RAM) with x0 = the
-        /// device tree: Zephyr, test kernels.
+        /// device tree: Zephyr, test kernels. Its PSCI SYSTEM_RESET restarts it there,
+        /// memory as it left it (a Linux kernel's shuts the cell down instead).
         #[arg(long)]
         raw: bool,
     },

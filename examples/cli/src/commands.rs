@@ -553,12 +553,21 @@ fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Resu
             load_bytes(&mut client, (&label, action), id, at, initrd)?;
         }
         load_bytes(&mut client, (&label, action), id, tree, &tree_bytes)?;
+        // A kernel rewrites its data and frees its initramfs: its reset cannot restart it
+        // in place, so it shuts the cell down. A raw binary is restarted in place: it must
+        // be able to start again from the memory it left (raw-demo is).
+        let restart = if args.raw {
+            0
+        } else {
+            cellvisor_abi::start::NO_RESTART_IN_PLACE
+        };
         client
             .cell_start_with(
                 id,
                 cellvisor_abi::start::BOOT_CPU_ONLY
                     | cellvisor_abi::start::AT
-                    | cellvisor_abi::start::STOCK_OS,
+                    | cellvisor_abi::start::STOCK_OS
+                    | restart,
                 kernel,
                 tree,
             )

@@ -1074,8 +1074,8 @@ fn cell_linux_creates_loads_and_starts_the_cell_on_its_first_cpu() {
     let cell = &machine.hv.cells[1];
     let started = cell.started_with.unwrap();
     assert_eq!(
-        started[0], 0b111,
-        "boot CPU only, at an address, a stock OS"
+        started[0], 0b1111,
+        "boot CPU only, at an address, a stock OS, no restart in place"
     );
     assert_eq!(started[1], 0x5000_0000);
     let memory = &cell.loadable[0].1;
@@ -1143,5 +1143,11 @@ fn cell_linux_refuses_a_bad_kernel_before_creating_the_cell() {
     assert!(
         out.contains("cell \"guest\": binary (4096 bytes) at 0x50000000,"),
         "{out}"
+    );
+    // Its reset restarts it in place.
+    let started = host.machine.borrow().hv.cells[1].started_with.unwrap();
+    assert_eq!(
+        started[0], 0b111,
+        "boot CPU only, at an address, a stock OS"
     );
 }

@@ -31,7 +31,7 @@ use crate::workspace::Workspace;
 /// The package of the demo inmates.
 pub const PACKAGE: &str = "cellvisor-inmates";
 /// Its binaries, one inmate each.
-pub const INMATES: [&str; 7] = [
+pub const INMATES: [&str; 8] = [
     "timer-demo",
     "uart-demo",
     "stubborn-demo",
@@ -39,6 +39,7 @@ pub const INMATES: [&str; 7] = [
     "gic-wild-demo",
     "ticker-demo",
     "hostile-demo",
+    "raw-demo",
 ];
 /// The inmates' Rust target.
 const TARGET: &str = "aarch64-unknown-none";

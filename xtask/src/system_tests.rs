@@ -356,6 +356,10 @@ const CELLS_LINUX_ACTIONS: &str = "script:linux-cell,dmesg,poweroff";
 /// off by itself while the root cell's job runs, and five more boots leak nothing.
 const CELLS_LINUX: &[Pattern] = &[
     BANNER,
+    Pattern::Contains(&["cellvisor-demo: linux-raw status=0"]),
+    Pattern::Contains(&["reset itself: cell restarted"]),
+    Pattern::Contains(&["cellvisor-demo: linux raw state=shut down"]),
+    Pattern::Contains(&["cellvisor-demo: linux-raw-destroy status=0"]),
     Pattern::Contains(&["cellvisor-demo: linux-boot status=0"]),
     Pattern::Contains(&["cellvisor-demo: linux state=shut down"]),
     Pattern::Contains(&["cellvisor-demo: linux-destroy status=0"]),
@@ -363,6 +367,7 @@ const CELLS_LINUX: &[Pattern] = &[
     Pattern::Contains(&["cellvisor-demo: linux-idle status=0"]),
     Pattern::Contains(&["cell \"guest\" shut down"]),
     Pattern::Contains(&["cellvisor-demo: linux cycles=5 failed=0 "]),
+    Pattern::Contains(&["reset itself, but what it runs cannot restart in place: cell shut down"]),
     Pattern::Contains(&["cellvisor-demo: linux memory kept"]),
     Pattern::Contains(&["cellvisor-initramfs: script linux-cell done status=0"]),
     Pattern::Contains(&[DMESG_DONE]),
@@ -378,6 +383,17 @@ const LINUX_CELL_CHECKS: &[Check] = &[
     Check::SecondUart("cellvisor-initramfs: memtotal="),
     Check::SecondUart("cellvisor-initramfs: hotplug cpu1 off count=1"),
     Check::SecondUart("cellvisor-initramfs: hotplug cpu1 on count=2"),
+    // raw-demo (`cell linux --raw`): its device tree in x0, PSCI and the GIC, its reset.
+    Check::SecondUart("raw-demo: boot 1: device tree in x0 at 0x"),
+    Check::SecondUart("raw-demo: PSCI version 1.1"),
+    Check::SecondUart(
+        "raw-demo: CPU_ON: CPU 0x3 ran with x0 = 0xc0ffee00, then CPU_OFF; AFFINITY_INFO off",
+    ),
+    Check::SecondUart("not in the tree: -2 (refused)"),
+    Check::SecondUart("raw-demo: 20 virtual timer interrupts through the GICv"),
+    Check::SecondUart("raw-demo: boot 1 done: SYSTEM_RESET"),
+    Check::SecondUart("raw-demo: boot 2: device tree in x0 at 0x"),
+    Check::SecondUart("raw-demo: boot 2 done: SYSTEM_OFF"),
 ];
 
 /// A cell's life (`demo.sh`): every step succeeds, the CPUs come back.

@@ -20,7 +20,9 @@ TICKER_MAGIC=$((0x7469636b))
 #   refused  the inmate sees the access refused and runs on (its heartbeat grows);
 #   either   stop or refused (an access the CPU itself may refuse before the hypervisor);
 #   storm    the cell storms for 3 s; the ticker and the root cell carry on;
-#   off      the cell's PSCI SYSTEM_OFF/SYSTEM_RESET ends the cell only (shut down);
+#   off      the cell's PSCI SYSTEM_OFF ends the cell only (shut down);
+#   reset    the cell's PSCI SYSTEM_RESET restarts the cell only, which resets again and
+#            again (a reset storm): it runs on, the ticker and the root cell too;
 #   deaf     the cell never answers: shutdown stops it when the timeout expires;
 #   cpu-off  PSCI CPU_OFF of its only CPU: never returns (or DENIED), the cell is not failed.
 # inherit-state reads what the vCPU before it on the CPU (the root cell's) left: nothing;
@@ -69,7 +71,7 @@ case_of() {
         39) echo storm-sgi-self storm ;;
         40) echo storm-spi-pending storm ;;
         41) echo psci-system-off off ;;
-        42) echo psci-system-reset off ;;
+        42) echo psci-system-reset reset ;;
         43) echo never-answers deaf ;;
         44) echo psci-cpu-off cpu-off ;;
         45) echo inherit-state refused ;;
@@ -121,7 +123,7 @@ hostile_case() {
         return
     fi
     devmem $HOSTILE_PAGE 32 $number
-    for offset in 4 8 12 16 20; do
+    for offset in 4 8 12 16 20 24; do
         devmem $((HOSTILE_PAGE + offset)) 32 0
     done
     ticks_before=$(peek $((TICKER_PAGE + 4)))
@@ -142,7 +144,7 @@ hostile_case() {
         state=$(state_of "$CELL")
         [ "$state" != running ] && break
         [ $status -ge 2 ] && break
-        [ $status -eq 1 ] && [ "$kind" = deaf -o "$kind" = cpu-off ] && break
+        [ $status -eq 1 ] && [ "$kind" = deaf -o "$kind" = cpu-off -o "$kind" = reset ] && break
     done
     values="a=$(devmem $((HOSTILE_PAGE + 8)) 32) b=$(devmem $((HOSTILE_PAGE + 12)) 32) esr=$(devmem $((HOSTILE_PAGE + 16)) 32)"
     if [ $status -eq 4 ]; then
@@ -210,6 +212,18 @@ hostile_case() {
             ;;
         off)
             [ "$state" = "shut down" ] || why="not shut down (state=$state status=$status)"
+            ;;
+        reset)
+            resets=$(peek $((HOSTILE_PAGE + 24)))
+            sleep 1
+            resets=$(($(peek $((HOSTILE_PAGE + 24))) - resets))
+            state=$(state_of "$CELL")
+            mark "hostile $name: $resets restarts in 1 s, state $state"
+            if [ "$state" != running ]; then
+                why="not running after its resets (state=$state)"
+            elif [ $resets -lt 3 ]; then
+                why="the cell did not restart (+$resets resets in 1 s)"
+            fi
             ;;
         deaf)
             if [ $status -ne 1 ]; then

@@ -10,11 +10,9 @@ LINUX_CELL=guest
 # CPU_ON inside the cell), then the power-off.
 LINUX_ARGS="cellvisor.actions=info,hotplug:1,poweroff"
 
-# linux_boot: boots the cell; waits (up to 60 s) until it shut itself down; leaves its last
-# state in $state.
-linux_boot() {
-    cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
-        --initrd "$LINUX_DIR/initramfs.cpio.gz" --cmdline "$1 $LINUX_ARGS" || return 1
+# linux_wait: waits (up to 60 s) until the cell no longer runs; leaves its last state in
+# $state.
+linux_wait() {
     demo_cell=$CELL
     CELL=$LINUX_CELL
     tries=0
@@ -26,6 +24,26 @@ linux_boot() {
     done
     CELL=$demo_cell
 }
+
+# linux_boot CMDLINE [ACTIONS]: boots the cell (its /init's job: ACTIONS, else $LINUX_ARGS);
+# waits until it shut itself down.
+linux_boot() {
+    cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
+        --initrd "$LINUX_DIR/initramfs.cpio.gz" --cmdline "$1 ${2:-$LINUX_ARGS}" || return 1
+    linux_wait
+}
+
+# A raw binary from the same command (--raw): raw-demo runs from the device tree in x0 alone,
+# starts its second CPU and lets it switch itself off (PSCI CPU_ON, CPU_OFF, AFFINITY_INFO),
+# counts timer interrupts through the GIC, resets its cell once (PSCI SYSTEM_RESET: the cell
+# restarts, not the machine) and then powers it off (its lines go to the cell's UART).
+linux_raw() {
+    cellvisor cell linux "$LINUX_CONFIG" "$INMATES/raw-demo.bin" --raw || return 1
+    linux_wait
+}
+step linux-raw linux_raw
+mark "linux raw state=$state"
+step linux-raw-destroy cellvisor cell destroy "$LINUX_CELL"
 
 rm -f /tmp/root-job
 (
@@ -65,7 +83,11 @@ step linux-idle linux_idle
 before=$(memory_free)
 failed=0
 for cycle in 1 2 3 4 5; do
-    if ! linux_boot "quiet" >/dev/null || [ "$state" != "shut down" ]; then
+    # The last one reboots (PSCI SYSTEM_RESET): a kernel cannot restart in place, so the
+    # cell shuts down too.
+    actions=
+    [ $cycle = 5 ] && actions="cellvisor.actions=reboot"
+    if ! linux_boot "quiet" $actions >/dev/null || [ "$state" != "shut down" ]; then
         failed=$((failed + 1))
         mark "linux cycle $cycle failed: state=$state"
     fi

@@ -8,8 +8,10 @@
 //!   FP/SIMD access, exception vectors) and the linker script (`inmate.ld`, see the README for
 //!   how a binary links with it), so that one image runs wherever it is loaded;
 //! - the virtual count at the inmate's first instruction ([`start_counter`]);
-//! - [`Platform`] discovery from the cell's communication region ([`comm`]), or a built-in
-//!   platform for bare testing on QEMU (features `bare-virt` and `bare-zcu102`);
+//! - [`Platform`] discovery from the device tree in x0 at entry ([`tree`], a program started
+//!   like a Linux kernel), else from the cell's communication region ([`comm`]), or a
+//!   built-in platform for bare testing on QEMU (features `bare-virt` and `bare-zcu102`);
+//! - PSCI calls and the start of a second CPU at a Rust function ([`psci`]);
 //! - a polled console for the PL011 and the Cadence UART ([`console`], [`println!`]);
 //! - the generic timer's virtual timer ([`timer`]), and a periodic tick to sleep on between
 //!   polls ([`ticker`]);
@@ -21,8 +23,8 @@
 //! console and parks the CPU; so does a panic. A program that provokes one on purpose runs
 //! the access under [`fault::catch`], which records it and resumes after the instruction.
 //!
-//! The runtime supports one CPU: it never starts others, and bare builds park every CPU but
-//! the first.
+//! The runtime drives one CPU: it starts no other by itself ([`psci::start_cpu`] lends one
+//! more CPU a stack), and bare builds park every CPU but the first.
 //!
 //! ```ignore
 //! #![no_std]
@@ -59,10 +61,12 @@ pub mod gic;
 pub mod irq;
 pub mod mmio;
 pub mod platform;
+pub mod psci;
 pub mod stats;
 pub mod sysreg;
 pub mod ticker;
 pub mod timer;
+pub mod tree;
 
 #[cfg(inmate_hw)]
 mod rt;
@@ -78,6 +82,22 @@ pub fn entry_fp_residue() -> u64 {
 }
 
 static ENTRY_FP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// x0 at the inmate's first instruction: 0 when `cellvisor cell start` started it (the
+/// platform is in the communication region), the address of a device tree when it was
+/// started like a Linux kernel (`cellvisor cell linux --raw`; see [`tree`]). 0 in host
+/// builds.
+pub fn boot_argument() -> u64 {
+    BOOT_ARGUMENT.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+static BOOT_ARGUMENT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Keeps x0 at entry, for [`boot_argument`].
+#[cfg_attr(not(inmate_hw), allow(dead_code))]
+pub(crate) fn set_boot_argument(value: u64) {
+    BOOT_ARGUMENT.store(value, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Keeps what `_start` found in the FP/SIMD registers, for [`entry_fp_residue`].
 #[cfg_attr(not(inmate_hw), allow(dead_code))]

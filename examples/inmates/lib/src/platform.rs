@@ -1,6 +1,7 @@
-//! Where the inmate learns about its machine: the [`Platform`] in the cell's communication
-//! region, or, in bare builds, a built-in description of the QEMU machine the inmate runs on
-//! without a hypervisor.
+//! Where the inmate learns about its machine: the device tree in x0 at entry (a program
+//! started like a Linux kernel, see [`crate::tree`]), else the [`Platform`] in the cell's
+//! communication region, or, in bare builds, a built-in description of the QEMU machine the
+//! inmate runs on without a hypervisor.
 
 use cellvisor_abi::comm::{Platform, GIC_V2, GIC_V3, UART_CADENCE, UART_PL011};
 
@@ -49,6 +50,8 @@ pub(crate) fn discover() -> Option<Platform> {
         qemu_virt()
     } else if cfg!(feature = "bare-zcu102") {
         zcu102()
+    } else if let Some(platform) = from_boot_tree() {
+        platform
     } else {
         // Bare machines may have nothing at the region's address (an access aborts), so only
         // cell builds read it.
@@ -58,6 +61,59 @@ pub(crate) fn discover() -> Option<Platform> {
         platform.timer_frequency = sysreg::cntfrq_el0().into();
     }
     Some(platform)
+}
+
+/// The platform of the device tree in x0 at entry ([`crate::boot_argument`]), if there is
+/// one: a program started like a Linux kernel (`cellvisor cell linux --raw`). On a GICv3
+/// the running CPU's redistributor is the one whose `GICR_TYPER` names its affinity.
+#[cfg(inmate_hw)]
+fn from_boot_tree() -> Option<Platform> {
+    use crate::tree::{Machine, TreeGic};
+    // SAFETY: x0 at entry is 0 (`cellvisor cell start`, refused before any read) or the
+    // address of a device tree in the cell's RAM that nothing else writes (the Linux boot
+    // protocol that `cellvisor cell linux` follows); `Machine::at` reads the header first
+    // and the rest only behind the FDT magic.
+    let machine = unsafe { Machine::at(crate::boot_argument()) }.ok()?;
+    let redistributor = match machine.gic {
+        TreeGic::V2 { .. } => 0,
+        TreeGic::V3 {
+            redistributors,
+            stride,
+            ..
+        } => find_redistributor(redistributors, stride, sysreg::mpidr_el1())?,
+    };
+    Some(machine.platform(redistributor))
+}
+
+/// Host builds have no boot argument.
+#[cfg(not(inmate_hw))]
+fn from_boot_tree() -> Option<Platform> {
+    None
+}
+
+/// The redistributor in `(base, size)` whose `GICR_TYPER[63:32]` is the affinity of
+/// `mpidr`, stopping at the one marked last (`GICR_TYPER.Last`, bit 4).
+#[cfg(inmate_hw)]
+fn find_redistributor((base, size): (u64, u64), stride: u64, mpidr: u64) -> Option<u64> {
+    use crate::mmio::{Mmio as _, MmioRegion};
+    const TYPER: usize = 0x8;
+    const LAST: u32 = 1 << 4;
+    let affinity = crate::tree::typer_affinity(mpidr);
+    let stride = stride.max(0x2_0000);
+    let mut frame = base;
+    while frame < base.saturating_add(size) {
+        // SAFETY: a redistributor frame of the GIC the device tree describes; two 32-bit
+        // reads of its GICR_TYPER, which have no side effects.
+        let region = unsafe { MmioRegion::new(usize::try_from(frame).ok()?) };
+        if region.read32(TYPER + 4) == affinity {
+            return Some(frame);
+        }
+        if region.read32(TYPER) & LAST != 0 {
+            break;
+        }
+        frame = frame.checked_add(stride)?;
+    }
+    None
 }
 
 /// The platform in the communication region at its fixed address.

@@ -28,7 +28,9 @@ const R_AARCH64_RELATIVE: u64 = 1027;
 //
 // Registers kept until the call into Rust: x19 = the virtual count at the first instruction,
 // x20/x21 = `r_info`/`r_offset` of the first relocation that is not R_AARCH64_RELATIVE (or
-// x20 = 0), x22 = the FP/SIMD registers at entry ORed together.
+// x20 = 0), x22 = the FP/SIMD registers at entry ORed together, x23 = x0 at entry (the
+// boot argument: 0 in a cell started by `cellvisor cell start`, the device tree's address
+// when started like a Linux kernel).
 core::arch::global_asm!(
     r#"
     .section .text.entry, "ax"
@@ -37,6 +39,7 @@ core::arch::global_asm!(
 _start:
     // First of all, for `start_counter()`: the earliest point of the inmate on the count.
     mrs     x19, cntvct_el0
+    mov     x23, x0
     msr     daifset, #0xf
     mov     x9, #{park_secondary_cpus}
     cbz     x9, 1f
@@ -162,6 +165,7 @@ _start:
     mov     x1, x20
     mov     x2, x21
     mov     x3, x22
+    mov     x4, x23
     bl      cellvisor_inmate_start
 9:  wfi                         // nothing more to run: sleep
     b       9b
@@ -169,6 +173,46 @@ _start:
 "#,
     park_secondary_cpus = const PARK_SECONDARY_CPUS,
     r_aarch64_relative = const R_AARCH64_RELATIVE,
+);
+
+// Entry of a secondary CPU (`psci::start_cpu`): a PSCI CPU_ON enters here at EL1 with the
+// MMU off and x0 = the context, the address of a `psci::Secondary` record (stack top,
+// function, argument; 8 bytes each). The image is relocated already (the boot CPU did it),
+// so only the CPU's own state is set up: SP_EL1, FP/SIMD, the instruction cache, the
+// vectors. Then the function is called with the argument; it does not return.
+core::arch::global_asm!(
+    r#"
+    .section .text, "ax"
+    .global cellvisor_inmate_secondary
+    .type cellvisor_inmate_secondary, %function
+    .balign 4
+cellvisor_inmate_secondary:
+    msr     daifset, #0xf
+    msr     spsel, #1
+    mov     x9, #(3 << 20)
+    msr     cpacr_el1, x9
+    isb
+    ic      iallu
+    dsb     nsh
+    isb
+    mrs     x9, sctlr_el1
+    orr     x9, x9, #(1 << 12)
+    bic     x9, x9, #(1 << 1)
+    msr     sctlr_el1, x9
+    isb
+    ldr     x9, [x0]
+    mov     sp, x9
+    adrp    x9, cellvisor_inmate_vectors
+    add     x9, x9, :lo12:cellvisor_inmate_vectors
+    msr     vbar_el1, x9
+    isb
+    ldr     x9, [x0, #8]
+    ldr     x0, [x0, #16]
+    blr     x9
+1:  wfi
+    b       1b
+    .size cellvisor_inmate_secondary, . - cellvisor_inmate_secondary
+"#
 );
 
 // Exception vectors (Arm ARM D1.3.1): 16 entries of 0x80 bytes; per origin (EL1 on SP_EL0,
@@ -317,16 +361,18 @@ unsafe extern "Rust" {
 /// Called by `_start` on the main stack with the image relocated, `.bss` zeroed and the
 /// vectors installed; with the virtual count at the first instruction, and `r_info` and
 /// `r_offset` of the first relocation `_start` could not apply (`r_info` 0: none, all-ones: an
-/// `r_info` of 0).
+/// `r_info` of 0), the FP/SIMD residue and x0 at entry.
 #[unsafe(no_mangle)]
 extern "C" fn cellvisor_inmate_start(
     start_counter: u64,
     bad_info: u64,
     bad_offset: u64,
     entry_fp: u64,
+    boot_argument: u64,
 ) -> ! {
     timer::set_start_counter(start_counter);
     crate::set_entry_fp_residue(entry_fp);
+    crate::set_boot_argument(boot_argument);
     // Without a platform there is not even a console to complain on; the hypervisor sees a
     // cell that never answers.
     let Some(platform) = platform::discover() else {

@@ -50,6 +50,9 @@ mod demo {
     const VALUE_B: usize = 0x0c;
     const ESR: usize = 0x10;
     const HEARTBEAT: usize = 0x14;
+    /// SYSTEM_RESETs so far: the reset case restarts the cell, which runs the case again
+    /// (a reset storm the root cell watches).
+    const RESETS: usize = 0x18;
 
     /// What the case came to, in the shared page's status word.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -664,6 +667,9 @@ mod demo {
     /// cell's state; returning at all is worth a report.
     fn lifecycle(function: u64) -> Outcome {
         report(Status::Attacking, 0, 0, 0);
+        if function == PSCI_SYSTEM_RESET {
+            write32(SHARED + RESETS, read32(SHARED + RESETS).wrapping_add(1));
+        }
         let status = hvc(function, 0, 0, 0);
         Outcome::WentThrough(status as u32, 0)
     }

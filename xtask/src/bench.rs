@@ -63,6 +63,13 @@ pub struct BenchArgs {
     /// Rounds of the busybox workload each of the four jobs of the busy phase runs.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub busy_rounds: u32,
+    /// Seconds of guest time the root cell gives the Linux cell to reach its /init (boards
+    /// with a `linux.toml`).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub linux_boot: u32,
+    /// Seconds of guest time the Linux cell idles between two counter reads.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub linux_idle: u32,
     /// Run the `cargo bench` targets of the library crates instead.
     #[arg(long, conflicts_with_all = ["board", "gic", "cpu"])]
     pub crates: bool,
@@ -110,6 +117,8 @@ pub fn smoke(workspace: &Workspace) -> Result<()> {
         timeout: 600,
         idle: 5,
         busy_rounds: 1,
+        linux_boot: 5,
+        linux_idle: 2,
         crates: false,
     };
     let boards = vec![
@@ -176,6 +185,12 @@ fn command_line(args: &BenchArgs) -> String {
     }
     if args.busy_rounds != 2 {
         write!(command, " --busy-rounds {}", args.busy_rounds).expect("writing to a String");
+    }
+    if args.linux_boot != 20 {
+        write!(command, " --linux-boot {}", args.linux_boot).expect("writing to a String");
+    }
+    if args.linux_idle != 10 {
+        write!(command, " --linux-idle {}", args.linux_idle).expect("writing to a String");
     }
     command
 }
@@ -285,6 +300,31 @@ fn bench_board(
     let first_s = first as f64 / frequency as f64;
     let mut steps = cell_steps(&snapshots)?;
     steps["create_to_first_instruction_s"] = json!(first_s - create);
+    let linux_cell = if snapshots.0.contains_key("linux-clock") {
+        // The same kernel bare with the cell's CPUs and RAM, where QEMU can give them.
+        let matched = if board.machine.starts_with("virt") {
+            let small = Options {
+                smp: Some(LINUX_CELL_CPUS),
+                memory: Some(LINUX_CELL_RAM.to_owned()),
+                ..options.clone()
+            };
+            let log = dir.join(format!("{name}-bare-small.log"));
+            let bare = Boot::Bare(linux.clone()).qemu(board, &small)?;
+            println!("--> bare Linux, {LINUX_CELL_CPUS} CPUs, {LINUX_CELL_RAM}: {bare}");
+            Some(
+                measure(&bare, timeout, &log)
+                    .context("bare Linux boot, small")?
+                    .time,
+            )
+        } else {
+            None
+        };
+        Some(linux_cell_figures(
+            &snapshots, &uart_text, bare.time, matched,
+        )?)
+    } else {
+        None
+    };
     Ok(json!({
         "board": board.name,
         "gic": gic,
@@ -317,6 +357,47 @@ fn bench_board(
             "table_pages": info_root.root_table_pages,
         },
         "cell_start": steps,
+        "linux_cell": linux_cell,
+    }))
+}
+
+/// The CPUs and RAM of the reference Linux cells (`platforms/*/config/linux.toml`), for the
+/// bare boot they are compared with.
+const LINUX_CELL_CPUS: u32 = 2;
+const LINUX_CELL_RAM: &str = "128M";
+
+/// The Linux cell's figures: guest seconds from `cellvisor cell linux` to its /init (its
+/// `guest-clock` line on the cell's UART, the machine's counter) against bare Linux to
+/// /init (the board's CPUs and RAM, and, if given, the cell's); its traps per second while
+/// idle, in total and per CPU.
+fn linux_cell_figures(
+    snapshots: &Snapshots,
+    uart: &str,
+    bare_s: f64,
+    bare_matched_s: Option<f64>,
+) -> Result<Value> {
+    let command = snapshots.clock("linux-clock")?;
+    let init = uart
+        .lines()
+        .find_map(guest_time)
+        .context("Linux cell: no guest-clock line on the cell's UART (did /init run?)")?;
+    let init_s = init - command;
+    if init_s <= 0.0 {
+        bail!("Linux cell: its /init at {init} s is not after the command at {command} s");
+    }
+    let idle = snapshots.rates("linux-idle")?;
+    let per_cpu = |key: &str| {
+        idle[key]
+            .as_f64()
+            .map(|v| round(v / f64::from(LINUX_CELL_CPUS)))
+    };
+    Ok(json!({
+        "command_to_init_s": init_s,
+        "bare_init_s": bare_s,
+        "bare_init_same_cpus_and_ram_s": bare_matched_s,
+        "ratio": init_s / bare_matched_s.unwrap_or(bare_s),
+        "idle_traps_per_second": idle,
+        "idle_traps_per_second_per_cpu": { "total": per_cpu("total"), "irq": per_cpu("irq") },
     }))
 }
 
@@ -373,8 +454,8 @@ fn fresh_uart(dir: &Path, name: &str) -> std::path::PathBuf {
 /// The bench script's variables on the kernel command line.
 fn script_variables(args: &BenchArgs) -> String {
     format!(
-        "IDLE_SECONDS={} BUSY_ROUNDS={}",
-        args.idle, args.busy_rounds
+        "IDLE_SECONDS={} BUSY_ROUNDS={} LINUX_BOOT_SECONDS={} LINUX_IDLE_SECONDS={}",
+        args.idle, args.busy_rounds, args.linux_boot, args.linux_idle
     )
 }
 
@@ -860,6 +941,28 @@ fn report(results: &[Value], command: &str) -> String {
                 ),
                 "",
             ),
+            (
+                "Linux cell: `cell linux` -> its /init, s / bare /init (board's CPUs, cell's CPUs and RAM), s / ratio"
+                    .to_owned(),
+                format!(
+                    "{} / {}, {} / {}",
+                    f("linux_cell.command_to_init_s"),
+                    f("linux_cell.bare_init_s"),
+                    f("linux_cell.bare_init_same_cpus_and_ram_s"),
+                    f("linux_cell.ratio")
+                ),
+                "",
+            ),
+            (
+                "Linux cell idle: traps/s per CPU total (irq), over s".to_owned(),
+                format!(
+                    "{} ({}), {}",
+                    f("linux_cell.idle_traps_per_second_per_cpu.total"),
+                    f("linux_cell.idle_traps_per_second_per_cpu.irq"),
+                    f("linux_cell.idle_traps_per_second.seconds")
+                ),
+                "",
+            ),
         ];
         for (figure, value, target) in rows {
             let _ = writeln!(w, "| {figure} | {value} | {target} |");
@@ -967,6 +1070,51 @@ mod tests {
             json!({"measured": 5, "average": 460.0, "min": 300, "max": 700})
         );
         assert!(snapshots.rates("busy").is_err());
+    }
+
+    #[test]
+    fn figures_the_linux_cell_from_its_clock_and_its_stats() {
+        let stats = |irq: u64| {
+            format!(
+                r#"[{{"cpu": 2, "total": 0, "traps": {{"irq": {irq}}}, "instructions": {{}}}},
+                 {{"cpu": 3, "total": 0, "traps": {{"irq": {irq}}}, "instructions": {{}}}}]"#
+            )
+        };
+        let clock = |name: &str, seconds: u32| {
+            [
+                format!("cellvisor-demo: bench begin {name}"),
+                format!("cellvisor-initramfs: guest time {seconds}.000000 s (0 ticks at 1 Hz)"),
+                format!("cellvisor-demo: bench end {name} status=0"),
+            ]
+        };
+        let mut lines: Vec<String> = Vec::new();
+        let mut add = |texts: &[String]| {
+            lines.extend(script(&texts.iter().map(String::as_str).collect::<Vec<_>>()));
+        };
+        add(&clock("linux-clock", 40));
+        add(&clock("linux-idle-before-clock", 60));
+        for (name, irq) in [("linux-idle-before", 100), ("linux-idle-after", 150)] {
+            add(&[format!("cellvisor-demo: bench begin {name}")]);
+            add(&stats(irq).lines().map(str::to_owned).collect::<Vec<_>>());
+            add(&[format!("cellvisor-demo: bench end {name} status=0")]);
+        }
+        add(&clock("linux-idle-after-clock", 70));
+        let snapshots = Snapshots::parse(&lines).unwrap();
+        // The cell's /init printed the clock 1.5 s after the command.
+        let uart = "timer-demo: noise
+cellvisor-initramfs: guest time 41.500000 s (0 ticks at 1 Hz)
+";
+        let figures = linux_cell_figures(&snapshots, uart, 1.0, Some(1.25)).unwrap();
+        assert_eq!(figures["command_to_init_s"], json!(1.5));
+        assert_eq!(figures["ratio"], json!(1.2));
+        assert_eq!(figures["idle_traps_per_second"]["irq"], json!(10.0));
+        assert_eq!(
+            figures["idle_traps_per_second_per_cpu"],
+            json!({"total": 5.0, "irq": 5.0})
+        );
+        // No /init line: an error that says so.
+        let error = linux_cell_figures(&snapshots, "nothing", 1.0, None).unwrap_err();
+        assert!(error.to_string().contains("no guest-clock line"), "{error}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 # tool, or `guest-clock` lines), which xtask/src/bench.rs reads back from the console.
 #   IDLE_SECONDS (default 120): how long the idle root cell sleeps between two counter reads.
 #   BUSY_ROUNDS (default 2): rounds of the busybox workload each of the 4 jobs runs.
+#   LINUX_BOOT_SECONDS (default 20), LINUX_IDLE_SECONDS (default 10): how long the Linux cell
+#   may take to its /init, and how long it then idles between two counter reads.
 IDLE_SECONDS=${IDLE_SECONDS:-120}
 BUSY_ROUNDS=${BUSY_ROUNDS:-2}
 
@@ -73,5 +75,26 @@ if [ "${BENCH_CELL:-1}" = 1 ]; then
     snapshot cell-stats cellvisor cell stats "$CELL" --json
     step shutdown cellvisor cell shutdown "$CELL"
     step destroy cellvisor cell destroy "$CELL"
+fi
+
+# Linux in a cell (boards with linux.toml): the guest time from `cellvisor cell linux` to
+# the cell's /init (which prints the guest clock on the cell's UART: the counter is the
+# machine's, CNTVOFF_EL2 = 0), then the cell's traps while it idles in its shell.
+# BENCH_LINUX=0 skips it.
+LINUX_CONFIG=/etc/cellvisor/linux.toml
+LINUX_DIR=/lib/cellvisor/linux
+if [ "${BENCH_LINUX:-1}" = 1 ] && [ -f "$LINUX_CONFIG" ]; then
+    snapshot linux-clock guest-clock
+    step linux cellvisor cell linux "$LINUX_CONFIG" "$LINUX_DIR/Image" \
+        --initrd "$LINUX_DIR/initramfs.cpio.gz" \
+        --cmdline "console=ttyAMA0,115200 console=ttyPS0,115200 quiet cellvisor.actions=clock"
+    sleep "${LINUX_BOOT_SECONDS:-20}"
+    snapshot linux-idle-before-clock guest-clock
+    snapshot linux-idle-before cellvisor cell stats guest --json
+    sleep "${LINUX_IDLE_SECONDS:-10}"
+    snapshot linux-idle-after-clock guest-clock
+    snapshot linux-idle-after cellvisor cell stats guest --json
+    step linux-shutdown cellvisor cell shutdown guest
+    step linux-destroy cellvisor cell destroy guest
 fi
 snapshot root-stats cellvisor cell stats 0 --json

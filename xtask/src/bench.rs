@@ -1089,7 +1089,9 @@ mod tests {
         };
         let mut lines: Vec<String> = Vec::new();
         let mut add = |texts: &[String]| {
-            lines.extend(script(&texts.iter().map(String::as_str).collect::<Vec<_>>()));
+            lines.extend(script(
+                &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+            ));
         };
         add(&clock("linux-clock", 40));
         add(&clock("linux-idle-before-clock", 60));

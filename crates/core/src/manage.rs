@@ -609,7 +609,10 @@ impl<A: Arch> Hypervisor<A> {
             _ if self.arch.now().saturating_sub(since)
                 > timeout_ms.saturating_mul(self.arch.frequency()) / 1000 =>
             {
-                stop(registry, " (it did not answer the request in time: stopped)")
+                stop(
+                    registry,
+                    " (it did not answer the request in time: stopped)",
+                )
             }
             _ => Ok(1),
         }

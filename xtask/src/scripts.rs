@@ -245,6 +245,7 @@ mod tests {
             "reports",
             "case_of",
             "hostile_case",
+            "linux_wait",
             "cellvisor",
             "guest-clock",
             "busybox",
@@ -341,7 +342,7 @@ mod tests {
             .collect();
         let script = include_str!("scripts/hostile.sh");
         let kinds = [
-            "stop", "refused", "either", "storm", "off", "deaf", "cpu-off",
+            "stop", "refused", "either", "storm", "off", "reset", "deaf", "cpu-off",
         ];
         let mut script_cases = Vec::new();
         for line in script.lines().map(str::trim) {

@@ -106,9 +106,10 @@ pub mod start {
     /// stopping it.
     pub const STOCK_OS: u64 = 1 << 2;
     /// What was loaded does not survive a restart in place (a Linux kernel rewrites its
-    /// data and frees its initramfs): the cell's reset (PSCI SYSTEM_RESET) shuts it down
-    /// instead of restarting it where it started; the loader boots it again. Without the
-    /// flag a reset restarts the cell, memory kept.
+    /// data and frees its initramfs): the cell's reset (PSCI SYSTEM_RESET) stops it in
+    /// state [`CellState::Reset`](crate::CellState::Reset) instead of restarting it where
+    /// it started; its loader boots it again. Without the flag a reset restarts the cell,
+    /// memory kept.
     pub const NO_RESTART_IN_PLACE: u64 = 1 << 3;
     /// Every flag.
     pub const ALL: u64 = BOOT_CPU_ONLY | AT | STOCK_OS | NO_RESTART_IN_PLACE;
@@ -256,16 +257,21 @@ pub enum CellState {
     ShutDown = 4,
     /// Stopped after breaking its partition.
     Failed = 5,
+    /// Stopped by its own reset (PSCI SYSTEM_RESET), which cannot restart it in place
+    /// ([`start::NO_RESTART_IN_PLACE`]): its loader boots it again (`cellvisor cell linux
+    /// --watch` does).
+    Reset = 6,
 }
 
 impl CellState {
     /// Every state.
-    pub const ALL: [CellState; 5] = [
+    pub const ALL: [CellState; 6] = [
         Self::Created,
         Self::Loaded,
         Self::Running,
         Self::ShutDown,
         Self::Failed,
+        Self::Reset,
     ];
 
     /// The state for a raw value.
@@ -281,6 +287,7 @@ impl CellState {
             Self::Running => "running",
             Self::ShutDown => "shut down",
             Self::Failed => "failed",
+            Self::Reset => "reset",
         }
     }
 }

@@ -484,7 +484,8 @@ pub enum LoadError {
         /// The root cell's name.
         cell: CellName,
     },
-    /// The cell is running or stopped: images are loaded before the start only.
+    /// The cell is running, shut down or failed: images are loaded before the start only
+    /// (or after its own reset).
     WrongState {
         /// The cell's name.
         cell: CellName,

@@ -681,6 +681,8 @@ impl<const CELLS: usize> Registry<CELLS> {
                 | (Loaded, Running)
                 | (Running, ShutDown)
                 | (Running, Failed)
+                | (Running, Reset)
+                | (Reset, Loaded)
         );
         if !allowed {
             return Err(StateError::WrongState {
@@ -695,13 +697,17 @@ impl<const CELLS: usize> Registry<CELLS> {
 
     /// Where an image of `len` bytes for guest-physical `guest_addr` of a cell goes: the
     /// physical address, if `[guest_addr, guest_addr + len)` lies inside one loadable region
-    /// of the cell and the cell is created or loaded.
+    /// of the cell and the cell is created or loaded, or stopped by its own reset (its loader
+    /// boots it again).
     pub fn loadable(&self, id: CellId, guest_addr: u64, len: u64) -> Result<u64, LoadError> {
         let cell = self.cell(id).ok_or(LoadError::NoSuchCell(id))?;
         if cell.is_root() {
             return Err(LoadError::Denied { cell: cell.name });
         }
-        if !matches!(cell.state, CellState::Created | CellState::Loaded) {
+        if !matches!(
+            cell.state,
+            CellState::Created | CellState::Loaded | CellState::Reset
+        ) {
             return Err(LoadError::WrongState {
                 cell: cell.name,
                 state: cell.state,

@@ -817,6 +817,8 @@ fn state_transitions() {
         (Loaded, Running),
         (Running, ShutDown),
         (Running, Failed),
+        (Running, Reset),
+        (Reset, Loaded),
     ];
     let demo = cell_bytes(QEMU_DEMO);
     // Reaches a state through allowed transitions.
@@ -827,6 +829,7 @@ fn state_transitions() {
             Running => &[Loaded, Running],
             ShutDown => &[Loaded, Running, ShutDown],
             Failed => &[Loaded, Running, Failed],
+            Reset => &[Loaded, Running, Reset],
         }
     };
     for from in CellState::ALL {

@@ -383,11 +383,15 @@ impl<A: Arch> Hypervisor<A> {
         let id = self.cell_of(registry, args[0])?;
         let name = name(registry, id);
         let current = registry.cell(id).map(|c| c.state);
-        if !matches!(current, Some(CellState::Created | CellState::Loaded)) {
+        // A cell stopped by its own reset is loaded again by its loader.
+        if !matches!(
+            current,
+            Some(CellState::Created | CellState::Loaded | CellState::Reset)
+        ) {
             return Err(self.fail(
                 Error::WrongState,
                 format_args!(
-                    "cell \"{name}\": load needs a created or loaded cell, it is {}",
+                    "cell \"{name}\": load needs a created, loaded or reset cell, it is {}",
                     state_name(current)
                 ),
             ));

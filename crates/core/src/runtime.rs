@@ -401,8 +401,8 @@ impl<A: Arch> Hypervisor<A> {
         }
         if runtime.no_restart_in_place.load(Ordering::Acquire) {
             drop(_books);
-            self.stop_cell_from_inside(cpu, CellState::ShutDown);
-            return Restart::ShutDown;
+            self.stop_cell_from_inside(cpu, CellState::Reset);
+            return Restart::ForLoader;
         }
         // No CPU of the cell powers another on while they stop.
         runtime.stopping.store(true, Ordering::SeqCst);
@@ -431,9 +431,9 @@ pub enum Restart {
     /// The root cell is stopping the cell: it stays stopped.
     Stopped,
     /// The cell's start said it cannot restart in place
-    /// ([`cellvisor_abi::start::NO_RESTART_IN_PLACE`]): it shut down instead; its loader
-    /// boots it again.
-    ShutDown,
+    /// ([`cellvisor_abi::start::NO_RESTART_IN_PLACE`]): it stopped in state
+    /// [`CellState::Reset`] instead, for its loader to boot it again.
+    ForLoader,
     /// This CPU of the cell did not stop within about 100 ms: the cell failed and stays
     /// stopped.
     Stuck(usize),

@@ -867,9 +867,9 @@ fn a_reset_from_inside_of_a_cell_being_stopped_keeps_it_stopped() {
 }
 
 #[test]
-fn a_reset_of_a_cell_that_cannot_restart_in_place_shuts_it_down() {
-    // A Linux kernel (`cellvisor cell linux`): its reset ends the cell, for its loader to
-    // boot it again.
+fn a_reset_of_a_cell_that_cannot_restart_in_place_leaves_it_to_its_loader() {
+    // A Linux kernel (`cellvisor cell linux`): its reset stops the cell (state reset), for
+    // its loader to boot it again.
     use cellvisor_abi::start::{AT, BOOT_CPU_ONLY, NO_RESTART_IN_PLACE};
     with_machine(FRAMES_PLENTY, |m| {
         let id = m.create(PAIR).unwrap();
@@ -886,10 +886,29 @@ fn a_reset_of_a_cell_that_cannot_restart_in_place_shuts_it_down() {
         let events = m.hv.arch().take_events();
         assert!(events.contains(&Event::Reset {
             cpu: 1,
-            restart: cellvisor_core::Restart::ShutDown
+            restart: cellvisor_core::Restart::ForLoader
         }));
         assert!(!events.iter().any(|e| matches!(e, Event::Enter { .. })));
-        assert_eq!(m.list()[1].state.get(), CellState::ShutDown as u32);
+        assert_eq!(m.list()[1].state.get(), CellState::Reset as u32);
+        // Its loader loads and starts it again (`cellvisor cell linux --watch`).
+        m.load(id, 0, &[0x14, 0, 0, 0]).unwrap();
+        assert_eq!(m.command(Command::CellStart, start), Ok(0));
+        assert!(m.wait_running(1));
+        assert_eq!(
+            entered(m),
+            [(1, 0x4_0000, 0xf_f000, cellvisor_core::StartedBy::CellStart)]
+        );
+        assert_eq!(m.list()[1].state.get(), CellState::Running as u32);
+        // Reset again: a shutdown then finds it stopped already.
+        m.hv.arch().set_reset(1);
+        assert!(m.wait_parked(1));
+        while m.list()[1].state.get() != CellState::Reset as u32 {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            m.command(Command::CellShutdown, [id as u64, 0, 0, 0]),
+            Ok(0)
+        );
         assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
     });
 }

@@ -436,8 +436,8 @@ fn cell_reset(cpu: usize) {
         Restart::Stuck(other) => print(format_args!(
             "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself, but its CPU {other} did not stop: cell failed\n"
         )),
-        Restart::ShutDown => print(format_args!(
-            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself, but what it runs cannot restart in place: cell shut down (its loader boots it again)\n"
+        Restart::ForLoader => print(format_args!(
+            "cellvisor: cell \"{name}\" (CPU {cpu}) reset itself; what it runs cannot restart in place: cell stopped (state reset) for its loader to boot it again\n"
         )),
         Restart::NotACell => {}
     }

@@ -111,9 +111,14 @@ pub enum CellCommand {
         dtb: Option<PathBuf>,
         /// Enter the binary at its first byte (the start of the cell's RAM) with x0 = the
         /// device tree: Zephyr, test kernels. Its PSCI SYSTEM_RESET restarts it there,
-        /// memory as it left it (a Linux kernel's shuts the cell down instead).
+        /// memory as it left it (a Linux kernel's stops the cell in state reset instead).
         #[arg(long)]
         raw: bool,
+        /// Stay after the start and boot the cell again each time it resets (its kernel's
+        /// `reboot`: PSCI SYSTEM_RESET, which a kernel cannot survive in place); end when it
+        /// shuts down, fails or is destroyed.
+        #[arg(long)]
+        watch: bool,
     },
     /// Stop a cell, asking it first through its communication region.
     Shutdown {

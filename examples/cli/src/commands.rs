@@ -124,6 +124,7 @@ pub fn run(cli: Cli, host: &mut dyn Host, out: &mut dyn Write, err: &mut dyn Wri
                 cmdline,
                 dtb,
                 raw,
+                watch,
             } => linux(
                 host,
                 &LinuxArgs {
@@ -133,6 +134,7 @@ pub fn run(cli: Cli, host: &mut dyn Host, out: &mut dyn Write, err: &mut dyn Wri
                     cmdline: cmdline.as_deref(),
                     dtb: dtb.as_deref(),
                     raw,
+                    watch,
                 },
                 out,
             ),
@@ -440,6 +442,7 @@ struct LinuxArgs<'a> {
     cmdline: Option<&'a str>,
     dtb: Option<&'a Path>,
     raw: bool,
+    watch: bool,
 }
 
 /// Reads a file for `cell linux`; the error names it.
@@ -543,36 +546,39 @@ fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Resu
         (None, None) => Vec::new(),
     };
 
+    // A kernel rewrites its data and frees its initramfs: its reset cannot restart it in
+    // place, so it stops the cell (state reset) for `--watch` to boot it again. A raw binary
+    // is restarted in place: it must be able to start again from the memory it left
+    // (raw-demo is).
+    let restart = if args.raw {
+        0
+    } else {
+        cellvisor_abi::start::NO_RESTART_IN_PLACE
+    };
+    let boot = Boot {
+        parts: [
+            Some((kernel, image.as_slice())),
+            initrd
+                .as_deref()
+                .zip(initrd_at)
+                .map(|(bytes, (at, _))| (at, bytes)),
+            Some((tree, tree_bytes.as_slice())),
+        ],
+        flags: cellvisor_abi::start::BOOT_CPU_ONLY
+            | cellvisor_abi::start::AT
+            | cellvisor_abi::start::STOCK_OS
+            | restart,
+        entry: kernel,
+        argument: tree,
+    };
+
     create(host, args.config, out)?;
     let mut client = open(host)?;
     let (label, record) = resolve(&mut client, &file.config.cell.name, action)?;
     let id = record.id.get();
-    let loaded = (|| -> Result<()> {
-        load_bytes(&mut client, (&label, action), id, kernel, &image)?;
-        if let (Some(initrd), Some((at, _))) = (&initrd, initrd_at) {
-            load_bytes(&mut client, (&label, action), id, at, initrd)?;
-        }
-        load_bytes(&mut client, (&label, action), id, tree, &tree_bytes)?;
-        // A kernel rewrites its data and frees its initramfs: its reset cannot restart it
-        // in place, so it shuts the cell down. A raw binary is restarted in place: it must
-        // be able to start again from the memory it left (raw-demo is).
-        let restart = if args.raw {
-            0
-        } else {
-            cellvisor_abi::start::NO_RESTART_IN_PLACE
-        };
-        client
-            .cell_start_with(
-                id,
-                cellvisor_abi::start::BOOT_CPU_ONLY
-                    | cellvisor_abi::start::AT
-                    | cellvisor_abi::start::STOCK_OS
-                    | restart,
-                kernel,
-                tree,
-            )
-            .map_err(|r| label.error(action, r))
-    })();
+    let loaded = boot.run(&mut client, &label, id);
+    // What follows opens the interface again (destroy, the watch): the lock goes first.
+    drop(client);
     if let Err(error) = loaded {
         let undone = match destroy(host, &record.id.get().to_string(), &mut std::io::sink()) {
             Ok(()) => "; the cell was destroyed again".to_owned(),
@@ -596,6 +602,92 @@ fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Resu
         "{label} started on CPU {}",
         cpus_of(record.cpus.get()).next().unwrap_or(0)
     )?;
+    if args.watch {
+        watch(host, &boot, &label, id, out)?;
+    }
+    Ok(())
+}
+
+/// What `cell linux` loads into the cell and how it starts it, kept to boot it again.
+struct Boot<'a> {
+    /// Kernel, initramfs and tree: guest address and bytes.
+    parts: [Option<(u64, &'a [u8])>; 3],
+    /// The start flags (`cellvisor_abi::start`).
+    flags: u64,
+    /// Where the boot CPU enters, and its x0.
+    entry: u64,
+    argument: u64,
+}
+
+impl Boot<'_> {
+    /// Loads every part into cell `id` and starts it.
+    fn run(&self, client: &mut Mgmt, label: &Label, id: u32) -> Result<()> {
+        for (address, bytes) in self.parts.iter().flatten() {
+            load_bytes(client, (label, "linux"), id, *address, bytes)?;
+        }
+        client
+            .cell_start_with(id, self.flags, self.entry, self.argument)
+            .map_err(|r| label.error("linux", r))
+    }
+}
+
+/// How often `cell linux --watch` looks at the cell.
+pub const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// `cell linux --watch`: boots cell `id` again (the same parts, the same start) each time it
+/// reset itself (state reset), until it shuts down, fails or is destroyed.
+fn watch(
+    host: &mut dyn Host,
+    boot: &Boot<'_>,
+    label: &Label,
+    id: u32,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let action = "linux";
+    let mut boots = 1u32;
+    writeln!(out, "{label}: watching it (a reset boots it again)")?;
+    out.flush()?;
+    while host.pause(WATCH_POLL) {
+        let mut client = open(host)?;
+        let record = cells(&mut client, label, action)?
+            .into_iter()
+            .find(|c| c.id.get() == id);
+        let Some(record) = record else {
+            writeln!(out, "{label} is gone after {boots} boot(s): watch ends")?;
+            return Ok(());
+        };
+        match CellState::from_raw(record.state.get()) {
+            Some(CellState::Reset) => {
+                boots += 1;
+                if let Err(error) = boot.run(&mut client, label, id) {
+                    // Destroyed meanwhile: what the watch waits for anyway.
+                    let gone = cells(&mut client, label, action)?
+                        .iter()
+                        .all(|c| c.id.get() != id);
+                    if gone {
+                        writeln!(out, "{label} is gone during boot {boots}: watch ends")?;
+                        return Ok(());
+                    }
+                    return Err(anyhow!(
+                        "{error:#} (boot {boots}, after the cell reset itself)"
+                    ));
+                }
+                writeln!(out, "{label} reset itself: booted again (boot {boots})")?;
+                out.flush()?;
+            }
+            Some(CellState::ShutDown) => {
+                writeln!(out, "{label} shut down after {boots} boot(s): watch ends")?;
+                return Ok(());
+            }
+            Some(CellState::Failed) => {
+                return Err(label.error(
+                    action,
+                    format_args!("the cell failed (boot {boots}): watch ends"),
+                ));
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 

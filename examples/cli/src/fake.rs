@@ -65,6 +65,8 @@ pub struct Hypervisor {
     window: Vec<u64>,
     /// Commands run, in order.
     pub commands: Vec<Command>,
+    /// Every cell start fails (a start the hypervisor refuses).
+    pub refuse_start: bool,
 }
 
 /// Linux and the hypervisor.
@@ -75,6 +77,9 @@ pub struct Machine {
     pub linux: Vec<Option<bool>>,
     /// A CPU whose hotplug writes fail with EBUSY.
     pub busy_cpu: Option<u32>,
+    /// Whether a [`FakeDevice`] of the host is open: the real device holds an exclusive
+    /// `flock` on the interface, so a second open in the same process waits forever.
+    pub device_open: bool,
 }
 
 impl Machine {
@@ -106,9 +111,11 @@ impl Machine {
                 status: 0,
                 window: vec![0; window / 8],
                 commands: Vec::new(),
+                refuse_start: false,
             },
             linux: vec![None, Some(true), Some(true), Some(true)],
             busy_cpu: None,
+            device_open: false,
         }))
     }
 }
@@ -270,7 +277,12 @@ impl Hypervisor {
                 let data = self.window_bytes((arg3 + arg2) as usize)[arg3 as usize..].to_vec();
                 let cell = self.cell_mut(id).ok_or_else(no_cell)?;
                 let name = cell.name.clone();
-                if id == 0 || !matches!(cell.state, CellState::Created | CellState::Loaded) {
+                if id == 0
+                    || !matches!(
+                        cell.state,
+                        CellState::Created | CellState::Loaded | CellState::Reset
+                    )
+                {
                     return Err((
                         Error::WrongState,
                         format!(
@@ -306,6 +318,9 @@ impl Hypervisor {
                 Ok(0)
             }
             Command::CellStart => {
+                if self.refuse_start {
+                    return Err((Error::Denied, "refused for the test".into()));
+                }
                 let cell = self.cell_mut(id).ok_or_else(no_cell)?;
                 match cell.state {
                     CellState::Loaded | CellState::ShutDown if id != 0 => {
@@ -433,6 +448,14 @@ impl Hypervisor {
 /// The fake control page and data window.
 #[derive(Debug, Clone)]
 pub struct FakeDevice(pub Rc<RefCell<Machine>>);
+
+impl Drop for FakeDevice {
+    fn drop(&mut self) {
+        if let Ok(mut machine) = self.0.try_borrow_mut() {
+            machine.device_open = false;
+        }
+    }
+}
 
 impl Device for FakeDevice {
     fn read32(&mut self, offset: usize) -> u32 {

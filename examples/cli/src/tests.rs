@@ -26,6 +26,9 @@ struct FakeHost {
     device: bool,
     /// Console output that appears at each pause of `console --follow`; it stops when empty.
     later: Vec<&'static str>,
+    /// What happens to the newest cell at each coming pause, after `later` (a reset, a
+    /// shutdown, a destroy: `None`).
+    states_later: Vec<Option<CellState>>,
     /// Shutdown polls waited for.
     sleeps: usize,
     /// The tool built for x86 (its trap reason names).
@@ -42,6 +45,7 @@ impl FakeHost {
             machine,
             device: true,
             later: Vec::new(),
+            states_later: Vec::new(),
             sleeps: 0,
             x86: false,
             tree: None,
@@ -54,6 +58,13 @@ impl Host for FakeHost {
         if !self.device {
             anyhow::bail!("no cellvisor management interface in the device tree");
         }
+        let mut machine = self.machine.borrow_mut();
+        assert!(
+            !machine.device_open,
+            "the management interface opened while open: the real one would wait forever for its own lock"
+        );
+        machine.device_open = true;
+        drop(machine);
         Ok(Box::new(FakeDevice(self.machine.clone())))
     }
 
@@ -81,7 +92,21 @@ impl Host for FakeHost {
 
     fn pause(&mut self, _: Duration) -> bool {
         if self.later.is_empty() {
-            return false;
+            if self.states_later.is_empty() {
+                return false;
+            }
+            let mut machine = self.machine.borrow_mut();
+            let cells = &mut machine.hv.cells;
+            let newest = cells.iter().map(|c| c.id).max().unwrap_or(0);
+            match self.states_later.remove(0) {
+                Some(state) => {
+                    if let Some(cell) = cells.iter_mut().find(|c| c.id == newest && c.id != 0) {
+                        cell.state = state;
+                    }
+                }
+                None => cells.retain(|c| c.id != newest || c.id == 0),
+            }
+            return true;
         }
         let text = self.later.remove(0);
         self.machine.borrow_mut().hv.print(text);
@@ -1150,4 +1175,72 @@ fn cell_linux_refuses_a_bad_kernel_before_creating_the_cell() {
         started[0], 0b111,
         "boot CPU only, at an address, a stock OS"
     );
+}
+
+#[test]
+fn cell_linux_watch_boots_the_cell_again_after_each_reset() {
+    let dir = scratch("linux-watch");
+    let config = file(&dir, "linux.toml", LINUX_CELL);
+    let image = file(&dir, "Image", arm64_image());
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    // Running, then its kernel reboots twice, then it powers itself off.
+    host.states_later = vec![
+        Some(CellState::Running),
+        Some(CellState::Reset),
+        Some(CellState::Reset),
+        Some(CellState::ShutDown),
+    ];
+    let out = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).ok();
+    assert!(out.contains("cell \"guest\": watching it"), "{out}");
+    assert!(
+        out.contains("cell \"guest\" reset itself: booted again (boot 2)"),
+        "{out}"
+    );
+    assert!(out.contains("(boot 3)"), "{out}");
+    assert!(
+        out.contains("cell \"guest\" shut down after 3 boot(s): watch ends"),
+        "{out}"
+    );
+    // Booted again: the kernel loaded anew and started as before (the fake's start
+    // records its flags).
+    {
+        let machine = host.machine.borrow();
+        let cell = &machine.hv.cells[1];
+        assert_eq!(cell.started_with.unwrap()[0], 0b1111);
+        assert_eq!(cell.loadable[0].1[..4096], arm64_image()[..]);
+    }
+
+    // Destroyed from elsewhere while watched: the watch ends quietly.
+    run(&mut host, &["cell", "destroy", "guest"]).ok();
+    host.states_later = vec![Some(CellState::Running), None];
+    let out = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).ok();
+    assert!(
+        out.contains("cell \"guest\" is gone after 1 boot(s): watch ends"),
+        "{out}"
+    );
+
+    // A failed cell ends the watch with an error.
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    host.states_later = vec![Some(CellState::Reset), Some(CellState::Failed)];
+    let error = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).fails();
+    assert!(
+        error.contains("the cell failed (boot 2): watch ends"),
+        "{error}"
+    );
+}
+
+#[test]
+fn cell_linux_destroys_the_cell_when_its_start_fails() {
+    let dir = scratch("linux-refused");
+    let config = file(&dir, "linux.toml", LINUX_CELL);
+    let image = file(&dir, "Image", arm64_image());
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    host.machine.borrow_mut().hv.refuse_start = true;
+    let error = run(&mut host, &["cell", "linux", &config, &image]).fails();
+    assert!(error.contains("refused for the test"), "{error}");
+    assert!(error.contains("the cell was destroyed again"), "{error}");
+    assert_eq!(host.machine.borrow().hv.cells.len(), 1);
 }

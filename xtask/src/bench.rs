@@ -841,7 +841,7 @@ fn report(results: &[Value], command: &str) -> String {
             f("timer_frequency_hz")
         );
         let _ = writeln!(w, "| figure | value | target |\n|---|---:|---|");
-        let rows = [
+        let mut rows = vec![
             (
                 "timer latency bare, ns (min/avg/max, 1000 samples)".to_owned(),
                 format!(
@@ -941,6 +941,8 @@ fn report(results: &[Value], command: &str) -> String {
                 ),
                 "",
             ),
+        ];
+        let linux_rows = [
             (
                 "Linux cell: `cell linux` -> its /init, s / bare /init (board's CPUs, cell's CPUs and RAM), s / ratio"
                     .to_owned(),
@@ -964,6 +966,9 @@ fn report(results: &[Value], command: &str) -> String {
                 "",
             ),
         ];
+        if !r["linux_cell"].is_null() {
+            rows.extend(linux_rows);
+        }
         for (figure, value, target) in rows {
             let _ = writeln!(w, "| {figure} | {value} | {target} |");
         }

@@ -391,7 +391,7 @@ const LINUX_CELL_CHECKS: &[Check] = &[
     Check::SecondUart(
         "raw-demo: CPU_ON: CPU 0x3 ran with x0 = 0xc0ffee00, then CPU_OFF; AFFINITY_INFO off",
     ),
-    Check::SecondUart("not in the tree: -2 (refused)"),
+    Check::SecondUart("not in the tree: Err(InvalidParameters) (refused)"),
     Check::SecondUart("raw-demo: 20 virtual timer interrupts through the GICv"),
     Check::SecondUart("raw-demo: boot 1 done: SYSTEM_RESET"),
     Check::SecondUart("raw-demo: boot 2: device tree in x0 at 0x"),

@@ -1,5 +1,6 @@
-//! PSCI calls (Arm DEN 0022) through the conduit the device tree names (`/psci` `method`),
-//! and the start of a secondary CPU at a Rust function ([`start_cpu`]).
+//! PSCI calls (Arm DEN 0022, made by the `smccc` crate) through the conduit the device tree
+//! names (`/psci` `method`), and the start of a secondary CPU at a Rust function
+//! ([`start_cpu`]).
 //!
 //! The runtime drives one CPU; a program that wants a second one starts it with
 //! [`start_cpu`], which gives it the runtime's one secondary stack (so one secondary CPU
@@ -11,6 +12,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+pub use smccc::psci::{AffinityState, Error, Version};
+
 /// How PSCI is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conduit {
@@ -20,90 +23,22 @@ pub enum Conduit {
     Smc,
 }
 
-/// PSCI function IDs (DEN 0022 §5.1), the 64-bit ones where there are two.
-pub mod function {
-    /// PSCI_VERSION.
-    pub const VERSION: u32 = 0x8400_0000;
-    /// CPU_OFF.
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    /// CPU_ON (SMC64).
-    pub const CPU_ON: u32 = 0xc400_0003;
-    /// AFFINITY_INFO (SMC64).
-    pub const AFFINITY_INFO: u32 = 0xc400_0004;
-    /// SYSTEM_OFF.
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    /// SYSTEM_RESET.
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
-}
-
-/// PSCI return codes (DEN 0022 §5.2.2).
-pub mod status {
-    /// SUCCESS.
-    pub const SUCCESS: i64 = 0;
-    /// NOT_SUPPORTED.
-    pub const NOT_SUPPORTED: i64 = -1;
-    /// INVALID_PARAMETERS.
-    pub const INVALID_PARAMETERS: i64 = -2;
-    /// DENIED.
-    pub const DENIED: i64 = -3;
-    /// ALREADY_ON.
-    pub const ALREADY_ON: i64 = -4;
-}
-
-/// AFFINITY_INFO's answers (DEN 0022 §5.7).
-pub mod affinity {
-    /// ON.
-    pub const ON: i64 = 0;
-    /// OFF.
-    pub const OFF: i64 = 1;
-    /// ON_PENDING.
-    pub const ON_PENDING: i64 = 2;
-}
-
-/// Calls PSCI `function` with up to three arguments; returns x0.
-#[cfg(inmate_hw)]
-pub fn call(conduit: Conduit, function: u32, args: [u64; 3]) -> i64 {
-    let mut x0 = u64::from(function);
-    match conduit {
-        // SAFETY: an SMCCC call (DEN 0028): x0-x3 in, x0-x3 out (x4-x17 may be clobbered
-        // by the callee under SMCCC 1.0); no memory of this program is touched.
-        Conduit::Hvc => unsafe {
-            core::arch::asm!(
-                "hvc #0",
-                inout("x0") x0,
-                inout("x1") args[0] => _,
-                inout("x2") args[1] => _,
-                inout("x3") args[2] => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _,
-                options(nostack),
-            );
-        },
-        // SAFETY: as above, through the secure monitor.
-        Conduit::Smc => unsafe {
-            core::arch::asm!(
-                "smc #0",
-                inout("x0") x0,
-                inout("x1") args[0] => _,
-                inout("x2") args[1] => _,
-                inout("x3") args[2] => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _,
-                options(nostack),
-            );
-        },
-    }
-    x0 as i64
-}
-
-/// Host builds have no firmware: every call is NOT_SUPPORTED.
-#[cfg(not(inmate_hw))]
-pub fn call(_conduit: Conduit, _function: u32, _args: [u64; 3]) -> i64 {
-    status::NOT_SUPPORTED
+/// Calls `smccc::psci::$function` through the conduit (the `smccc` crate's SMCCC calls);
+/// host builds have no firmware: every call is NOT_SUPPORTED.
+macro_rules! psci {
+    ($conduit:expr, $function:ident($($argument:expr),*)) => {{
+        #[cfg(inmate_hw)]
+        let result = match $conduit {
+            Conduit::Hvc => smccc::psci::$function::<smccc::Hvc>($($argument),*),
+            Conduit::Smc => smccc::psci::$function::<smccc::Smc>($($argument),*),
+        };
+        #[cfg(not(inmate_hw))]
+        let result = {
+            let _ = ($conduit, $($argument),*);
+            Err(Error::NotSupported)
+        };
+        result
+    }};
 }
 
 /// What [`start_cpu`] hands the secondary entry (the layout `rt.rs` reads): its stack top,
@@ -140,15 +75,15 @@ unsafe extern "C" {
 }
 
 /// Starts the CPU with MPIDR affinity `mpidr` (PSCI CPU_ON) at `main`, which gets
-/// `argument` and must not return (it ends with [`cpu_off`] or parks). Returns the PSCI
-/// status. The CPU runs on the runtime's one secondary stack: start one secondary at a
-/// time, the next only once AFFINITY_INFO says the last one is off.
+/// `argument` and must not return (it ends with [`cpu_off`] or parks). The CPU runs on the
+/// runtime's one secondary stack: start one secondary at a time, the next only once
+/// AFFINITY_INFO says the last one is off.
 pub fn start_cpu(
     conduit: Conduit,
     mpidr: u64,
     main: extern "C" fn(u64) -> !,
     argument: u64,
-) -> i64 {
+) -> Result<(), Error> {
     let stack = &raw const SECONDARY_STACK;
     SECONDARY.stack_top.store(
         stack as u64 + SECONDARY_STACK_SIZE as u64,
@@ -165,36 +100,43 @@ pub fn start_cpu(
     let entry = cellvisor_inmate_secondary as *const () as u64;
     #[cfg(not(inmate_hw))]
     let entry = 0;
-    call(
-        conduit,
-        function::CPU_ON,
-        [mpidr, entry, &raw const SECONDARY as u64],
-    )
+    let context = &raw const SECONDARY as u64;
+    psci!(conduit, cpu_on(mpidr, entry, context))
 }
 
-/// CPU_OFF of the calling CPU; returns only if the call failed (with its status).
-pub fn cpu_off(conduit: Conduit) -> i64 {
-    call(conduit, function::CPU_OFF, [0; 3])
+/// CPU_OFF of the calling CPU; returns only if the call failed.
+pub fn cpu_off(conduit: Conduit) -> Error {
+    match psci!(conduit, cpu_off()) {
+        Ok(()) => Error::Unknown(0),
+        Err(error) => error,
+    }
 }
 
-/// AFFINITY_INFO of the CPU with MPIDR affinity `mpidr` (level 0).
-pub fn affinity_info(conduit: Conduit, mpidr: u64) -> i64 {
-    call(conduit, function::AFFINITY_INFO, [mpidr, 0, 0])
+/// AFFINITY_INFO of the CPU with MPIDR affinity `mpidr` (all affinity levels valid).
+pub fn affinity_info(conduit: Conduit, mpidr: u64) -> Result<AffinityState, Error> {
+    let level = smccc::psci::LowestAffinityLevel::All;
+    psci!(conduit, affinity_info(mpidr, level))
 }
 
-/// The PSCI version, as major << 16 | minor, or a negative status.
-pub fn version(conduit: Conduit) -> i64 {
-    call(conduit, function::VERSION, [0; 3])
+/// The PSCI version.
+pub fn version(conduit: Conduit) -> Result<Version, Error> {
+    psci!(conduit, version())
 }
 
 /// SYSTEM_OFF; returns only if the call failed.
-pub fn system_off(conduit: Conduit) -> i64 {
-    call(conduit, function::SYSTEM_OFF, [0; 3])
+pub fn system_off(conduit: Conduit) -> Error {
+    match psci!(conduit, system_off()) {
+        Ok(()) => Error::Unknown(0),
+        Err(error) => error,
+    }
 }
 
 /// SYSTEM_RESET; returns only if the call failed.
-pub fn system_reset(conduit: Conduit) -> i64 {
-    call(conduit, function::SYSTEM_RESET, [0; 3])
+pub fn system_reset(conduit: Conduit) -> Error {
+    match psci!(conduit, system_reset()) {
+        Ok(()) => Error::Unknown(0),
+        Err(error) => error,
+    }
 }
 
 #[cfg(test)]
@@ -213,8 +155,11 @@ mod tests {
         extern "C" fn never(_: u64) -> ! {
             panic!("never started on the host")
         }
-        assert_eq!(version(Conduit::Hvc), status::NOT_SUPPORTED);
-        assert_eq!(start_cpu(Conduit::Smc, 1, never, 0), status::NOT_SUPPORTED);
+        assert_eq!(version(Conduit::Hvc), Err(Error::NotSupported));
+        assert_eq!(
+            start_cpu(Conduit::Smc, 1, never, 0),
+            Err(Error::NotSupported)
+        );
         assert_eq!(SECONDARY.argument.load(Ordering::Relaxed), 0);
         assert_ne!(SECONDARY.stack_top.load(Ordering::Relaxed), 0);
     }

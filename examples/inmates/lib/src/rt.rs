@@ -131,18 +131,7 @@ _start:
     orr     x22, x22, x9
     mrs     x9, fpsr
     orr     x22, x22, x9
-    // With the MMU off, instruction fetches are cacheable only with SCTLR_EL1.I set (Arm ARM
-    // D8.2.11); invalidate whatever the instruction cache holds for this memory first. Data
-    // accesses stay Device-nGnRnE, which also rules out unaligned accesses (the target has
-    // +strict-align), so alignment checking (SCTLR_EL1.A) is left off.
-    ic      iallu
-    dsb     nsh
-    isb
-    mrs     x9, sctlr_el1
-    orr     x9, x9, #(1 << 12)
-    bic     x9, x9, #(1 << 1)
-    msr     sctlr_el1, x9
-    isb
+    bl      cellvisor_inmate_icache
 
     adrp    x9, __stack_top
     add     x9, x9, :lo12:__stack_top
@@ -170,6 +159,25 @@ _start:
 9:  wfi                         // nothing more to run: sleep
     b       9b
     .size _start, . - _start
+
+    // With the MMU off, instruction fetches are cacheable only with SCTLR_EL1.I set (Arm ARM
+    // D8.2.11); invalidate whatever the instruction cache holds for this memory first. Data
+    // accesses stay Device-nGnRnE, which also rules out unaligned accesses (the target has
+    // +strict-align), so alignment checking (SCTLR_EL1.A) is left off. Uses x9 only; called
+    // by `_start` and the secondary entry.
+    .global cellvisor_inmate_icache
+    .type cellvisor_inmate_icache, %function
+cellvisor_inmate_icache:
+    ic      iallu
+    dsb     nsh
+    isb
+    mrs     x9, sctlr_el1
+    orr     x9, x9, #(1 << 12)
+    bic     x9, x9, #(1 << 1)
+    msr     sctlr_el1, x9
+    isb
+    ret
+    .size cellvisor_inmate_icache, . - cellvisor_inmate_icache
 "#,
     park_secondary_cpus = const PARK_SECONDARY_CPUS,
     r_aarch64_relative = const R_AARCH64_RELATIVE,
@@ -192,14 +200,7 @@ cellvisor_inmate_secondary:
     mov     x9, #(3 << 20)
     msr     cpacr_el1, x9
     isb
-    ic      iallu
-    dsb     nsh
-    isb
-    mrs     x9, sctlr_el1
-    orr     x9, x9, #(1 << 12)
-    bic     x9, x9, #(1 << 1)
-    msr     sctlr_el1, x9
-    isb
+    bl      cellvisor_inmate_icache
     ldr     x9, [x0]
     mov     sp, x9
     adrp    x9, cellvisor_inmate_vectors

@@ -20,7 +20,7 @@
 mod demo {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    use cellvisor_inmate::psci::{self, affinity, status, Conduit};
+    use cellvisor_inmate::psci::{self, AffinityState, Conduit, Error};
     use cellvisor_inmate::ticker::Ticker;
     use cellvisor_inmate::tree::Machine;
     use cellvisor_inmate::{boot_argument, park, println, sysreg, timer, Platform};
@@ -75,12 +75,10 @@ mod demo {
         };
 
         // PSCI.
-        let version = psci::version(conduit);
-        println!(
-            "raw-demo: PSCI version {}.{}",
-            version >> 16,
-            version & 0xffff
-        );
+        match psci::version(conduit) {
+            Ok(version) => println!("raw-demo: PSCI version {version}"),
+            Err(error) => println!("raw-demo: PSCI_VERSION failed: {error}"),
+        }
         match machine.cpus().iter().find(|&&cpu| cpu != me) {
             Some(&other) => cpu_on_and_off(conduit, other),
             None => println!("raw-demo: no second CPU in the tree"),
@@ -88,8 +86,8 @@ mod demo {
         let stranger = machine.cpus().iter().max().map_or(0, |&m| m + 1);
         let refused = psci::start_cpu(conduit, stranger, secondary, 0);
         println!(
-            "raw-demo: CPU_ON of CPU {stranger:#x}, not in the tree: {refused} ({})",
-            if refused == status::INVALID_PARAMETERS || refused == status::DENIED {
+            "raw-demo: CPU_ON of CPU {stranger:#x}, not in the tree: {refused:?} ({})",
+            if matches!(refused, Err(Error::InvalidParameters | Error::Denied)) {
                 "refused"
             } else {
                 "NOT REFUSED"
@@ -117,13 +115,13 @@ mod demo {
         if boot == 1 {
             println!("raw-demo: boot 1 done: SYSTEM_RESET");
             cellvisor_inmate::console::flush();
-            let result = psci::system_reset(conduit);
-            println!("raw-demo: SYSTEM_RESET returned {result}");
+            let error = psci::system_reset(conduit);
+            println!("raw-demo: SYSTEM_RESET returned: {error}");
         } else {
             println!("raw-demo: boot {boot} done: SYSTEM_OFF");
             cellvisor_inmate::console::flush();
-            let result = psci::system_off(conduit);
-            println!("raw-demo: SYSTEM_OFF returned {result}");
+            let error = psci::system_off(conduit);
+            println!("raw-demo: SYSTEM_OFF returned: {error}");
         }
         park()
     }
@@ -133,9 +131,8 @@ mod demo {
     fn cpu_on_and_off(conduit: Conduit, other: u64) {
         SECONDARY_MPIDR.store(0, Ordering::Relaxed);
         SMC.store(u32::from(conduit == Conduit::Smc), Ordering::Relaxed);
-        let result = psci::start_cpu(conduit, other, secondary, ARGUMENT);
-        if result != status::SUCCESS {
-            println!("raw-demo: CPU_ON of CPU {other:#x} failed: {result}");
+        if let Err(error) = psci::start_cpu(conduit, other, secondary, ARGUMENT) {
+            println!("raw-demo: CPU_ON of CPU {other:#x} failed: {error}");
             return;
         }
         let deadline = timer::counter() + timer::frequency();
@@ -148,7 +145,7 @@ mod demo {
             return;
         };
         let off = timer::wait_until(deadline, || {
-            (psci::affinity_info(conduit, other) == affinity::OFF).then_some(())
+            (psci::affinity_info(conduit, other) == Ok(AffinityState::Off)).then_some(())
         });
         println!(
             "raw-demo: CPU_ON: CPU {:#x} ran with x0 = {:#x}, then CPU_OFF; AFFINITY_INFO {}",

@@ -309,6 +309,23 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
                 .run()?;
         }
     }
+    // The documentation of every library crate, as a user with the default features builds
+    // it and as docs.rs does (all features): no broken or private intra-doc links, no bit
+    // range such as [2:0] taken for a link, no bad HTML.
+    if !workspace.libraries.is_empty() {
+        for features in [&[][..], &["--all-features"][..]] {
+            Cargo::new(["doc", "--no-deps", "--lib"])
+                .args(
+                    workspace
+                        .libraries
+                        .iter()
+                        .flat_map(|l| ["-p", l.name.as_str()]),
+                )
+                .args(features.iter().copied())
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .run()?;
+        }
+    }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
 
     if workspace.libraries.is_empty() {

@@ -92,7 +92,7 @@ pub struct Board {
 /// Most CPUs the hypervisor handles on any board (per-CPU data is sized by it).
 pub const MAX_CPUS: usize = 64;
 
-/// MPIDR_EL1 affinity fields Aff3 (bits [39:32]) and Aff2..Aff0 (bits [23:0]).
+/// MPIDR_EL1 affinity fields Aff3 (bits \[39:32\]) and Aff2..Aff0 (bits \[23:0\]).
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 /// A list of CPUs, by MPIDR affinity.

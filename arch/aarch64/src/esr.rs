@@ -1,8 +1,8 @@
 //! Decoding of the Exception Syndrome Register (ESR_EL2), for reports people can read.
 //!
-//! Arm ARM (DDI 0487) D23 "ESR_EL2": EC in bits [31:26], IL in bit 25, ISS in bits [24:0];
+//! Arm ARM (DDI 0487) D23 "ESR_EL2": EC in bits \[31:26\], IL in bit 25, ISS in bits \[24:0\];
 //! for data and instruction aborts the ISS holds the fault status code (DFSC/IFSC, bits
-//! [5:0]) and for data aborts WnR (bit 6); "ISS encoding for an exception from a Data Abort".
+//! \[5:0\]) and for data aborts WnR (bit 6); "ISS encoding for an exception from a Data Abort".
 
 use core::fmt;
 
@@ -11,12 +11,12 @@ use core::fmt;
 pub struct Esr(pub u64);
 
 impl Esr {
-    /// Exception class, bits [31:26].
+    /// Exception class, bits \[31:26\].
     pub const fn class(self) -> u8 {
         ((self.0 >> 26) & 0x3f) as u8
     }
 
-    /// Instruction specific syndrome, bits [24:0].
+    /// Instruction specific syndrome, bits \[24:0\].
     pub const fn iss(self) -> u32 {
         (self.0 & 0x1ff_ffff) as u32
     }
@@ -72,7 +72,7 @@ impl Esr {
         }
     }
 
-    /// For aborts: the fault status code, bits [5:0] of the ISS.
+    /// For aborts: the fault status code, bits \[5:0\] of the ISS.
     pub const fn fault_status(self) -> Option<u8> {
         if self.is_data_abort() || self.is_instruction_abort() {
             Some((self.0 & 0x3f) as u8)

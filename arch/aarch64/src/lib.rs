@@ -8,11 +8,12 @@
 //! A board crate describes the board with [`board::Board`], registers it with [`board!`]
 //! and links with the `cellvisor-aarch64.ld` script this crate provides (see its README).
 //!
-//! The logic that needs no CPU ([`esr`], [`memmap`], [`board`]) builds and is
+//! The logic that needs no CPU ([`esr`], [`memmap`], [`board`](mod@board)) builds and is
 //! tested on any host; the code that runs on the CPU lives in `hw`, built for AArch64 only.
 //! The root cell's device tree is derived from the stock one by `cellvisor-devicetree`, with
 //! the root cell's CPUs given by MPIDR affinity ([`board::MPIDR_AFFINITY_MASK`]).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -2,7 +2,7 @@
 //!
 //! Function IDs and return codes: Arm DEN 0022 (PSCI 1.1) §5, "Function prototypes" and
 //! Table 6 "Return error codes"; the function ID layout (fast call bit 31, SMC64 bit 30,
-//! owning entity bits [29:24], function number [15:0]): Arm DEN 0028 (SMCCC) §2.5.
+//! owning entity bits \[29:24\], function number \[15:0\]): Arm DEN 0028 (SMCCC) §2.5.
 //!
 //! A cell's vCPUs are powered on and off only through the hypervisor: each has a
 //! [`cellvisor_core::VcpuPower`] that CPU_ON, CPU_OFF and AFFINITY_INFO act on, lock free,
@@ -60,7 +60,7 @@ pub mod status {
     pub const INVALID_ADDRESS: i64 = -9;
 }
 
-/// The PSCI version cells are told: 1.1 (major in bits [31:16]).
+/// The PSCI version cells are told: 1.1 (major in bits \[31:16\]).
 pub const VERSION_1_1: u64 = 1 << 16 | 1;
 
 /// `MIGRATE_INFO_TYPE` = 2: no Trusted OS needs migration (DEN 0022 §5.7).

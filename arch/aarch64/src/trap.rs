@@ -101,7 +101,7 @@ impl fmt::Display for NotEmulable {
 }
 
 /// The faulting intermediate physical address of a stage-2 abort: HPFAR_EL2.FIPA (bits
-/// [43:4], address bits [51:12]) plus the page offset from FAR_EL2.
+/// \[43:4\], address bits \[51:12\]) plus the page offset from FAR_EL2.
 pub const fn fault_ipa(hpfar: u64, far: u64) -> u64 {
     ((hpfar >> 4) & 0xff_ffff_ffff) << 12 | (far & 0xfff)
 }
@@ -247,7 +247,7 @@ impl SysregTrap {
 const MODE_EL0T: u64 = 0b0000;
 const MODE_EL1T: u64 = 0b0100;
 const MODE_EL1H: u64 = 0b0101;
-/// `SPSR.{D,A,I,F}`, bits [9:6].
+/// `SPSR.{D,A,I,F}`, bits \[9:6\].
 const DAIF: u64 = 0b1111 << 6;
 /// `SPSR.PAN`, bit 22.
 const PAN: u64 = 1 << 22;

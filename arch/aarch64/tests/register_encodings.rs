@@ -141,7 +141,7 @@ fn gic_cpu_interface() {
     assert_eq!(ICH_HCR_EL2::En::SET.value, 1);
 }
 
-/// `hw::gic`: the list register count (ICH_VTR_EL2.ListRegs, bits [4:0], plus one).
+/// `hw::gic`: the list register count (ICH_VTR_EL2.ListRegs, bits \[4:0\], plus one).
 #[test]
 fn ich_vtr_list_regs() {
     for vtr in [0, 3, 0x1f, 0x9000_0003, u64::MAX] {

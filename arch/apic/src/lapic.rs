@@ -1,4 +1,4 @@
-//! The local APIC's registers and what a cell may do with them: [`Register`], [`write`],
+//! The local APIC's registers and what a cell may do with them: [`Register`], [`write`](fn@write),
 //! [`read`], [`write_intercepted`].
 //!
 //! Register offsets from the Intel SDM Vol. 3A Table 11-1 (xAPIC, memory-mapped, 16-byte

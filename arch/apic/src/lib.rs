@@ -19,7 +19,7 @@
 //! - [`Topology`]: CPU indices and APIC IDs, and the logical IDs each CPU's cell chose.
 //!
 //! The hardware is reached through [`IoApicRegisters`] (an index-then-window access under the
-//! caller's lock); the `fake` feature provides [`fake::FakeIoApic`].
+//! caller's lock); the `fake` feature provides `fake::FakeIoApic`.
 //!
 //! ```
 //! use cellvisor_apic::{route, ApicMode, Icr, IpiKind, IpiViolation, Route, Topology};
@@ -42,6 +42,7 @@
 //! # let _ = ApicMode::X2Apic;
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -11,7 +11,7 @@
 //! - [`v3::DistributorV3`], [`v3::Redistributors`], [`v3::filter_sgi1r`]: the same for GICv3
 //!   (`GICD_IROUTER<n>` routes only to the cell's CPUs, redistributor frames only of the cell's
 //!   CPUs, `ICC_SGI1R_EL1` with `IRM` and affinity routing).
-//! - [`line`]: what happens to an interrupt line's state when it changes owner (quiesced,
+//! - [`line`](mod@line): what happens to an interrupt line's state when it changes owner (quiesced,
 //!   the root cell's settings captured and given back).
 //! - [`lr::ListRegisters`]: virtual interrupt injection through GICv2 `GICH_LR<n>` or GICv3
 //!   `ICH_LR<n>_EL2`, with a fixed-size overflow queue refilled on the maintenance interrupt.
@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

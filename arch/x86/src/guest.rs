@@ -1,6 +1,6 @@
 //! What the exit handlers of the root cell and of the cells need of a vCPU, in terms that
-//! both of x86's virtualization extensions provide: AMD SVM's VMCB (`svm::Vmcb`) implements
-//! [`Guest`] now, Intel VMX's VMCS is to implement the same. The handlers (`root_linux`) read
+//! both of x86's virtualization extensions provide: AMD SVM's VMCB (`svm::Vmcb`) and Intel
+//! VMX's VMCS (`vmcs`) implement `Guest`. The handlers (`root_linux`) read
 //! and change the guest's state and learn why it exited only through this, so that they are
 //! written once.
 

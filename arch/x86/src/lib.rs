@@ -1,12 +1,15 @@
 //! # cellvisor-x86
 //!
-//! The x86-64 backend of cellvisor, as far as it goes today: the Multiboot entry into long
-//! mode ([`boot`]), the serial console ([`serial`]), the choice of virtualization extension
-//! by CPUID ([`cpu`]), the other CPUs ([`smp`]), and Debian's amd64 kernel as the root cell on
-//! every CPU under SVM ([`loader`], [`root_linux`]), over `cellvisor-core` ([`hv`]): the
-//! root cell's tables and the management interface are the core's. Cells that run, and the
-//! root cell on VMX, follow (issue "x86").
+//! The x86-64 backend of cellvisor: the Multiboot entry into long mode (`boot`), the serial
+//! console ([`serial`]), the choice of virtualization extension by CPUID ([`cpu`]), the other
+//! CPUs (`smp`), Debian's amd64 kernel as the root cell on every CPU under AMD SVM
+//! ([`svm`]) or Intel VMX (`vmcs`) (`loader`, `root_linux`), and cells with their own CPUs,
+//! I/O ports, interrupts and PCI functions ([`guest`], [`permission`], [`pci`]), over
+//! `cellvisor-core` (`hv`): the tables of every cell and the management interface are the
+//! core's. The modules named without a link exist only in the bare-metal build
+//! (`x86_64-unknown-none`); the rest are host-tested.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(missing_docs)]
 

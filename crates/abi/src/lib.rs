@@ -8,6 +8,7 @@
 //!
 //! All multi-byte fields are little endian; records are `zerocopy` types with fixed layouts.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

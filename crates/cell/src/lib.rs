@@ -20,6 +20,7 @@
 //!
 //! Pure logic, `no_std`, no allocation; the tests drive it with a fake [`Partition`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

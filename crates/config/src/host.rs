@@ -273,7 +273,7 @@ pub fn check(system: &Source<'_>, cells: &[Source<'_>]) -> Result<Checked, Vec<D
     check_with(system, cells, false)
 }
 
-/// [`check`] for a board's reference cells, some of which are alternatives: cells that share
+/// [`check`](fn@check) for a board's reference cells, some of which are alternatives: cells that share
 /// a CPU can never run at once, so they are not checked against each other (each still is
 /// against the system and against every cell it could run beside).
 pub fn check_alternatives(

@@ -43,7 +43,7 @@ const CONTROL: usize = 0x00;
 const MODE: usize = 0x04;
 /// Channel_sts_reg0, Channel Status Register, read-only.
 const CHANNEL_STATUS: usize = 0x2C;
-/// TX_RX_FIFO0, transmit and receive FIFO: a write pushes bits [7:0] into the transmit FIFO.
+/// TX_RX_FIFO0, transmit and receive FIFO: a write pushes bits \[7:0\] into the transmit FIFO.
 const TX_RX_FIFO: usize = 0x30;
 
 bitflags! {

@@ -31,6 +31,7 @@
 //! log::info!("cellvisor starting"); // "[0] INFO cellvisor starting\r\n"
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -14,7 +14,7 @@ use crate::uart::Uart;
 /// Size of the register frame (TRM 3.2, "Summary of registers": 4 KiB).
 pub const FRAME_SIZE: usize = 0x1000;
 
-/// UARTDR, Data Register (TRM 3.3.1): a write pushes bits [7:0] into the transmit FIFO.
+/// UARTDR, Data Register (TRM 3.3.1): a write pushes bits \[7:0\] into the transmit FIFO.
 const UARTDR: usize = 0x000;
 /// UARTFR, Flag Register (TRM 3.3.3), read-only.
 const UARTFR: usize = 0x018;

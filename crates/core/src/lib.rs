@@ -22,10 +22,11 @@
 //! communication regions, cell RAM) is reached only through [`arch::Memory`]'s volatile
 //! copies, never through a Rust reference.
 //!
-//! With the `fake` feature, [`fake::FakeArch`] runs the core on the host: threads as CPUs,
+//! With the `fake` feature, `fake::FakeArch` runs the core on the host: threads as CPUs,
 //! a sparse fake physical memory. The tests drive the management interface end to end with
 //! it.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -89,7 +89,7 @@ pub(crate) struct Machine<'a, A: Arch>(pub(crate) &'a Hypervisor<A>);
 impl<A: Arch> Hypervisor<A> {
     /// Builds the root cell's second-stage tables in `format` from the system configuration,
     /// with table frames from `[frames, frames + frame_count * 4 KiB)` (hypervisor memory the
-    /// architecture's [`Translation::table_memory`] reaches). Maps the root cell's regions,
+    /// architecture's [`Translation::table_memory`](crate::arch::Translation::table_memory) reaches). Maps the root cell's regions,
     /// the interrupt controller's cell window and the management data window
     /// (`data_window`: address and size, identity mapped, non-cacheable); gives the root
     /// cell CPUs `cpus`. Once only; later calls change nothing and fail.

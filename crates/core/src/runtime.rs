@@ -368,7 +368,7 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     /// On a CPU of a non-root cell: the cell resets itself (Arm PSCI SYSTEM_RESET). Its
-    /// CPUs stop, then it starts again as its start did ([`launch`](Self::launch)): at the
+    /// CPUs stop, then it starts again as its start did: at the
     /// same address with the same argument, on its first CPU or on all. Its memory is kept
     /// (nothing is reloaded), as are its devices and interrupts. The caller parks this CPU
     /// next; it takes the new start from the park loop.

@@ -47,6 +47,7 @@
 //! still appear in an `interrupt-affinity` or `cooling-device` list, and a disabled MSI
 //! controller stays in its users' `msi-map` / `msi-parent` (they get no MSIs from it).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

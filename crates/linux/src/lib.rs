@@ -28,6 +28,7 @@
 //! # Ok::<(), cellvisor_linux::memory_map::MapError>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 

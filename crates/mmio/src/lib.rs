@@ -5,6 +5,7 @@
 //! implementation over device memory built on [`safe_mmio`]. Host tests implement [`Mmio`]
 //! with fakes that record writes and script what registers read.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -54,7 +54,7 @@ const FAKE_BASE: u64 = 0x8000_0000;
 /// Frames in the fake memory.
 const FAKE_FRAMES: usize = 256;
 
-/// Output-address bits [47:12] of every format's descriptors at the addresses these tests use.
+/// Output-address bits \[47:12\] of every format's descriptors at the addresses these tests use.
 const ADDRESS_47_12: u64 = 0x0000_ffff_ffff_f000;
 
 const GIB: u64 = 1 << 30;

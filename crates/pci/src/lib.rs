@@ -14,7 +14,7 @@
 //!   bridge's header, or aim its MSI at anything its [`MsiPolicy`] refuses.
 //!
 //! The hardware is reached through [`ConfigSpace`]; the `fake` feature provides
-//! [`fake::FakeConfigSpace`].
+//! `fake::FakeConfigSpace`.
 //!
 //! ```
 //! # #[cfg(feature = "fake")] {
@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

@@ -35,6 +35,7 @@
 //! happens after the registration, even one that comes before it goes to sleep: on Arm an
 //! SGI that is sent between the check and the WFI stays pending and ends the WFI at once.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(missing_docs)]
 

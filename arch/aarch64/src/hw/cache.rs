@@ -1,7 +1,7 @@
 //! Data cache maintenance by virtual address, for data shared with CPUs whose MMU (and so
 //! whose caches) are still off (Arm ARM D7.5 "Cache maintenance instructions").
 
-/// Smallest data cache line size of the system, from CTR_EL0.DminLine (bits [19:16], log2
+/// Smallest data cache line size of the system, from CTR_EL0.DminLine (bits \[19:16\], log2
 /// of the number of 4-byte words). aarch64-cpu has no CTR_EL0 wrapper.
 fn line_size() -> usize {
     let ctr: u64;

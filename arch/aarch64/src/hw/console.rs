@@ -12,7 +12,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The board's UART, for reports made before the console is installed: kind (0 none,
-/// 1 PL011, 2 Cadence) in bits [1:0], base address above.
+/// 1 PL011, 2 Cadence) in bits \[1:0\], base address above.
 static EARLY_UART: AtomicU64 = AtomicU64::new(0);
 
 /// The driver the console owns once installed.

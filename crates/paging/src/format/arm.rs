@@ -17,7 +17,7 @@ use crate::memory::Descriptor;
 pub(super) const VALID: u64 = 1 << 0;
 /// Descriptor bit 1: table (levels 0-2) or page (level 3); clear for a block.
 pub(super) const TABLE_OR_PAGE: u64 = 1 << 1;
-/// Output address bits [47:12].
+/// Output address bits \[47:12\].
 pub(super) const OUTPUT_ADDRESS: u64 = bits(47, 12);
 /// Access Flag, bit 10.
 pub(super) const AF: u64 = 1 << 10;
@@ -135,5 +135,5 @@ impl PaSize {
 
 /// Translation-table walk attributes shared by TCR_EL2 and VTCR_EL2 for the TTBR0/VTTBR
 /// walk: IRGN0 = ORGN0 = 0b01 (Normal, write-back read/write-allocate cacheable),
-/// SH0 = 0b11 (Inner Shareable), TG0 = 0b00 (4 KiB granule). Bits [15:8].
+/// SH0 = 0b11 (Inner Shareable), TG0 = 0b00 (4 KiB granule). Bits \[15:8\].
 pub(super) const WALK_ATTRIBUTES: u64 = (0b01 << 8) | (0b01 << 10) | (0b11 << 12);

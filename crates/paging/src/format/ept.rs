@@ -17,11 +17,11 @@ const READ: u64 = 1 << 0;
 const WRITE: u64 = 1 << 1;
 /// Bit 2: execute access (supervisor-mode execute when mode-based execute control is on).
 const EXECUTE: u64 = 1 << 2;
-/// Bits [5:3] of a leaf: EPT memory type.
+/// Bits \[5:3\] of a leaf: EPT memory type.
 const MEMORY_TYPE_SHIFT: u32 = 3;
 /// Bit 7: the entry maps a page (PDPTE: 1 GiB, PDE: 2 MiB) instead of referencing a table.
 const PAGE_SIZE: u64 = 1 << 7;
-/// Physical address bits [51:12].
+/// Physical address bits \[51:12\].
 const ADDRESS: u64 = bits(51, 12);
 
 /// EPT memory types (SDM "EPT and Memory Typing"; same encoding as the MTRR/PAT types).
@@ -66,8 +66,8 @@ impl Ept {
         .with_execute_only(ept_vpid_cap & 1 != 0)
     }
 
-    /// The EPTP value for a root at `pml4`: memory type write-back for the walk (bits [2:0] =
-    /// 6), page-walk length 4 (bits [5:3] = 3), accessed/dirty flags off (bit 6 = 0).
+    /// The EPTP value for a root at `pml4`: memory type write-back for the walk (bits \[2:0\] =
+    /// 6), page-walk length 4 (bits \[5:3\] = 3), accessed/dirty flags off (bit 6 = 0).
     pub fn eptp(&self, pml4: PhysAddr) -> Eptp {
         Eptp((pml4.as_u64() & ADDRESS) | TYPE_WB | (3 << 3))
     }

@@ -32,7 +32,7 @@ const DIRTY: u64 = 1 << 6;
 const PAGE_SIZE: u64 = 1 << 7;
 /// XD/NX, bit 63: execute disable (needs EFER.NXE = 1).
 const NO_EXECUTE: u64 = 1 << 63;
-/// Physical address bits [51:12] (MAXPHYADDR up to 52).
+/// Physical address bits \[51:12\] (MAXPHYADDR up to 52).
 const ADDRESS: u64 = bits(51, 12);
 
 /// The IA32_PAT (MSR 0x277) value the memory-type encoding of this format assumes:
@@ -47,7 +47,7 @@ pub const PAT: u64 = 0x0001_0406_0001_0406;
 pub trait LongModeInput: Address + sealed::Sealed {
     /// Whether entries need U/S = 1 (nested paging treats every access as a user access).
     const USER: bool;
-    /// Whether addresses are canonical virtual addresses (bits [63:47] all equal).
+    /// Whether addresses are canonical virtual addresses (bits \[63:47\] all equal).
     const CANONICAL: bool;
 }
 

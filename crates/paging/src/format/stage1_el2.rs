@@ -2,8 +2,8 @@
 //! = 0, TTBR0_EL2 only), 4 KiB granule.
 //!
 //! Arm ARM (DDI 0487) references: D8.3 "Translation table descriptor formats" (stage 1 block
-//! and page descriptors), D8.4 "Memory access control" (AP[2:1] for a regime with one
-//! privilege level: AP[1] is RES1, AP[2] selects read-only; XN at bit 54), D8.5 "Memory region
+//! and page descriptors), D8.4 "Memory access control" (AP\[2:1\] for a regime with one
+//! privilege level: AP\[1\] is RES1, AP\[2\] selects read-only; XN at bit 54), D8.5 "Memory region
 //! attributes" (AttrIndx selects a MAIR_EL2 byte), and the register descriptions of TCR_EL2 and
 //! MAIR_EL2 in D19.
 
@@ -14,7 +14,7 @@ use crate::attr::{Access, Attributes, Cacheability, MemoryType};
 use crate::error::ConfigError;
 use crate::memory::Descriptor;
 
-/// AttrIndx[2:0], bits [4:2].
+/// AttrIndx[2:0], bits \[4:2\].
 const ATTR_INDEX_SHIFT: u32 = 2;
 const ATTR_INDEX_MASK: u64 = 0b111 << ATTR_INDEX_SHIFT;
 /// AP[1], bit 6: RES1 in a single-privilege regime.
@@ -79,7 +79,7 @@ impl Tcr {
         self.0
     }
 
-    /// T0SZ, bits [5:0].
+    /// T0SZ, bits \[5:0\].
     pub const fn t0sz(self) -> u8 {
         (self.0 & 0x3f) as u8
     }

@@ -17,8 +17,8 @@ use crate::memory::Descriptor;
 const S2AP_READ: u64 = 1 << 6;
 /// S2AP[1], bit 7: stage-2 write permission.
 const S2AP_WRITE: u64 = 1 << 7;
-/// MemAttr[3:0], bits [5:2]. MemAttr[3:2] (bits [5:4]) is the outer attribute, MemAttr[1:0]
-/// (bits [3:2]) the inner one; outer 0b00 means Device memory.
+/// MemAttr[3:0], bits \[5:2\]. MemAttr[3:2] (bits \[5:4\]) is the outer attribute, MemAttr[1:0]
+/// (bits \[3:2\]) the inner one; outer 0b00 means Device memory.
 const MEMATTR_SHIFT: u32 = 2;
 const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
 /// Device-nGnRE. Stage 2 combines with the guest's stage-1 type by taking the more restrictive
@@ -105,8 +105,8 @@ impl Stage2 {
         Ok(Vtcr(value))
     }
 
-    /// The VTTBR_EL2 value: root table address in BADDR and `vmid` in VMID (bits [55:48], or
-    /// [63:48] with 16-bit VMIDs). CnP stays 0.
+    /// The VTTBR_EL2 value: root table address in BADDR and `vmid` in VMID (bits \[55:48\], or
+    /// \[63:48\] with 16-bit VMIDs). CnP stays 0.
     pub fn vttbr(&self, root: PhysAddr, vmid: u16, vmid16: bool) -> Result<Vttbr, ConfigError> {
         if !vmid16 && vmid > 0xff {
             return Err(ConfigError::VmidTooWide { vmid });
@@ -133,17 +133,17 @@ impl Vtcr {
         self.0
     }
 
-    /// T0SZ, bits [5:0]: 64 minus the IPA size.
+    /// T0SZ, bits \[5:0\]: 64 minus the IPA size.
     pub const fn t0sz(self) -> u8 {
         (self.0 & 0x3f) as u8
     }
 
-    /// SL0, bits [7:6]: the encoded start level.
+    /// SL0, bits \[7:6\]: the encoded start level.
     pub const fn sl0(self) -> u8 {
         ((self.0 >> 6) & 0b11) as u8
     }
 
-    /// PS, bits [18:16].
+    /// PS, bits \[18:16\].
     pub const fn ps(self) -> u8 {
         ((self.0 >> 16) & 0b111) as u8
     }
@@ -164,7 +164,7 @@ impl Vttbr {
         PhysAddr::new(self.0 & super::bits(47, 1))
     }
 
-    /// The VMID field, bits [63:48].
+    /// The VMID field, bits \[63:48\].
     pub const fn vmid(self) -> u16 {
         (self.0 >> 48) as u16
     }

@@ -17,13 +17,14 @@
 //!   CPU).
 //! - **Owned configurations** (feature `alloc`): [`SystemConfig`], [`CellConfig`], encoded
 //!   with `to_bytes` and read back with `from_bytes`.
-//! - **Host side** (feature `std`): the TOML format ([`text`]), compilation with every problem
-//!   reported as `file:line:column` ([`host`]), import of Jailhouse `.cell` files of revisions
-//!   13 and 14 ([`jailhouse`]), and the `cellvisor-config` command.
+//! - **Host side**: the TOML format ([`text`]) and compilation with every problem reported as
+//!   `file:line:column` ([`host`]) with feature `toml`; import of Jailhouse `.cell` files of
+//!   revisions 13 and 14 ([`jailhouse`]) with feature `jailhouse`; the `cellvisor-config`
+//!   command with feature `cli` (the only one that brings clap and anyhow).
 //!
 //! ```
 //! use cellvisor_config::{CellConfigView, Element, Problem};
-//! # #[cfg(feature = "std")] {
+//! # #[cfg(feature = "toml")] {
 //! use cellvisor_config::text::cell_from_toml;
 //!
 //! let cell = cell_from_toml(r#"
@@ -60,26 +61,26 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(feature = "std")]
+#[cfg(feature = "toml")]
 extern crate std;
 
 pub mod check;
 mod cover;
 mod error;
-#[cfg(feature = "std")]
+#[cfg(feature = "toml")]
 pub mod host;
-#[cfg(feature = "std")]
+#[cfg(feature = "jailhouse")]
 pub mod jailhouse;
 pub mod layout;
 #[cfg(feature = "alloc")]
 mod owned;
-#[cfg(feature = "std")]
+#[cfg(feature = "toml")]
 pub mod text;
 mod types;
 mod view;
 
 /// The README's example, compiled and run as a doctest.
-#[cfg(all(doctest, feature = "std"))]
+#[cfg(all(doctest, feature = "toml"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -151,6 +151,51 @@ impl Violation {
     }
 }
 
+impl core::fmt::Display for Block {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Distributor => "GIC distributor",
+            Self::Redistributors => "GIC redistributors",
+            Self::IccSgi1r => "ICC_SGI1R_EL1",
+        })
+    }
+}
+
+impl core::fmt::Display for Reason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::ReservedOffset => f.write_str("no register the cell may access is there"),
+            Self::BadWidth => f.write_str("the register does not take this width or alignment"),
+            Self::ForeignIrq(irq) => write!(f, "interrupt {} is not the cell's", irq.get()),
+            Self::ForeignCpu(cpu) => write!(f, "CPU {cpu} is not the cell's"),
+            Self::ReservedSgiFilter => f.write_str("target list filter 0b11 is reserved"),
+            Self::UnsafeRouting => f.write_str("the routing could reach CPUs outside the cell"),
+        }
+    }
+}
+
+/// `cell 1: write of 0x1 (4 bytes) at offset 0x104 of the GIC distributor: interrupt 40 is
+/// not the cell's`.
+impl core::fmt::Display for Violation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "cell {}: ", self.cell.get())?;
+        match self.access.kind {
+            AccessKind::Read => f.write_str("read")?,
+            AccessKind::Write(value) => write!(f, "write of {value:#x}")?,
+        }
+        write!(
+            f,
+            " ({} bytes) at offset {:#x} of the {}: {}",
+            self.access.width.bytes(),
+            self.access.offset,
+            self.block,
+            self.reason
+        )
+    }
+}
+
+impl core::error::Error for Violation {}
+
 /// What to do with a write that would change interrupts, targets or routes the cell does not
 /// own, in registers that also hold some the cell owns.
 ///

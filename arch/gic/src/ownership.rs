@@ -76,6 +76,41 @@ pub enum OwnershipError {
     },
 }
 
+impl fmt::Display for OwnershipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotSpi(irq) => write!(
+                f,
+                "interrupt {} is an SGI or PPI: only SPIs change owner",
+                irq.get()
+            ),
+            Self::NotImplemented(irq) => write!(
+                f,
+                "SPI {} is beyond what the distributor implements",
+                irq.get()
+            ),
+            Self::AlreadyOwned { irq, owner } => {
+                write!(
+                    f,
+                    "SPI {} belongs to cell {} already",
+                    irq.get(),
+                    owner.get()
+                )
+            }
+            Self::NotOwner { irq, cell } => {
+                write!(
+                    f,
+                    "SPI {} is not cell {}'s to give back",
+                    irq.get(),
+                    cell.get()
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for OwnershipError {}
+
 const SPI_COUNT: usize = (IntId::SPI_END - IntId::SPI_START) as usize;
 
 /// The owner of every SPI, plus the SGIs/PPIs the hypervisor keeps.

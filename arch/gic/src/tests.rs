@@ -1323,3 +1323,37 @@ proptest! {
         prop_assert_eq!(LrFormat::V2.decode(LrFormat::V2.encode(&lr).unwrap()), v2);
     }
 }
+
+#[test]
+fn violations_and_ownership_errors_say_what_and_where() {
+    use crate::OwnershipError;
+    use std::string::ToString;
+    let violation = Violation {
+        cell: CellId::new(1),
+        block: Block::Distributor,
+        access: MmioAccess::write(0x104, Width::Word, 1),
+        reason: Reason::ForeignIrq(IntId::new(40)),
+    };
+    assert_eq!(
+        violation.to_string(),
+        "cell 1: write of 0x1 (4 bytes) at offset 0x104 of the GIC distributor: interrupt 40 is not the cell's"
+    );
+    let read = Violation {
+        access: MmioAccess::read(0x428, Width::Half),
+        reason: Reason::BadWidth,
+        ..violation
+    };
+    assert_eq!(
+        read.to_string(),
+        "cell 1: read (2 bytes) at offset 0x428 of the GIC distributor: the register does not take this width or alignment"
+    );
+    let error: &dyn core::error::Error = &OwnershipError::AlreadyOwned {
+        irq: IntId::new(40),
+        owner: CellId::new(2),
+    };
+    assert_eq!(error.to_string(), "SPI 40 belongs to cell 2 already");
+    assert_eq!(
+        OwnershipError::NotSpi(IntId::new(27)).to_string(),
+        "interrupt 27 is an SGI or PPI: only SPIs change owner"
+    );
+}

@@ -14,7 +14,9 @@
 //! re-protects ranges (splitting blocks as needed and folding tables back into blocks when they
 //! become uniform), translates addresses, iterates over mappings and frees the tree. Changes to
 //! live tables follow break-before-make and call a [`TlbInvalidate`] hook with exactly the
-//! ranges that became stale. A failed operation leaves the tree unchanged.
+//! ranges that became stale. A failed operation leaves the tree unchanged. A [`PageTable`]
+//! frees its frames on [`PageTable::destroy`]; an [`OwnedPageTable`] holds its memory too and
+//! frees them when dropped.
 //!
 //! The engine reaches memory only through [`PhysMemory`] and [`FrameAllocator`], so it runs in
 //! the hypervisor ([`LinearMemory`]) and on the host against a fake (feature `fake`).
@@ -55,6 +57,7 @@ mod attr;
 mod error;
 pub mod format;
 mod memory;
+mod owned;
 mod pool;
 mod table;
 mod tlb;
@@ -79,6 +82,7 @@ pub use format::{Entry, Format, LargePages, Level};
 pub use memory::{
     Descriptor, FrameAllocator, LinearMemory, PhysMemory, TableMemory, ENTRIES_PER_TABLE,
 };
+pub use owned::OwnedPageTable;
 pub use pool::FramePool;
 pub use table::{MapMode, Mapping, Mappings, PageTable, Stats, Translation};
 pub use tlb::{NotLive, Stale, TlbInvalidate};

@@ -53,6 +53,7 @@ extern crate std;
 
 mod access;
 mod cpu;
+mod distributor;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod line;
@@ -77,6 +78,7 @@ pub const HIGHEST_CELL_PRIORITY: u8 = 0x10;
 
 pub use access::{AccessKind, Block, ForeignWrites, MmioAccess, Outcome, Reason, Violation, Width};
 pub use cpu::{CellId, CpuSet, Mpidr, Topology};
+pub use distributor::{Distributor, Version};
 pub use ownership::{IntId, IrqOwnership, OwnershipError};
 pub use regs::{GicRegisters, MmioAddr, MmioRegion};
 

@@ -1357,3 +1357,43 @@ fn violations_and_ownership_errors_say_what_and_where() {
         "interrupt 27 is an SGI or PPI: only SPIs change owner"
     );
 }
+
+#[test]
+fn one_distributor_api_for_both_versions() {
+    use crate::{Distributor, Version};
+    let topology = Topology::new(&MPIDRS);
+    for version in [Version::V2, Version::V3] {
+        let (mut gicd, by, typer) = match version {
+            Version::V2 => {
+                let (gicd, _, _) = v2_setup(ForeignWrites::Ignore);
+                (gicd, BY, v2::GICD_TYPER)
+            }
+            Version::V3 => {
+                let (gicd, _, _) = v3_setup(ForeignWrites::Ignore);
+                (gicd, V3_BY, v3::GICD_TYPER)
+            }
+        };
+        let dist = Distributor::probe(&mut gicd, version, ROOT, ForeignWrites::Report);
+        assert_eq!(dist.version(), version);
+        assert_eq!(dist.implemented_irqs(), 256);
+        let own = ownership(dist.implemented_irqs());
+        // What the version's own emulation answers.
+        let expected = match version {
+            Version::V2 => {
+                let (mut gicd, v2, _) = v2_setup(ForeignWrites::Report);
+                v2.access(&mut gicd, &own, by, read(typer, Width::Word))
+            }
+            Version::V3 => {
+                let (mut gicd, v3, _) = v3_setup(ForeignWrites::Report);
+                v3.access(&mut gicd, &own, by, &topology, read(typer, Width::Word))
+            }
+        };
+        let got = dist.access(&mut gicd, &own, by, &topology, read(typer, Width::Word));
+        assert_eq!(got, expected, "{version:?}");
+        // An SPI of the root cell (32) is the cell's to enable on neither version.
+        let error = dist
+            .access(&mut gicd, &own, by, &topology, write(0x104, Width::Word, 1))
+            .unwrap_err();
+        assert_eq!(error.reason, crate::Reason::ForeignIrq(IntId::new(32)));
+    }
+}

@@ -29,11 +29,11 @@ use cellvisor_gic::line::{self, SpiState};
 use cellvisor_gic::lr::{
     GichListRegisters, ListRegisterFile, ListRegisters, LrFormat, LrState, VirtualIrq,
 };
-use cellvisor_gic::v2::{self, Accessor, DistributorV2};
-use cellvisor_gic::v3::{self, filter_sgi1r, gicr, DistributorV3, Redistributors};
+use cellvisor_gic::v2::{self, Accessor};
+use cellvisor_gic::v3::{self, filter_sgi1r, gicr, Redistributors};
 use cellvisor_gic::{
-    CellId, CpuSet, ForeignWrites, IntId, IrqOwnership, MmioAccess, MmioAddr, MmioRegion, Mpidr,
-    Outcome, Topology, Violation, Width, HIGHEST_CELL_PRIORITY,
+    CellId, CpuSet, Distributor, ForeignWrites, IntId, IrqOwnership, MmioAccess, MmioAddr,
+    MmioRegion, Mpidr, Outcome, Topology, Version, Violation, Width, HIGHEST_CELL_PRIORITY,
 };
 use cellvisor_mmio::Mmio;
 use cellvisor_sync::Mutex;
@@ -72,22 +72,25 @@ pub struct Layout {
     pub timer: u32,
 }
 
-enum Emulation {
-    V2(DistributorV2),
-    V3(DistributorV3, Redistributors),
+/// The emulation of the physical GIC: its distributor (either version, one API) and, on a
+/// GICv3, its redistributors.
+struct Emulation {
+    distributor: Distributor,
+    redistributors: Option<Redistributors>,
 }
 
 impl Emulation {
     /// The emulation of the physical GIC behind `dist` with `policy` for foreign writes.
     fn probe(dist: &mut MmioRegion, root: CellId, v3: bool, policy: ForeignWrites) -> Self {
-        if v3 {
-            Self::V3(
-                DistributorV3::probe(dist, root, policy),
-                Redistributors::new(Redistributors::GICV3_STRIDE, policy),
-            )
-        } else {
-            Self::V2(DistributorV2::probe(dist, root, policy))
+        let version = if v3 { Version::V3 } else { Version::V2 };
+        Self {
+            distributor: Distributor::probe(dist, version, root, policy),
+            redistributors: v3.then(|| Redistributors::new(Redistributors::GICV3_STRIDE, policy)),
         }
+    }
+
+    fn is_v3(&self) -> bool {
+        self.distributor.version() == Version::V3
     }
 }
 
@@ -107,7 +110,7 @@ struct Gic {
 
 impl Gic {
     fn is_v3(&self) -> bool {
-        matches!(self.emulation, Emulation::V3(..))
+        self.emulation.is_v3()
     }
 }
 
@@ -153,8 +156,7 @@ pub fn is_initialised() -> bool {
 
 /// Whether the GIC is GICv3.
 pub fn is_v3() -> bool {
-    GIC.get()
-        .is_some_and(|gic| matches!(gic.emulation, Emulation::V3(..)))
+    GIC.get().is_some_and(|gic| gic.emulation.is_v3())
 }
 
 /// Sets up the distributor (boot CPU, before the others run) and the partitioning state:
@@ -170,10 +172,7 @@ pub fn init(
     let v3 = layout.redistributors.is_some();
     let emulation = Emulation::probe(&mut dist, root, v3, ForeignWrites::Ignore);
     let cell_emulation = Emulation::probe(&mut dist, root, v3, ForeignWrites::Report);
-    let implemented = match &emulation {
-        Emulation::V2(d) => d.implemented_irqs(),
-        Emulation::V3(d, _) => d.implemented_irqs(),
-    };
+    let implemented = emulation.distributor.implemented_irqs();
     let mut ownership = IrqOwnership::new(implemented);
     if !ownership.reserve_private(IntId::new(layout.maintenance)) {
         return Err("the maintenance interrupt is not a PPI");
@@ -195,15 +194,15 @@ pub fn init(
     }
     // Distributor on, affinity routing on GICv3 (IHI 0069 §12.9.4; with DS = 1 bit 0 is
     // EnableGrp0, bit 1 EnableGrp1, bit 4 ARE); GICv2: EnableGrp0 | EnableGrp1 (§4.3.1).
-    match &emulation {
-        Emulation::V3(..) => {
+    match emulation.distributor.version() {
+        Version::V3 => {
             let ctlr = dist.read32(v3::GICD_CTLR);
             dist.write32(v3::GICD_CTLR, ctlr | 1 << 4);
             wait_rwp(&mut dist);
             dist.write32(v3::GICD_CTLR, ctlr | 1 << 4 | 0b11);
             wait_rwp(&mut dist);
         }
-        Emulation::V2(_) => {
+        Version::V2 => {
             let ctlr = dist.read32(v2::GICD_CTLR);
             dist.write32(v2::GICD_CTLR, ctlr | 0b11);
         }
@@ -211,7 +210,7 @@ pub fn init(
     // GICv3: every SPI in Group 1 (Non-secure Group 1 with DS = 1; with two Security
     // states Non-secure writes are ignored and the firmware has done it). Cells cannot
     // change it (their IGROUPR and IGRPMODR writes are ignored).
-    if let Emulation::V3(..) = &emulation {
+    if emulation.is_v3() {
         for word in (32..implemented).step_by(32) {
             let n = word as usize / 32 * 4;
             dist.write32(v3::GICD_IGROUPR + n, u32::MAX);
@@ -286,8 +285,8 @@ fn own_redistributor(gic: &Gic, mpidr: Mpidr) -> Option<u64> {
 /// Sets up this CPU's interface and virtual interface. `cpu` is the hypervisor CPU index.
 pub fn init_cpu(cpu: usize) {
     let gic = gic();
-    let format = match gic.emulation {
-        Emulation::V3(..) => {
+    let format = match gic.emulation.distributor.version() {
+        Version::V3 => {
             let mpidr = gic.mpidrs[cpu];
             match own_redistributor(gic, mpidr) {
                 Some(frame) => {
@@ -330,7 +329,7 @@ pub fn init_cpu(cpu: usize) {
             ICH_HCR_EL2.write(ICH_HCR_EL2::En::SET);
             LrFormat::V3
         }
-        Emulation::V2(_) => {
+        Version::V2 => {
             let (dist_base, dist_size) = gic.layout.distributor;
             {
                 let _lock = distributor();
@@ -522,11 +521,11 @@ fn with_list_registers_of<T>(
     // SAFETY: only this CPU touches its queue, with interrupts masked (see PerCpu), and
     // CPU_READY says init_cpu initialised it.
     let queue = unsafe { (*QUEUES.0.get(cpu)?.get()).assume_init_mut() };
-    let mut lrs = match gic.emulation {
-        Emulation::V3(..) => CpuListRegisters::V3(IchListRegisters {
+    let mut lrs = match gic.emulation.distributor.version() {
+        Version::V3 => CpuListRegisters::V3(IchListRegisters {
             count: ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) as usize + 1,
         }),
-        Emulation::V2(_) => {
+        Version::V2 => {
             let gich = gic.layout.hypervisor_interface?;
             CpuListRegisters::V2(GichListRegisters::new(region(gich, 0x1000)))
         }
@@ -551,7 +550,7 @@ pub enum Handled {
 /// Handles one physical interrupt taken to EL2 on `cpu` while a cell ran there.
 pub fn handle_irq(cpu: usize) -> Handled {
     let gic = gic();
-    let v3 = matches!(gic.emulation, Emulation::V3(..));
+    let v3 = gic.emulation.is_v3();
     let gicc = gic.gicc;
     let (iar, intid) = acknowledge(v3, gicc);
     if (SPECIAL_INTIDS..1024).contains(&intid) {
@@ -770,7 +769,7 @@ pub fn reset_cpu_interface(cpu: usize) {
                 }
             });
         });
-        if matches!(gic.emulation, Emulation::V3(..)) {
+        if gic.emulation.is_v3() {
             ICH_VMCR_EL2.set(0);
             clear_virtual_active_priorities();
         } else if let Some(gich) = gic.layout.hypervisor_interface {
@@ -859,19 +858,10 @@ pub fn emulate(
     } else {
         &gic.cell_emulation
     };
-    match (block, emulation) {
-        (Block::Distributor(offset), Emulation::V2(d)) => {
+    match (block, &emulation.redistributors) {
+        (Block::Distributor(offset), _) => {
             let (base, size) = gic.layout.distributor;
-            d.access(
-                &mut region(base, size),
-                &ownership,
-                accessor,
-                access(offset),
-            )
-        }
-        (Block::Distributor(offset), Emulation::V3(d, _)) => {
-            let (base, size) = gic.layout.distributor;
-            d.access(
+            emulation.distributor.access(
                 &mut region(base, size),
                 &ownership,
                 accessor,
@@ -879,7 +869,7 @@ pub fn emulate(
                 access(offset),
             )
         }
-        (Block::Redistributors(offset), Emulation::V3(_, r)) => {
+        (Block::Redistributors(offset), Some(r)) => {
             let (base, size) = gic.layout.redistributors.unwrap_or((0, 0));
             let outcome = r.access(
                 &mut region(base, size),
@@ -890,7 +880,7 @@ pub fn emulate(
             )?;
             Ok(mark_last_redistributor(outcome, offset, size as usize))
         }
-        (Block::Redistributors(offset), Emulation::V2(_)) => Err(Violation {
+        (Block::Redistributors(offset), None) => Err(Violation {
             cell: accessor.cell,
             block: cellvisor_gic::Block::Redistributors,
             access: access(offset),
@@ -942,8 +932,8 @@ pub fn send_event(cpu: usize) {
     let Some(gic) = GIC.get() else { return };
     // What the CPU is to see (a flag, a released lock) before it sees the SGI.
     aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISHST);
-    match gic.emulation {
-        Emulation::V3(..) => {
+    match gic.emulation.distributor.version() {
+        Version::V3 => {
             let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
             let request = v3::SgiRequest {
                 intid: IntId::new(EVENT_SGI),
@@ -954,7 +944,7 @@ pub fn send_event(cpu: usize) {
             }
             aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
         }
-        Emulation::V2(_) => {
+        Version::V2 => {
             // CPU interface n is hypervisor CPU n, as for every GICv2 target list here.
             // GICD_SGIR is one write: no read-merge-write, so no distributor lock.
             if cpu < 8 {
@@ -1018,8 +1008,8 @@ pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
 pub fn reset_private(cpu: usize) {
     let Some(gic) = GIC.get() else { return };
     let reserved = gic.own;
-    match gic.emulation {
-        Emulation::V3(..) => {
+    match gic.emulation.distributor.version() {
+        Version::V3 => {
             let Some((base, size)) = gic.layout.redistributors else {
                 return;
             };
@@ -1031,7 +1021,7 @@ pub fn reset_private(cpu: usize) {
                 line::reset_private(&mut r, frame as usize + gicr::SGI_BASE, reserved, true);
             }
         }
-        Emulation::V2(_) => {
+        Version::V2 => {
             let (base, size) = gic.layout.distributor;
             let _lock = distributor();
             // Banked: this CPU's SGIs and PPIs.

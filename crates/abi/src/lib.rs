@@ -457,3 +457,8 @@ mod tests {
         assert_eq!(mgmt::MAGIC_VALUE.to_le_bytes(), *b"CVMG");
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

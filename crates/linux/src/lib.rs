@@ -39,3 +39,8 @@ pub mod tree;
 pub mod x86;
 
 pub use memory_map::MemoryMap;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

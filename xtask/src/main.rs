@@ -256,6 +256,35 @@ fn kind(fault_injection: bool) -> Kind {
     }
 }
 
+/// The crate outside the workspace (`examples/outsider`), as a user of the library crates
+/// writes one: path dependencies with only the documented features. Its examples are built,
+/// linted and run (each asserts what it shows).
+fn outsider(workspace: &Workspace) -> Result<()> {
+    const EXAMPLES: [&str; 3] = ["stage2", "gic", "config"];
+    let manifest = workspace.root.join("examples/outsider/Cargo.toml");
+    let manifest = manifest.to_str().context("a UTF-8 workspace path")?;
+    let target = workspace.target_dir.join("outsider");
+    let target = target.to_str().context("a UTF-8 target path")?;
+    let common = [
+        "--locked",
+        "--manifest-path",
+        manifest,
+        "--target-dir",
+        target,
+    ];
+    Cargo::new(["fmt", "--check", "--manifest-path", manifest]).run()?;
+    Cargo::new(["clippy", "--examples"])
+        .args(common)
+        .args(["--", "-D", "warnings"])
+        .run()?;
+    for example in EXAMPLES {
+        Cargo::new(["run", "--example", example])
+            .args(common)
+            .run()?;
+    }
+    Ok(())
+}
+
 /// The host steps of `cargo xtask test`; with `system`, also checks up front for what the
 /// system tests need.
 fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
@@ -327,6 +356,7 @@ fn test(workspace: &Workspace, fuzz_seconds: u64, system: bool) -> Result<()> {
         }
     }
     Cargo::new(["test", "--workspace", "--all-features"]).run()?;
+    outsider(workspace)?;
 
     if workspace.libraries.is_empty() {
         println!("==> no library crate in crates/ or arch/: bare-metal builds skipped");

@@ -1,0 +1,2 @@
+//! Nothing but the examples (`examples/`): the library crates of cellvisor used from a crate
+//! of its own.

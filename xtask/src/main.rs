@@ -265,8 +265,15 @@ fn outsider(workspace: &Workspace) -> Result<()> {
     let manifest = manifest.to_str().context("a UTF-8 workspace path")?;
     let target = workspace.target_dir.join("outsider");
     let target = target.to_str().context("a UTF-8 target path")?;
+    // The workspace's lock file, so that the outsider builds with the versions the workspace
+    // was tested with (and without the network); cargo drops what it does not need.
+    std::fs::copy(
+        workspace.root.join("Cargo.lock"),
+        workspace.root.join("examples/outsider/Cargo.lock"),
+    )
+    .context("cannot copy Cargo.lock to examples/outsider")?;
     let common = [
-        "--locked",
+        "--offline",
         "--manifest-path",
         manifest,
         "--target-dir",

@@ -3,22 +3,10 @@
 
 use core::fmt;
 
-/// A cell (partition), as numbered by the hypervisor. The root cell is a cell like any other
-/// here; emulators that treat it specially are told which one it is.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct CellId(u16);
-
-impl CellId {
-    /// Wraps a cell number.
-    pub const fn new(id: u16) -> Self {
-        Self(id)
-    }
-
-    /// The cell number.
-    pub const fn get(self) -> u16 {
-        self.0
-    }
-}
+/// A cell (partition), as numbered by the hypervisor: `cellvisor-abi`'s, the one every
+/// cellvisor crate uses. The root cell is a cell like any other here; emulators that treat it
+/// specially are told which one it is.
+pub use cellvisor_abi::CellId;
 
 /// A set of CPUs by hypervisor CPU index (0..64), e.g. the CPUs of one cell.
 ///

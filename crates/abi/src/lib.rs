@@ -296,6 +296,39 @@ impl CellState {
 /// Maximum cell name length (as in the configuration format).
 pub const NAME_LEN: usize = 32;
 
+/// A cell's id, the one vocabulary of every cellvisor crate (`cellvisor-cell`'s registry,
+/// `cellvisor-gic`'s interrupt ownership, `cellvisor-core`, the management interface's
+/// records): the cell's slot in the registry. The root cell is 0; a new cell gets the lowest
+/// free id, so ids of destroyed cells are used again.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct CellId(pub u32);
+
+impl CellId {
+    /// The root cell.
+    pub const ROOT: CellId = CellId(0);
+
+    /// Wraps a cell number.
+    pub const fn new(id: u32) -> Self {
+        Self(id)
+    }
+
+    /// The cell number.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Whether this is the root cell.
+    pub const fn is_root(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for CellId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// One cell, as [`Command::CellList`] reports it.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

@@ -152,7 +152,7 @@ impl Vcpus for Aarch64 {
 
 impl InterruptChip for Aarch64 {
     fn move_irqs(&self, from: CellId, to: CellId, irqs: &[u32]) -> Result<(), &'static str> {
-        gic::transfer(from.0 as u16, to.0 as u16, irqs)
+        gic::transfer(from, to, irqs)
     }
 
     fn cell_window(&self) -> Option<Mapping<GuestPhysAddr>> {

@@ -42,10 +42,10 @@ pub fn firmware_smccc() -> bool {
 }
 
 /// The hypervisor CPU index of the CPU with affinity `mpidr`, if it belongs to cell `cell`.
-pub fn cpu_of(cell: u16, mpidr: u64) -> Option<usize> {
+pub fn cpu_of(cell: CellId, mpidr: u64) -> Option<usize> {
     let root = ROOT.get()?;
     let mpidr = mpidr & crate::board::MPIDR_AFFINITY_MASK;
-    let cpus = HV.cell(CellId(u32::from(cell))).cpus();
+    let cpus = HV.cell(cell).cpus();
     root.mpidrs
         .iter()
         .position(|&m| m == mpidr)
@@ -268,7 +268,7 @@ fn configure_extensions() {
 }
 
 /// PSCI CPU_ON from the cell: `target` MPIDR, `entry` IPA, `context` for x0.
-pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -> i64 {
+pub fn cpu_on(cell: CellId, target: u64, entry: u64, context: u64, function: u32) -> i64 {
     let Some(cpu) = cpu_of(cell, target) else {
         return status::INVALID_PARAMETERS;
     };
@@ -278,7 +278,7 @@ pub fn cpu_on(cell: u16, target: u64, entry: u64, context: u64, function: u32) -
     } else {
         entry
     };
-    match HV.power_on(CellId(u32::from(cell)), cpu, entry, context, 4) {
+    match HV.power_on(cell, cpu, entry, context, 4) {
         Ok(()) => status::SUCCESS,
         Err(PowerOnError::Denied) => status::DENIED,
         Err(PowerOnError::InvalidAddress) => status::INVALID_ADDRESS,

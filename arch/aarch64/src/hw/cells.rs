@@ -10,7 +10,7 @@ use super::HV;
 pub fn requester(cpu: usize) -> gic::Requester {
     let cell = HV.owner(cpu);
     gic::Requester {
-        cell: cell.0 as u16,
+        cell,
         cpus: HV.cell(cell).cpus(),
         cpu,
     }

@@ -805,8 +805,8 @@ pub fn block_of(ipa: u64) -> Option<Block> {
 /// The cell a trapped access comes from: its id and CPUs, and the CPU that made it.
 #[derive(Clone, Copy, Debug)]
 pub struct Requester {
-    /// Cell id (0: the root cell).
-    pub cell: u16,
+    /// The cell.
+    pub cell: CellId,
     /// The cell's CPUs (hypervisor CPU indices).
     pub cpus: u64,
     /// The accessing CPU.
@@ -816,7 +816,7 @@ pub struct Requester {
 impl Requester {
     fn accessor(self) -> Accessor {
         Accessor {
-            cell: CellId::new(self.cell),
+            cell: self.cell,
             cpus: CpuSet::from_bits(self.cpus),
             cpu: self.cpu,
         }
@@ -849,11 +849,7 @@ pub fn emulate(
     let ownership = distributor();
     // The root cell and cells running a stock OS: foreign writes dropped; other cells:
     // reported.
-    let emulation = if by.cell == 0
-        || HV
-            .cell(cellvisor_cell::CellId(u32::from(by.cell)))
-            .stock_os()
-    {
+    let emulation = if by.cell.is_root() || HV.cell(by.cell).stock_os() {
         &gic.emulation
     } else {
         &gic.cell_emulation
@@ -909,11 +905,7 @@ pub fn send_sgi1r(by: Requester, value: u64) -> Result<(), Violation> {
     let topology = Topology::new(&gic.mpidrs[..gic.cpu_count]);
     let request = {
         let ownership = distributor();
-        let policy = if by.cell == 0
-            || HV
-                .cell(cellvisor_cell::CellId(u32::from(by.cell)))
-                .stock_os()
-        {
+        let policy = if by.cell.is_root() || HV.cell(by.cell).stock_os() {
             ForeignWrites::Ignore
         } else {
             ForeignWrites::Report
@@ -973,7 +965,7 @@ static ROOT_SPIS: Mutex<[SpiState; 1020]> = Mutex::new(
 /// pending, not active, Group 1 on GICv3); one that leaves the root cell has the root cell's
 /// settings saved, and gets them back when it returns ([`cellvisor_gic::line`]). The new
 /// owner enables and routes it.
-pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
+pub fn transfer(from: CellId, to: CellId, irqs: &[u32]) -> Result<(), &'static str> {
     let gic = gic();
     let v3 = gic.is_v3();
     let mut ownership = distributor();
@@ -983,7 +975,7 @@ pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
             .map_err(|_| "too many interrupts")?;
     }
     ownership
-        .transfer(CellId::new(from), CellId::new(to), &list)
+        .transfer(from, to, &list)
         .map_err(|_| "an interrupt is not owned by the cell it is taken from")?;
     let (base, size) = gic.layout.distributor;
     let mut dist = region(base, size);
@@ -991,11 +983,11 @@ pub fn transfer(from: u16, to: u16, irqs: &[u32]) -> Result<(), &'static str> {
     for &irq in &list {
         let slot = saved.get_mut(irq.get() as usize);
         match slot {
-            Some(slot) if from == 0 => {
+            Some(slot) if from.is_root() => {
                 *slot = SpiState::capture(&mut dist, irq, v3);
                 line::quiesce_spi(&mut dist, irq, v3);
             }
-            Some(slot) if to == 0 => slot.restore(&mut dist, irq, v3),
+            Some(slot) if to.is_root() => slot.restore(&mut dist, irq, v3),
             _ => line::quiesce_spi(&mut dist, irq, v3),
         }
     }

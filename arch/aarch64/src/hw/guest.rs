@@ -364,15 +364,9 @@ fn firmware_call(cpu: usize, esr: Esr, frame: &mut TrapFrame) {
                 Psci::Version => psci::VERSION_1_1 as i64,
                 Psci::Features => psci::features(frame.x[1] as u32, cell::firmware_smccc()),
                 Psci::MigrateInfoType => psci::MIGRATE_NOT_REQUIRED as i64,
-                Psci::CpuOn => cell::cpu_on(
-                    HV.owner(cpu).0 as u16,
-                    frame.x[1],
-                    frame.x[2],
-                    frame.x[3],
-                    id,
-                ),
+                Psci::CpuOn => cell::cpu_on(HV.owner(cpu), frame.x[1], frame.x[2], frame.x[3], id),
                 Psci::AffinityInfo => {
-                    match (cell::cpu_of(HV.owner(cpu).0 as u16, frame.x[1]), frame.x[2]) {
+                    match (cell::cpu_of(HV.owner(cpu), frame.x[1]), frame.x[2]) {
                         (Some(target), 0) => match HV.cpu(target).power.state() {
                             // Off once the CPU waits in the park loop, not before: a CPU the
                             // root cell saw off can be given to a cell at once.

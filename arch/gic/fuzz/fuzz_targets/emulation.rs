@@ -198,7 +198,7 @@ impl Machine {
             for irq in spi..(spi + len).min(implemented) {
                 if owner < cells {
                     // Each SPI is assigned once: this cannot fail.
-                    own.assign(CellId::new(owner), IntId::new(irq)).unwrap();
+                    own.assign(CellId::new(u32::from(owner)), IntId::new(irq)).unwrap();
                 }
             }
             spi += len;
@@ -300,7 +300,7 @@ impl Machine {
                 set
             });
         Accessor {
-            cell: CellId::new(cell),
+            cell: CellId::new(u32::from(cell)),
             cpus,
             cpu,
         }

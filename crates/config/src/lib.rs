@@ -15,11 +15,12 @@
 //!   registers), against the root cell they borrow from (CPUs, memory, interrupt lines, ports,
 //!   PCI devices, stream IDs) and against each other (nothing owned twice, the root cell keeps a
 //!   CPU).
-//! - **Owned configurations** (feature `alloc`): [`SystemConfig`], [`CellConfig`], encoded
+//! - **Owned configurations** (feature `alloc`): `SystemConfig`, `CellConfig`, encoded
 //!   with `to_bytes` and read back with `from_bytes`.
-//! - **Host side**: the TOML format ([`text`]) and compilation with every problem reported as
-//!   `file:line:column` ([`host`]) with feature `toml`; import of Jailhouse `.cell` files of
-//!   revisions 13 and 14 ([`jailhouse`]) with feature `jailhouse`; the `cellvisor-config`
+//! - **Host side**: the TOML format (module `text`) and compilation with every problem
+//!   reported as `file:line:column` (module `host`) with feature `toml`; import of Jailhouse
+//!   `.cell` files of revisions 13 and 14 (module `jailhouse`) with feature `jailhouse`; the
+//!   `cellvisor-config`
 //!   command with feature `cli` (the only one that brings clap and anyhow).
 //!
 //! ```

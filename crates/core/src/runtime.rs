@@ -368,10 +368,10 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     /// On a CPU of a non-root cell: the cell resets itself (Arm PSCI SYSTEM_RESET). Its
-    /// CPUs stop, then it starts again as its start did: at the
-    /// same address with the same argument, on its first CPU or on all. Its memory is kept
-    /// (nothing is reloaded), as are its devices and interrupts. The caller parks this CPU
-    /// next; it takes the new start from the park loop.
+    /// CPUs stop, then it starts again as its start did: at the same address with the same
+    /// argument, on its first CPU or on all. Its memory is kept (nothing is reloaded), as
+    /// are its devices and interrupts. The caller parks this CPU next; it takes the new start
+    /// from the park loop.
     ///
     /// The reset is a management operation: it waits for the management interface, so that
     /// the root cell's shutdown or destroy of the cell comes before or after it, never in
@@ -385,7 +385,7 @@ impl<A: Arch> Hypervisor<A> {
         let Some(management) = self.management.get() else {
             return Restart::NotACell;
         };
-        let _books = loop {
+        let books = loop {
             if let Some(books) = management.try_lock() {
                 break books;
             }
@@ -400,25 +400,32 @@ impl<A: Arch> Hypervisor<A> {
             return Restart::Stopped;
         }
         if runtime.no_restart_in_place.load(Ordering::Acquire) {
-            drop(_books);
+            drop(books);
             self.stop_cell_from_inside(cpu, CellState::Reset);
             return Restart::ForLoader;
         }
         // No CPU of the cell powers another on while they stop.
         runtime.stopping.store(true, Ordering::SeqCst);
         let cpus = runtime.cpus();
+        // Every other CPU is asked, also after one did not stop: a failed cell keeps none
+        // running.
+        let mut stuck = None;
         for other in (0..MAX_CPUS).filter(|&c| c != cpu && cpus & 1 << c != 0) {
             if !self.stop_cpu(other) {
-                runtime
-                    .state
-                    .store(CellState::Failed as u32, Ordering::Release);
-                return Restart::Stuck(other);
+                stuck = stuck.or(Some(other));
             }
+        }
+        if let Some(other) = stuck {
+            runtime
+                .state
+                .store(CellState::Failed as u32, Ordering::Release);
+            return Restart::Stuck(other);
         }
         // This CPU is off until it takes the new start (or, if another CPU is the first,
         // until that one powers it on, which may come before this one parked).
         self.cpu(cpu).power.stopped();
         self.launch(cell, cpus);
+        drop(books);
         Restart::Restarted
     }
 }

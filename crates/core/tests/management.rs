@@ -912,3 +912,35 @@ fn a_reset_of_a_cell_that_cannot_restart_in_place_leaves_it_to_its_loader() {
         assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
     });
 }
+
+#[test]
+fn a_reset_with_a_cpu_that_does_not_stop_fails_the_cell_and_stops_the_others() {
+    let trio = PAIR
+        .replace("name = \"pair\"", "name = \"trio\"")
+        .replace("cpus = [1, 2]", "cpus = [1, 2, 3]");
+    with_machine(FRAMES_PLENTY, |m| {
+        let id = started(m, &trio);
+        assert!(m.wait_running(1) && m.wait_running(2) && m.wait_running(3));
+        m.hv.arch().take_events();
+        // CPU 2 ignores stop requests; CPU 1 resets the cell.
+        m.hv.arch().set_deaf(2, true);
+        m.hv.arch().set_reset(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut events = Vec::new();
+        while !events.iter().any(|e| matches!(e, Event::Reset { .. }))
+            && std::time::Instant::now() < deadline
+        {
+            events.extend(m.hv.arch().take_events());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(events.contains(&Event::Reset {
+            cpu: 1,
+            restart: cellvisor_core::Restart::Stuck(2)
+        }));
+        // CPU 3 was asked too, after CPU 2 did not stop.
+        assert!(m.wait_parked(1) && m.wait_parked(3));
+        assert_eq!(m.list()[1].state.get(), CellState::Failed as u32);
+        m.hv.arch().set_deaf(2, false);
+        assert_eq!(m.command(Command::CellDestroy, [id as u64, 0, 0, 0]), Ok(0));
+    });
+}

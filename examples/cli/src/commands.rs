@@ -603,7 +603,7 @@ fn linux(host: &mut dyn Host, args: &LinuxArgs<'_>, out: &mut dyn Write) -> Resu
         cpus_of(record.cpus.get()).next().unwrap_or(0)
     )?;
     if args.watch {
-        watch(host, &boot, &label, id, out)?;
+        watch(host, &boot, (&label, &file.config.cell.name), id, out)?;
     }
     Ok(())
 }
@@ -634,12 +634,13 @@ impl Boot<'_> {
 /// How often `cell linux --watch` looks at the cell.
 pub const WATCH_POLL: Duration = Duration::from_millis(200);
 
-/// `cell linux --watch`: boots cell `id` again (the same parts, the same start) each time it
-/// reset itself (state reset), until it shuts down, fails or is destroyed.
+/// `cell linux --watch`: boots cell `id` named `name` again (the same parts, the same start)
+/// each time it reset itself (state reset), until it shuts down, fails or is destroyed. The
+/// cell is known by id and name: a destroyed cell's id goes to the next cell created.
 fn watch(
     host: &mut dyn Host,
     boot: &Boot<'_>,
-    label: &Label,
+    (label, name): (&Label, &str),
     id: u32,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -649,9 +650,8 @@ fn watch(
     out.flush()?;
     while host.pause(WATCH_POLL) {
         let mut client = open(host)?;
-        let record = cells(&mut client, label, action)?
-            .into_iter()
-            .find(|c| c.id.get() == id);
+        let ours = |c: &CellRecord| c.id.get() == id && c.name() == name;
+        let record = cells(&mut client, label, action)?.into_iter().find(ours);
         let Some(record) = record else {
             writeln!(out, "{label} is gone after {boots} boot(s): watch ends")?;
             return Ok(());
@@ -661,9 +661,7 @@ fn watch(
                 boots += 1;
                 if let Err(error) = boot.run(&mut client, label, id) {
                     // Destroyed meanwhile: what the watch waits for anyway.
-                    let gone = cells(&mut client, label, action)?
-                        .iter()
-                        .all(|c| c.id.get() != id);
+                    let gone = !cells(&mut client, label, action)?.iter().any(ours);
                     if gone {
                         writeln!(out, "{label} is gone during boot {boots}: watch ends")?;
                         return Ok(());

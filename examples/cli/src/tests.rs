@@ -26,9 +26,8 @@ struct FakeHost {
     device: bool,
     /// Console output that appears at each pause of `console --follow`; it stops when empty.
     later: Vec<&'static str>,
-    /// What happens to the newest cell at each coming pause, after `later` (a reset, a
-    /// shutdown, a destroy: `None`).
-    states_later: Vec<Option<CellState>>,
+    /// What happens to the newest cell at each coming pause, after `later`.
+    states_later: Vec<Later>,
     /// Shutdown polls waited for.
     sleeps: usize,
     /// The tool built for x86 (its trap reason names).
@@ -51,6 +50,17 @@ impl FakeHost {
             tree: None,
         }
     }
+}
+
+/// What happens to a fake host's newest cell at a pause (`states_later`).
+#[derive(Debug)]
+enum Later {
+    /// Its state changes (a reset, a shutdown, a failure).
+    State(CellState),
+    /// It is destroyed.
+    Destroyed,
+    /// It is destroyed and another cell, named so, gets its id and resets itself.
+    Replaced(&'static str),
 }
 
 impl Host for FakeHost {
@@ -98,13 +108,15 @@ impl Host for FakeHost {
             let mut machine = self.machine.borrow_mut();
             let cells = &mut machine.hv.cells;
             let newest = cells.iter().map(|c| c.id).max().unwrap_or(0);
-            match self.states_later.remove(0) {
-                Some(state) => {
-                    if let Some(cell) = cells.iter_mut().find(|c| c.id == newest && c.id != 0) {
-                        cell.state = state;
-                    }
+            let cell = cells.iter_mut().find(|c| c.id == newest && c.id != 0);
+            match (self.states_later.remove(0), cell) {
+                (Later::State(state), Some(cell)) => cell.state = state,
+                (Later::Replaced(name), Some(cell)) => {
+                    cell.name = name.into();
+                    cell.state = CellState::Reset;
                 }
-                None => cells.retain(|c| c.id != newest || c.id == 0),
+                (Later::Destroyed, _) => cells.retain(|c| c.id != newest || c.id == 0),
+                (_, None) => {}
             }
             return true;
         }
@@ -1186,10 +1198,10 @@ fn cell_linux_watch_boots_the_cell_again_after_each_reset() {
     host.tree = Some(qemu_virt_tree());
     // Running, then its kernel reboots twice, then it powers itself off.
     host.states_later = vec![
-        Some(CellState::Running),
-        Some(CellState::Reset),
-        Some(CellState::Reset),
-        Some(CellState::ShutDown),
+        Later::State(CellState::Running),
+        Later::State(CellState::Reset),
+        Later::State(CellState::Reset),
+        Later::State(CellState::ShutDown),
     ];
     let out = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).ok();
     assert!(out.contains("cell \"guest\": watching it"), "{out}");
@@ -1213,7 +1225,7 @@ fn cell_linux_watch_boots_the_cell_again_after_each_reset() {
 
     // Destroyed from elsewhere while watched: the watch ends quietly.
     run(&mut host, &["cell", "destroy", "guest"]).ok();
-    host.states_later = vec![Some(CellState::Running), None];
+    host.states_later = vec![Later::State(CellState::Running), Later::Destroyed];
     let out = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).ok();
     assert!(
         out.contains("cell \"guest\" is gone after 1 boot(s): watch ends"),
@@ -1223,12 +1235,27 @@ fn cell_linux_watch_boots_the_cell_again_after_each_reset() {
     // A failed cell ends the watch with an error.
     let mut host = FakeHost::new(1 << 20);
     host.tree = Some(qemu_virt_tree());
-    host.states_later = vec![Some(CellState::Reset), Some(CellState::Failed)];
+    host.states_later = vec![
+        Later::State(CellState::Reset),
+        Later::State(CellState::Failed),
+    ];
     let error = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).fails();
     assert!(
         error.contains("the cell failed (boot 2): watch ends"),
         "{error}"
     );
+
+    // Destroyed, and its id taken by another cell that resets: not the watched cell, so
+    // nothing of it is loaded there.
+    let mut host = FakeHost::new(1 << 20);
+    host.tree = Some(qemu_virt_tree());
+    host.states_later = vec![Later::Replaced("other")];
+    let out = run(&mut host, &["cell", "linux", &config, &image, "--watch"]).ok();
+    assert!(
+        out.contains("cell \"guest\" is gone after 1 boot(s): watch ends"),
+        "{out}"
+    );
+    assert_eq!(host.machine.borrow().hv.cells[1].state, CellState::Reset);
 }
 
 #[test]
